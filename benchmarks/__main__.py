@@ -1,0 +1,5 @@
+"""Run every benchmark module in turn (each prints its JSON)."""
+
+from benchmarks import engine
+
+engine.main()

@@ -1,0 +1,53 @@
+"""Helpers shared by the benchmarks: timing inside the parties, exact costs, JSON output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import securetorch as puma
+from securetorch.comm.stats import total
+
+
+def measured(op: Callable[[], Any], repeat: int = 5) -> tuple[Any, float, puma.CommStats]:
+    """Run ``op`` inside a party: once to warm up, then ``repeat`` times; return the result,
+    this party's median seconds and the exact cost of one run."""
+    op()
+    before = puma.stats()
+    result = op()
+    cost = puma.stats() - before
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        op()
+        times.append(time.perf_counter() - start)
+    return result, statistics.median(times), cost
+
+
+def summarise(results: list[tuple[Any, float, puma.CommStats]]) -> dict[str, Any]:
+    """Combine the three parties' (value, seconds, stats): the slowest party's median time,
+    the bytes sent by all parties, the rounds."""
+    cost = total([r[2] for r in results])
+    return {"seconds": round(max(r[1] for r in results), 4), "bytes": cost.bytes_sent, "rounds": cost.rounds}
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+
+
+def emit(name: str, rows: list[dict[str, Any]]) -> None:
+    print(json.dumps({"benchmark": name, "machine": machine(), "results": rows}, indent=2))

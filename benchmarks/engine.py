@@ -1,0 +1,80 @@
+"""Engine benchmark (issue #2): secure matmul and elementwise mul, and the ring matmul kernels.
+
+    python -m benchmarks.engine
+
+Seconds are measured inside the parties around the operation alone (inputs already
+shared; the slowest party counts); bytes are sent by all parties together; the error is
+the max abs difference to float64. The ring matmul is timed against a float64 matmul of the
+same shape in the same process, on the same torch thread count.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+import securetorch as puma
+from benchmarks.common import emit, measured, summarise
+from securetorch import ring
+
+
+def _secure_op(kind: str, a: torch.Tensor, b: torch.Tensor):
+    x = puma.share(a if puma.rank() == 0 else None, owner=0, dtype=torch.float64)
+    y = puma.share(b if puma.rank() == 1 else None, owner=1, dtype=torch.float64)
+    out, seconds, cost = measured(lambda: x @ y if kind == "matmul" else x * y)
+    return out.reveal(), seconds, cost
+
+
+def _best_of(fn, repeat: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def ring_matmul_rows(threads: int = 1) -> list[dict]:
+    torch.set_num_threads(threads)
+    a = ring._spread(128 * 768).reshape(128, 768)
+    b = ring._spread(768 * 768).reshape(768, 768) * 3
+    af, bf = a.double(), b.double()
+    t_float = _best_of(lambda: af @ bf)
+    rows = []
+    for kernel in ("native", "limbs"):
+        exact = torch.equal(ring.ring_matmul(a, b, kernel), ring.native_matmul(a, b)) if kernel != "native" else True
+        t = _best_of(lambda k=kernel: ring.ring_matmul(a, b, k))
+        rows.append(
+            {
+                "op": f"ring matmul [128,768]x[768,768] ({kernel})",
+                "seconds": round(t, 5),
+                "float64_matmul_seconds": round(t_float, 5),
+                "ratio_to_float64": round(t / t_float, 2),
+                "exact": exact,
+                "torch_threads": threads,
+            }
+        )
+    rows.append({"op": "ring matmul kernel chosen by auto", "kernel": ring.resolve_kernel("auto")})
+    return rows
+
+
+def main() -> None:
+    gen = torch.Generator().manual_seed(0)  # benchmark inputs only
+    rows = []
+    with puma.LocalCluster() as cluster:
+        for kind, shape_a, shape_b in (("matmul", (128, 768), (768, 768)), ("mul", (128, 3072), (128, 3072))):
+            a = torch.randn(*shape_a, generator=gen, dtype=torch.float64)
+            b = torch.randn(*shape_b, generator=gen, dtype=torch.float64)
+            results = cluster.run(_secure_op, kind, a, b)
+            ref = a @ b if kind == "matmul" else a * b
+            row = {"op": f"secure {kind} {list(shape_a)} x {list(shape_b)}", **summarise(results)}
+            row["max_abs_error"] = float((results[0][0] - ref).abs().max())
+            rows.append(row)
+    rows.extend(ring_matmul_rows())
+    emit("engine", rows)
+
+
+if __name__ == "__main__":
+    main()

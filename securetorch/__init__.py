@@ -1,0 +1,32 @@
+"""securetorch: PyTorch and Hugging Face models under three-party secure computation (PUMA).
+
+Inside a party (a function run by ``Cluster.run``)::
+
+    x = puma.share(t, owner=1)          # SharedTensor
+    y = (x @ w).reveal()                # ordinary torch code, dispatched to protocols
+"""
+
+from securetorch import ring
+from securetorch.comm.stats import CommStats
+from securetorch.errors import PartyError
+from securetorch.ring import DEFAULT_FRAC_BITS
+from securetorch.runtime.cluster import Cluster, LocalCluster, private, run_local
+from securetorch.runtime.context import rank, stats
+from securetorch.tensor import SharedTensor, share
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_FRAC_BITS",
+    "Cluster",
+    "CommStats",
+    "LocalCluster",
+    "PartyError",
+    "SharedTensor",
+    "private",
+    "rank",
+    "ring",
+    "run_local",
+    "share",
+    "stats",
+]

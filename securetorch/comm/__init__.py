@@ -1,0 +1,5 @@
+"""Transport between the parties: framing, ZeroMQ links, counters."""
+
+from securetorch.comm.stats import CommStats
+
+__all__ = ["CommStats"]

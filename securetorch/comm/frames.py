@@ -1,0 +1,99 @@
+"""Framing of tensors for the party-to-party wire: no pickle, only dtype, shape and bytes.
+
+A message is a multipart ZeroMQ message::
+
+    header  = b"STP1" | sender u8 | job u64 | step u64 | count u32
+    then per tensor:  meta = dtype code u8 | ndim u8 | shape (ndim x i64);  data = raw bytes
+
+Parsing checks every length and code and raises ``FrameError`` on anything malformed.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MAGIC = b"STP1"
+_HEADER = struct.Struct("<4sBQQI")
+_META = struct.Struct("<BB")
+MAX_DIMS = 16
+
+_DTYPES: list[torch.dtype] = [
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.float64,
+    torch.float32,
+    torch.bool,
+]
+_CODE = {dt: i for i, dt in enumerate(_DTYPES)}
+
+
+class FrameError(ValueError):
+    """A frame that is not a well-formed securetorch message."""
+
+
+@dataclass(frozen=True)
+class Header:
+    sender: int
+    job: int
+    step: int
+    count: int
+
+
+def encode_message(sender: int, job: int, step: int, tensors: list[torch.Tensor]) -> list[bytes | memoryview]:
+    frames: list[bytes | memoryview] = [_HEADER.pack(MAGIC, sender, job, step, len(tensors))]
+    for t in tensors:
+        if t.dtype not in _CODE:
+            raise TypeError(f"cannot send tensors of dtype {t.dtype}")
+        t = t.detach().contiguous()
+        frames.append(_META.pack(_CODE[t.dtype], t.dim()) + struct.pack(f"<{t.dim()}q", *t.shape))
+        frames.append(memoryview(t.numpy()).cast("B") if t.numel() else b"")
+    return frames
+
+
+def payload_bytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def decode_header(frame: bytes) -> Header:
+    if len(frame) != _HEADER.size:
+        raise FrameError(f"header of {len(frame)} bytes, expected {_HEADER.size}")
+    magic, sender, job, step, count = _HEADER.unpack(frame)
+    if magic != MAGIC:
+        raise FrameError("bad magic")
+    if sender > 2:
+        raise FrameError(f"sender rank {sender} out of range")
+    return Header(sender, job, step, count)
+
+
+def decode_message(frames: list[bytes]) -> tuple[Header, list[torch.Tensor]]:
+    if not frames:
+        raise FrameError("empty message")
+    head = decode_header(frames[0])
+    if len(frames) != 1 + 2 * head.count:
+        raise FrameError(f"{len(frames)} frames for {head.count} tensors")
+    tensors = []
+    for meta, data in zip(frames[1::2], frames[2::2], strict=True):
+        if len(meta) < _META.size:
+            raise FrameError("short tensor meta")
+        code, ndim = _META.unpack_from(meta)
+        if code >= len(_DTYPES) or ndim > MAX_DIMS or len(meta) != _META.size + 8 * ndim:
+            raise FrameError("bad tensor meta")
+        shape = struct.unpack_from(f"<{ndim}q", meta, _META.size)
+        if any(s < 0 for s in shape):
+            raise FrameError("negative dimension")
+        dtype = _DTYPES[code]
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if len(data) != math.prod(shape) * itemsize:
+            raise FrameError(f"data of {len(data)} bytes for shape {shape} of {dtype}")
+        np_dtype = np.bool_ if dtype == torch.bool else torch.empty((), dtype=dtype).numpy().dtype
+        arr = np.frombuffer(data, dtype=np_dtype).reshape(shape).copy()
+        tensors.append(torch.from_numpy(arr))
+    return head, tensors

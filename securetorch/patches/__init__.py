@@ -1,0 +1,1 @@
+"""Per-model-family patchers (one module per family)."""

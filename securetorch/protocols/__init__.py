@@ -1,0 +1,1 @@
+"""Pure protocol functions over replicated share pairs, grouped by family."""

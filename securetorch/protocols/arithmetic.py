@@ -1,0 +1,239 @@
+"""Arithmetic protocols on replicated secret shares over Z_2^64 (ABY3, semi-honest, 3 parties).
+
+A secret x = x_0 + x_1 + x_2 (mod 2^64) is held as pairs: party P_i holds
+``(x_i, x_{i+1})`` (indices mod 3). Functions here take this party's pair and return pairs;
+``ctx`` supplies the rank, the PRG streams and the links. Costs are per element of the
+output: rounds, and bytes sent by all parties together (8 bytes per ring element).
+
+Sources: Mohassel & Rindal, "ABY3" (CCS 2018) §2-§5; Dalskov, Escudero & Keller, "Secure
+Evaluation of Quantized Neural Networks" (PoPETs 2020) §5.1 for the wrap handling of
+truncation.
+
+Share tensors are never modified in place: a returned pair may alias (views of) its inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from securetorch.ring import logical_shift_right, ring_matmul
+from securetorch.runtime.context import PartyContext
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+# Truncation is exact (up to one unit in the last place) for |x| < 2^62 in the ring.
+TRUNCATION_HEADROOM_BITS = 62
+
+
+# --------------------------------------------------------------------------- sharing
+
+
+def zero_share(ctx: PartyContext, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """alpha_i = F(k_i) - F(k_{i+1}): three additive shares of zero. Local, no communication."""
+    return ctx.prg_prev.int64(shape) - ctx.prg_next.int64(shape)
+
+
+def share_from_party(ctx: PartyContext, value: torch.Tensor | None, owner: int) -> Pair:
+    """Secret-share ``value`` (a ring tensor known to ``owner`` only; others pass None).
+
+    x_o and x_{o+1} come from the owner's two PRG streams (so their holders draw them
+    locally); x_{o+2} = x - x_o - x_{o+1} is sent to both other parties, shape included.
+    Cost: 1 round, 16 bytes per element.
+    """
+    nxt, prv = (owner + 1) % 3, (owner + 2) % 3
+    if ctx.rank == owner:
+        if value is None:
+            raise ValueError(f"party {owner} owns the value and must pass it")
+        x_own = ctx.prg_prev.int64(value.shape)
+        x_next = ctx.prg_next.int64(value.shape)
+        x_last = value - x_own - x_next
+        ctx.net.exchange({nxt: [x_last], prv: [x_last]}, [])
+        return x_own, x_next
+    if value is not None:
+        raise ValueError(f"only the owner (party {owner}) passes the value; party {ctx.rank} must pass None")
+    x_last = ctx.net.exchange({}, [owner])[owner][0]
+    if ctx.rank == nxt:  # holds (x_{o+1}, x_{o+2})
+        return ctx.prg_prev.int64(x_last.shape), x_last
+    return x_last, ctx.prg_next.int64(x_last.shape)  # P_{o+2} holds (x_{o+2}, x_o)
+
+
+def public_shares(ctx: PartyContext, value: torch.Tensor) -> Pair:
+    """A public ring tensor as a (trivial) sharing: x_0 = value, x_1 = x_2 = 0. Local."""
+    zero = torch.zeros_like(value)
+    return (value if ctx.rank == 0 else zero, value if ctx.rank == 2 else zero)
+
+
+def reveal(ctx: PartyContext, x: Pair, to: int | None = None) -> torch.Tensor | None:
+    """Open x to every party (``to=None``: 1 round, 24 bytes per element) or to party ``to``
+    (1 round, 8 bytes per element); the others get None."""
+    first, second = x
+    if to is None:
+        got = ctx.net.exchange({ctx.next_rank: [first]}, [ctx.prev_rank])
+        return first + second + got[ctx.prev_rank][0]
+    sender = (to + 2) % 3  # holds (x_{to+2}, x_to): its first share is what P_to lacks
+    if ctx.rank == sender:
+        ctx.net.exchange({to: [first]}, [])
+        return None
+    if ctx.rank == to:
+        return first + second + ctx.net.exchange({}, [sender])[sender][0]
+    ctx.net.exchange({}, [])
+    return None
+
+
+def reshare(ctx: PartyContext, z: torch.Tensor) -> Pair:
+    """3-out-of-3 additive shares z_i (sum z) to replicated shares of z.
+
+    z_i is re-randomised with a zero-sharing, then P_i sends it to P_{i-1}.
+    Cost: 1 round, 24 bytes per element (ABY3 §2.2).
+    """
+    z = z + zero_share(ctx, z.shape)
+    got = ctx.net.exchange({ctx.prev_rank: [z]}, [ctx.next_rank])
+    return z, got[ctx.next_rank][0]
+
+
+# --------------------------------------------------------------------------- linear, local
+
+
+def add(x: Pair, y: Pair) -> Pair:
+    return x[0] + y[0], x[1] + y[1]
+
+
+def sub(x: Pair, y: Pair) -> Pair:
+    return x[0] - y[0], x[1] - y[1]
+
+
+def neg(x: Pair) -> Pair:
+    return -x[0], -x[1]
+
+
+def add_public(ctx: PartyContext, x: Pair, p: torch.Tensor) -> Pair:
+    """x + p for a public ring tensor p (added to share x_0, held by P_0 and P_2)."""
+    shape = torch.broadcast_shapes(x[0].shape, p.shape)
+    first, second = x[0].expand(shape), x[1].expand(shape)
+    if ctx.rank == 0:
+        first = first + p
+    elif ctx.rank == 2:
+        second = second + p
+    return first, second
+
+
+def mul_public(x: Pair, p: torch.Tensor) -> Pair:
+    """x * p for a public ring tensor p; exact in the ring (no truncation)."""
+    return x[0] * p, x[1] * p
+
+
+def matmul_public(x: Pair | torch.Tensor, y: Pair | torch.Tensor) -> Pair:
+    """Ring product with one public operand (exactly one of x, y is a pair)."""
+    if isinstance(x, tuple):
+        return ring_matmul(x[0], y), ring_matmul(x[1], y)
+    return ring_matmul(x, y[0]), ring_matmul(x, y[1])
+
+
+# --------------------------------------------------------------------------- products
+
+
+def mul_local(x: Pair, y: Pair) -> torch.Tensor:
+    """z_i = x_i y_i + x_i y_{i+1} + x_{i+1} y_i, computed as (x_i + x_{i+1})(y_i + y_{i+1}) - x_{i+1} y_{i+1}.
+
+    The three z_i add up to x*y (ABY3 §3.1). Local.
+    """
+    return (x[0] + x[1]) * (y[0] + y[1]) - x[1] * y[1]
+
+
+def matmul_local(x: Pair, y: Pair) -> torch.Tensor:
+    """Matrix version of ``mul_local``: two exact ring matmuls per party."""
+    return ring_matmul(x[0] + x[1], y[0] + y[1]) - ring_matmul(x[1], y[1])
+
+
+def mul(ctx: PartyContext, x: Pair, y: Pair) -> Pair:
+    """x * y in the ring (integers, no truncation). 1 round, 24 bytes per element."""
+    return reshare(ctx, mul_local(x, y))
+
+
+def matmul(ctx: PartyContext, x: Pair, y: Pair) -> Pair:
+    """x @ y in the ring (no truncation). 1 round, 24 bytes per output element."""
+    return reshare(ctx, matmul_local(x, y))
+
+
+# --------------------------------------------------------------------------- truncation
+
+
+def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
+    """Replicated shares of floor(z / 2^bits) (or one more) from 3-out-of-3 shares z_i of z.
+
+    Requires |z| < 2^62 as a signed ring element; then the result is always within one unit
+    in the last place (no failure probability). Each call rotates a *dealer* D over the
+    parties; A = D+1 and B = D+2 learn the masked value c = z + 2^62 + r, where
+    r = 2^bits * u + l with u = a + b (a shared by D and A, b by D and B) and l private to D.
+    With c'' = c mod 2^63 and kappa = c_63 xor r_63 the carry into bit 63 (Dalskov et al. §5.1):
+
+        floor(z / 2^bits) + e = (c >>> bits) - 2^(62-bits) - u + 2^(64-bits) * W
+
+    with e = 1 when the low bits of c are below those of r (a borrow), else 0.
+
+    where W = (u >>> (64-bits)) + (1 - c_63) * r_63 (mod 2^bits). D deals additive shares of W
+    for both values of c_63; A and B pick by c_63 and open W to each other (W is uniform to
+    them because the top bits of u are). The result is the sharing (y_D, y_A, y_B) =
+    (-b, -a, (c >>> bits) - 2^(62-bits) + 2^(64-bits) W): D sends nothing in round 2 and
+    receives nothing at all.
+
+    Round 1: A -> B z_A, B -> A z_B, D -> A and D -> B z_D + 2^62 + r, D -> B the two W shares.
+    Round 2: A <-> B their shares of W. Cost: 2 rounds, 48 bytes per element (W travels as
+    int32 for bits <= 32).
+    """
+    if not 0 < bits < 63:
+        raise ValueError("truncation by 1..62 bits")
+    z = z + zero_share(ctx, z.shape)
+    shape = z.shape
+    mask = (1 << bits) - 1
+    w_dtype = torch.int32 if bits <= 32 else torch.int64  # W mod 2^bits fits 32 bits
+    dealer = ctx.next_dealer()
+    rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
+    if ctx.rank == dealer:
+        a = ctx.prg_with(rank_a).int64(shape)
+        b = ctx.prg_with(rank_b).int64(shape)
+        w0_a = ctx.prg_with(rank_a).uniform_bits(shape, bits)
+        w1_a = ctx.prg_with(rank_a).uniform_bits(shape, bits)
+        low = ctx.prg_private.uniform_bits(shape, bits)
+        u = a + b
+        top = logical_shift_right(u, 64 - bits)
+        r63 = logical_shift_right(u, 63 - bits) & 1
+        w0_b = (top + r63 - w0_a) & mask  # share of W when c_63 = 0
+        w1_b = (top - w1_a) & mask  # share of W when c_63 = 1
+        masked = z + (1 << TRUNCATION_HEADROOM_BITS) + u * (1 << bits) + low
+        ctx.net.exchange({rank_a: [masked], rank_b: [masked, torch.stack([w0_b, w1_b]).to(w_dtype)]}, [])
+        ctx.net.exchange({}, [])
+        return -b, -a
+    other = rank_b if ctx.rank == rank_a else rank_a
+    u_part = ctx.prg_with(dealer).int64(shape)
+    if ctx.rank == rank_a:
+        w_options = (ctx.prg_with(dealer).uniform_bits(shape, bits), ctx.prg_with(dealer).uniform_bits(shape, bits))
+    got = ctx.net.exchange({other: [z]}, [dealer, other])
+    if ctx.rank == rank_b:
+        w_options = tuple(got[dealer][1].to(torch.int64) & mask)
+    c = z + got[other][0] + got[dealer][0]
+    c63 = logical_shift_right(c, 63).bool()
+    my_w = torch.where(c63, w_options[1], w_options[0])
+    their_w = ctx.net.exchange({other: [my_w.to(w_dtype)]}, [other])[other][0].to(torch.int64) & mask
+    w = (my_w + their_w) & mask
+    y_b = logical_shift_right(c, bits) - (1 << (TRUNCATION_HEADROOM_BITS - bits)) + w * (1 << (64 - bits))
+    if ctx.rank == rank_a:
+        return -u_part, y_b
+    return y_b, -u_part
+
+
+def truncate(ctx: PartyContext, x: Pair, bits: int) -> Pair:
+    """floor(x / 2^bits) or one more, for a shared x with |x| < 2^62. 2 rounds, 48 B/element."""
+    return truncate_additive(ctx, x[0], bits)
+
+
+def mul_fixed(ctx: PartyContext, x: Pair, y: Pair, frac_bits: int) -> Pair:
+    """Fixed-point x * y: local cross terms, then truncation fused with the resharing.
+
+    2 rounds, 48 bytes per element (ABY3's mul + SPU's truncation: 3 rounds)."""
+    return truncate_additive(ctx, mul_local(x, y), frac_bits)
+
+
+def matmul_fixed(ctx: PartyContext, x: Pair, y: Pair, frac_bits: int) -> Pair:
+    """Fixed-point x @ y. 2 rounds, 48 bytes per output element."""
+    return truncate_additive(ctx, matmul_local(x, y), frac_bits)

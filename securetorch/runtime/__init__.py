@@ -1,0 +1,1 @@
+"""Party processes, clusters and the driver side."""

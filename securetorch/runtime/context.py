@@ -1,0 +1,99 @@
+"""The state a party process holds: its rank, links, PRG streams and fixed-point setting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from securetorch.comm.network import PeerNetwork
+from securetorch.comm.stats import CommStats
+from securetorch.prg import AesPrg
+
+
+@dataclass(frozen=True)
+class PartyKeys:
+    """P_i's keys (ABY3 §2.2): k_i (shared with P_{i-1}), k_{i+1} (shared with P_{i+1}), one
+    key common to all three parties, and one private key."""
+
+    prev: bytes
+    next: bytes
+    common: bytes
+    private: bytes
+
+
+class PartyContext:
+    """Everything a protocol needs from the party running it.
+
+    ``prg_prev`` draws from k_i (also held by P_{i-1}), ``prg_next`` from k_{i+1} (also held
+    by P_{i+1}), ``prg_common`` from the key of all three, ``prg_private`` from this party's
+    own key. ``start_job`` restarts every stream at the job's number and resets the dealer
+    rotation, so each job starts from the same state on all parties.
+    """
+
+    def __init__(self, rank: int, frac_bits: int, net: PeerNetwork, keys: PartyKeys) -> None:
+        self.rank = rank
+        self.frac_bits = frac_bits
+        self.net = net
+        self._keys = keys
+        self.start_job(0)
+
+    def start_job(self, job: int) -> None:
+        self.net.begin_job(job)
+        self.prg_prev = AesPrg(self._keys.prev, job)
+        self.prg_next = AesPrg(self._keys.next, job)
+        self.prg_common = AesPrg(self._keys.common, job)
+        self.prg_private = AesPrg(self._keys.private, job)
+        self._dealer_turn = 0
+
+    @property
+    def next_rank(self) -> int:
+        return (self.rank + 1) % 3
+
+    @property
+    def prev_rank(self) -> int:
+        return (self.rank - 1) % 3
+
+    def prg_with(self, peer: int) -> AesPrg:
+        """The stream this party shares with ``peer``."""
+        if peer == self.next_rank:
+            return self.prg_next
+        if peer == self.prev_rank:
+            return self.prg_prev
+        raise ValueError(f"party {self.rank} shares no key with party {peer}")
+
+    def next_dealer(self) -> int:
+        """Rotate the helper role of dealer-assisted protocols over the parties (same on all)."""
+        dealer = self._dealer_turn
+        self._dealer_turn = (dealer + 1) % 3
+        return dealer
+
+    @property
+    def stats(self) -> CommStats:
+        return self.net.stats
+
+
+_CURRENT: PartyContext | None = None
+
+
+def set_current(ctx: PartyContext | None) -> None:
+    global _CURRENT
+    _CURRENT = ctx
+
+
+def current() -> PartyContext:
+    """The context of the party this code runs in (inside ``Cluster.run``)."""
+    if _CURRENT is None:
+        raise RuntimeError(
+            "not inside a party: secure operations run in functions passed to "
+            "Cluster.run / puma.run_local (or in a module returned by puma.secure)"
+        )
+    return _CURRENT
+
+
+def rank() -> int:
+    """This party's rank: 0, 1 or 2."""
+    return current().rank
+
+
+def stats() -> CommStats:
+    """A snapshot of this party's communication counters."""
+    return current().stats.copy()

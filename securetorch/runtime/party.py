@@ -1,0 +1,196 @@
+"""The party process: serves the driver's jobs and runs protocols with its two peers.
+
+Run as ``python -m securetorch.runtime.party --rank R ...`` (``LocalCluster`` does this).
+The party binds a control socket (ROUTER) for drivers and a PULL socket for its peers; on
+``setup`` it connects to its peers and agrees on PRG keys (ABY3 §2.2: P_i draws k_i and sends
+it to P_{i-1}; each party contributes to one key common to all three).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+import torch
+import zmq
+
+from securetorch.comm.network import PeerNetwork, bind_any
+from securetorch.comm.stats import CommStats
+from securetorch.errors import PartyError
+from securetorch.prg import new_key
+from securetorch.runtime import context
+from securetorch.runtime.context import PartyContext, PartyKeys
+from securetorch.runtime.wire import SharePayload, dumps, loads, map_structure
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent (the driver) exits, so no party is orphaned."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _to_shared(value: Any) -> Any:
+    from securetorch.tensor import SharedTensor
+
+    if isinstance(value, SharePayload):
+        return SharedTensor((value.first, value.second), value.dtype)
+    return value
+
+
+def _from_shared(value: Any) -> Any:
+    from securetorch.tensor import SharedTensor
+
+    if isinstance(value, SharedTensor):
+        first, second = value.shares
+        return SharePayload(first.contiguous(), second.contiguous(), value.dtype)
+    return value
+
+
+class PartyServer:
+    def __init__(self, rank: int, control_address: str, peer_address: str, timeout: float) -> None:
+        self.rank = rank
+        self.timeout = timeout
+        self.zmq = zmq.Context()
+        self.control = self.zmq.socket(zmq.ROUTER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control_address = bind_any(self.control, control_address)
+        self.net = PeerNetwork(rank, self.zmq, peer_address, timeout, self._on_control_during_job, self.control)
+        self.ctx: PartyContext | None = None
+        self.job: int | None = None
+        self._deferred: list[list[bytes]] = []
+
+    # ------------------------------------------------------------------ control
+    def _reply(self, ident: bytes, kind: bytes, payload: bytes = b"") -> None:
+        self.control.send_multipart([ident, kind, payload])
+
+    def _on_control_during_job(self) -> None:
+        frames = self.control.recv_multipart()
+        if frames[1] == b"abort" and self.job is not None and int(frames[2]) == self.job:
+            reason = frames[3].decode(errors="replace") if len(frames) > 3 else "the driver abandoned it"
+            raise PartyError(f"party {self.rank}: job {self.job} abandoned: {reason}")
+        if frames[1] != b"abort":
+            self._deferred.append(frames)
+
+    def _setup(self, ident: bytes, config: dict[str, Any]) -> None:
+        self.net.timeout = float(config.get("timeout", self.timeout))
+        self.net.connect({int(k): v for k, v in config["peers"].items()})
+        prev, nxt = (self.rank - 1) % 3, (self.rank + 1) % 3
+        own_key, common_part = new_key(), new_key()
+
+        def as_tensor(key: bytes) -> torch.Tensor:
+            return torch.frombuffer(bytearray(key), dtype=torch.uint8)
+
+        self.net.begin_job(0)
+        got = self.net.exchange(
+            {prev: [as_tensor(own_key), as_tensor(common_part)], nxt: [as_tensor(common_part)]}, [nxt, prev]
+        )
+        next_key = bytes(got[nxt][0].numpy())
+        parts = {self.rank: common_part, nxt: bytes(got[nxt][1].numpy()), prev: bytes(got[prev][0].numpy())}
+        common = hashlib.sha256(b"".join(parts[r] for r in range(3))).digest()[:16]
+        keys = PartyKeys(prev=own_key, next=next_key, common=common, private=new_key())
+        self.ctx = PartyContext(self.rank, int(config["frac_bits"]), self.net, keys)
+        self.net.stats = CommStats()
+        context.set_current(self.ctx)
+        self._reply(ident, b"ready", json.dumps({"rank": self.rank}).encode())
+
+    def _run(self, ident: bytes, job: int, payload: bytes) -> None:
+        self.job = job
+        self.ctx.start_job(job)
+        try:
+            fn, (args, kwargs) = loads(payload)
+            args, kwargs = map_structure((args, kwargs), _to_shared)
+            result = fn(*args, **kwargs)
+            reply = (b"ok", dumps(map_structure(result, _from_shared)))
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            tb = traceback.format_exc()
+            try:
+                blob = dumps((exc, tb))
+            except Exception:
+                blob = dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), tb))
+            reply = (b"err", blob)
+        finally:
+            self.job = None
+        self._reply(ident, *reply)
+
+    def _handle(self, frames: list[bytes]) -> bool:
+        ident, kind = frames[0], frames[1]
+        body = frames[2] if len(frames) > 2 else b""
+        if kind == b"setup":
+            self._setup(ident, json.loads(body))
+        elif kind == b"run":
+            if self.ctx is None:
+                self._reply(ident, b"err", dumps((RuntimeError("party not set up"), "")))
+            else:
+                self._run(ident, int(frames[2]), frames[3])
+        elif kind == b"stats":
+            self._reply(ident, b"stats", json.dumps(self.net.stats.as_dict()).encode())
+        elif kind == b"reset_stats":
+            self.net.stats = CommStats()
+            self._reply(ident, b"stats", json.dumps(self.net.stats.as_dict()).encode())
+        elif kind == b"stop":
+            self._reply(ident, b"bye")
+            return False
+        # b"abort" outside a job: nothing to abort
+        return True
+
+    def serve(self) -> None:
+        parent = os.getppid()
+        running = True
+        while running:
+            while self._deferred and running:
+                running = self._handle(self._deferred.pop(0))
+            if not running:
+                break
+            if self.control.poll(1000) == 0:
+                if os.getppid() != parent and parent != 1:
+                    break  # the driver that started us is gone
+                continue
+            running = self._handle(self.control.recv_multipart())
+        self.close()
+
+    def close(self) -> None:
+        self.net.close()
+        self.control.close(0)
+        self.zmq.term()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="a securetorch party process")
+    parser.add_argument("--rank", type=int, required=True, choices=[0, 1, 2])
+    parser.add_argument("--control", default="tcp://127.0.0.1:*", help="address for drivers")
+    parser.add_argument("--peer", default="tcp://127.0.0.1:*", help="address for the other parties")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a peer")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: cores / 3)")
+    parser.add_argument("--announce", default=None, help="PUSH address to report bound endpoints to")
+    parser.add_argument("--die-with-parent", action="store_true")
+    opts = parser.parse_args(argv)
+    if opts.die_with_parent:
+        _die_with_parent()
+    torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 3) // 3))
+    import securetorch.tensor  # noqa: F401 - registers the op tables
+    from securetorch.ring import resolve_kernel
+
+    resolve_kernel()  # time the ring matmul kernels now, not during the first product
+
+    server = PartyServer(opts.rank, opts.control, opts.peer, opts.timeout)
+    if opts.announce:
+        push = server.zmq.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 2000)
+        push.connect(opts.announce)
+        push.send_json({"rank": opts.rank, "control": server.control_address, "peer": server.net.address})
+        push.close()
+    server.serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Arithmetic ops on SharedTensors: + - * @, matmul family, linear, sum, mean, division by a
+public value. A plain tensor or number mixed in is public (local work, no communication).
+
+Fixed-point rules (f fractional bits):
+* secret x secret: ``mul_fixed`` / ``matmul_fixed`` (2 rounds, 48 B per output element);
+* secret x public integer values (integer dtype, or floats that are small integers): exact
+  ring product, no truncation, no communication;
+* secret x public float: the public factor is encoded with e >= f fractional bits, more
+  when it is small (its largest magnitude keeps 24 significant bits, so x * 0.001 is as
+  precise as x * 1), e = f for matmul; then truncated by e (2 rounds, 48 B/element).
+  Division by a public p multiplies by 1/p this way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from securetorch.protocols import arithmetic as pa
+from securetorch.ring import encode
+from securetorch.runtime.context import current
+from securetorch.tensor.registry import func_name, implements
+from securetorch.tensor.shape_ops import share_wise
+from securetorch.tensor.shared import SharedTensor
+
+_T = torch.Tensor
+F = torch.nn.functional
+_EXACT_INTEGER_LIMIT = 2**20
+_PUBLIC_FACTOR_BITS = 24
+
+
+def _public(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    return torch.as_tensor(value)
+
+
+def _dtype_of(*values: Any) -> torch.dtype:
+    return next(v.dtype for v in values if isinstance(v, SharedTensor))
+
+
+def _is_exact_integer(p: torch.Tensor) -> bool:
+    if not p.is_floating_point():
+        return True
+    return bool(torch.all(p == torch.round(p))) and bool(torch.all(p.abs() < _EXACT_INTEGER_LIMIT))
+
+
+def mul_by_public(x: pa.Pair, p: Any) -> pa.Pair:
+    """x * p for a public p (tensor or number), with the precision rules of this module."""
+    ctx = current()
+    p = _public(p)
+    if _is_exact_integer(p):
+        return pa.mul_public(x, p.to(torch.int64))
+    largest = float(p.abs().max()) if p.numel() else 0.0
+    if largest == 0.0:
+        return pa.mul_public(x, torch.zeros_like(p, dtype=torch.int64))
+    bits = min(62, max(ctx.frac_bits, _PUBLIC_FACTOR_BITS - 1 - math.ceil(math.log2(largest))))
+    scaled = pa.mul_public(x, encode(p, bits))
+    return pa.truncate(ctx, scaled, bits) if bits else scaled
+
+
+def _add(a: Any, b: Any) -> SharedTensor:
+    ctx, dtype = current(), _dtype_of(a, b)
+    if isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
+        return SharedTensor(pa.add(a.shares, b.shares), dtype)
+    shared, public = (a, b) if isinstance(a, SharedTensor) else (b, a)
+    return SharedTensor(pa.add_public(ctx, shared.shares, encode(_public(public), ctx.frac_bits)), dtype)
+
+
+def _neg(a: SharedTensor) -> SharedTensor:
+    return SharedTensor(pa.neg(a.shares), a.dtype)
+
+
+def _scaled(value: Any, alpha: Any) -> Any:
+    if alpha == 1:
+        return value
+    if isinstance(value, SharedTensor):
+        return SharedTensor(mul_by_public(value.shares, alpha), value.dtype)
+    return _public(value) * alpha
+
+
+def _mul(a: Any, b: Any) -> SharedTensor:
+    dtype = _dtype_of(a, b)
+    if isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
+        return SharedTensor(pa.mul_fixed(current(), a.shares, b.shares, current().frac_bits), dtype)
+    shared, public = (a, b) if isinstance(a, SharedTensor) else (b, a)
+    return SharedTensor(mul_by_public(shared.shares, public), dtype)
+
+
+def _matmul(a: Any, b: Any) -> SharedTensor:
+    ctx, dtype = current(), _dtype_of(a, b)
+    if isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
+        return SharedTensor(pa.matmul_fixed(ctx, a.shares, b.shares, ctx.frac_bits), dtype)
+    public = _public(b if isinstance(a, SharedTensor) else a)
+    exact = _is_exact_integer(public)
+    ring = public.to(torch.int64) if exact else encode(public, ctx.frac_bits)
+    pair = pa.matmul_public(a.shares, ring) if isinstance(a, SharedTensor) else pa.matmul_public(ring, b.shares)
+    return SharedTensor(pair if exact else pa.truncate(ctx, pair, ctx.frac_bits), dtype)
+
+
+def _in_place(self_: Any, result: SharedTensor, func: Any) -> SharedTensor:
+    if not isinstance(self_, SharedTensor):
+        raise NotImplementedError(f"securetorch: {func_name(func)} would write a secret into a public tensor")
+    if result.shape != self_.shape:
+        raise RuntimeError(f"{func_name(func)}: result shape {tuple(result.shape)} differs from {tuple(self_.shape)}")
+    self_._shares = result.shares
+    return self_
+
+
+def _alpha(kwargs: dict[str, Any]) -> Any:
+    alpha = kwargs.pop("alpha", 1)
+    if kwargs:
+        raise NotImplementedError(f"securetorch: unsupported keyword arguments {sorted(kwargs)}")
+    return alpha
+
+
+@implements(torch.add, _T.add, _T.__add__, _T.__radd__)
+def _add_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return _add(args[0], _scaled(args[1], _alpha(dict(kwargs))))
+
+
+@implements(torch.sub, torch.subtract, _T.sub, _T.subtract, _T.__sub__)
+def _sub_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return _add(args[0], _scaled(args[1], -_alpha(dict(kwargs))))
+
+
+@implements(_T.__rsub__, torch.rsub)
+def _rsub_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return _add(_scaled(args[0], -_alpha(dict(kwargs))), args[1])
+
+
+@implements(_T.__iadd__, _T.add_)
+def _iadd_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return _in_place(args[0], _add_op(func, args, kwargs), func)
+
+
+@implements(_T.__isub__, _T.sub_)
+def _isub_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return _in_place(args[0], _sub_op(func, args, kwargs), func)
+
+
+@implements(torch.neg, torch.negative, _T.neg, _T.negative, _T.__neg__)
+def _neg_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return _neg(args[0])
+
+
+@implements(_T.__pos__, torch.positive, _T.positive)
+def _pos_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return args[0]
+
+
+@implements(torch.mul, torch.multiply, _T.mul, _T.multiply, _T.__mul__, _T.__rmul__)
+def _mul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return _mul(args[0], args[1])
+
+
+@implements(_T.__imul__, _T.mul_)
+def _imul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return _in_place(args[0], _mul(args[0], args[1]), func)
+
+
+def _reciprocal_of_public(func: Any, divisor: Any) -> torch.Tensor:
+    if isinstance(divisor, SharedTensor):
+        raise NotImplementedError(
+            f"securetorch: {func_name(func)} by a secret needs the secure reciprocal (not available yet)"
+        )
+    return 1.0 / _public(divisor).to(torch.float64)
+
+
+@implements(torch.div, torch.divide, torch.true_divide, _T.div, _T.divide, _T.true_divide, _T.__truediv__)
+def _div_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    if kwargs.get("rounding_mode") is not None:
+        raise NotImplementedError(f"securetorch: {func_name(func)} with rounding_mode is not supported")
+    return _mul(args[0], _reciprocal_of_public(func, args[1]))
+
+
+@implements(_T.__itruediv__, _T.div_)
+def _idiv_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return _in_place(args[0], _div_op(func, args, kwargs), func)
+
+
+@implements(torch.matmul, _T.matmul, _T.__matmul__, torch.bmm, _T.bmm, torch.mm, _T.mm)
+def _matmul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return _matmul(args[0], args[1])
+
+
+@implements(_T.__rmatmul__)
+def _rmatmul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return _matmul(args[1], args[0])
+
+
+@implements(torch.addmm, _T.addmm, torch.baddbmm, _T.baddbmm)
+def _addmm_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    base, m1, m2 = args[:3]
+    beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
+    product = _scaled(_matmul(m1, m2), alpha)
+    if beta == 0:
+        return product
+    return _add(_scaled(base, beta), product)
+
+
+@implements(F.linear)
+def _linear_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    x, weight = args[0], args[1]
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    out = _matmul(
+        x, weight.transpose(-1, -2) if isinstance(weight, SharedTensor) else _public(weight).transpose(-1, -2)
+    )
+    return out if bias is None else _add(out, bias)
+
+
+@implements(torch.sum, _T.sum)
+def _sum_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
+    return share_wise(func, args, kwargs)
+
+
+@implements(torch.mean, _T.mean)
+def _mean_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    x = args[0]
+    kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
+    total = share_wise(torch.sum, args, kwargs)
+    count = x.numel() // max(1, total.numel())
+    return SharedTensor(mul_by_public(total.shares, 1.0 / count), x.dtype)

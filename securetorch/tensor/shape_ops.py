@@ -1,0 +1,129 @@
+"""Shape and data-movement ops: applied to both shares, no communication.
+
+They are linear and independent of the values, so applying them share-wise is exact. Index
+arguments (``__getitem__``, ``gather``, ``index_select``) must be public: a secret index is
+refused with ``NotImplementedError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from securetorch.protocols import arithmetic as pa
+from securetorch.ring import encode
+from securetorch.runtime.context import current
+from securetorch.tensor.registry import func_name, implements
+from securetorch.tensor.shared import SharedTensor
+
+_T = torch.Tensor
+
+# The SharedTensor operand is the first argument; a second tensor argument only gives a shape.
+_SHAPE_FROM_OTHER = {_T.view_as, _T.expand_as, _T.reshape_as}
+
+
+def wrap(first: Any, second: Any, dtype: torch.dtype) -> Any:
+    """Pair up share-wise results (a tensor, or a tuple/list of tensors) as SharedTensors."""
+    if isinstance(first, torch.Tensor):
+        return SharedTensor((first, second), dtype)
+    if isinstance(first, (tuple, list)):
+        return type(first)(wrap(a, b, dtype) for a, b in zip(first, second, strict=True))
+    return first  # non-tensor results (e.g. sizes) are equal on both shares
+
+
+def _no_secret(value: Any, func: Any) -> None:
+    if isinstance(value, SharedTensor):
+        raise NotImplementedError(f"securetorch: {func_name(func)} with a secret index or argument is not supported")
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            _no_secret(v, func)
+
+
+def share_wise(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Apply ``func`` to each share of the first argument; everything else must be public."""
+    self_, rest = args[0], list(args[1:])
+    if func in _SHAPE_FROM_OTHER and rest and isinstance(rest[0], SharedTensor):
+        rest[0] = rest[0].shares[0]
+    _no_secret(rest, func)
+    _no_secret(list(kwargs.values()), func)
+    first = func(self_.shares[0], *rest, **kwargs)
+    second = func(self_.shares[1], *rest, **kwargs)
+    return wrap(first, second, self_.dtype)
+
+
+implements(
+    _T.view, _T.reshape, torch.reshape, _T.permute, torch.permute, _T.transpose, torch.transpose,
+    _T.t, torch.t, _T.contiguous, _T.__getitem__, _T.expand, _T.expand_as, _T.view_as, _T.reshape_as,
+    _T.squeeze, torch.squeeze, _T.unsqueeze, torch.unsqueeze, _T.flatten, torch.flatten,
+    _T.unflatten, torch.unflatten, _T.split, torch.split, _T.chunk, torch.chunk, _T.unbind,
+    torch.unbind, _T.narrow, torch.narrow, _T.select, torch.select, _T.movedim, torch.movedim,
+    _T.swapaxes, torch.swapaxes, _T.clone, torch.clone, _T.detach, torch.detach, _T.flip,
+    torch.flip, _T.roll, torch.roll, _T.repeat, _T.tril, torch.tril, _T.triu, torch.triu,
+    _T.diagonal, torch.diagonal, _T.gather, torch.gather, _T.index_select, torch.index_select,
+    _T.T.__get__, _T.mT.__get__,
+)(share_wise)  # fmt: skip
+
+
+def as_pair(value: Any, dtype_hint: torch.dtype | None = None) -> pa.Pair:
+    """A SharedTensor's pair, or a public tensor/number encoded as a trivial sharing."""
+    if isinstance(value, SharedTensor):
+        return value.shares
+    ctx = current()
+    return pa.public_shares(ctx, encode(torch.as_tensor(value), ctx.frac_bits))
+
+
+def _first_shared(values: Any) -> SharedTensor:
+    return next(v for v in values if isinstance(v, SharedTensor))
+
+
+@implements(torch.cat, torch.concat, torch.concatenate, torch.stack)
+def _join(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    tensors, rest = list(args[0]), args[1:]
+    pairs = [as_pair(t) for t in tensors]
+    first = func([p[0] for p in pairs], *rest, **kwargs)
+    second = func([p[1] for p in pairs], *rest, **kwargs)
+    return SharedTensor((first, second), _first_shared(tensors).dtype)
+
+
+_FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _retype(self_: SharedTensor, dtype: Any, func: Any) -> SharedTensor:
+    if dtype is None:
+        return self_
+    if dtype not in _FLOAT:
+        raise NotImplementedError(f"securetorch: {func_name(func)} to {dtype}: a secret keeps a float dtype")
+    return SharedTensor(self_.shares, dtype)
+
+
+@implements(_T.to)
+def _to(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    self_, dtype = args[0], kwargs.get("dtype")
+    for a in [*list(args[1:]), kwargs.get("device")]:
+        if isinstance(a, torch.dtype):
+            dtype = a
+        elif isinstance(a, torch.Tensor):
+            dtype = a.dtype
+        elif a is not None and torch.device(a).type != "cpu":
+            raise NotImplementedError(f"securetorch: shares live on the CPU; cannot move to {a}")
+    return _retype(self_, dtype, func)
+
+
+@implements(_T.float, _T.double, _T.half, _T.bfloat16)
+def _cast(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    dtype = {"float": torch.float32, "double": torch.float64, "half": torch.float16, "bfloat16": torch.bfloat16}
+    return _retype(args[0], dtype[func.__name__], func)
+
+
+@implements(_T.type, _T.type_as)
+def _type(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    target = args[1] if len(args) > 1 else kwargs.get("dtype")
+    if target is None:
+        return "securetorch.SharedTensor"
+    return _retype(args[0], target.dtype if isinstance(target, torch.Tensor) else target, func)
+
+
+@implements(_T.requires_grad_)
+def _requires_grad(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
+    return args[0]

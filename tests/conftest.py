@@ -1,0 +1,23 @@
+"""Shared helpers for the tests (the ``cluster`` fixture comes from securetorch's pytest plugin)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def seeded(seed: int) -> torch.Generator:
+    """Test-data generator (plaintext inputs only; protocols never use torch's RNG)."""
+    return torch.Generator().manual_seed(seed)
+
+
+def chi_square_uniform_bytes(data: bytes) -> tuple[float, float]:
+    """Chi-square statistic of byte frequencies vs uniform, and the critical value at p = 1e-6
+    (Wilson-Hilferty approximation, 255 degrees of freedom)."""
+    counts = torch.bincount(torch.frombuffer(bytearray(data), dtype=torch.uint8).long(), minlength=256).double()
+    expected = len(data) / 256
+    stat = float(((counts - expected) ** 2 / expected).sum())
+    k, z = 255, 4.753  # z for upper tail 1e-6
+    critical = k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
+    return stat, critical

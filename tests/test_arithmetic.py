@@ -1,0 +1,314 @@
+"""Arithmetic on SharedTensors against float64 plaintext, with stated error bounds.
+
+Bounds (f = 18, u = 2^-18): encoding one input costs at most u/2; a fixed-point product
+adds one truncation (at most u) to the propagated encoding errors:
+|err(x*y)| <= (|x| + |y|) u/2 + 2u, and for matmul the encoding errors add over the inner
+dimension k: |err| <= k * max|x| max... estimated as (sum_k |x||y| rel) -- we use the
+explicit bound k * (max|x| + max|y|) * u/2 + 2u.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import securetorch as puma
+from securetorch.comm.stats import total
+
+from .conftest import seeded
+
+U = 2.0**-18
+F = torch.nn.functional
+HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def share_both(a: torch.Tensor, b: torch.Tensor) -> tuple[puma.SharedTensor, puma.SharedTensor]:
+    """a owned by party 0, b by party 1 (non-owners pass None)."""
+    x = puma.share(a if puma.rank() == 0 else None, owner=0, dtype=torch.float64)
+    y = puma.share(b if puma.rank() == 1 else None, owner=1, dtype=torch.float64)
+    return x, y
+
+
+def binary_ops(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    x, y = share_both(a, b)
+    out = {
+        "add": x + y,
+        "sub": x - y,
+        "mul": x * y,
+        "neg": -x,
+        "add_public": x + b,
+        "radd_public": 2.5 + x,
+        "rsub_public": 1.0 - x,
+        "mul_public_tensor": x * b,
+        "mul_public_float": x * 0.1234,
+        "mul_public_int": x * 3,
+        "div_public": x / 7.0,
+        "torch_add_alpha": torch.add(x, y, alpha=2),
+        "torch_sub": torch.sub(x, y),
+        "torch_mul": torch.mul(x, y),
+    }
+    return {k: v.reveal() for k, v in out.items()}
+
+
+def expected_binary(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {
+        "add": a + b,
+        "sub": a - b,
+        "mul": a * b,
+        "neg": -a,
+        "add_public": a + b,
+        "radd_public": 2.5 + a,
+        "rsub_public": 1.0 - a,
+        "mul_public_tensor": a * b,
+        "mul_public_float": a * 0.1234,
+        "mul_public_int": a * 3,
+        "div_public": a / 7.0,
+        "torch_add_alpha": a + 2 * b,
+        "torch_sub": a - b,
+        "torch_mul": a * b,
+    }
+
+
+shapes = st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple)
+
+
+@HYP
+@given(shape=shapes, scale=st.sampled_from([1e-3, 1.0, 30.0, 1000.0]), seed=st.integers(0, 2**31))
+def test_elementwise_ops_match_float64(cluster, shape, scale, seed) -> None:
+    g = seeded(seed)
+    a = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
+    b = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
+    got = cluster.run(binary_ops, a, b)[0]
+    want = expected_binary(a, b)
+    bound = (a.abs() + b.abs()) * U / 2 * 4 + 4 * U  # factors cover alpha/int scaling of encodings
+    for name, value in got.items():
+        err = (value.double() - want[name]).abs()
+        assert bool((err <= bound).all()), (name, float(err.max()), float(bound.min()))
+
+
+def test_edge_values(cluster) -> None:
+    """Products up to real magnitude 2^20, exact zeros, tiny and negative values."""
+    a = torch.tensor(
+        [0.0, -0.0, 2.0**-18, -(2.0**-18), 1024.0, -1024.0, 1023.99, -1000.0, 1.0, -1.0], dtype=torch.float64
+    )
+    b = torch.tensor([0.0, 5.0, 1.0, -1.0, 1024.0, 1024.0, -1024.0, -1000.0, 2.0**-18, 0.5], dtype=torch.float64)
+    got = cluster.run(lambda a, b: (lambda x, y: (x * y).reveal())(*share_both(a, b)), a, b)[0]
+    err = (got.double() - a * b).abs()
+    assert bool((err <= (a.abs() + b.abs()) * U / 2 + 2 * U).all()), err
+
+
+def test_truncation_protocol_range(cluster) -> None:
+    """Ring-level truncation: floor(z / 2^d) or one more, for |z| up to 2^62 - 1."""
+    from securetorch.protocols import arithmetic as pa
+    from securetorch.runtime.context import current
+
+    z = torch.tensor(
+        [0, 1, -1, 2**18, -(2**18), 2**62 - 1, -(2**62) + 1, 2**55 + 12345, -(2**55) - 999, 7], dtype=torch.int64
+    )
+
+    def fn(z: torch.Tensor) -> list[torch.Tensor]:
+        ctx = current()
+        x = pa.share_from_party(ctx, z if ctx.rank == 2 else None, owner=2)
+        return [pa.reveal(ctx, pa.truncate(ctx, x, bits)) for bits in (1, 18, 31, 36, 62)]
+
+    for _ in range(3):  # rotate the dealer role through all parties
+        outs = cluster.run(fn, z)[0]
+        for bits, out in zip((1, 18, 31, 36, 62), outs, strict=True):
+            diff = out - (z >> bits)  # z >> bits: floor division by 2^bits
+            assert bool(((diff == 0) | (diff == 1)).all()), (bits, diff)
+
+
+def matmul_family(a, b, c, bias):
+    x, w = share_both(a, b)
+    cs = puma.share(c if puma.rank() == 2 else None, owner=2, dtype=torch.float64)
+    bs = puma.share(bias if puma.rank() == 2 else None, owner=2, dtype=torch.float64)
+    out = {
+        "matmul": x @ w,
+        "torch_matmul": torch.matmul(x, w),
+        "public_right": x @ b,
+        "public_left": a @ w,
+        "mm": torch.mm(x, w),
+        "addmm": torch.addmm(bs, x, w),
+        "addmm_scaled": torch.addmm(bs, x, w, beta=0.5, alpha=2.0),
+        "linear": F.linear(x, w.t(), bs),
+        "linear_public_weight": F.linear(x, b.t()),
+        "bmm": torch.bmm(cs, cs.transpose(1, 2)),
+        "baddbmm": torch.baddbmm(cs[:, :, :2], cs, cs.transpose(1, 2)[:, :, :2]),
+        "batched_matmul": cs @ w[: c.shape[-1]],
+    }
+    return {k: v.reveal() for k, v in out.items()}
+
+
+@HYP
+@given(m=st.integers(1, 6), k=st.integers(1, 40), n=st.integers(2, 6), seed=st.integers(0, 2**31))
+def test_matmul_family_matches_float64(cluster, m, k, n, seed) -> None:
+    g = seeded(seed)
+    a = torch.randn(m, k, generator=g, dtype=torch.float64) * 3
+    b = torch.randn(k, n, generator=g, dtype=torch.float64) * 3
+    c = torch.randn(2, 3, min(k, 4), generator=g, dtype=torch.float64)
+    bias = torch.randn(n, generator=g, dtype=torch.float64)
+    got = cluster.run(matmul_family, a, b, c, bias)[0]
+    want = {
+        "matmul": a @ b,
+        "torch_matmul": a @ b,
+        "public_right": a @ b,
+        "public_left": a @ b,
+        "mm": a @ b,
+        "addmm": bias + a @ b,
+        "addmm_scaled": 0.5 * bias + 2 * (a @ b),
+        "linear": a @ b + bias,
+        "linear_public_weight": a @ b,
+        "bmm": c @ c.transpose(1, 2),
+        "baddbmm": c[:, :, :2] + c @ c.transpose(1, 2)[:, :, :2],
+        "batched_matmul": c @ b[: c.shape[-1]],
+    }
+    bound = k * (a.abs().max() + b.abs().max() + 2 * c.abs().max()) * U + 8 * U
+    for name, value in got.items():
+        err = float((value.double() - want[name]).abs().max())
+        assert err <= bound, (name, err, bound)
+
+
+def test_matmul_acceptance_error_rounds_bytes(cluster) -> None:
+    """Issue #2: [128,768] x [768,768], N(0,1): error <= 4e-4, <= 2 rounds, <= 5.1 MB."""
+    g = seeded(7)
+    a = torch.randn(128, 768, generator=g, dtype=torch.float64)
+    b = torch.randn(768, 768, generator=g, dtype=torch.float64)
+
+    def fn(a, b):
+        x, w = share_both(a, b)
+        before = puma.stats()
+        y = x @ w
+        cost = puma.stats() - before
+        return y.reveal(), cost
+
+    results = cluster.run(fn, a, b)
+    err = float((results[0][0].double() - a @ b).abs().max())
+    cost = total([r[1] for r in results])
+    assert err <= 4e-4
+    assert cost.rounds == 2
+    assert cost.bytes_sent == 48 * 128 * 768 <= 5.1e6
+
+
+@pytest.mark.parametrize("shape", [(1,), (3, 5), (2, 3, 4)])
+def test_exact_costs_of_sharing_and_products(cluster, shape) -> None:
+    """Bytes (all parties) and rounds per element are exact: share 16 B/1, reveal 24 B/1,
+    reveal-to-one 8 B/1, fixed-point mul 48 B/2, ring mul 24 B/1, matmul 48 B per output/2."""
+    from securetorch.protocols import arithmetic as pa
+    from securetorch.runtime.context import current
+
+    n = torch.Size(shape).numel()
+
+    def fn(shape):
+        ctx = current()
+        costs = {}
+
+        def measure(name, op):
+            before = puma.stats()
+            result = op()
+            costs[name] = puma.stats() - before
+            return result
+
+        t = torch.ones(shape)
+        x = measure("share", lambda: puma.share(t if puma.rank() == 0 else None, owner=0))
+        measure("reveal", lambda: x.reveal())
+        measure("reveal_to", lambda: x.reveal(to=1))
+        measure("mul", lambda: x * x)
+        measure("ring_mul", lambda: pa.mul(ctx, x.shares, x.shares))
+        measure("matmul", lambda: x.reshape(n, 1) @ x.reshape(1, n))
+        measure("public", lambda: x + t - 2 * x + x * 3)
+        return costs
+
+    results = cluster.run(fn, shape)
+    summed = {k: total([r[k] for r in results]) for k in results[0]}
+    expected = {
+        "share": (16 * n, 1),
+        "reveal": (24 * n, 1),
+        "reveal_to": (8 * n, 1),
+        "mul": (48 * n, 2),
+        "ring_mul": (24 * n, 1),
+        "matmul": (48 * n * n, 2),
+        "public": (0, 0),
+    }
+    for name, (nbytes, rounds) in expected.items():
+        assert (summed[name].bytes_sent, summed[name].rounds) == (nbytes, rounds), name
+        assert summed[name].bytes_received == nbytes, name
+
+
+def test_sum_mean_and_division(cluster) -> None:
+    g = seeded(3)
+    a = torch.randn(4, 6, 8, generator=g, dtype=torch.float64) * 10
+
+    def fn(a):
+        x = puma.share(a if puma.rank() == 0 else None, owner=0, dtype=torch.float64)
+        return {
+            "sum": x.sum(),
+            "sum_dim": torch.sum(x, dim=1),
+            "sum_keep": x.sum(-1, keepdim=True),
+            "mean": x.mean(),
+            "mean_dim": torch.mean(x, dim=(0, 2)),
+            "mean_768": torch.cat([x.reshape(-1)] * 4).mean(),
+            "div_tensor": x / (torch.arange(8, dtype=torch.float64) + 1),
+            "div_int": x / 3,
+        }
+
+    got = cluster.run(fn, a)[0]
+    want = {
+        "sum": a.sum(),
+        "sum_dim": a.sum(1),
+        "sum_keep": a.sum(-1, keepdim=True),
+        "mean": a.mean(),
+        "mean_dim": a.mean(dim=(0, 2)),
+        "mean_768": a.mean(),
+        "div_tensor": a / (torch.arange(8, dtype=torch.float64) + 1),
+        "div_int": a / 3,
+    }
+    for name in want:
+        err = float((got[name].double() - want[name]).abs().max())
+        assert err <= 192 * U, (name, err)  # sums add up to 192 encoding errors
+
+
+def test_in_place_ops(cluster) -> None:
+    a = torch.tensor([1.5, -2.0, 3.25], dtype=torch.float64)
+
+    def fn(a):
+        x = puma.share(a if puma.rank() == 0 else None, owner=0, dtype=torch.float64)
+        y = x
+        y += 1
+        y *= 2
+        y -= x / 4
+        y /= 2
+        assert y is x
+        return x
+
+    got = cluster.run(fn, a)[0]
+    ref = (a + 1) * 2
+    ref = (ref - ref / 4) / 2
+    assert float((got.double() - ref).abs().max()) <= 8 * U
+
+
+def test_float_results_keep_logical_dtype(cluster) -> None:
+    def fn():
+        x = puma.share(torch.ones(2, 3) if puma.rank() == 0 else None, owner=0)
+        return [
+            x.dtype,
+            x.double().dtype,
+            x.to(torch.float16).dtype,
+            x.type(torch.float64).dtype,
+            x.float().dtype,
+            x.dim(),
+            tuple(x.shape),
+            isinstance(x, torch.Tensor),
+        ]
+
+    assert cluster.run(fn)[0] == [
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.float64,
+        torch.float32,
+        2,
+        (2, 3),
+        True,
+    ]

@@ -1,0 +1,50 @@
+"""Framing of the party-to-party wire: round trips, and malformed frames are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securetorch.comm.frames import FrameError, decode_message, encode_message
+
+
+def as_bytes(frames: list) -> list[bytes]:
+    return [bytes(f) for f in frames]
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.float64, torch.bool])
+def test_round_trip(dtype: torch.dtype) -> None:
+    tensors = [torch.arange(24).reshape(2, 3, 4).to(dtype), torch.zeros(0, 5, dtype=dtype), torch.tensor(7).to(dtype)]
+    head, got = decode_message(as_bytes(encode_message(2, 9, 31, tensors)))
+    assert (head.sender, head.job, head.step, head.count) == (2, 9, 31, 3)
+    for a, b in zip(tensors, got, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_non_contiguous_tensor() -> None:
+    t = torch.arange(12).reshape(3, 4).t()
+    _, got = decode_message(as_bytes(encode_message(0, 1, 1, [t])))
+    assert torch.equal(got[0], t)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=64), max_size=6))
+def test_random_frames_never_crash(frames: list[bytes]) -> None:
+    try:
+        decode_message(frames)
+    except FrameError:
+        pass
+
+
+@settings(max_examples=200)
+@given(st.integers(0, 200), st.integers(0, 3))
+def test_truncated_frames_are_refused(cut: int, which: int) -> None:
+    frames = as_bytes(encode_message(1, 1, 1, [torch.arange(10), torch.ones(2, 2)]))
+    which = min(which, len(frames) - 1)
+    if cut >= len(frames[which]):
+        return
+    frames[which] = frames[which][:cut]
+    with pytest.raises(FrameError):
+        decode_message(frames)

@@ -1,0 +1,104 @@
+"""Ring Z_2^64 kernels: wrap-around, fixed-point encoding, exact ring matmul."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securetorch import ring
+
+from .conftest import seeded
+
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+
+def full_range(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.randint(-(2**63), 2**63 - 1, shape, generator=seeded(seed), dtype=torch.int64)
+
+
+def python_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Reference: Python integers, reduced mod 2^64 to signed."""
+    rows, inner, cols = a.shape[0], a.shape[1], b.shape[1]
+    al, bl = a.tolist(), b.tolist()
+    out = []
+    for i in range(rows):
+        row = []
+        for j in range(cols):
+            v = sum(al[i][k] * bl[k][j] for k in range(inner)) % 2**64
+            row.append(v - 2**64 if v >= 2**63 else v)
+        out.append(row)
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def test_int64_arithmetic_wraps_mod_2_64() -> None:
+    big = torch.tensor([2**62, -(2**63), 2**63 - 1])
+    assert torch.equal(big * 4, torch.tensor([0, 0, -4]))
+    assert torch.equal(big + big, torch.tensor([-(2**63), 0, -2]))
+
+
+@given(st.floats(min_value=-(2.0**40), max_value=2.0**40, allow_nan=False))
+def test_encode_decode_round_trip(x: float) -> None:
+    enc = ring.encode(torch.tensor([x], dtype=torch.float64), 18)
+    assert enc.dtype == torch.int64
+    assert abs(ring.decode(enc, 18).item() - x) <= 2.0**-19
+
+
+def test_encode_rejects_out_of_range_and_nonfinite() -> None:
+    with pytest.raises(ValueError, match="fixed-point range"):
+        ring.encode(torch.tensor([2.0**46]), 18)
+    with pytest.raises(ValueError, match="finite"):
+        ring.encode(torch.tensor([float("nan")]), 18)
+
+
+@given(INT64, st.integers(min_value=1, max_value=63))
+def test_logical_shift_right(x: int, bits: int) -> None:
+    got = ring.logical_shift_right(torch.tensor([x]), bits).item()
+    assert got == (x % 2**64) >> bits
+
+
+@pytest.mark.parametrize("kernel", ["native", "limbs"])
+def test_ring_matmul_matches_python_integers(kernel: str) -> None:
+    a, b = full_range((7, 33), 1), full_range((33, 5), 2)
+    assert torch.equal(ring.ring_matmul(a, b, kernel), python_matmul(a, b))
+
+
+@pytest.mark.parametrize("inner", [1, 1023, 1024, 1025, 2049, 5000])
+def test_limb_matmul_exact_for_long_inner_dimensions(inner: int) -> None:
+    a, b = full_range((3, inner), inner), full_range((inner, 4), inner + 1)
+    assert torch.equal(ring.limb_matmul(a, b), python_matmul(a, b))
+
+
+def test_limb_matmul_extreme_values() -> None:
+    # Every limb at its bound: the worst case for the float64 partial sums.
+    extremes = torch.tensor([-(2**63), 2**63 - 1, 2**62 + 2**43 + 2**21, -(2**21) - 2**43 - 2**62], dtype=torch.int64)
+    a = extremes.repeat(1024 * 2 // 4).reshape(2, 1024)
+    b = extremes.flip(0).repeat(1024 * 3 // 4).reshape(1024, 3)
+    assert torch.equal(ring.limb_matmul(a, b), python_matmul(a, b))
+
+
+@pytest.mark.parametrize(
+    ("shape_a", "shape_b"),
+    [((128, 768), (768, 768)), ((2, 3, 16, 8), (2, 3, 8, 5)), ((4, 16, 8), (8, 5)), ((8,), (8, 3)), ((4, 8), (8,))],
+)
+def test_limb_matmul_equals_native_bit_for_bit(shape_a: tuple[int, ...], shape_b: tuple[int, ...]) -> None:
+    a, b = full_range(shape_a, 3), full_range(shape_b, 4)
+    assert torch.equal(ring.limb_matmul(a, b), ring.native_matmul(a, b))
+
+
+def test_auto_kernel_resolves_to_a_real_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ring.resolve_kernel("auto") in ("native", "limbs")
+    monkeypatch.setenv("SECURETORCH_MATMUL_KERNEL", "limbs")
+    assert ring.resolve_kernel() == "limbs"
+    with pytest.raises(ValueError, match="unknown ring matmul kernel"):
+        ring.resolve_kernel("fast")  # type: ignore[arg-type]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 40), st.integers(1, 4), st.integers(0, 2**31))
+def test_ring_matmul_hypothesis_shapes(m: int, k: int, n: int, seed: int) -> None:
+    a, b = full_range((m, k), seed), full_range((k, n), seed + 1)
+    expected = python_matmul(a, b)
+    assert torch.equal(ring.limb_matmul(a, b), expected)
+    assert torch.equal(ring.native_matmul(a, b), expected)

@@ -1,0 +1,105 @@
+"""What a party receives looks uniformly random; outputs reach only their recipients."""
+
+from __future__ import annotations
+
+import torch
+
+import securetorch as puma
+from securetorch.runtime.context import current
+
+from .conftest import chi_square_uniform_bytes
+
+
+def recording(fn):
+    """Run ``fn`` in a party while recording every tensor this party receives."""
+
+    def wrapped(*args):
+        net = current().net
+        received: list[torch.Tensor] = []
+        original = net._recv
+
+        def spy(peer):
+            tensors = original(peer)
+            received.extend(tensors)
+            return tensors
+
+        net._recv = spy
+        try:
+            fn(*args)
+        finally:
+            net._recv = original
+        return received
+
+    return wrapped
+
+
+def uniform_payload(tensors: list[torch.Tensor]) -> bytes:
+    """Bytes that must be uniform: int64 ring elements whole; the int32 shares of the
+    truncation's W (uniform mod 2^bits, bits >= 16) by their low 16 bits."""
+    parts = []
+    for t in tensors:
+        assert t.dtype in (torch.int64, torch.int32), t.dtype
+        if t.dtype == torch.int64:
+            parts.append(t.numpy().tobytes())
+        else:
+            parts.append((t & 0xFFFF).to(torch.int16).numpy().tobytes())
+    return b"".join(parts)
+
+
+def test_shares_of_a_constant_are_uniform(cluster) -> None:
+    def fn():
+        puma.share(torch.zeros(100_000) if puma.rank() == 0 else None, owner=0)
+
+    received = cluster.run(recording(fn))
+    assert received[0] == []  # the owner receives nothing
+    for r in (1, 2):
+        stat, critical = chi_square_uniform_bytes(uniform_payload(received[r]))
+        assert stat < critical, (r, stat, critical)
+
+
+def test_every_message_of_products_is_uniform(cluster) -> None:
+    """Mul, matmul and truncation of constants: all received payloads look uniform."""
+
+    def fn():
+        x = puma.share(torch.full((20_000,), 3.0) if puma.rank() == 0 else None, owner=0)
+        y = puma.share(torch.full((20_000,), -2.0) if puma.rank() == 1 else None, owner=1)
+        for _ in range(3):  # each party takes the dealer role once
+            x * y
+        x.reshape(100, 200) @ y.reshape(200, 100)
+        x * 0.001
+
+    for r, tensors in enumerate(cluster.run(recording(fn))):
+        assert tensors
+        stat, critical = chi_square_uniform_bytes(uniform_payload(tensors))
+        assert stat < critical, (r, stat, critical)
+
+
+def test_reveal_to_one_party_sends_nothing_to_the_others(cluster) -> None:
+    def fn():
+        x = puma.share(torch.arange(10.0) if puma.rank() == 2 else None, owner=2)
+        before = puma.stats()
+        value = x.reveal(to=1)
+        return value, puma.stats() - before
+
+    results = cluster.run(fn)
+    assert results[0][0] is None and results[2][0] is None
+    assert torch.equal(results[1][0], torch.arange(10.0))
+    assert results[0][1].bytes_received == 0 and results[2][1].bytes_received == 0
+
+
+def test_driver_inputs_and_outputs_stay_with_the_driver(cluster) -> None:
+    """A private input arrives as shares; a returned SharedTensor goes only to the driver."""
+    secret = torch.tensor([[1.25, -3.5], [7.0, 0.125]])
+
+    def fn(x):
+        return x.shares, x * 2
+
+    results = cluster.run(fn, puma.private(secret))
+    # each party saw only its pair, never the value
+    pairs = [r[0] for r in results]
+    assert not any(
+        torch.equal(a, puma.ring.encode(secret, 18)) or torch.equal(b, puma.ring.encode(secret, 18)) for a, b in pairs
+    )
+    total = pairs[0][0] + pairs[1][0] + pairs[2][0]
+    assert torch.equal(total, puma.ring.encode(secret, 18))
+    assert torch.equal(results[0][1], secret * 2)

@@ -1,0 +1,155 @@
+"""SharedTensor behaviour: shape ops share-wise, public mixing, clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import securetorch as puma
+
+U = 2.0**-18
+
+
+def shape_ops(a: torch.Tensor) -> dict[str, object]:
+    x = puma.share(a if puma.rank() == 0 else None, owner=0, dtype=torch.float64)
+    p = torch.ones(2, 3, 4, dtype=torch.float64)
+    ops = {
+        "view": x.view(6, 4),
+        "reshape": x.reshape(4, 6),
+        "torch_reshape": torch.reshape(x, (-1,)),
+        "permute": x.permute(2, 0, 1),
+        "transpose": x.transpose(0, 2),
+        "t": x[0].t(),
+        "T": x[0].T,
+        "contiguous": x.transpose(0, 1).contiguous(),
+        "getitem": x[1, :, 1:3],
+        "getitem_mask": x[:, torch.tensor([True, False, True])],
+        "cat": torch.cat([x, p, x], dim=1),
+        "stack": torch.stack([x, x], dim=0),
+        "split": x.split([1, 3], dim=2),
+        "chunk": torch.chunk(x, 2, dim=2),
+        "expand": x[:, :1].expand(2, 5, 4),
+        "squeeze": x[:, :1].squeeze(1),
+        "unsqueeze": x.unsqueeze(-1),
+        "flatten": x.flatten(1),
+        "unflatten": x.flatten().unflatten(0, (4, 6)),
+        "unbind": x.unbind(0),
+        "narrow": x.narrow(2, 1, 2),
+        "select": x.select(1, 2),
+        "movedim": x.movedim(0, -1),
+        "clone": x.clone(),
+        "detach": x.detach(),
+        "flip": x.flip(0),
+        "tril": torch.tril(x[0]),
+        "index_select": torch.index_select(x, 2, torch.tensor([3, 0])),
+        "gather": torch.gather(x, 2, torch.zeros(2, 3, 1, dtype=torch.long)),
+        "view_as": x.flatten().view_as(x),
+    }
+
+    def open_(v):
+        return v.reveal() if isinstance(v, puma.SharedTensor) else type(v)(open_(t) for t in v)
+
+    return {k: open_(v) for k, v in ops.items()}
+
+
+def test_shape_ops_match_plaintext(cluster) -> None:
+    a = torch.arange(24, dtype=torch.float64).reshape(2, 3, 4) / 8 - 1.3
+    p = torch.ones(2, 3, 4, dtype=torch.float64)
+    want = {
+        "view": a.view(6, 4),
+        "reshape": a.reshape(4, 6),
+        "torch_reshape": a.reshape(-1),
+        "permute": a.permute(2, 0, 1),
+        "transpose": a.transpose(0, 2),
+        "t": a[0].t(),
+        "T": a[0].T,
+        "contiguous": a.transpose(0, 1),
+        "getitem": a[1, :, 1:3],
+        "getitem_mask": a[:, torch.tensor([True, False, True])],
+        "cat": torch.cat([a, p, a], dim=1),
+        "stack": torch.stack([a, a]),
+        "split": a.split([1, 3], dim=2),
+        "chunk": torch.chunk(a, 2, dim=2),
+        "expand": a[:, :1].expand(2, 5, 4),
+        "squeeze": a[:, :1].squeeze(1),
+        "unsqueeze": a.unsqueeze(-1),
+        "flatten": a.flatten(1),
+        "unflatten": a.flatten().unflatten(0, (4, 6)),
+        "unbind": a.unbind(0),
+        "narrow": a.narrow(2, 1, 2),
+        "select": a.select(1, 2),
+        "movedim": a.movedim(0, -1),
+        "clone": a,
+        "detach": a,
+        "flip": a.flip(0),
+        "tril": torch.tril(a[0]),
+        "index_select": a[:, :, [3, 0]],
+        "gather": a[:, :, :1],
+        "view_as": a,
+    }
+    got = cluster.run(shape_ops, a)[0]
+    for name, expected in want.items():
+        values = got[name]
+        if isinstance(expected, torch.Tensor):
+            values, expected = [values], [expected]
+        for v, e in zip(values, expected, strict=True):
+            assert v.shape == e.shape, name
+            assert float((v - e).abs().max()) <= U, name
+
+
+def test_public_operands_cost_nothing(cluster) -> None:
+    def fn():
+        x = puma.share(torch.ones(3, 4) if puma.rank() == 0 else None, owner=0)
+        before = puma.stats()
+        y = (x + torch.ones(4)) * 2 - x * torch.tensor(3) + 1
+        torch.cat([y, torch.zeros(1, 4)])
+        return puma.stats() - before
+
+    assert all(s.bytes_sent == 0 and s.rounds == 0 for s in cluster.run(fn))
+
+
+@pytest.mark.parametrize(
+    ("expr", "name"),
+    [
+        (lambda x: torch.sin(x), "torch.sin(SharedTensor)"),
+        (lambda x: bool(x.sum()), "Tensor.__bool__"),
+        (lambda x: x.item(), "Tensor.item"),
+        (lambda x: x.numpy(), "Tensor.numpy"),
+        (lambda x: x.long(), "Tensor.long"),
+        (lambda x: x.to(torch.int64), "Tensor.to to torch.int64"),
+        (lambda x: x[x.reshape(-1)[:1].long()], "Tensor.long"),
+        (lambda x: x.sum() / x.sum(), "by a secret"),
+        (lambda x: torch.index_select(x, 0, x.long()), "Tensor.long"),
+        (lambda x: torch.cumsum(x, 0), "torch.cumsum(SharedTensor, int)"),
+    ],
+)
+def test_unsupported_ops_raise_naming_the_op(cluster, expr, name) -> None:
+    def fn():
+        x = puma.share(torch.ones(3) if puma.rank() == 0 else None, owner=0)
+        return expr(x)
+
+    with pytest.raises(NotImplementedError) as info:
+        cluster.run(fn)
+    assert name in str(info.value)
+
+
+def test_secret_index_refused(cluster) -> None:
+    def fn():
+        x = puma.share(torch.ones(3) if puma.rank() == 0 else None, owner=0)
+        return torch.gather(x, 0, x)
+
+    with pytest.raises(NotImplementedError, match="secret index"):
+        cluster.run(fn)
+
+
+def test_shared_tensor_is_a_tensor_with_metadata(cluster) -> None:
+    def fn():
+        x = puma.share(torch.ones(2, 5) if puma.rank() == 1 else None, owner=1)
+        return [isinstance(x, torch.Tensor), tuple(x.shape), x.size(1), x.dim(), x.ndim, x.numel(), len(x), repr(x)]
+
+    assert cluster.run(fn)[0] == [True, (2, 5), 5, 2, 2, 10, 2, "SharedTensor(shape=(2, 5), dtype=torch.float32)"]
+
+
+def test_outside_a_party_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="not inside a party"):
+        puma.share(torch.ones(2), owner=0)
