@@ -23,14 +23,10 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b
 
 
 def run_demo(batch: int = 32, features: int = 64, hidden: int = 256, classes: int = 10) -> dict[str, float]:
-    gen = torch.Generator().manual_seed(0)  # plaintext demo data, not protocol randomness
-    x = torch.randn(batch, features, generator=gen, dtype=torch.float64)
-    params = [
-        torch.randn(hidden, features, generator=gen, dtype=torch.float64) / features**0.5,
-        torch.randn(hidden, generator=gen, dtype=torch.float64) * 0.1,
-        torch.randn(classes, hidden, generator=gen, dtype=torch.float64) / hidden,
-        torch.randn(classes, generator=gen, dtype=torch.float64) * 0.1,
-    ]
+    torch.manual_seed(0)  # the plaintext demo model and data (the protocols use AES-CTR)
+    first, second = torch.nn.Linear(features, hidden).double(), torch.nn.Linear(hidden, classes).double()
+    x = torch.nn.init.normal_(torch.empty(batch, features, dtype=torch.float64))
+    params = [p.detach() for p in (first.weight, first.bias, second.weight, second.bias)]
     print(f"securetorch demo: MLP {features} -> {hidden} -> {classes}, batch {batch}, three local parties")
     started = time.perf_counter()
     with LocalCluster() as cluster:
