@@ -51,6 +51,10 @@ class AesPrg:
         """Uniform elements of Z_2^64 (as torch.int64)."""
         return self._draw(shape, np.dtype(np.int64))
 
+    def uint8(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """Uniform bytes (as torch.uint8): packed random bits."""
+        return self._draw(shape, np.dtype(np.uint8))
+
     def uniform_bits(self, shape: tuple[int, ...] | torch.Size, bits: int) -> torch.Tensor:
         """Uniform integers in [0, 2^bits) as torch.int64 (1 <= bits <= 63)."""
         if not 1 <= bits <= 63:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import securetorch as puma
 from securetorch.comm.stats import total
+from securetorch.protocols import arithmetic as pa
 
 from .conftest import seeded
 
@@ -101,7 +102,6 @@ def test_edge_values(cluster) -> None:
 
 def test_truncation_protocol_range(cluster) -> None:
     """Ring-level truncation: floor(z / 2^d) or one more, for |z| up to 2^62 - 1."""
-    from securetorch.protocols import arithmetic as pa
     from securetorch.runtime.context import current
 
     z = torch.tensor(
@@ -171,7 +171,9 @@ def test_matmul_family_matches_float64(cluster, m, k, n, seed) -> None:
 
 
 def test_matmul_acceptance_error_rounds_bytes(cluster) -> None:
-    """Issue #2: [128,768] x [768,768], N(0,1): error <= 4e-4, <= 2 rounds, <= 5.1 MB."""
+    """Issue #2: [128,768] x [768,768], N(0,1): error <= 4e-4, <= 2 rounds, <= 5.1 MB.
+
+    The product is one resharing-free truncation: 32 + 18/2 bytes per output element."""
     g = seeded(7)
     a = torch.randn(128, 768, generator=g, dtype=torch.float64)
     b = torch.randn(768, 768, generator=g, dtype=torch.float64)
@@ -188,14 +190,13 @@ def test_matmul_acceptance_error_rounds_bytes(cluster) -> None:
     cost = total([r[1] for r in results])
     assert err <= 4e-4
     assert cost.rounds == 2
-    assert cost.bytes_sent == 48 * 128 * 768 <= 5.1e6
+    assert cost.bytes_sent == pa.truncation_bytes(128 * 768, 18) == 4_030_464 <= 5.1e6
 
 
 @pytest.mark.parametrize("shape", [(1,), (3, 5), (2, 3, 4)])
 def test_exact_costs_of_sharing_and_products(cluster, shape) -> None:
-    """Bytes (all parties) and rounds per element are exact: share 16 B/1, reveal 24 B/1,
-    reveal-to-one 8 B/1, fixed-point mul 48 B/2, ring mul 24 B/1, matmul 48 B per output/2."""
-    from securetorch.protocols import arithmetic as pa
+    """Bytes (all parties) and rounds are exact: share 16 B/1, reveal 24 B/1, reveal-to-one
+    8 B/1, ring mul 24 B/1, fixed-point mul and matmul: one truncation (2 rounds)."""
     from securetorch.runtime.context import current
 
     n = torch.Size(shape).numel()
@@ -226,9 +227,9 @@ def test_exact_costs_of_sharing_and_products(cluster, shape) -> None:
         "share": (16 * n, 1),
         "reveal": (24 * n, 1),
         "reveal_to": (8 * n, 1),
-        "mul": (48 * n, 2),
+        "mul": (pa.truncation_bytes(n, 18), 2),
         "ring_mul": (24 * n, 1),
-        "matmul": (48 * n * n, 2),
+        "matmul": (pa.truncation_bytes(n * n, 18), 2),
         "public": (0, 0),
     }
     for name, (nbytes, rounds) in expected.items():

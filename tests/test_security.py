@@ -34,16 +34,9 @@ def recording(fn):
 
 
 def uniform_payload(tensors: list[torch.Tensor]) -> bytes:
-    """Bytes that must be uniform: int64 ring elements whole; the int32 shares of the
-    truncation's W (uniform mod 2^bits, bits >= 16) by their low 16 bits."""
-    parts = []
-    for t in tensors:
-        assert t.dtype in (torch.int64, torch.int32), t.dtype
-        if t.dtype == torch.int64:
-            parts.append(t.numpy().tobytes())
-        else:
-            parts.append((t & 0xFFFF).to(torch.int16).numpy().tobytes())
-    return b"".join(parts)
+    """The received bytes: ring elements (int64) and packed bits/small integers (uint8)."""
+    assert all(t.dtype in (torch.int64, torch.uint8) for t in tensors)
+    return b"".join(t.numpy().tobytes() for t in tensors)
 
 
 def test_shares_of_a_constant_are_uniform(cluster) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from securetorch.protocols.boolean import pack_uint, unpack_uint
 from securetorch.ring import logical_shift_right, ring_matmul
 from securetorch.runtime.context import PartyContext
 
@@ -178,15 +179,14 @@ def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
     receives nothing at all.
 
     Round 1: A -> B z_A, B -> A z_B, D -> A and D -> B z_D + 2^62 + r, D -> B the two W shares.
-    Round 2: A <-> B their shares of W. Cost: 2 rounds, 48 bytes per element (W travels as
-    int32 for bits <= 32).
+    Round 2: A <-> B their shares of W. W values travel packed to ``bits`` bits. Cost: 2
+    rounds, 32 + bits/2 bytes per element (41 bytes for bits = 18); see ``truncation_bytes``.
     """
     if not 0 < bits < 63:
         raise ValueError("truncation by 1..62 bits")
     z = z + zero_share(ctx, z.shape)
     shape = z.shape
     mask = (1 << bits) - 1
-    w_dtype = torch.int32 if bits <= 32 else torch.int64  # W mod 2^bits fits 32 bits
     dealer = ctx.next_dealer()
     rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
     if ctx.rank == dealer:
@@ -201,7 +201,8 @@ def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
         w0_b = (top + r63 - w0_a) & mask  # share of W when c_63 = 0
         w1_b = (top - w1_a) & mask  # share of W when c_63 = 1
         masked = z + (1 << TRUNCATION_HEADROOM_BITS) + u * (1 << bits) + low
-        ctx.net.exchange({rank_a: [masked], rank_b: [masked, torch.stack([w0_b, w1_b]).to(w_dtype)]}, [])
+        w_pair = pack_uint(torch.stack([w0_b, w1_b]), bits)
+        ctx.net.exchange({rank_a: [masked], rank_b: [masked, w_pair]}, [])
         ctx.net.exchange({}, [])
         return -b, -a
     other = rank_b if ctx.rank == rank_a else rank_a
@@ -210,11 +211,11 @@ def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
         w_options = (ctx.prg_with(dealer).uniform_bits(shape, bits), ctx.prg_with(dealer).uniform_bits(shape, bits))
     got = ctx.net.exchange({other: [z]}, [dealer, other])
     if ctx.rank == rank_b:
-        w_options = tuple(got[dealer][1].to(torch.int64) & mask)
+        w_options = tuple(unpack_uint(got[dealer][1], bits, (2, *shape)))
     c = z + got[other][0] + got[dealer][0]
     c63 = logical_shift_right(c, 63).bool()
     my_w = torch.where(c63, w_options[1], w_options[0])
-    their_w = ctx.net.exchange({other: [my_w.to(w_dtype)]}, [other])[other][0].to(torch.int64) & mask
+    their_w = unpack_uint(ctx.net.exchange({other: [pack_uint(my_w, bits)]}, [other])[other][0], bits, shape)
     w = (my_w + their_w) & mask
     y_b = logical_shift_right(c, bits) - (1 << (TRUNCATION_HEADROOM_BITS - bits)) + w * (1 << (64 - bits))
     if ctx.rank == rank_a:
@@ -222,18 +223,23 @@ def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
     return y_b, -u_part
 
 
+def truncation_bytes(n: int, bits: int) -> int:
+    """Exact bytes (all parties) that ``truncate_additive`` sends for n elements."""
+    return 32 * n + bits * ((2 * n + 7) // 8) + 2 * bits * ((n + 7) // 8)
+
+
 def truncate(ctx: PartyContext, x: Pair, bits: int) -> Pair:
-    """floor(x / 2^bits) or one more, for a shared x with |x| < 2^62. 2 rounds, 48 B/element."""
+    """floor(x / 2^bits) or one more, for a shared x with |x| < 2^62. 2 rounds, ~41 B/element."""
     return truncate_additive(ctx, x[0], bits)
 
 
 def mul_fixed(ctx: PartyContext, x: Pair, y: Pair, frac_bits: int) -> Pair:
     """Fixed-point x * y: local cross terms, then truncation fused with the resharing.
 
-    2 rounds, 48 bytes per element (ABY3's mul + SPU's truncation: 3 rounds)."""
+    2 rounds, 41 bytes per element at f = 18 (ABY3's mul + SPU's truncation: 3 rounds)."""
     return truncate_additive(ctx, mul_local(x, y), frac_bits)
 
 
 def matmul_fixed(ctx: PartyContext, x: Pair, y: Pair, frac_bits: int) -> Pair:
-    """Fixed-point x @ y. 2 rounds, 48 bytes per output element."""
+    """Fixed-point x @ y. 2 rounds, 41 bytes per output element at f = 18."""
     return truncate_additive(ctx, matmul_local(x, y), frac_bits)
