@@ -29,6 +29,8 @@ import torch
 
 RING_BITS = 64
 DEFAULT_FRAC_BITS = 18
+# Comparisons look at the low l bits: exact for |x| < 2^(l-1) in the ring (reals below 2^25).
+DEFAULT_COMPARE_BITS = 44
 
 MatmulKernel = Literal["auto", "native", "limbs"]
 

@@ -118,7 +118,7 @@ def test_public_operands_cost_nothing(cluster) -> None:
         (lambda x: x.long(), "Tensor.long"),
         (lambda x: x.to(torch.int64), "Tensor.to to torch.int64"),
         (lambda x: x[x.reshape(-1)[:1].long()], "Tensor.long"),
-        (lambda x: x.sum() / x.sum(), "by a secret"),
+        (lambda x: torch.erf(x), "torch.erf(SharedTensor)"),
         (lambda x: torch.index_select(x, 0, x.long()), "Tensor.long"),
         (lambda x: torch.cumsum(x, 0), "torch.cumsum(SharedTensor, int)"),
     ],

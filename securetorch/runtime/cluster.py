@@ -25,8 +25,9 @@ import zmq
 from securetorch.comm.stats import CommStats
 from securetorch.errors import PartyError
 from securetorch.prg import AesPrg, new_key
-from securetorch.ring import DEFAULT_FRAC_BITS, decode, encode
+from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS, encode
 from securetorch.runtime.wire import SharePayload, dumps_callable, loads, map_structure
+from securetorch.tensor.shared import decode_as, scale_bits
 
 RANKS = (0, 1, 2)
 
@@ -48,8 +49,17 @@ def private(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> Private:
 class Cluster:
     """A driver's connection to three parties (ranks 0, 1, 2)."""
 
-    def __init__(self, control_addresses: list[str], frac_bits: int = DEFAULT_FRAC_BITS, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        control_addresses: list[str],
+        frac_bits: int = DEFAULT_FRAC_BITS,
+        timeout: float = 60.0,
+        compare_bits: int = DEFAULT_COMPARE_BITS,
+    ) -> None:
+        if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
+            raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
         self.frac_bits = frac_bits
+        self.compare_bits = compare_bits
         self.timeout = timeout
         self._zmq = zmq.Context()
         self._sockets: list[zmq.Socket] = []
@@ -98,7 +108,13 @@ class Cluster:
             raise PartyError(f"the cluster is down: {self._broken}")
 
     def _setup(self, peers: dict[int, str]) -> None:
-        config = json.dumps({"peers": peers, "frac_bits": self.frac_bits, "timeout": self.timeout}).encode()
+        config = {
+            "peers": peers,
+            "frac_bits": self.frac_bits,
+            "compare_bits": self.compare_bits,
+            "timeout": self.timeout,
+        }
+        config = json.dumps(config).encode()
         for r in RANKS:
             self._send(r, b"setup", config)
         replies = self._recv_all(list(RANKS), time.monotonic() + self.timeout + 10)
@@ -109,7 +125,7 @@ class Cluster:
     # ------------------------------------------------------------------ secrets
     def _split(self, value: Private) -> list[SharePayload]:
         """Replicated shares of a driver-held tensor: x_0, x_1 from the driver's PRG."""
-        x = encode(value.tensor, self.frac_bits)
+        x = encode(value.tensor, scale_bits(value.dtype, self.frac_bits))
         x0, x1 = self._prg.int64(x.shape), self._prg.int64(x.shape)
         parts = [x0, x1, x - x0 - x1]
         return [SharePayload(parts[r], parts[(r + 1) % 3], value.dtype) for r in RANKS]
@@ -128,7 +144,7 @@ class Cluster:
                 if not torch.equal(trio[r].second, trio[(r + 1) % 3].first):
                     raise PartyError("the parties returned inconsistent shares")
             total = trio[0].first + trio[1].first + trio[2].first
-            plain.append(decode(total, self.frac_bits, trio[0].dtype))
+            plain.append(decode_as(total, self.frac_bits, trio[0].dtype))
 
         def substitute(results_r: Any) -> Any:
             queue = iter(plain)
@@ -254,6 +270,8 @@ def _close_all() -> None:
 class LocalCluster(Cluster):
     """Three party processes on this machine, connected over tcp loopback (or ipc).
 
+    ``frac_bits``: fixed-point fractional bits f (default 18); ``compare_bits``: ring bits l
+    that comparisons look at (default 44: exact for reals below 2^(l-1-f) = 2^25);
     ``timeout``: seconds a party waits for a peer before raising PartyError;
     ``threads``: torch threads per party (default cores / 3); ``transport``: "tcp" or "ipc".
     """
@@ -264,6 +282,7 @@ class LocalCluster(Cluster):
         timeout: float = 60.0,
         threads: int = 0,
         transport: Literal["tcp", "ipc"] = "tcp",
+        compare_bits: int = DEFAULT_COMPARE_BITS,
     ) -> None:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._tmpdir = tempfile.mkdtemp(prefix="securetorch-") if transport == "ipc" else None
@@ -296,7 +315,7 @@ class LocalCluster(Cluster):
                         raise PartyError(f"party {r} exited during start-up (code {p.returncode})")
                 if time.monotonic() > deadline:
                     raise PartyError("the parties did not start within 120 s")
-            super().__init__([found[r]["control"] for r in RANKS], frac_bits, timeout)
+            super().__init__([found[r]["control"] for r in RANKS], frac_bits, timeout, compare_bits)
             _LIVE.add(self)
             self._setup({r: found[r]["peer"] for r in RANKS})
         except BaseException:

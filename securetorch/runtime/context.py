@@ -29,9 +29,10 @@ class PartyContext:
     rotation, so each job starts from the same state on all parties.
     """
 
-    def __init__(self, rank: int, frac_bits: int, net: PeerNetwork, keys: PartyKeys) -> None:
+    def __init__(self, rank: int, frac_bits: int, compare_bits: int, net: PeerNetwork, keys: PartyKeys) -> None:
         self.rank = rank
         self.frac_bits = frac_bits
+        self.compare_bits = compare_bits
         self.net = net
         self._keys = keys
         self.start_job(0)

@@ -96,7 +96,7 @@ class PartyServer:
         parts = {self.rank: common_part, nxt: bytes(got[nxt][1].numpy()), prev: bytes(got[prev][0].numpy())}
         common = hashlib.sha256(b"".join(parts[r] for r in range(3))).digest()[:16]
         keys = PartyKeys(prev=own_key, next=next_key, common=common, private=new_key())
-        self.ctx = PartyContext(self.rank, int(config["frac_bits"]), self.net, keys)
+        self.ctx = PartyContext(self.rank, int(config["frac_bits"]), int(config["compare_bits"]), self.net, keys)
         self.net.stats = CommStats()
         context.set_current(self.ctx)
         self._reply(ident, b"ready", json.dumps({"rank": self.rank}).encode())

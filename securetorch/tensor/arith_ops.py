@@ -23,7 +23,7 @@ from securetorch.ring import encode
 from securetorch.runtime.context import current
 from securetorch.tensor.registry import func_name, implements
 from securetorch.tensor.shape_ops import share_wise
-from securetorch.tensor.shared import SharedTensor
+from securetorch.tensor.shared import SharedTensor, as_fixed
 
 _T = torch.Tensor
 F = torch.nn.functional
@@ -31,7 +31,18 @@ _EXACT_INTEGER_LIMIT = 2**20
 _PUBLIC_FACTOR_BITS = 24
 
 
-def _public(value: Any) -> torch.Tensor:
+MASK_FLOOR = -(2.0**20)
+
+
+def masked_public(value: Any) -> torch.Tensor:
+    """A public addend with -inf / finfo.min entries (attention masks) raised to -2^20: far
+    below any activation, so softmax gives them weight exactly 0, yet inside the fixed-point
+    and comparison ranges."""
+    return torch.clamp(public_tensor(value).to(torch.float64), min=MASK_FLOOR)
+
+
+def public_tensor(value: Any) -> torch.Tensor:
+    """A plain (public) operand as a detached tensor."""
     if isinstance(value, torch.Tensor):
         return value.detach()
     return torch.as_tensor(value)
@@ -50,7 +61,7 @@ def _is_exact_integer(p: torch.Tensor) -> bool:
 def mul_by_public(x: pa.Pair, p: Any) -> pa.Pair:
     """x * p for a public p (tensor or number), with the precision rules of this module."""
     ctx = current()
-    p = _public(p)
+    p = public_tensor(p)
     if _is_exact_integer(p):
         return pa.mul_public(x, p.to(torch.int64))
     largest = float(p.abs().max()) if p.numel() else 0.0
@@ -61,15 +72,21 @@ def mul_by_public(x: pa.Pair, p: Any) -> pa.Pair:
     return pa.truncate(ctx, scaled, bits) if bits else scaled
 
 
+def _fixed(value: Any) -> Any:
+    return as_fixed(value) if isinstance(value, SharedTensor) else value
+
+
 def _add(a: Any, b: Any) -> SharedTensor:
+    a, b = _fixed(a), _fixed(b)
     ctx, dtype = current(), _dtype_of(a, b)
     if isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
         return SharedTensor(pa.add(a.shares, b.shares), dtype)
     shared, public = (a, b) if isinstance(a, SharedTensor) else (b, a)
-    return SharedTensor(pa.add_public(ctx, shared.shares, encode(_public(public), ctx.frac_bits)), dtype)
+    return SharedTensor(pa.add_public(ctx, shared.shares, encode(masked_public(public), ctx.frac_bits)), dtype)
 
 
 def _neg(a: SharedTensor) -> SharedTensor:
+    a = as_fixed(a)
     return SharedTensor(pa.neg(a.shares), a.dtype)
 
 
@@ -78,10 +95,16 @@ def _scaled(value: Any, alpha: Any) -> Any:
         return value
     if isinstance(value, SharedTensor):
         return SharedTensor(mul_by_public(value.shares, alpha), value.dtype)
-    return _public(value) * alpha
+    return public_tensor(value) * alpha
+
+
+def mul_secret(a: Any, b: Any) -> SharedTensor:
+    """a * b where at least one side is a SharedTensor (the other may be public)."""
+    return _mul(a, b)
 
 
 def _mul(a: Any, b: Any) -> SharedTensor:
+    a, b = _fixed(a), _fixed(b)
     dtype = _dtype_of(a, b)
     if isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
         return SharedTensor(pa.mul_fixed(current(), a.shares, b.shares, current().frac_bits), dtype)
@@ -90,17 +113,18 @@ def _mul(a: Any, b: Any) -> SharedTensor:
 
 
 def _matmul(a: Any, b: Any) -> SharedTensor:
+    a, b = _fixed(a), _fixed(b)
     ctx, dtype = current(), _dtype_of(a, b)
     if isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
         return SharedTensor(pa.matmul_fixed(ctx, a.shares, b.shares, ctx.frac_bits), dtype)
-    public = _public(b if isinstance(a, SharedTensor) else a)
+    public = public_tensor(b if isinstance(a, SharedTensor) else a)
     exact = _is_exact_integer(public)
     ring = public.to(torch.int64) if exact else encode(public, ctx.frac_bits)
     pair = pa.matmul_public(a.shares, ring) if isinstance(a, SharedTensor) else pa.matmul_public(ring, b.shares)
     return SharedTensor(pair if exact else pa.truncate(ctx, pair, ctx.frac_bits), dtype)
 
 
-def _in_place(self_: Any, result: SharedTensor, func: Any) -> SharedTensor:
+def in_place(self_: Any, result: SharedTensor, func: Any) -> SharedTensor:
     if not isinstance(self_, SharedTensor):
         raise NotImplementedError(f"securetorch: {func_name(func)} would write a secret into a public tensor")
     if result.shape != self_.shape:
@@ -133,12 +157,12 @@ def _rsub_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Shared
 
 @implements(_T.__iadd__, _T.add_)
 def _iadd_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    return _in_place(args[0], _add_op(func, args, kwargs), func)
+    return in_place(args[0], _add_op(func, args, kwargs), func)
 
 
 @implements(_T.__isub__, _T.sub_)
 def _isub_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    return _in_place(args[0], _sub_op(func, args, kwargs), func)
+    return in_place(args[0], _sub_op(func, args, kwargs), func)
 
 
 @implements(torch.neg, torch.negative, _T.neg, _T.negative, _T.__neg__)
@@ -158,27 +182,7 @@ def _mul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedT
 
 @implements(_T.__imul__, _T.mul_)
 def _imul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    return _in_place(args[0], _mul(args[0], args[1]), func)
-
-
-def _reciprocal_of_public(func: Any, divisor: Any) -> torch.Tensor:
-    if isinstance(divisor, SharedTensor):
-        raise NotImplementedError(
-            f"securetorch: {func_name(func)} by a secret needs the secure reciprocal (not available yet)"
-        )
-    return 1.0 / _public(divisor).to(torch.float64)
-
-
-@implements(torch.div, torch.divide, torch.true_divide, _T.div, _T.divide, _T.true_divide, _T.__truediv__)
-def _div_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    if kwargs.get("rounding_mode") is not None:
-        raise NotImplementedError(f"securetorch: {func_name(func)} with rounding_mode is not supported")
-    return _mul(args[0], _reciprocal_of_public(func, args[1]))
-
-
-@implements(_T.__itruediv__, _T.div_)
-def _idiv_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    return _in_place(args[0], _div_op(func, args, kwargs), func)
+    return in_place(args[0], _mul(args[0], args[1]), func)
 
 
 @implements(torch.matmul, _T.matmul, _T.__matmul__, torch.bmm, _T.bmm, torch.mm, _T.mm)
@@ -206,7 +210,7 @@ def _linear_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Shar
     x, weight = args[0], args[1]
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     out = _matmul(
-        x, weight.transpose(-1, -2) if isinstance(weight, SharedTensor) else _public(weight).transpose(-1, -2)
+        x, weight.transpose(-1, -2) if isinstance(weight, SharedTensor) else public_tensor(weight).transpose(-1, -2)
     )
     return out if bias is None else _add(out, bias)
 

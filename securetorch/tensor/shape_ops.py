@@ -15,7 +15,7 @@ from securetorch.protocols import arithmetic as pa
 from securetorch.ring import encode
 from securetorch.runtime.context import current
 from securetorch.tensor.registry import func_name, implements
-from securetorch.tensor.shared import SharedTensor
+from securetorch.tensor.shared import SharedTensor, as_fixed
 
 _T = torch.Tensor
 
@@ -70,7 +70,8 @@ def as_pair(value: Any, dtype_hint: torch.dtype | None = None) -> pa.Pair:
     if isinstance(value, SharedTensor):
         return value.shares
     ctx = current()
-    return pa.public_shares(ctx, encode(torch.as_tensor(value), ctx.frac_bits))
+    public = torch.clamp(torch.as_tensor(value).to(torch.float64), min=-(2.0**20))  # -inf masks, see arith_ops
+    return pa.public_shares(ctx, encode(public, ctx.frac_bits))
 
 
 def _first_shared(values: Any) -> SharedTensor:
@@ -90,11 +91,14 @@ _FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _retype(self_: SharedTensor, dtype: Any, func: Any) -> SharedTensor:
-    if dtype is None:
+    if dtype is None or dtype == self_.dtype:
         return self_
     if dtype not in _FLOAT:
-        raise NotImplementedError(f"securetorch: {func_name(func)} to {dtype}: a secret keeps a float dtype")
-    return SharedTensor(self_.shares, dtype)
+        raise NotImplementedError(
+            f"securetorch: {func_name(func)} to {dtype}: a fixed-point secret cannot become an integer "
+            "(no secure rounding to integers)"
+        )
+    return SharedTensor(as_fixed(self_).shares, dtype)
 
 
 @implements(_T.to)

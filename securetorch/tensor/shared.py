@@ -29,8 +29,25 @@ _METADATA = {
 }  # fmt: skip
 
 
+def scale_bits(dtype: torch.dtype, frac_bits: int) -> int:
+    """Fractional bits of a secret of logical ``dtype``: f for floats, 0 for bool and integers."""
+    return frac_bits if dtype.is_floating_point else 0
+
+
+def decode_as(ring_value: torch.Tensor, frac_bits: int, dtype: torch.dtype) -> torch.Tensor:
+    """Plaintext of logical ``dtype`` from an opened ring tensor."""
+    if dtype == torch.bool:
+        return ring_value != 0
+    if not dtype.is_floating_point:
+        return ring_value.to(dtype)
+    return decode(ring_value, frac_bits, dtype)
+
+
 class SharedTensor(torch.Tensor):
-    """A secret tensor: this party's replicated shares plus a logical float dtype."""
+    """A secret tensor: this party's replicated shares plus a logical dtype.
+
+    Floating dtypes hold fixed-point values (f fractional bits); ``torch.bool`` and integer
+    dtypes hold plain integers (comparison results, argmax indices)."""
 
     _shares: pa.Pair
 
@@ -56,7 +73,7 @@ class SharedTensor(torch.Tensor):
         only (the others get None)."""
         ctx = current()
         plain = pa.reveal(ctx, self._shares, to)
-        return None if plain is None else decode(plain, ctx.frac_bits, self.dtype)
+        return None if plain is None else decode_as(plain, ctx.frac_bits, self.dtype)
 
     def __repr__(self, *, tensor_contents: Any = None) -> str:
         return f"SharedTensor(shape={tuple(self.shape)}, dtype={self.dtype})"
@@ -93,6 +110,15 @@ def share(value: torch.Tensor | None, owner: int, dtype: torch.dtype | None = No
     default float dtype) on every party. Cost: 1 round, 16 bytes per element.
     """
     ctx = current()
-    encoded = None if value is None else encode(value, ctx.frac_bits)
+    dtype = dtype or torch.get_default_dtype()
+    encoded = None if value is None else encode(value, scale_bits(dtype, ctx.frac_bits))
     pair = pa.share_from_party(ctx, encoded, owner)
-    return SharedTensor(pair, dtype or torch.get_default_dtype())
+    return SharedTensor(pair, dtype)
+
+
+def as_fixed(x: SharedTensor) -> SharedTensor:
+    """A bool/integer secret as a fixed-point float secret (shares times 2^f, local)."""
+    if x.dtype.is_floating_point:
+        return x
+    ctx = current()
+    return SharedTensor(pa.mul_public(x.shares, torch.tensor(1 << ctx.frac_bits)), torch.get_default_dtype())

@@ -1,0 +1,435 @@
+"""Fixed-point approximations: exp, reciprocal, rsqrt, GeLU, SiLU, sigmoid, tanh, softmax,
+LayerNorm, RMSNorm.
+
+Conventions: inputs and outputs are replicated shares at f fractional bits. Internally a
+value may be *reinterpreted* at another scale for free (x at scale f is x / 2^s at scale
+f + s), and a product may truncate by any number of bits, so scale changes ride on the
+truncations the products need anyway. Costs are per element (rounds; bytes of all parties).
+
+Sources: PUMA (Dong et al. 2023) §4 for the overall recipes (piecewise GeLU, softmax with
+the row max and a clip at -14, LayerNorm via rsqrt); ABY3 §5.3 for the bit decomposition;
+Goldschmidt/Newton iterations for reciprocal and rsqrt after normalising to [1/2, 1) and
+[1/4, 1). The polynomial fits are computed at import (least squares on Chebyshev nodes).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from securetorch.protocols import arithmetic as pa
+from securetorch.protocols.arithmetic import Pair
+from securetorch.protocols.boolean import BitPair, and_, bit_planes, reshare_bits, xor, xor_public
+from securetorch.protocols.comparison import bit_to_arith, less_than_zero
+from securetorch.runtime.context import PartyContext
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _stack(pairs: list[Pair]) -> Pair:
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def _unstack(pair: Pair) -> list[Pair]:
+    return [(a, b) for a, b in zip(pair[0], pair[1], strict=True)]
+
+
+def mul_many(ctx: PartyContext, lefts: list[Pair], rights: list[Pair], bits: int) -> list[Pair]:
+    """Several same-shape fixed-point products in one truncation (2 rounds)."""
+    left, right = _stack(lefts), _stack(rights)
+    return _unstack(pa.truncate_additive(ctx, pa.mul_local(left, right), bits))
+
+
+def ring_mul_many(ctx: PartyContext, lefts: list[Pair], rights: list[Pair]) -> list[Pair]:
+    """Several same-shape exact ring products in one resharing (1 round)."""
+    return _unstack(pa.mul(ctx, _stack(lefts), _stack(rights)))
+
+
+def add_constant(ctx: PartyContext, x: Pair, value: float, scale: int) -> Pair:
+    return pa.add_public(ctx, x, torch.tensor(round(value * 2**scale), dtype=torch.int64))
+
+
+def powers(ctx: PartyContext, t: Pair, degree: int, scale: int) -> list[Pair]:
+    """[t, t^2, ..., t^degree] at ``scale``; t^k = t^(2^j) t^(k-2^j), all products of one
+    depth in one batch: 2 ceil(log2 degree) rounds, degree - 1 products."""
+    result: dict[int, Pair] = {1: t}
+    level = 1
+    while level < degree:
+        todo = [k for k in range(level + 1, min(2 * level, degree) + 1)]
+        products = mul_many(ctx, [result[level] for _ in todo], [result[k - level] for k in todo], scale)
+        result.update(zip(todo, products, strict=True))
+        level *= 2
+    return [result[k] for k in range(1, degree + 1)]
+
+
+POLY_SCALE = 30
+
+
+def polynomial(ctx: PartyContext, t: Pair, coeffs: np.ndarray, scale: int, out_scale: int) -> Pair:
+    """sum_k c_k t^k for t in [-1, 1] at ``scale``; result at ``out_scale``.
+
+    t is first moved to 30 fractional bits (a local shift: products of values below 1 fit),
+    so the powers carry negligible rounding; the coefficients get as many bits as the sum
+    sum_k |c_k| leaves below 2^61; the terms are summed in the ring and truncated once.
+    Outside [-1, 1] the result is garbage, so callers mask it. Cost: powers + 2 rounds."""
+    degree = len(coeffs) - 1
+    if scale < POLY_SCALE:
+        t = pa.mul_public(t, torch.tensor(1 << (POLY_SCALE - scale)))
+        scale = POLY_SCALE
+    pows = powers(ctx, t, degree, scale) if degree else []
+    coef_bits = 61 - scale - max(0, math.ceil(math.log2(float(np.abs(coeffs).sum()))))
+    total_scale = scale + coef_bits
+    acc = add_constant(ctx, (torch.zeros_like(t[0]), torch.zeros_like(t[0])), float(coeffs[0]), total_scale)
+    for c, p in zip(coeffs[1:], pows, strict=True):
+        acc = pa.add(acc, pa.mul_public(p, torch.tensor(round(float(c) * 2**coef_bits), dtype=torch.int64)))
+    return pa.truncate(ctx, acc, total_scale - out_scale)
+
+
+@functools.cache
+def chebyshev_fit(name: str, upper: float, degree: int) -> np.ndarray:
+    """Least-squares fit (monomial coefficients, in t/2^s with 2^s >= upper) of the named
+    function on [0, upper], on Chebyshev nodes."""
+    fn = _TARGETS[name]
+    s = max(0, math.ceil(math.log2(upper)))
+    nodes = 4000
+    k = np.arange(nodes)
+    t = upper / 2 * (1 + np.cos(np.pi * (k + 0.5) / nodes))
+    vander = np.vander(t / 2**s, degree + 1, increasing=True)
+    coeffs, *_ = np.linalg.lstsq(vander, fn(t), rcond=None)
+    return coeffs
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf)(x)
+
+
+def _gelu_tail(t: np.ndarray) -> np.ndarray:
+    return t - t * 0.5 * (1 + _erf(t / math.sqrt(2)))  # relu(t) - gelu(t), t >= 0
+
+
+def _gelu_tanh_tail(t: np.ndarray) -> np.ndarray:
+    return t - 0.5 * t * (1 + np.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t**3)))
+
+
+def _silu_tail(t: np.ndarray) -> np.ndarray:
+    return t - t / (1 + np.exp(-t))  # = t * sigmoid(-t)
+
+
+def _sigmoid_tail(t: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(t))  # sigmoid(-t)
+
+
+_TARGETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "gelu": _gelu_tail,
+    "gelu_tanh": _gelu_tanh_tail,
+    "silu": _silu_tail,
+    "sigmoid": _sigmoid_tail,
+}
+
+# name: (range T of the fitted tail, a power of two; polynomial degree); beyond T the tail
+# is taken as 0. Fit error on [0, T] / tail beyond T: gelu 5e-6 / 1.3e-4, silu 9e-5 /
+# 2.7e-3, sigmoid 3e-5 / 3.4e-4 (tests/test_approx.py measures the secure errors).
+TAIL_FITS = {"gelu": (4.0, 10), "gelu_tanh": (4.0, 10), "silu": (8.0, 10), "sigmoid": (8.0, 10)}
+
+
+# --------------------------------------------------------------------------- signs
+
+
+def _signs(ctx: PartyContext, x: Pair, bound: float) -> tuple[Pair, Pair]:
+    """[x < 0] and [|x| > bound] (as 0/1), from one batched comparison of x, bound - x, x + bound."""
+    f = ctx.frac_bits
+    b = round(bound * 2**f)
+    stacked = _stack([x, pa.add_public(ctx, pa.neg(x), torch.tensor(b)), pa.add_public(ctx, x, torch.tensor(b))])
+    flat = (stacked[0].reshape(3, -1), stacked[1].reshape(3, -1))
+    neg, above, below = _unstack(less_than_zero(ctx, flat))
+    shape = x[0].shape
+    outside = pa.add(above, below)
+    return (neg[0].reshape(shape), neg[1].reshape(shape)), (outside[0].reshape(shape), outside[1].reshape(shape))
+
+
+def tail_form(ctx: PartyContext, x: Pair, name: str) -> tuple[Pair, Pair, Pair]:
+    """Shared part of f(x) = relu(x) - tail(|x|) for GeLU, SiLU: returns (relu(x), |x| ... ),
+    concretely (relu, inside-indicator, tail(|x|) at f bits)."""
+    f = ctx.frac_bits
+    upper, degree = TAIL_FITS[name]
+    negative, outside = _signs(ctx, x, upper)
+    neg_x = ring_mul_many(ctx, [negative], [x])[0]  # [x < 0] * x
+    relu = pa.sub(x, neg_x)
+    absolute = pa.sub(relu, neg_x)
+    s = max(0, math.ceil(math.log2(upper)))
+    # |x| at scale f is |x| / 2^s at scale f + s: the fit's variable, for free.
+    tail = polynomial(ctx, absolute, chebyshev_fit(name, upper, degree), f + s, f)
+    one = torch.ones((), dtype=torch.int64)
+    inside = pa.add_public(ctx, pa.neg(outside), one)
+    return relu, inside, tail
+
+
+def gelu(ctx: PartyContext, x: Pair, approximate: str = "none") -> Pair:
+    """GeLU(x) = relu(x) - g(|x|), g(t) = t (1 - Phi(t)) fitted by a degree-10 polynomial on
+    [0, 4] and 0 beyond (|error| < 2e-4 before fixed point). ``approximate="tanh"`` fits the
+    tanh form's tail instead. Cost: 1 comparison batch (3 signs) + 1 + 8 + 2 + 1 rounds."""
+    relu, inside, tail = tail_form(ctx, x, "gelu_tanh" if approximate == "tanh" else "gelu")
+    return pa.sub(relu, ring_mul_many(ctx, [inside], [tail])[0])
+
+
+def silu(ctx: PartyContext, x: Pair) -> Pair:
+    """SiLU(x) = x sigmoid(x) = relu(x) - t sigmoid(-t), t = |x|, fitted on [0, 8]."""
+    relu, inside, tail = tail_form(ctx, x, "silu")
+    return pa.sub(relu, ring_mul_many(ctx, [inside], [tail])[0])
+
+
+def sigmoid(ctx: PartyContext, x: Pair) -> Pair:
+    """sigmoid(x) = [x >= 0] + (2[x < 0] - 1) q(|x|), q(t) = sigmoid(-t) fitted on [0, 8]."""
+    f = ctx.frac_bits
+    upper, degree = TAIL_FITS["sigmoid"]
+    negative, outside = _signs(ctx, x, upper)
+    neg_x = ring_mul_many(ctx, [negative], [x])[0]
+    absolute = pa.sub(pa.sub(x, neg_x), neg_x)
+    s = max(0, math.ceil(math.log2(upper)))
+    q = polynomial(ctx, absolute, chebyshev_fit("sigmoid", upper, degree), f + s, f)
+    one = torch.ones((), dtype=torch.int64)
+    inside = pa.add_public(ctx, pa.neg(outside), one)
+    sign = pa.add_public(ctx, pa.add(negative, negative), -one)  # 2[x < 0] - 1
+    (masked_q,) = ring_mul_many(ctx, [inside], [q])
+    (signed_q,) = ring_mul_many(ctx, [sign], [masked_q])
+    nonneg = pa.add_public(ctx, pa.neg(negative), one)  # [x >= 0]
+    return pa.add(pa.mul_public(nonneg, torch.tensor(1 << f)), signed_q)
+
+
+def tanh(ctx: PartyContext, x: Pair) -> Pair:
+    """tanh(x) = 2 sigmoid(2x) - 1."""
+    f = ctx.frac_bits
+    doubled = pa.add(x, x)
+    s = sigmoid(ctx, doubled)
+    return add_constant(ctx, pa.add(s, s), -1.0, f)
+
+
+# --------------------------------------------------------------------------- exp
+
+
+EXP_SQUARINGS = 5
+
+
+def exp(ctx: PartyContext, x: Pair) -> Pair:
+    """exp(x) = p(x / 32)^32 with p(y) = 1 + y + y^2/2, for x in [-32, 16].
+
+    x at scale f is y = x/32 at scale f + 5 (free); y^2/2 is the product truncated by one
+    extra bit; each squaring truncates by f + 5, the last by f + 10 to land at scale f.
+    Max error 2.4e-4 on [-14, 0] (PUMA's (1 + x/32)^32: 8.6e-3). Cost: 12 rounds, 6 products.
+    """
+    f = ctx.frac_bits
+    scale = f + EXP_SQUARINGS
+    y = x
+    half_square = pa.mul_fixed(ctx, y, y, scale + 1)
+    p = add_constant(ctx, pa.add(y, half_square), 1.0, scale)
+    for i in range(EXP_SQUARINGS):
+        last = i == EXP_SQUARINGS - 1
+        p = pa.mul_fixed(ctx, p, p, scale + (EXP_SQUARINGS if last else 0))
+    return p
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def _prefix(ctx: PartyContext, g: BitPair, p: BitPair | None) -> BitPair:
+    """Sklansky parallel prefix over planes [m, nb] (low -> high): with p, group generates
+    G_i of [0, i]; without p, prefix ANDs. ceil(log2 m) rounds."""
+    m = g[0].shape[0]
+    g = (g[0].clone(), g[1].clone())
+    p = None if p is None else (p[0].clone(), p[1].clone())
+    d = 1
+    while d < m:
+        targets = torch.tensor([i for i in range(m) if (i // d) % 2 == 1])
+        sources = torch.tensor([(i // d) * d - 1 for i in targets.tolist()])
+        k = len(targets)
+        if p is None:
+            r = and_(ctx, (g[0][targets], g[1][targets]), (g[0][sources], g[1][sources]))
+            for j in range(2):
+                g[j][targets] = r[j]
+        else:
+            left = tuple(torch.cat([s[targets], s[targets]]) for s in p)
+            right = (torch.cat([g[0][sources], p[0][sources]]), torch.cat([g[1][sources], p[1][sources]]))
+            r = and_(ctx, left, right)
+            for j in range(2):
+                g[j][targets] ^= r[j][:k]
+                p[j][targets] = r[j][k:]
+        d *= 2
+    return g
+
+
+def bit_decompose(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
+    """XOR-shared bits 0..bits-1 of x mod 2^bits as packed planes [bits, ceil(n/8)].
+
+    Carry-save layer (1 round) + generate bits (1 round) + Sklansky prefix (log2 rounds)."""
+    first, second = x[0].reshape(-1), x[1].reshape(-1)
+    s = (bit_planes(first, bits), bit_planes(second, bits))
+    maj = reshare_bits(ctx, bit_planes(first & second, bits - 1))
+    zero = torch.zeros_like(s[0][:1])
+    c = (torch.cat([zero, maj[0]]), torch.cat([zero, maj[1]]))  # c_j = maj_{j-1}
+    g = and_(ctx, (s[0][: bits - 1], s[1][: bits - 1]), (c[0][: bits - 1], c[1][: bits - 1]))
+    p = xor(s, c)
+    carries = _prefix(ctx, g, (p[0][: bits - 1], p[1][: bits - 1]))  # carry into j+1
+    return (
+        p[0] ^ torch.cat([zero, carries[0]]),
+        p[1] ^ torch.cat([zero, carries[1]]),
+    )
+
+
+def highest_bit(ctx: PartyContext, planes: BitPair) -> BitPair:
+    """One-hot planes e_j = [j is the highest set bit] (all zero for x = 0).
+
+    h_j = OR of bits >= j by a prefix AND of the complements from the top (log2 rounds);
+    e_j = h_j xor h_{j+1}."""
+    ones = torch.full_like(planes[0], 255)
+    complement = xor_public(ctx, planes, ones)
+    flipped = (complement[0].flip(0), complement[1].flip(0))
+    all_clear = _prefix(ctx, flipped, None)  # A_j = AND_{i >= j} not b_i, top first
+    a = (all_clear[0].flip(0), all_clear[1].flip(0))
+    above = (torch.cat([a[0][1:], ones[:1] if ctx.rank == 0 else torch.zeros_like(ones[:1])]),
+             torch.cat([a[1][1:], ones[:1] if ctx.rank == 2 else torch.zeros_like(ones[:1])]))  # fmt: skip
+    return xor(a, above)
+
+
+def _function_bits(onehot: BitPair, values: list[int], nbits: int) -> BitPair:
+    """Packed bits of v(j) for the one-hot position j: bit i = xor of e_j over j with bit i of v(j)."""
+    out = []
+    for share in onehot:
+        planes = []
+        for i in range(nbits):
+            rows = [j for j, v in enumerate(values) if (v >> i) & 1]
+            acc = torch.zeros_like(share[0])
+            for j in rows:
+                acc = acc ^ share[j]
+            planes.append(acc)
+        out.append(torch.stack(planes))
+    return out[0], out[1]
+
+
+def power_of_two(ctx: PartyContext, onehot: BitPair, exponents: list[int], n: int) -> Pair:
+    """Integer shares of 2^v(j) for the secret one-hot position j (v given per position).
+
+    The bits of v(j) are local XORs of the one-hot planes; they enter the arithmetic world by
+    one bit injection, and 2^v = prod_i (1 + v_i (2^(2^i) - 1)) by a tree of exact products."""
+    nbits = max(1, max(exponents).bit_length())
+    bits = _function_bits(onehot, exponents, nbits)
+    arith = _unstack(bit_to_arith(ctx, bits, (nbits, n)))
+    factors = [
+        pa.add_public(ctx, pa.mul_public(b, torch.tensor(2 ** (2**i) - 1)), torch.tensor(1))
+        for i, b in enumerate(arith)
+    ]
+    while len(factors) > 1:
+        half = len(factors) // 2
+        products = ring_mul_many(ctx, factors[:half], factors[half : 2 * half])
+        factors = products + factors[2 * half :]
+    return factors[0]
+
+
+RECIPROCAL_SCALE = 28
+
+
+def reciprocal(ctx: PartyContext, x: Pair) -> Pair:
+    """1/x for 2^-(f-1) <= x < 2^(l-1-f) (l = compare_bits).
+
+    Normalise: X = x 2^f has highest bit p; G = 2^(T-p) (T = l-1) from p's one-hot; c = X G /
+    2^(T+1) in [1/2, 1) at 28 fractional bits. Then y0 = 48/17 - 32/17 c and three Newton
+    steps y <- y (2 - c y) (the last lands at f bits); 1/x = y G / 2^(T+1-f).
+    """
+    f, bits = ctx.frac_bits, ctx.compare_bits
+    shape, n = x[0].shape, x[0].numel()
+    top = bits - 1
+    onehot = highest_bit(ctx, bit_decompose(ctx, x, bits))
+    g = power_of_two(ctx, onehot, [top - j for j in range(bits)], n)
+    g = (g[0].reshape(shape), g[1].reshape(shape))
+    s = RECIPROCAL_SCALE
+    c = pa.truncate_additive(ctx, pa.mul_local(x, g), top + 1 - s)
+    y = add_constant(ctx, pa.truncate(ctx, pa.mul_public(c, torch.tensor(round(-32 / 17 * 2**20))), 20), 48 / 17, s)
+    steps = 3
+    for i in range(steps):
+        cy = pa.mul_fixed(ctx, c, y, s)
+        two_minus = add_constant(ctx, pa.neg(cy), 2.0, s)
+        y = pa.mul_fixed(ctx, y, two_minus, s + (s - f if i == steps - 1 else 0))
+    return pa.truncate_additive(ctx, pa.mul_local(y, g), top + 1 - f)
+
+
+RSQRT_SCALE = 28
+_RSQRT_INIT: np.ndarray = np.polyfit(np.linspace(0.25, 1, 2001), np.linspace(0.25, 1, 2001) ** -0.5, 2)[::-1]
+
+
+def rsqrt(ctx: PartyContext, x: Pair) -> Pair:
+    """1/sqrt(x) for 2^-(f-1) <= x < 2^(l-1-f), relative error < 1e-4.
+
+    Normalise to u = X / 2^(2r) in [1/4, 1) with r = ceil((p+1)/2) (p: X's highest bit):
+    G2 = 2^(T2 - r) from p's one-hot, G1 = G2^2; then a quadratic initial guess and two Newton
+    steps w <- w (3 - u w^2) / 2; 1/sqrt(x) = w G2 2^(3f/2 - T2) / 2^f.
+    """
+    f, bits = ctx.frac_bits, ctx.compare_bits
+    if f % 2:
+        raise ValueError("rsqrt needs an even number of fractional bits")
+    shape, n = x[0].shape, x[0].numel()
+    half_top = (bits - 1 + 1) // 2  # T2 >= max r
+    onehot = highest_bit(ctx, bit_decompose(ctx, x, bits))
+    g2 = power_of_two(ctx, onehot, [half_top - (j + 2) // 2 for j in range(bits)], n)
+    g2 = (g2[0].reshape(shape), g2[1].reshape(shape))
+    (g1,) = ring_mul_many(ctx, [g2], [g2])
+    s = RSQRT_SCALE
+    u = pa.truncate_additive(ctx, pa.mul_local(x, g1), 2 * half_top - s)
+    w = polynomial(ctx, u, _RSQRT_INIT, s, s)
+    steps = 2
+    for i in range(steps):
+        w2 = pa.mul_fixed(ctx, w, w, s)
+        uw2 = pa.mul_fixed(ctx, u, w2, s)
+        three_minus = add_constant(ctx, pa.neg(uw2), 3.0, s)
+        w = pa.mul_fixed(ctx, w, three_minus, s + 1 + (s - f if i == steps - 1 else 0))
+    return pa.truncate_additive(ctx, pa.mul_local(w, g2), half_top + f - (3 * f) // 2)
+
+
+# --------------------------------------------------------------------------- composites
+
+
+EXP_CLIP = -14.0
+
+
+def softmax_last_dim(ctx: PartyContext, x: Pair, row_max: Pair) -> Pair:
+    """softmax over the last dim given the row max: e = exp(x - max), zeroed where x - max
+    < -14 (exp(-14) < 2^-18), one reciprocal per row, one product."""
+    f = ctx.frac_bits
+    shifted = pa.sub(x, (row_max[0].unsqueeze(-1), row_max[1].unsqueeze(-1)))
+    clipped = less_than_zero(ctx, add_constant(ctx, shifted, -EXP_CLIP, f))
+    e = exp(ctx, shifted)
+    one = torch.ones((), dtype=torch.int64)
+    (e,) = ring_mul_many(ctx, [pa.add_public(ctx, pa.neg(clipped), one)], [e])
+    total = (e[0].sum(-1), e[1].sum(-1))
+    inv = reciprocal(ctx, total)
+    return pa.mul_fixed(ctx, e, (inv[0].unsqueeze(-1).expand_as(e[0]), inv[1].unsqueeze(-1).expand_as(e[1])), f)
+
+
+def layer_norm_last_dims(
+    ctx: PartyContext, x: Pair, dims: int, weight: Pair | None, bias: Pair | None, eps: float, rms: bool = False
+) -> Pair:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last ``dims`` dims (RMSNorm:
+    x / sqrt(mean(x^2) + eps) * weight). Row statistics are cheap; the big tensor sees
+    three products: the square, the normalisation and the weight."""
+    f = ctx.frac_bits
+    shape = x[0].shape
+    flat = tuple(s.reshape(*shape[: len(shape) - dims], -1) for s in x)
+    count = flat[0].shape[-1]
+    if not rms:
+        total = (flat[0].sum(-1, keepdim=True), flat[1].sum(-1, keepdim=True))
+        mean = pa.truncate(ctx, pa.mul_public(total, torch.tensor(round(2**32 / count))), 32)
+        flat = pa.sub(flat, mean)
+    squares = pa.mul_fixed(ctx, flat, flat, f)
+    sum_sq = (squares[0].sum(-1, keepdim=True), squares[1].sum(-1, keepdim=True))
+    var = pa.truncate(ctx, pa.mul_public(sum_sq, torch.tensor(round(2**32 / count))), 32)
+    var = add_constant(ctx, var, eps, f)
+    inv_std = rsqrt(ctx, var)
+    normed = pa.mul_fixed(ctx, flat, (inv_std[0].expand_as(flat[0]), inv_std[1].expand_as(flat[1])), f)
+    normed = (normed[0].reshape(shape), normed[1].reshape(shape))
+    if weight is not None:
+        normed = pa.mul_fixed(ctx, normed, (weight[0].expand(shape), weight[1].expand(shape)), f)
+    if bias is not None:
+        normed = pa.add(normed, bias)
+    return normed

@@ -1,0 +1,160 @@
+"""Comparison and selection: sign bits, bit injection, select, ReLU, max/argmax trees.
+
+The sign of a shared x is the top bit of x mod 2^l: exact whenever |x| < 2^(l-1) as a ring
+element (|x| < 2^(l-1-f) as a real). ``l`` is the party's ``compare_bits`` setting
+(default 44: reals below 2^25 at f = 18, ample for transformer activations); working on
+fewer bits than the ring's 64 makes every comparison cheaper.
+
+Sources: ABY3 §5.3 (bit decomposition with a carry-save layer and a parallel-prefix adder),
+§5.4 (bit injection with three-party OT).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from securetorch.protocols.arithmetic import Pair, mul
+from securetorch.protocols.boolean import BitPair, and_, bit_planes, reshare_bits, unpack_bits, xor
+from securetorch.runtime.context import PartyContext
+
+
+def _carry(ctx: PartyContext, g: BitPair, p: BitPair) -> BitPair:
+    """Group generate of positions [0, m) (planes in order low -> high) by a prefix tree.
+
+    Each level combines neighbours: G = G_hi xor (P_hi and G_lo), P = P_hi and P_lo (the
+    lowest group's P is never needed). ceil(log2 m) rounds, about 2m AND-planes in all.
+    """
+    while g[0].shape[0] > 1:
+        m = g[0].shape[0]
+        pairs = m // 2
+        g_lo, g_hi = (s[0 : 2 * pairs : 2] for s in g), (s[1 : 2 * pairs : 2] for s in g)
+        p_lo, p_hi = (s[0 : 2 * pairs : 2] for s in p), (s[1 : 2 * pairs : 2] for s in p)
+        g_lo, g_hi, p_lo, p_hi = tuple(g_lo), tuple(g_hi), tuple(p_lo), tuple(p_hi)
+        left = tuple(torch.cat([h, h[1:]]) for h in p_hi)
+        right = tuple(torch.cat([gl, pl[1:]]) for gl, pl in zip(g_lo, p_lo, strict=True))
+        r = and_(ctx, left, right)
+        new_g = tuple(gh ^ ri[:pairs] for gh, ri in zip(g_hi, r, strict=True))
+        new_p = tuple(torch.cat([h[:1], ri[pairs:]]) for h, ri in zip(p_hi, r, strict=True))
+        if m % 2:
+            new_g = tuple(torch.cat([ng, s[m - 1 :]]) for ng, s in zip(new_g, g, strict=True))
+            new_p = tuple(torch.cat([nq, s[m - 1 :]]) for nq, s in zip(new_p, p, strict=True))
+        g, p = new_g, new_p
+    return g[0][0], g[1][0]
+
+
+def msb(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
+    """XOR-shared top bit of x mod 2^bits, packed over the flattened x.
+
+    x = x_0 + x_1 + x_2 is first carry-saved into s + c (s = x_0 xor x_1 xor x_2 is the share
+    pair itself; c = 2 maj(x_0, x_1, x_2), whose terms x_i and x_{i+1} each party computes
+    alone: one resharing round). Then top bit = s_{l-1} xor c_{l-1} xor carry_{l-1}, the carry
+    from generate/propagate bits (one AND round) and a prefix tree.
+    Cost: 2 + ceil(log2(l-2)) rounds; about 3(2l + 2l)/8 bytes per element (l = 44: 8 rounds,
+    ~66 bytes).
+    """
+    if bits < 4:
+        raise ValueError("comparisons need at least 4 bits")
+    first, second = x[0].reshape(-1), x[1].reshape(-1)
+    s = (bit_planes(first, bits), bit_planes(second, bits))
+    maj = reshare_bits(ctx, bit_planes(first & second, bits - 1))  # maj_j for j < l-1
+    s_mid = (s[0][1 : bits - 1], s[1][1 : bits - 1])
+    c_mid = (maj[0][: bits - 2], maj[1][: bits - 2])  # c_j = maj_{j-1}
+    g = and_(ctx, s_mid, c_mid)
+    p = xor(s_mid, c_mid)
+    carry = _carry(ctx, g, p)
+    top_s = (s[0][bits - 1], s[1][bits - 1])
+    top_c = (maj[0][bits - 2], maj[1][bits - 2])
+    return xor(xor(top_s, top_c), carry)
+
+
+def bit_to_arith(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, ...]) -> Pair:
+    """Arithmetic shares of packed XOR-shared bits b (as integers 0/1 of ``shape``).
+
+    ``b`` is packed along its last dim; ``shape`` is b's leading dims plus the bit count.
+
+    b = c xor b_2 with c = b_0 xor b_1 known to P_0 and b_2 known to P_1 and P_2. P_0 sends each
+    of P_1, P_2 both candidates m_j = (c xor j) - s_0 - s_1, masked with pads it shares with the
+    *other* one, who sends the pad for j = b_2 (a three-party OT, ABY3 §5.4.1, run in both
+    directions at once). Both learn s_2 = m_{b_2} = b - s_0 - s_1; s_0, s_1 come from keys.
+    Cost: 1 round, 48 bytes per bit.
+    """
+    count = shape[-1]
+    size = tuple(shape)
+    n = count
+    if ctx.rank == 0:
+        s0, pad0, pad1 = (ctx.prg_prev.int64(size) for _ in range(3))  # key k_0 (with P_2)
+        s1, qad0, qad1 = (ctx.prg_next.int64(size) for _ in range(3))  # key k_1 (with P_1)
+        c = unpack_bits(b[0] ^ b[1], n)
+        m0, m1 = c - s0 - s1, (1 - c) - s0 - s1
+        ctx.net.exchange({1: [m0 + pad0, m1 + pad1], 2: [m0 + qad0, m1 + qad1]}, [])
+        return s0, s1
+    if ctx.rank == 1:
+        s1, qad0, qad1 = (ctx.prg_prev.int64(size) for _ in range(3))
+        b2 = unpack_bits(b[1], n).bool()
+        got = ctx.net.exchange({2: [torch.where(b2, qad1, qad0)]}, [0, 2])
+        masked0, masked1 = got[0]
+        s2 = torch.where(b2, masked1, masked0) - got[2][0]
+        return s1, s2
+    s0, pad0, pad1 = (ctx.prg_next.int64(size) for _ in range(3))
+    b2 = unpack_bits(b[0], n).bool()
+    got = ctx.net.exchange({1: [torch.where(b2, pad1, pad0)]}, [0, 1])
+    masked0, masked1 = got[0]
+    s2 = torch.where(b2, masked1, masked0) - got[1][0]
+    return s2, s0
+
+
+def less_than_zero(ctx: PartyContext, x: Pair) -> Pair:
+    """[x < 0] as arithmetic 0/1 (for |x| < 2^(l-1)). Cost: msb + 1 round."""
+    bits = bit_to_arith(ctx, msb(ctx, x, ctx.compare_bits), (x[0].numel(),))
+    return bits[0].reshape(x[0].shape), bits[1].reshape(x[0].shape)
+
+
+def select(ctx: PartyContext, bit: Pair, if_true: Pair, if_false: Pair) -> Pair:
+    """bit ? if_true : if_false for an arithmetic 0/1 bit: if_false + bit * (if_true - if_false).
+
+    An exact ring product (no truncation): 1 round, 24 bytes per element."""
+    diff = (if_true[0] - if_false[0], if_true[1] - if_false[1])
+    prod = mul(ctx, bit, diff)
+    return if_false[0] + prod[0], if_false[1] + prod[1]
+
+
+def max_last_dim(ctx: PartyContext, x: Pair, with_index: bool) -> tuple[Pair, Pair | None]:
+    """Max over the last dim by a tree: O(log n) levels, all pairs of a level in one batch.
+
+    A level compares neighbours (a, b), keeps b where a < b (so ties keep the first index,
+    as torch.argmax does) and moves the index along in the same product round.
+    Cost per level: one comparison + 1 round; indices are integers 0..n-1 (unscaled).
+    """
+    n = x[0].shape[-1]
+    index = None
+    if with_index:
+        positions = torch.arange(n, dtype=torch.int64).expand(x[0].shape)
+        zero = torch.zeros_like(positions)
+        index = (positions if ctx.rank == 0 else zero, positions if ctx.rank == 2 else zero)
+    while n > 1:
+        half = n // 2
+        a = tuple(s[..., 0 : 2 * half : 2] for s in x)
+        b = tuple(s[..., 1 : 2 * half : 2] for s in x)
+        b_wins = less_than_zero(ctx, (a[0] - b[0], a[1] - b[1]))
+        if index is None:
+            kept = select(ctx, b_wins, b, a)
+        else:
+            ia = tuple(s[..., 0 : 2 * half : 2] for s in index)
+            ib = tuple(s[..., 1 : 2 * half : 2] for s in index)
+            both = select(
+                ctx,
+                tuple(torch.stack([w, w]) for w in b_wins),
+                tuple(torch.stack([u, v]) for u, v in zip(b, ib, strict=True)),
+                tuple(torch.stack([u, v]) for u, v in zip(a, ia, strict=True)),
+            )
+            kept = (both[0][0], both[1][0])
+            new_index = (both[0][1], both[1][1])
+        if n % 2:
+            kept = tuple(torch.cat([k, s[..., n - 1 :]], -1) for k, s in zip(kept, x, strict=True))
+            if index is not None:
+                new_index = tuple(torch.cat([k, s[..., n - 1 :]], -1) for k, s in zip(new_index, index, strict=True))
+        x = kept
+        if index is not None:
+            index = new_index
+        n = x[0].shape[-1]
+    return (x[0][..., 0], x[1][..., 0]), None if index is None else (index[0][..., 0], index[1][..., 0])
