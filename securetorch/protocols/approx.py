@@ -261,6 +261,22 @@ def _prefix(ctx: PartyContext, g: BitPair, p: BitPair | None) -> BitPair:
     return g
 
 
+def _prefix_levels(m: int) -> list[int]:
+    """Targets per level of the Sklansky prefix over m positions."""
+    counts, d = [], 1
+    while d < m:
+        counts.append(sum(1 for i in range(m) if (i // d) % 2 == 1))
+        d *= 2
+    return counts
+
+
+def bit_decompose_cost(n: int, bits: int) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``bit_decompose`` (A2B) on n elements."""
+    levels = _prefix_levels(bits - 1)
+    planes = (bits - 1) + (bits - 1) + sum(2 * k for k in levels)
+    return 2 + len(levels), 3 * planes * ((n + 7) // 8)
+
+
 def bit_decompose(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
     """XOR-shared bits 0..bits-1 of x mod 2^bits as packed planes [bits, ceil(n/8)].
 

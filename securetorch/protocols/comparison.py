@@ -42,6 +42,24 @@ def _carry(ctx: PartyContext, g: BitPair, p: BitPair) -> BitPair:
     return g[0][0], g[1][0]
 
 
+def _tree_planes(m: int) -> tuple[int, int]:
+    """(levels, AND-planes) of ``_carry`` over m positions."""
+    levels = planes = 0
+    while m > 1:
+        pairs = m // 2
+        planes += 2 * pairs - 1
+        m = pairs + m % 2
+        levels += 1
+    return levels, planes
+
+
+def msb_cost(n: int, bits: int) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``msb`` on n elements."""
+    levels, tree = _tree_planes(bits - 2)
+    planes = (bits - 1) + (bits - 2) + tree
+    return 2 + levels, 3 * planes * ((n + 7) // 8)
+
+
 def msb(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
     """XOR-shared top bit of x mod 2^bits, packed over the flattened x.
 
@@ -76,7 +94,7 @@ def bit_to_arith(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, .
     of P_1, P_2 both candidates m_j = (c xor j) - s_0 - s_1, masked with pads it shares with the
     *other* one, who sends the pad for j = b_2 (a three-party OT, ABY3 §5.4.1, run in both
     directions at once). Both learn s_2 = m_{b_2} = b - s_0 - s_1; s_0, s_1 come from keys.
-    Cost: 1 round, 48 bytes per bit.
+    Cost: 1 round, 48 bytes per bit (``BIT_TO_ARITH_BYTES``).
     """
     count = shape[-1]
     size = tuple(shape)
@@ -101,6 +119,9 @@ def bit_to_arith(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, .
     masked0, masked1 = got[0]
     s2 = torch.where(b2, masked1, masked0) - got[1][0]
     return s2, s0
+
+
+BIT_TO_ARITH_BYTES = 48
 
 
 def less_than_zero(ctx: PartyContext, x: Pair) -> Pair:

@@ -1,0 +1,163 @@
+"""Fixed-point approximations against float64 over their stated input ranges.
+
+Stated bounds (f = 18), each with its measured value in docs/protocols.md:
+exp on [-14, 0] <= 1e-3; reciprocal on [1, 1000] <= 2e-5; rsqrt on [0.01, 100] relative
+<= 1e-3; GeLU (both forms) <= 5e-3 everywhere; SiLU <= 3e-3; sigmoid <= 1e-3; tanh <= 2e-3;
+softmax <= 2e-3; LayerNorm/RMSNorm <= 1e-3.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import securetorch as puma
+
+from .conftest import seeded
+
+F = torch.nn.functional
+
+
+def secret(value: torch.Tensor, owner: int = 0) -> puma.SharedTensor:
+    return puma.share(value if puma.rank() == owner else None, owner=owner, dtype=torch.float64)
+
+
+CASES = {
+    # name: (secure op, plaintext op, inputs, bound, relative?)
+    "exp": (torch.exp, torch.exp, torch.cat([torch.linspace(-14, 0, 4001), torch.tensor([-14.0, -1e-6, 0.0])]), 1e-3, False),
+    "reciprocal": (torch.reciprocal, torch.reciprocal, torch.cat([torch.logspace(0, 3, 4001), torch.tensor([1.0, 999.99, 1000.0, 2.0, 512.0])]), 2e-5, False),
+    "rsqrt": (torch.rsqrt, torch.rsqrt, torch.cat([torch.logspace(-2, 2, 4001), torch.tensor([0.01, 100.0, 0.25, 1.0])]), 1e-3, True),
+    "sqrt": (torch.sqrt, torch.sqrt, torch.logspace(-2, 3, 2001), 1e-3, True),
+    "gelu": (F.gelu, F.gelu, torch.cat([torch.linspace(-8, 8, 4001), torch.tensor([-4.0, 4.0, -300.0, 300.0, 0.0])]), 5e-3, False),
+    "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"), lambda x: F.gelu(x, approximate="tanh"), torch.cat([torch.linspace(-8, 8, 4001), torch.tensor([-500.0, 500.0])]), 5e-3, False),
+    "silu": (F.silu, F.silu, torch.cat([torch.linspace(-16, 16, 4001), torch.tensor([-8.0, 8.0, -1000.0, 1000.0])]), 3e-3, False),
+    "sigmoid": (torch.sigmoid, torch.sigmoid, torch.cat([torch.linspace(-20, 20, 4001), torch.tensor([-1e4, 1e4, 0.0])]), 1e-3, False),
+    "tanh": (torch.tanh, torch.tanh, torch.cat([torch.linspace(-10, 10, 4001), torch.tensor([-4.0, 4.0, -1e3, 1e3])]), 2e-3, False),
+}  # fmt: skip
+
+
+def _apply(name: str, x: torch.Tensor) -> torch.Tensor:
+    return CASES[name][0](secret(x)).reveal()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_function_matches_float64_over_its_range(cluster, name) -> None:
+    _, plain, inputs, bound, relative = CASES[name]
+    x = inputs.double()
+    got = cluster.run(_apply, name, x)[0]
+    want = plain(x)
+    err = (got - want).abs()
+    if relative:
+        err = err / want.abs()
+    assert float(err.max()) <= bound, (name, float(err.max()), float(x[err.argmax()]))
+
+
+def test_division_by_a_secret_and_powers(cluster) -> None:
+    g = seeded(1)
+    a = torch.randn(50, generator=g, dtype=torch.float64) * 10
+    b = torch.rand(50, generator=g, dtype=torch.float64) * 50 + 1
+
+    def fn(a, b):
+        x, y = secret(a), secret(b, owner=1)
+        return {
+            "div": (x / y).reveal(),
+            "rdiv": (3.0 / y).reveal(),
+            "pow2": (x**2).reveal(),
+            "pow3": torch.pow(x, 3).reveal(),
+            "pow_half": y.pow(0.5).reveal(),
+            "pow_neg_half": (y**-0.5).reveal(),
+            "pow_neg_one": (y**-1).reveal(),
+        }
+
+    got = cluster.run(fn, a, b)[0]
+    want = {
+        "div": a / b,
+        "rdiv": 3.0 / b,
+        "pow2": a**2,
+        "pow3": a**3,
+        "pow_half": b.sqrt(),
+        "pow_neg_half": b.rsqrt(),
+        "pow_neg_one": 1 / b,
+    }
+    for name, expected in want.items():
+        rel = float(((got[name] - expected).abs() / expected.abs().clamp(min=1)).max())
+        assert rel <= 1e-3, (name, rel)
+
+
+def softmax_case(x, mask):
+    s = secret(x)
+    return {
+        "last": F.softmax(s, dim=-1).reveal(),
+        "dim1": torch.softmax(s, 1).reveal(),
+        "method_dtype": s.softmax(-1, dtype=torch.float32).reveal(),
+        "masked": F.softmax(s + mask, dim=-1).reveal(),
+    }
+
+
+def test_softmax_with_dims_dtype_and_hf_masks(cluster) -> None:
+    g = seeded(2)
+    x = torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64) * 16 - 8
+    causal = torch.full((16, 16), torch.finfo(torch.float32).min, dtype=torch.float64).triu(1)
+    padding = torch.zeros(16, dtype=torch.float64)
+    padding[-3:] = -math.inf
+    mask = causal + padding
+    got = cluster.run(softmax_case, x, mask)[0]
+    assert float((got["last"] - torch.softmax(x, -1)).abs().max()) <= 2e-3
+    assert float((got["dim1"] - torch.softmax(x, 1)).abs().max()) <= 2e-3
+    assert got["method_dtype"].dtype == torch.float32
+    want = torch.softmax(x + mask, -1)
+    assert float((got["masked"] - want).abs().max()) <= 2e-3
+    assert bool((got["masked"][..., mask.isinf() | (mask < -1e30)] == 0).all())  # masked out exactly
+    assert float((got["masked"].sum(-1) - 1).abs().max()) <= 2e-3
+
+
+def test_softmax_rows_with_large_spread(cluster) -> None:
+    """Logits far below the row max (clipped at -14) and a wide range of values."""
+    x = torch.tensor([[0.0, -14.5, -100.0, 5.0, 5.0], [1000.0, 990.0, 999.0, -1000.0, 0.0]], dtype=torch.float64)
+    got = cluster.run(lambda v: F.softmax(secret(v), -1).reveal(), x)[0]
+    assert float((got - torch.softmax(x, -1)).abs().max()) <= 2e-3
+
+
+def norms(x, w, b):
+    s, ws, bs = secret(x), secret(w, 1), secret(b, 2)
+    return {
+        "secret_affine": F.layer_norm(s, (x.shape[-1],), ws, bs, 1e-5).reveal(),
+        "public_affine": F.layer_norm(s, (x.shape[-1],), w, b, 1e-12).reveal(),
+        "no_affine": F.layer_norm(s, (x.shape[-1],)).reveal(),
+        "two_dims": F.layer_norm(s, tuple(x.shape[-2:])).reveal(),
+        "rms": F.rms_norm(s, (x.shape[-1],), ws, 1e-6).reveal(),
+        "module": torch.nn.LayerNorm(x.shape[-1], dtype=torch.float64)(s).reveal(),
+    }
+
+
+def test_layer_norm_and_rms_norm(cluster) -> None:
+    g = seeded(3)
+    x = torch.randn(4, 6, 96, generator=g, dtype=torch.float64) * 5 + 2
+    w = torch.randn(96, generator=g, dtype=torch.float64)
+    b = torch.randn(96, generator=g, dtype=torch.float64)
+    got = cluster.run(norms, x, w, b)[0]
+    want = {
+        "secret_affine": F.layer_norm(x, (96,), w, b, 1e-5),
+        "public_affine": F.layer_norm(x, (96,), w, b, 1e-12),
+        "no_affine": F.layer_norm(x, (96,)),
+        "two_dims": F.layer_norm(x, (6, 96)),
+        "rms": F.rms_norm(x, (96,), w, 1e-6),
+        "module": F.layer_norm(x, (96,)),
+    }
+    for name, expected in want.items():
+        assert float((got[name] - expected).abs().max()) <= 1e-3, name
+
+
+def test_hf_style_rmsnorm_code_runs_on_shares(cluster) -> None:
+    """LLaMA's RMSNorm forward (pow, mean, rsqrt, casts) runs unmodified."""
+    x = torch.randn(2, 5, 32, generator=seeded(4), dtype=torch.float64)
+
+    def llama_rmsnorm(hidden_states, eps=1e-6):
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return hidden_states * torch.rsqrt(variance + eps)
+
+    got = cluster.run(lambda v: llama_rmsnorm(secret(v)).reveal(), x)[0]
+    assert float((got.double() - llama_rmsnorm(x).double()).abs().max()) <= 1e-3

@@ -1,0 +1,173 @@
+"""Comparisons, bit decomposition, bit injection, select, ReLU, max/argmax."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import securetorch as puma
+from securetorch.comm.stats import total
+from securetorch.protocols import approx as ap
+from securetorch.protocols import comparison as pc
+from securetorch.protocols.boolean import reveal_bits, unpack_bits
+from securetorch.runtime.context import current
+
+from .conftest import seeded
+
+U = 2.0**-18
+F = torch.nn.functional
+HYP = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def secret(value: torch.Tensor, owner: int = 0) -> puma.SharedTensor:
+    return puma.share(value if puma.rank() == owner else None, owner=owner, dtype=torch.float64)
+
+
+def comparisons(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    x, y = secret(a, 0), secret(b, 1)
+    out = {
+        "lt": x < y,
+        "gt": x > y,
+        "le": x <= y,
+        "ge": x >= y,
+        "lt_public": x < b,
+        "gt_scalar": x > 0.25,
+        "torch_lt": torch.lt(x, y),
+        "relu": F.relu(x),
+        "abs": torch.abs(x),
+        "where": torch.where(x < y, x, y),
+        "where_public_cond": torch.where(b > 0, x, 2.0),
+        "maximum": torch.maximum(x, y),
+        "minimum": torch.minimum(x, y),
+        "clamp": torch.clamp(x, -1.0, 2.0),
+    }
+    return {k: v.reveal() for k, v in out.items()}
+
+
+@HYP
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=2).map(tuple), seed=st.integers(0, 2**31))
+def test_comparisons_and_selection_match_plaintext(cluster, shape, seed) -> None:
+    g = seeded(seed)
+    a = torch.randn(shape, generator=g, dtype=torch.float64) * 100
+    b = torch.randn(shape, generator=g, dtype=torch.float64) * 100
+    b.view(-1)[0] = a.view(-1)[0]  # a tie: x < y is false, x <= y true
+    got = cluster.run(comparisons, a, b)[0]
+    want = {
+        "lt": a < b,
+        "gt": a > b,
+        "le": a <= b,
+        "ge": a >= b,
+        "lt_public": a < b,
+        "gt_scalar": a > 0.25,
+        "torch_lt": a < b,
+        "relu": F.relu(a),
+        "abs": a.abs(),
+        "where": torch.where(a < b, a, b),
+        "where_public_cond": torch.where(b > 0, a, torch.tensor(2.0, dtype=torch.float64)),
+        "maximum": torch.maximum(a, b),
+        "minimum": torch.minimum(a, b),
+        "clamp": a.clamp(-1, 2),
+    }
+    for name, expected in want.items():
+        if expected.dtype == torch.bool:
+            assert got[name].dtype == torch.bool and torch.equal(got[name], expected), name
+        else:
+            assert float((got[name] - expected).abs().max()) <= U, name
+
+
+def test_compare_bits_boundary() -> None:
+    """Exact up to |x| < 2^(l-1-f) reals; at 2^(l-1-f) the sign wraps (documented limit)."""
+    bits = 30  # reals below 2^11 = 2048
+    edge = 2.0 ** (bits - 1 - 18)
+    inside = torch.tensor([edge - U, -edge, -edge + U, U, -U, 0.0], dtype=torch.float64)
+    with puma.LocalCluster(compare_bits=bits) as c:
+        got = c.run(lambda v: (secret(v) < 0).reveal(), torch.cat([inside, torch.tensor([edge])]))[0]
+    assert torch.equal(got[:-1], inside < 0)
+    assert bool(got[-1])  # +2^(l-1-f) reads as negative: outside the range
+
+
+def test_msb_and_bit_injection_exact_costs(cluster) -> None:
+    """Comparison (MSB) and B2A of its bit: exact rounds and bytes on 1000 elements."""
+    n = 1000
+    values = torch.linspace(-3000, 3000, n, dtype=torch.float64)
+
+    results = cluster.run(lambda v: _msb_job(v, n), values)
+    opened, arith = results[0][0], results[0][1]
+    assert torch.equal(opened, (values < 0).long())
+    assert torch.equal(arith, (values < 0).long())
+    msb_cost = total([r[2] for r in results])
+    inject_cost = total([r[3] for r in results])
+    rounds, nbytes = pc.msb_cost(n, 44)
+    # 43 carry-save + 42 generate + 76 tree AND-planes of 125 bytes, three parties
+    assert (msb_cost.rounds, msb_cost.bytes_sent) == (rounds, nbytes) == (8, 3 * 161 * 125)
+    assert (inject_cost.rounds, inject_cost.bytes_sent) == (1, pc.BIT_TO_ARITH_BYTES * n)
+
+
+def _msb_job(v, n):
+    ctx = current()
+    x = secret(v)
+    before = puma.stats()
+    bits = pc.msb(ctx, x.shares, ctx.compare_bits)
+    mid = puma.stats()
+    arith = pc.bit_to_arith(ctx, bits, (n,))
+    after = puma.stats()
+    opened = unpack_bits(reveal_bits(ctx, bits), n)
+    return opened, puma.SharedTensor(arith, torch.int64), mid - before, after - mid
+
+
+def test_bit_decomposition_exact_costs_and_values(cluster) -> None:
+    n = 500
+    values = torch.arange(n, dtype=torch.float64) * 37.25 - 4000.0
+
+    def fn(v):
+        ctx = current()
+        x = secret(v)
+        before = puma.stats()
+        planes = ap.bit_decompose(ctx, x.shares, ctx.compare_bits)
+        cost = puma.stats() - before
+        return unpack_bits(reveal_bits(ctx, planes), n), cost
+
+    results = cluster.run(fn, values)
+    bits = results[0][0]
+    ring = puma.ring.encode(values, 18) & ((1 << 44) - 1)
+    expected = torch.stack([(ring >> j) & 1 for j in range(44)])
+    assert torch.equal(bits, expected)
+    cost = total([r[1] for r in results])
+    # 43 carry-save + 43 generate + 2 x 108 Sklansky AND-planes of 63 bytes, three parties
+    assert (cost.rounds, cost.bytes_sent) == ap.bit_decompose_cost(n, 44) == (8, 3 * 302 * 63)
+
+
+@pytest.mark.parametrize("dim", [None, 0, 1, -1])
+def test_max_argmax_along_dims_with_ties(cluster, dim) -> None:
+    a = torch.tensor(
+        [[3.0, 7.5, 7.5, -1.0, 2.0], [0.0, 0.0, 0.0, 0.0, 0.0], [-5.0, -2.0, -9.0, -2.0, -3.0]], dtype=torch.float64
+    )
+
+    def fn(a, dim):
+        x = secret(a)
+        if dim is None:
+            return x.max(), x.argmax(), x.min(), torch.argmin(x)
+        values, index = torch.max(x, dim=dim)
+        lows, low_index = x.min(dim, keepdim=True)
+        return values, index, lows, low_index, torch.amax(x, dim), torch.argmax(x, dim, keepdim=True)
+
+    got = cluster.run(fn, a, dim)[0]
+    if dim is None:
+        want = (a.max(), a.argmax(), a.min(), a.argmin())
+    else:
+        values, index = torch.max(a, dim=dim)
+        lows, low_index = a.min(dim, keepdim=True)
+        want = (values, index, lows, low_index, torch.amax(a, dim), torch.argmax(a, dim, keepdim=True))
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        assert torch.equal(g, w) if not w.is_floating_point() else float((g - w).abs().max()) <= U
+
+
+def test_argmax_over_a_vocabulary(cluster) -> None:
+    g = seeded(5)
+    logits = torch.randn(2, 1000, generator=g, dtype=torch.float64) * 4
+    logits[1, 417] = logits[1, 913] = logits[1].max() + 1  # tie: the first index wins
+    got = cluster.run(lambda v: secret(v).argmax(-1), logits)[0]
+    assert torch.equal(got, logits.argmax(-1))
