@@ -225,7 +225,7 @@ def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
 
 def truncation_bytes(n: int, bits: int) -> int:
     """Exact bytes (all parties) that ``truncate_additive`` sends for n elements."""
-    return 32 * n + bits * ((2 * n + 7) // 8) + 2 * bits * ((n + 7) // 8)
+    return 32 * n + (2 * n * bits + 7) // 8 + 2 * ((n * bits + 7) // 8)
 
 
 def truncate(ctx: PartyContext, x: Pair, bits: int) -> Pair:

@@ -3,58 +3,60 @@
 A secret bit vector b = b_0 xor b_1 xor b_2 is held like arithmetic shares: P_i holds
 (b_i, b_{i+1}). Bits are packed eight to a byte (``pack_bits``), so a protocol over n bits
 moves ceil(n/8) bytes per message; a *plane* is one packed bit vector. Many planes are
-processed at once as a ``[planes, bytes]`` uint8 tensor.
+processed at once as a ``[planes, bytes]`` uint8 tensor. Packing runs in numpy's C loops.
 
 Sources: ABY3 §4 (boolean sharing, AND with one round of resharing).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from securetorch.runtime.context import PartyContext
 
 BitPair = tuple[torch.Tensor, torch.Tensor]
 
-_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """Pack 0/1 values along the last dim, eight to a byte: [..., n] -> uint8 [..., ceil(n/8)]."""
-    n = bits.shape[-1]
-    pad = (-n) % 8
-    b = bits.to(torch.uint8)
-    if pad:
-        b = torch.nn.functional.pad(b, (0, pad))
-    b = b.reshape(*b.shape[:-1], -1, 8)
-    return (b * _WEIGHTS).sum(-1, dtype=torch.uint8)
+    """Pack 0/1 values along the last dim, eight to a byte (little bit order):
+    [..., n] -> uint8 [..., ceil(n/8)]."""
+    packed = np.packbits(bits.to(torch.uint8).numpy(), axis=-1, bitorder="little")
+    return torch.from_numpy(packed)
 
 
 def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of ``pack_bits``: uint8 [..., ceil(n/8)] -> int64 0/1 [..., n]."""
-    bits = (packed.unsqueeze(-1) & _WEIGHTS) != 0
-    return bits.reshape(*packed.shape[:-1], -1)[..., :n].to(torch.int64)
+    bits = np.unpackbits(packed.numpy(), axis=-1, count=n, bitorder="little")
+    return torch.from_numpy(bits).to(torch.int64)
 
 
-def bit_planes(x: torch.Tensor, bits: int, start: int = 0) -> torch.Tensor:
-    """Bits start..start+bits-1 of every element of int64 ``x`` (flattened) as packed planes
-    [bits, ceil(n/8)]."""
-    flat = x.reshape(-1)
-    shifts = torch.arange(start, start + bits, dtype=torch.int64).unsqueeze(1)
-    return pack_bits((flat.unsqueeze(0) >> shifts) & 1)
+def _value_bits(x: torch.Tensor, bits: int) -> np.ndarray:
+    """[n, bits] uint8 array of the low ``bits`` bits of every int64 element (bit 0 first)."""
+    raw = np.ascontiguousarray(x.reshape(-1).numpy()).view(np.uint8).reshape(-1, 8)
+    return np.unpackbits(raw, axis=1, bitorder="little")[:, :bits]
+
+
+def bit_planes(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Bits 0..bits-1 of every element of int64 ``x`` (flattened) as packed planes
+    [bits, ceil(n/8)]: plane j holds bit j of all elements."""
+    planes = np.packbits(np.ascontiguousarray(_value_bits(x, bits).T), axis=1, bitorder="little")
+    return torch.from_numpy(planes)
 
 
 def pack_uint(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """Non-negative integers below 2^bits, packed to ``bits`` bits each (as bit planes)."""
-    return bit_planes(values, bits)
+    """Non-negative integers below 2^bits, ``bits`` bits each, packed into ceil(n bits / 8) bytes."""
+    return torch.from_numpy(np.packbits(_value_bits(values, bits).reshape(-1), bitorder="little"))
 
 
 def unpack_uint(packed: torch.Tensor, bits: int, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """Inverse of ``pack_uint`` for a tensor of ``shape``."""
     n = torch.Size(shape).numel()
-    planes = unpack_bits(packed, n)
-    weights = torch.ones(bits, 1, dtype=torch.int64) << torch.arange(bits, dtype=torch.int64).unsqueeze(1)
-    return (planes * weights).sum(0).reshape(shape)
+    flat = np.unpackbits(packed.numpy(), count=n * bits, bitorder="little").reshape(n, bits)
+    wide = np.zeros((n, 64), dtype=np.uint8)
+    wide[:, :bits] = flat
+    values = np.packbits(wide, axis=1, bitorder="little").view(np.int64).reshape(tuple(shape))
+    return torch.from_numpy(values.copy())
 
 
 def xor_zero_share(ctx: PartyContext, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
