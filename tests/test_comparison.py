@@ -139,6 +139,26 @@ def test_bit_decomposition_exact_costs_and_values(cluster) -> None:
     assert (cost.rounds, cost.bytes_sent) == ap.bit_decompose_cost(n, 44) == (8, 3 * 302 * 63)
 
 
+def test_a2b_then_b2a_round_trip_with_exact_cost(cluster) -> None:
+    """A2B (bit decomposition) then word B2A gives back x mod 2^l: 1 round, 48 B per bit."""
+    n, bits = 64, 44
+    values = torch.linspace(-500, 500, n, dtype=torch.float64)
+
+    def fn(v):
+        ctx = current()
+        x = secret(v)
+        planes = ap.bit_decompose(ctx, x.shares, bits)
+        before = puma.stats()
+        word = pc.bits_to_arith_word(ctx, planes, n)
+        return puma.SharedTensor(word, torch.int64), puma.stats() - before
+
+    results = cluster.run(fn, values)
+    ring = puma.ring.encode(values, 18) & ((1 << bits) - 1)
+    assert torch.equal(results[0][0], ring)
+    cost = total([r[1] for r in results])
+    assert (cost.rounds, cost.bytes_sent) == (1, pc.BIT_TO_ARITH_BYTES * bits * n)
+
+
 @pytest.mark.parametrize("dim", [None, 0, 1, -1])
 def test_max_argmax_along_dims_with_ties(cluster, dim) -> None:
     a = torch.tensor(

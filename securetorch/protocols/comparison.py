@@ -124,6 +124,15 @@ def bit_to_arith(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, .
 BIT_TO_ARITH_BYTES = 48
 
 
+def bits_to_arith_word(ctx: PartyContext, planes: BitPair, n: int) -> Pair:
+    """B2A of XOR-shared words given as bit planes [bits, ceil(n/8)] (bit j in plane j):
+    sum_j 2^j [b_j], all planes injected in one batch. 1 round, 48 bytes per bit."""
+    bits = planes[0].shape[0]
+    arith = bit_to_arith(ctx, planes, (bits, n))
+    weights = torch.ones(bits, 1, dtype=torch.int64) << torch.arange(bits, dtype=torch.int64).unsqueeze(1)
+    return (arith[0] * weights).sum(0), (arith[1] * weights).sum(0)
+
+
 def less_than_zero(ctx: PartyContext, x: Pair) -> Pair:
     """[x < 0] as arithmetic 0/1 (for |x| < 2^(l-1)). Cost: msb + 1 round."""
     bits = bit_to_arith(ctx, msb(ctx, x, ctx.compare_bits), (x[0].numel(),))
