@@ -12,6 +12,7 @@ from securetorch.errors import PartyError
 from securetorch.ring import DEFAULT_FRAC_BITS
 from securetorch.runtime.cluster import Cluster, LocalCluster, private, run_local
 from securetorch.runtime.context import rank, stats
+from securetorch.secure import SecureModel, secure
 from securetorch.tensor import SharedTensor, share
 
 __version__ = "0.1.0"
@@ -22,11 +23,13 @@ __all__ = [
     "CommStats",
     "LocalCluster",
     "PartyError",
+    "SecureModel",
     "SharedTensor",
     "private",
     "rank",
     "ring",
     "run_local",
+    "secure",
     "share",
     "stats",
 ]

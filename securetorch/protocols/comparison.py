@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from securetorch.protocols import arithmetic as pa
 from securetorch.protocols.arithmetic import Pair, mul
 from securetorch.protocols.boolean import BitPair, and_, bit_planes, reshare_bits, unpack_bits, xor
 from securetorch.runtime.context import PartyContext
@@ -148,43 +149,80 @@ def select(ctx: PartyContext, bit: Pair, if_true: Pair, if_false: Pair) -> Pair:
     return if_false[0] + prod[0], if_false[1] + prod[1]
 
 
-def max_last_dim(ctx: PartyContext, x: Pair, with_index: bool) -> tuple[Pair, Pair | None]:
+def _tournament(ctx: PartyContext, x: Pair, with_index: bool) -> tuple[Pair, Pair | None, list[Pair]]:
     """Max over the last dim by a tree: O(log n) levels, all pairs of a level in one batch.
 
-    A level compares neighbours (a, b), keeps b where a < b (so ties keep the first index,
-    as torch.argmax does) and moves the index along in the same product round.
-    Cost per level: one comparison + 1 round; indices are integers 0..n-1 (unscaled).
+    A level compares neighbours (a, b) and keeps b where a < b (so ties keep the first
+    index, as torch.argmax does); the index, when wanted, moves along in the same product
+    round. An odd element out passes to the next level unchanged. Returns the max, the
+    index (integers) and every level's "b wins" bits. Cost per level: a comparison + 1 round.
     """
-    n = x[0].shape[-1]
     index = None
     if with_index:
-        positions = torch.arange(n, dtype=torch.int64).expand(x[0].shape)
-        zero = torch.zeros_like(positions)
-        index = (positions if ctx.rank == 0 else zero, positions if ctx.rank == 2 else zero)
-    while n > 1:
-        half = n // 2
-        a = tuple(s[..., 0 : 2 * half : 2] for s in x)
-        b = tuple(s[..., 1 : 2 * half : 2] for s in x)
+        positions = torch.arange(x[0].shape[-1], dtype=torch.int64)
+        index = pa.add_public(ctx, (torch.zeros_like(x[0]), torch.zeros_like(x[0])), positions)
+    level_bits: list[Pair] = []
+    while x[0].shape[-1] > 1:
+        width, half = x[0].shape[-1], x[0].shape[-1] // 2
+
+        def evens(pair: Pair) -> Pair:
+            return pair[0][..., 0 : 2 * half : 2], pair[1][..., 0 : 2 * half : 2]
+
+        def odds(pair: Pair) -> Pair:
+            return pair[0][..., 1 : 2 * half : 2], pair[1][..., 1 : 2 * half : 2]
+
+        a, b = evens(x), odds(x)
         b_wins = less_than_zero(ctx, (a[0] - b[0], a[1] - b[1]))
-        if index is None:
-            kept = select(ctx, b_wins, b, a)
-        else:
-            ia = tuple(s[..., 0 : 2 * half : 2] for s in index)
-            ib = tuple(s[..., 1 : 2 * half : 2] for s in index)
-            both = select(
-                ctx,
-                tuple(torch.stack([w, w]) for w in b_wins),
-                tuple(torch.stack([u, v]) for u, v in zip(b, ib, strict=True)),
-                tuple(torch.stack([u, v]) for u, v in zip(a, ia, strict=True)),
-            )
-            kept = (both[0][0], both[1][0])
-            new_index = (both[0][1], both[1][1])
-        if n % 2:
-            kept = tuple(torch.cat([k, s[..., n - 1 :]], -1) for k, s in zip(kept, x, strict=True))
-            if index is not None:
-                new_index = tuple(torch.cat([k, s[..., n - 1 :]], -1) for k, s in zip(new_index, index, strict=True))
-        x = kept
+        level_bits.append(b_wins)
+        tracked = [x] if index is None else [x, index]
+        kept = select(
+            ctx,
+            tuple(torch.stack([w] * len(tracked)) for w in b_wins),
+            tuple(torch.stack([odds(t)[j] for t in tracked]) for j in range(2)),
+            tuple(torch.stack([evens(t)[j] for t in tracked]) for j in range(2)),
+        )
+        if width % 2:
+            last = tuple(torch.stack([t[j][..., width - 1 :] for t in tracked]) for j in range(2))
+            kept = (torch.cat([kept[0], last[0]], -1), torch.cat([kept[1], last[1]], -1))
+        x = (kept[0][0], kept[1][0])
         if index is not None:
-            index = new_index
-        n = x[0].shape[-1]
-    return (x[0][..., 0], x[1][..., 0]), None if index is None else (index[0][..., 0], index[1][..., 0])
+            index = (kept[0][1], kept[1][1])
+    value = (x[0][..., 0], x[1][..., 0])
+    return value, None if index is None else (index[0][..., 0], index[1][..., 0]), level_bits
+
+
+def max_last_dim(ctx: PartyContext, x: Pair, with_index: bool) -> tuple[Pair, Pair | None]:
+    """Max (and optionally its index, as an integer) over the last dim; see ``_tournament``."""
+    value, index, _ = _tournament(ctx, x, with_index)
+    return value, index
+
+
+def argmax_onehot_last_dim(ctx: PartyContext, x: Pair) -> tuple[Pair, Pair]:
+    """Secret argmax over the last dim as an index and as a one-hot vector (both integers).
+
+    Position j survives level k iff the level's bit for its group g = j >> k agrees with g's
+    parity (or g had no partner), so one-hot = prod_k s_k with s_k = b or 1 - b, linear in
+    the level's bits; a product tree of exact products over the full width adds
+    ceil(log2 levels) rounds."""
+    n = x[0].shape[-1]
+    _, index, level_bits = _tournament(ctx, x, with_index=True)
+    positions = torch.arange(n, dtype=torch.int64)
+    selectors: list[Pair] = []
+    for level, bits in enumerate(level_bits):
+        half = bits[0].shape[-1]
+        group = positions >> level
+        paired = group < 2 * half
+        odd = (group & 1).bool() & paired
+        bit = tuple(s[..., (group // 2).clamp(max=half - 1)] for s in bits)
+        sign = torch.where(odd, 1, -1) * paired.long()  # s = b (odd), 1 - b (even), 1 (no partner)
+        selectors.append(pa.add_public(ctx, (bit[0] * sign, bit[1] * sign), (~odd).long()))
+    if not selectors:
+        zero = torch.zeros_like(x[0])
+        return (zero[..., 0], zero[..., 0]), pa.add_public(ctx, (zero, zero), torch.ones(n, dtype=torch.int64))
+    while len(selectors) > 1:
+        half = len(selectors) // 2
+        left = tuple(torch.stack([selectors[i][j] for i in range(half)]) for j in range(2))
+        right = tuple(torch.stack([selectors[half + i][j] for i in range(half)]) for j in range(2))
+        products = mul(ctx, left, right)
+        selectors = [(products[0][i], products[1][i]) for i in range(half)] + selectors[2 * half :]
+    return index, selectors[0]

@@ -35,6 +35,7 @@ class PartyContext:
         self.compare_bits = compare_bits
         self.net = net
         self._keys = keys
+        self.store: dict[str, object] = {}  # state kept across jobs: secure models, KV caches
         self.start_job(0)
 
     def start_job(self, job: int) -> None:

@@ -35,7 +35,11 @@ def map_structure(value: Any, fn: Callable[[Any], Any]) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(map_structure(v, fn) for v in value)
     if isinstance(value, dict):
-        return type(value)((k, map_structure(v, fn)) for k, v in value.items())
+        items = {k: map_structure(v, fn) for k, v in value.items()}
+        try:
+            return type(value)(**items)  # dataclass-like mappings (HF ModelOutput)
+        except TypeError:
+            return type(value)(items)
     return fn(value)
 
 

@@ -5,6 +5,8 @@ Fixed-point rules (f fractional bits):
 * secret x secret: ``mul_fixed`` / ``matmul_fixed`` (2 rounds, 48 B per output element);
 * secret x public integer values (integer dtype, or floats that are small integers): exact
   ring product, no truncation, no communication;
+* secret integer (bool mask, one-hot) x secret fixed point: exact ring product, 1 round,
+  24 B per output element;
 * secret x public float: the public factor is encoded with e >= f fractional bits, more
   when it is small (its largest magnitude keeps 24 significant bits, so x * 0.001 is as
   precise as x * 1), e = f for matmul; then truncated by e (2 rounds, 48 B/element).
@@ -103,7 +105,15 @@ def mul_secret(a: Any, b: Any) -> SharedTensor:
     return _mul(a, b)
 
 
+def _integer_secret(value: Any) -> bool:
+    return isinstance(value, SharedTensor) and not value.dtype.is_floating_point
+
+
 def _mul(a: Any, b: Any) -> SharedTensor:
+    if _integer_secret(a) != _integer_secret(b) and isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
+        # an integer (0/1 mask, one-hot) times a fixed-point secret: exact, no truncation
+        fixed = b if _integer_secret(a) else a
+        return SharedTensor(pa.mul(current(), a.shares, b.shares), fixed.dtype)
     a, b = _fixed(a), _fixed(b)
     dtype = _dtype_of(a, b)
     if isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
@@ -113,6 +123,10 @@ def _mul(a: Any, b: Any) -> SharedTensor:
 
 
 def _matmul(a: Any, b: Any) -> SharedTensor:
+    if _integer_secret(a) != _integer_secret(b) and isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
+        # e.g. a secret one-hot matrix times a secret embedding table: exact, 1 round
+        fixed = b if _integer_secret(a) else a
+        return SharedTensor(pa.matmul(current(), a.shares, b.shares), fixed.dtype)
     a, b = _fixed(a), _fixed(b)
     ctx, dtype = current(), _dtype_of(a, b)
     if isinstance(a, SharedTensor) and isinstance(b, SharedTensor):

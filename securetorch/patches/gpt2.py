@@ -1,0 +1,23 @@
+"""GPT-2 (GPT2Model, GPT2LMHeadModel): ``gelu_new`` becomes the secure tanh-form GeLU (one
+protocol instead of pow/tanh arithmetic); Conv1D runs as addmm."""
+
+import torch
+
+from securetorch.patches.base import FamilySpec
+
+
+class TanhGelu(torch.nn.Module):
+    """GPT-2's gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+GPT2 = FamilySpec(
+    name="gpt2",
+    classes=("GPT2Model", "GPT2LMHeadModel"),
+    embeddings="wte",
+    blocks="h",
+    swaps={"NewGELUActivation": lambda module: TanhGelu()},
+    causal=True,
+)

@@ -1,0 +1,244 @@
+"""``puma.secure(hf_model)``: a drop-in secure version of a Hugging Face model.
+
+Driver side (the model owner at ``secure()`` time, the data owner at call time): the model's
+architecture (class and config) travels to the three parties, every parameter is
+secret-shared (each party receives only its pair), and the parties build their copy with
+eager attention and the family's module swaps. Calls take the original's arguments: token
+ids become a secret one-hot matrix built by the driver (so no equality tests over the
+vocabulary are needed); masks, token types and positions are public. The output is
+reconstructed on the driver only.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from securetorch.patches import FamilySpec, spec_for
+from securetorch.patches.base import base_model, get_path
+from securetorch.runtime.cluster import Cluster, LocalCluster, private
+from securetorch.protocols import comparison as pc
+from securetorch.runtime.context import current
+from securetorch.tensor import SharedTensor
+from securetorch.tensor.shared import as_fixed
+
+_DEFAULT: LocalCluster | None = None
+_IDS = itertools.count(1)
+
+
+def default_cluster() -> LocalCluster:
+    """The process-wide LocalCluster that ``secure(model)`` uses when given none (closed at exit)."""
+    global _DEFAULT
+    if _DEFAULT is None or _DEFAULT._closed:
+        _DEFAULT = LocalCluster()
+    return _DEFAULT
+
+
+@dataclass
+class _PartyModel:
+    """What a party keeps between calls: its copy of the model (shares in place of weights)."""
+
+    model: torch.nn.Module
+    spec: FamilySpec
+
+
+# ----------------------------------------------------------------------------- party side
+
+
+def _install(
+    key: str,
+    cls: type,
+    config: Any,
+    params: dict[str, SharedTensor],
+    bindings: list[tuple[str, str, str]],
+    buffers: list[tuple[str, str, torch.Tensor]],
+) -> None:
+    """Build the model without weights, swap modules, and put the shares in place."""
+    config._attn_implementation = "eager"
+    with torch.device("meta"):
+        model = cls(config)
+    model.eval()
+    spec = spec_for(model)
+    for name, module in list(model.named_modules()):
+        swap = spec.swaps.get(type(module).__name__)
+        if swap is not None and name:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, swap(module))
+    for module_name, attr, param_key in bindings:
+        module = model.get_submodule(module_name)
+        module._parameters.pop(attr, None)
+        setattr(module, attr, params[param_key])
+    for module_name, attr, value in buffers:
+        model.get_submodule(module_name)._buffers[attr] = value
+    current().store[key] = _PartyModel(model, spec)
+
+
+def _embed(state: _PartyModel, onehot: SharedTensor) -> SharedTensor:
+    table = get_path(base_model(state.model, state.spec), state.spec.embeddings).weight
+    return onehot @ table  # secret one-hot x secret table: exact, 1 round
+
+
+def _forward(key: str, onehot: SharedTensor, public: dict[str, Any]) -> Any:
+    state: _PartyModel = current().store[key]  # type: ignore[assignment]
+    with torch.no_grad():
+        return state.model(inputs_embeds=_embed(state, onehot), use_cache=False, return_dict=True, **public)
+
+
+def _generate_step(key: str, onehot: SharedTensor | None, public: dict[str, Any]) -> SharedTensor:
+    """One greedy step: embed the prompt (first step) or the previous token's secret one-hot,
+    run the model on the secret KV cache, and pick the next token by a secure argmax.
+    Only its index leaves the parties (to the driver); its one-hot stays for the next step."""
+    store = current().store
+    state: _PartyModel = store[key]  # type: ignore[assignment]
+    generation = store.setdefault(f"{key}/generation", {})
+    if onehot is not None:
+        from transformers import DynamicCache
+
+        generation["cache"] = DynamicCache(config=state.model.config)
+        generation["onehot"] = onehot
+    with torch.no_grad():
+        out = state.model(
+            inputs_embeds=_embed(state, generation["onehot"]),
+            cache=generation["cache"],
+            use_cache=True,
+            logits_to_keep=1,
+            return_dict=True,
+            **public,
+        )
+    index, chosen = pc.argmax_onehot_last_dim(current(), as_fixed(out.logits[:, -1, :]).shares)
+    generation["onehot"] = SharedTensor((chosen[0].unsqueeze(1), chosen[1].unsqueeze(1)), torch.int64)
+    return SharedTensor(index, torch.int64)
+
+
+def _uninstall(key: str) -> None:
+    store = current().store
+    store.pop(key, None)
+    store.pop(f"{key}/generation", None)
+
+
+def _end_generation(key: str) -> None:
+    current().store.pop(f"{key}/generation", None)
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+class SecureModel:
+    """A model whose weights live secret-shared in three parties; call it like the original."""
+
+    def __init__(self, model: torch.nn.Module, cluster: Cluster | None = None) -> None:
+        self.spec = spec_for(model)
+        if model.training:
+            raise ValueError("secure() needs a model in eval mode: call model.eval() first")
+        self.config = model.config
+        self.class_name = type(model).__name__
+        self.can_generate = self.spec.causal and hasattr(model, "lm_head")
+        self.cluster = cluster or default_cluster()
+        self.key = f"secure-model-{next(_IDS)}"
+        self.vocab_size = get_path(base_model(model, self.spec), self.spec.embeddings).weight.shape[0]
+        self.max_positions = getattr(model.config, "max_position_embeddings", None) or getattr(
+            model.config, "n_positions", None
+        )
+        params: dict[str, Any] = {}
+        keys: dict[int, str] = {}
+        bindings: list[tuple[str, str, str]] = []
+        buffers: list[tuple[str, str, torch.Tensor]] = []
+        for module_name, module in model.named_modules():
+            for attr, param in module._parameters.items():
+                if param is None:
+                    continue
+                param_key = keys.setdefault(id(param), f"{module_name}.{attr}".lstrip("."))
+                if param_key not in params:
+                    params[param_key] = private(param.detach(), dtype=torch.float32)
+                bindings.append((module_name, attr, param_key))
+            for attr, buffer in module._buffers.items():
+                if buffer is not None:  # derived from the public config (positions, rotary frequencies)
+                    buffers.append((module_name, attr, buffer.detach()))
+        self.cluster.run(_install, self.key, type(model), model.config, params, bindings, buffers)
+
+    def _check_ids(self, input_ids: torch.Tensor) -> None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError("input_ids must be an integer tensor")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape [batch, sequence], got {tuple(input_ids.shape)}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
+            raise ValueError(
+                f"token ids must lie in [0, {self.vocab_size}), got {int(input_ids.min())}..{int(input_ids.max())}"
+            )
+        if self.max_positions is not None and input_ids.shape[1] > self.max_positions:
+            raise ValueError(f"sequence of {input_ids.shape[1]} tokens exceeds the model's {self.max_positions}")
+
+    def _public_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        public = {k: v for k, v in inputs.items() if k != "input_ids" and v is not None}
+        if self.spec.public_inputs is not None:
+            public.update(self.spec.public_inputs(self, inputs))
+        return public
+
+    def onehot(self, input_ids: torch.Tensor) -> Any:
+        """The secret one-hot matrix of the token ids (integers: the product with the table is exact)."""
+        return private(torch.nn.functional.one_hot(input_ids.long(), self.vocab_size), dtype=torch.int64)
+
+    def __call__(self, input_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        if input_ids is None:
+            raise ValueError("pass input_ids (token ids are secret-shared by the driver as one-hot rows)")
+        self._check_ids(input_ids)
+        public = self._public_inputs({"input_ids": input_ids, **kwargs})
+        return self.cluster.run(_forward, self.key, self.onehot(input_ids), public)[0]
+
+    forward = __call__
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 20,
+        eos_token_id: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pad_token_id: int | None = None,
+    ) -> torch.Tensor:
+        """Greedy decoding with a secure argmax over the vocabulary and a secret KV cache.
+
+        Each new token costs one token's pass. The chosen token's one-hot stays secret in the
+        parties and feeds the next step; only the driver learns the tokens. Returns prompt +
+        new tokens, as HF's greedy ``generate`` does (left-pad batched prompts; after
+        ``eos_token_id`` a row continues with ``pad_token_id``, or eos when there is none).
+        """
+        if not self.can_generate:
+            raise NotImplementedError(f"securetorch: {self.class_name} has no language-model head to generate with")
+        self._check_ids(input_ids)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+        pad = pad_token_id if pad_token_id is not None else eos_token_id
+        unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool)
+        new_tokens: list[torch.Tensor] = []
+        try:
+            for step in range(max_new_tokens):
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                public = {"attention_mask": mask, "position_ids": positions if step == 0 else positions[:, -1:]}
+                onehot = self.onehot(input_ids) if step == 0 else None
+                token = self.cluster.run(_generate_step, self.key, onehot, public)[0]
+                if eos_token_id is not None:
+                    token = torch.where(unfinished, token, torch.full_like(token, pad))
+                    unfinished &= token != eos_token_id
+                new_tokens.append(token)
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                if not bool(unfinished.any()):
+                    break
+        finally:
+            if not self.cluster._closed:
+                self.cluster.run(_end_generation, self.key)
+        return torch.cat([input_ids, torch.stack(new_tokens, dim=1).to(input_ids.dtype)], dim=1)
+
+    def close(self) -> None:
+        """Drop the parties' copy of this model."""
+        if not self.cluster._closed:
+            self.cluster.run(_uninstall, self.key)
+
+
+def secure(model: torch.nn.Module, cluster: Cluster | None = None) -> SecureModel:
+    """Secret-share ``model``'s weights to three parties and return a drop-in secure module."""
+    return SecureModel(model, cluster)
+
+
+__all__ = ["SecureModel", "default_cluster", "secure"]
