@@ -19,8 +19,8 @@ import torch
 
 from securetorch.patches import FamilySpec, spec_for
 from securetorch.patches.base import base_model, get_path
-from securetorch.runtime.cluster import Cluster, LocalCluster, private
 from securetorch.protocols import comparison as pc
+from securetorch.runtime.cluster import Cluster, LocalCluster, private
 from securetorch.runtime.context import current
 from securetorch.tensor import SharedTensor
 from securetorch.tensor.shared import as_fixed

@@ -149,6 +149,10 @@ def select(ctx: PartyContext, bit: Pair, if_true: Pair, if_false: Pair) -> Pair:
     return if_false[0] + prod[0], if_false[1] + prod[1]
 
 
+def _take(pair: Pair, columns: slice) -> Pair:
+    return pair[0][..., columns], pair[1][..., columns]
+
+
 def _tournament(ctx: PartyContext, x: Pair, with_index: bool) -> tuple[Pair, Pair | None, list[Pair]]:
     """Max over the last dim by a tree: O(log n) levels, all pairs of a level in one batch.
 
@@ -163,23 +167,17 @@ def _tournament(ctx: PartyContext, x: Pair, with_index: bool) -> tuple[Pair, Pai
         index = pa.add_public(ctx, (torch.zeros_like(x[0]), torch.zeros_like(x[0])), positions)
     level_bits: list[Pair] = []
     while x[0].shape[-1] > 1:
-        width, half = x[0].shape[-1], x[0].shape[-1] // 2
-
-        def evens(pair: Pair) -> Pair:
-            return pair[0][..., 0 : 2 * half : 2], pair[1][..., 0 : 2 * half : 2]
-
-        def odds(pair: Pair) -> Pair:
-            return pair[0][..., 1 : 2 * half : 2], pair[1][..., 1 : 2 * half : 2]
-
-        a, b = evens(x), odds(x)
+        width = x[0].shape[-1]
+        evens, odds = slice(0, width - width % 2, 2), slice(1, width, 2)
+        a, b = _take(x, evens), _take(x, odds)
         b_wins = less_than_zero(ctx, (a[0] - b[0], a[1] - b[1]))
         level_bits.append(b_wins)
         tracked = [x] if index is None else [x, index]
         kept = select(
             ctx,
             tuple(torch.stack([w] * len(tracked)) for w in b_wins),
-            tuple(torch.stack([odds(t)[j] for t in tracked]) for j in range(2)),
-            tuple(torch.stack([evens(t)[j] for t in tracked]) for j in range(2)),
+            tuple(torch.stack([_take(t, odds)[j] for t in tracked]) for j in range(2)),
+            tuple(torch.stack([_take(t, evens)[j] for t in tracked]) for j in range(2)),
         )
         if width % 2:
             last = tuple(torch.stack([t[j][..., width - 1 :] for t in tracked]) for j in range(2))
