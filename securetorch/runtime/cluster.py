@@ -24,9 +24,9 @@ import zmq
 
 from securetorch.comm.stats import CommStats
 from securetorch.errors import PartyError
-from securetorch.prg import AesPrg, new_key
+from securetorch.prg import new_key
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS, encode
-from securetorch.runtime.wire import SharePayload, dumps_callable, loads, map_structure
+from securetorch.runtime.wire import SeededShare, SharePayload, dumps_callable, loads, map_structure
 from securetorch.tensor.shared import decode_as, scale_bits
 
 RANKS = (0, 1, 2)
@@ -69,7 +69,6 @@ class Cluster:
             sock.connect(addr)
             self._sockets.append(sock)
         self._jobs = itertools.count(1)
-        self._prg = AesPrg(new_key())
         self._broken: str | None = None
         self._closed = False
 
@@ -124,10 +123,12 @@ class Cluster:
 
     # ------------------------------------------------------------------ secrets
     def _split(self, value: Private) -> list[SharePayload]:
-        """Replicated shares of a driver-held tensor: x_0, x_1 from the driver's PRG."""
+        """Replicated shares of a driver-held tensor. x_0 and x_1 are fresh AES streams, so they
+        travel as 16-byte keys; only x_2 = x - x_0 - x_1 travels in full (to P_1 and P_2)."""
         x = encode(value.tensor, scale_bits(value.dtype, self.frac_bits))
-        x0, x1 = self._prg.int64(x.shape), self._prg.int64(x.shape)
-        parts = [x0, x1, x - x0 - x1]
+        shape = tuple(x.shape)
+        seeded = [SeededShare(new_key(), shape), SeededShare(new_key(), shape)]
+        parts: list[torch.Tensor | SeededShare] = [*seeded, x - seeded[0].expand() - seeded[1].expand()]
         return [SharePayload(parts[r], parts[(r + 1) % 3], value.dtype) for r in RANKS]
 
     def _reconstruct(self, results: list[Any]) -> list[Any]:

@@ -41,7 +41,7 @@ def _to_shared(value: Any) -> Any:
     from securetorch.tensor import SharedTensor
 
     if isinstance(value, SharePayload):
-        return SharedTensor((value.first, value.second), value.dtype)
+        return SharedTensor(value.tensors(), value.dtype)
     return value
 
 

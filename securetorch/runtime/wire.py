@@ -20,12 +20,28 @@ _BY_VALUE_EXCLUDED = ("securetorch", "torch", "numpy", "transformers", "pytest",
 
 
 @dataclass
-class SharePayload:
-    """One party's pair of ring tensors for one secret, with the logical dtype."""
+class SeededShare:
+    """A share that is a PRG stream: the 16-byte key and the shape (expanded by the party)."""
 
-    first: torch.Tensor
-    second: torch.Tensor
+    key: bytes
+    shape: tuple[int, ...]
+
+    def expand(self) -> torch.Tensor:
+        from securetorch.prg import AesPrg
+
+        return AesPrg(self.key).int64(self.shape)
+
+
+@dataclass
+class SharePayload:
+    """One party's pair of shares for one secret (tensors or PRG seeds), with the logical dtype."""
+
+    first: torch.Tensor | SeededShare
+    second: torch.Tensor | SeededShare
     dtype: torch.dtype
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(s.expand() if isinstance(s, SeededShare) else s for s in (self.first, self.second))  # type: ignore[return-value]
 
 
 def map_structure(value: Any, fn: Callable[[Any], Any]) -> Any:
