@@ -12,11 +12,13 @@ reconstructed on the driver only.
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from securetorch.comm.stats import total
 from securetorch.patches import FamilySpec, spec_for
 from securetorch.patches.base import base_model, get_path
 from securetorch.protocols import comparison as pc
@@ -35,6 +37,16 @@ def default_cluster() -> LocalCluster:
     if _DEFAULT is None or _DEFAULT._closed:
         _DEFAULT = LocalCluster()
     return _DEFAULT
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """The cost of one generation step: seconds on the driver's clock, bytes sent by all
+    parties, rounds."""
+
+    seconds: float
+    bytes: int
+    rounds: int
 
 
 @dataclass
@@ -136,6 +148,7 @@ class SecureModel:
         self.config = model.config
         self.class_name = type(model).__name__
         self.can_generate = self.spec.causal and hasattr(model, "lm_head")
+        self.generation_costs: list[StepCost] = []
         self.cluster = cluster or default_cluster()
         self.key = f"secure-model-{next(_IDS)}"
         self.vocab_size = get_path(base_model(model, self.spec), self.spec.embeddings).weight.shape[0]
@@ -204,6 +217,7 @@ class SecureModel:
         parties and feeds the next step; only the driver learns the tokens. Returns prompt +
         new tokens, as HF's greedy ``generate`` does (left-pad batched prompts; after
         ``eos_token_id`` a row continues with ``pad_token_id``, or eos when there is none).
+        ``generation_costs`` then holds each step's seconds, bytes (all parties) and rounds.
         """
         if not self.can_generate:
             raise NotImplementedError(f"securetorch: {self.class_name} has no language-model head to generate with")
@@ -212,12 +226,16 @@ class SecureModel:
         pad = pad_token_id if pad_token_id is not None else eos_token_id
         unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool)
         new_tokens: list[torch.Tensor] = []
+        self.generation_costs = []
         try:
             for step in range(max_new_tokens):
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
                 public = {"attention_mask": mask, "position_ids": positions if step == 0 else positions[:, -1:]}
                 onehot = self.onehot(input_ids) if step == 0 else None
+                before, started = total(self.cluster.stats()), time.perf_counter()
                 token = self.cluster.run(_generate_step, self.key, onehot, public)[0]
+                cost = total(self.cluster.stats()) - before
+                self.generation_costs.append(StepCost(time.perf_counter() - started, cost.bytes_sent, cost.rounds))
                 if eos_token_id is not None:
                     token = torch.where(unfinished, token, torch.full_like(token, pad))
                     unfinished &= token != eos_token_id

@@ -375,16 +375,19 @@ RSQRT_SCALE = 28
 _RSQRT_INIT: np.ndarray = np.polyfit(np.linspace(0.25, 1, 2001), np.linspace(0.25, 1, 2001) ** -0.5, 2)[::-1]
 
 
-def rsqrt(ctx: PartyContext, x: Pair) -> Pair:
-    """1/sqrt(x) for 2^-(f-1) <= x < 2^(l-1-f), relative error < 1e-4.
+def rsqrt(ctx: PartyContext, x: Pair, in_scale: int | None = None, out_scale: int | None = None) -> Pair:
+    """1/sqrt(x) for x > 0 with X = x 2^in_scale in [2, 2^(l-1)); relative error < 1e-4.
+    Scales default to f.
 
     Normalise to u = X / 2^(2r) in [1/4, 1) with r = ceil((p+1)/2) (p: X's highest bit):
     G2 = 2^(T2 - r) from p's one-hot, G1 = G2^2; then a quadratic initial guess and two Newton
-    steps w <- w (3 - u w^2) / 2; 1/sqrt(x) = w G2 2^(3f/2 - T2) / 2^f.
+    steps w <- w (3 - u w^2) / 2; 1/sqrt(x) = w G2 2^(in/2 - T2), produced at ``out_scale``.
     """
     f, bits = ctx.frac_bits, ctx.compare_bits
-    if f % 2:
-        raise ValueError("rsqrt needs an even number of fractional bits")
+    in_scale = f if in_scale is None else in_scale
+    out_scale = f if out_scale is None else out_scale
+    if in_scale % 2:
+        raise ValueError("rsqrt needs an even input scale")
     shape, n = x[0].shape, x[0].numel()
     half_top = (bits - 1 + 1) // 2  # T2 >= max r
     onehot = highest_bit(ctx, bit_decompose(ctx, x, bits))
@@ -400,7 +403,7 @@ def rsqrt(ctx: PartyContext, x: Pair) -> Pair:
         uw2 = pa.mul_fixed(ctx, u, w2, s)
         three_minus = add_constant(ctx, pa.neg(uw2), 3.0, s)
         w = pa.mul_fixed(ctx, w, three_minus, s + 1 + (s - f if i == steps - 1 else 0))
-    return pa.truncate_additive(ctx, pa.mul_local(w, g2), half_top + f - (3 * f) // 2)
+    return pa.truncate_additive(ctx, pa.mul_local(w, g2), half_top + f - in_scale // 2 - out_scale)
 
 
 # --------------------------------------------------------------------------- composites
@@ -423,26 +426,40 @@ def softmax_last_dim(ctx: PartyContext, x: Pair, row_max: Pair) -> Pair:
     return pa.mul_fixed(ctx, e, (inv[0].unsqueeze(-1).expand_as(e[0]), inv[1].unsqueeze(-1).expand_as(e[1])), f)
 
 
+NORM_EXTRA_BITS = 8
+
+
+def _divide_rows(ctx: PartyContext, total: Pair, count: int, extra_shift: int) -> Pair:
+    """total / count / 2^extra_shift on the (small) per-row tensors: 2^c/count in (1/2, 1] with
+    c = floor(log2 count) is encoded with 20 bits, the rest is part of the truncation."""
+    c = count.bit_length() - 1
+    factor = torch.tensor(round(2**20 * 2**c / count), dtype=torch.int64)
+    return pa.truncate(ctx, pa.mul_public(total, factor), 20 + c + extra_shift)
+
+
 def layer_norm_last_dims(
     ctx: PartyContext, x: Pair, dims: int, weight: Pair | None, bias: Pair | None, eps: float, rms: bool = False
 ) -> Pair:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last ``dims`` dims (RMSNorm:
-    x / sqrt(mean(x^2) + eps) * weight). Row statistics are cheap; the big tensor sees
-    three products: the square, the normalisation and the weight."""
+    x / sqrt(mean(x^2) + eps) * weight).
+
+    Row statistics live on small per-row tensors; the big tensor sees three products (the
+    square, the normalisation, the weight). The variance is kept with 8 more fractional
+    bits than the activations (the squares truncate by fewer bits), so small variances keep
+    their precision, and so does 1/sqrt(var) (also at f + 8 bits) until the normalising product."""
     f = ctx.frac_bits
+    e = NORM_EXTRA_BITS
     shape = x[0].shape
     flat = tuple(s.reshape(*shape[: len(shape) - dims], -1) for s in x)
     count = flat[0].shape[-1]
     if not rms:
         total = (flat[0].sum(-1, keepdim=True), flat[1].sum(-1, keepdim=True))
-        mean = pa.truncate(ctx, pa.mul_public(total, torch.tensor(round(2**32 / count))), 32)
-        flat = pa.sub(flat, mean)
-    squares = pa.mul_fixed(ctx, flat, flat, f)
+        flat = pa.sub(flat, _divide_rows(ctx, total, count, 0))
+    squares = pa.truncate_additive(ctx, pa.mul_local(flat, flat), f - e)  # scale f + e
     sum_sq = (squares[0].sum(-1, keepdim=True), squares[1].sum(-1, keepdim=True))
-    var = pa.truncate(ctx, pa.mul_public(sum_sq, torch.tensor(round(2**32 / count))), 32)
-    var = add_constant(ctx, var, eps, f)
-    inv_std = rsqrt(ctx, var)
-    normed = pa.mul_fixed(ctx, flat, (inv_std[0].expand_as(flat[0]), inv_std[1].expand_as(flat[1])), f)
+    var = add_constant(ctx, _divide_rows(ctx, sum_sq, count, 0), eps, f + e)
+    inv_std = rsqrt(ctx, var, in_scale=f + e, out_scale=f + e)
+    normed = pa.mul_fixed(ctx, flat, (inv_std[0].expand_as(flat[0]), inv_std[1].expand_as(flat[1])), f + e)
     normed = (normed[0].reshape(shape), normed[1].reshape(shape))
     if weight is not None:
         normed = pa.mul_fixed(ctx, normed, (weight[0].expand(shape), weight[1].expand(shape)), f)
