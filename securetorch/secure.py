@@ -11,8 +11,10 @@ reconstructed on the driver only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,9 +95,28 @@ def _embed(state: _PartyModel, onehot: SharedTensor) -> SharedTensor:
     return onehot @ table  # secret one-hot x secret table: exact, 1 round
 
 
+@contextlib.contextmanager
+def _layer_progress(state: _PartyModel) -> Iterator[None]:
+    """Party 0 reports each finished block to the driver (which may show a progress bar)."""
+    report = current().progress
+    if report is None:
+        yield
+        return
+    blocks = get_path(base_model(state.model, state.spec), state.spec.blocks)
+    total = len(blocks)
+    handles = [
+        block.register_forward_hook(lambda *_, done=i + 1: report(done, total)) for i, block in enumerate(blocks)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _forward(key: str, onehot: SharedTensor, public: dict[str, Any]) -> Any:
     state: _PartyModel = current().store[key]  # type: ignore[assignment]
-    with torch.no_grad():
+    with torch.no_grad(), _layer_progress(state):
         return state.model(inputs_embeds=_embed(state, onehot), use_cache=False, return_dict=True, **public)
 
 
@@ -111,7 +132,7 @@ def _generate_step(key: str, onehot: SharedTensor | None, public: dict[str, Any]
 
         generation["cache"] = DynamicCache(config=state.model.config)
         generation["onehot"] = onehot
-    with torch.no_grad():
+    with torch.no_grad(), _layer_progress(state):
         out = state.model(
             inputs_embeds=_embed(state, generation["onehot"]),
             cache=generation["cache"],

@@ -256,3 +256,18 @@ def test_bad_inputs_are_refused_before_sending(cluster) -> None:
             secure_model.generate(torch.tensor([[5, 6]]), max_new_tokens=2)
     finally:
         secure_model.close()
+
+
+def test_party_zero_reports_each_layer(monkeypatch) -> None:
+    """The driver hears of every finished block (a progress bar shows them on long calls);
+    under pytest the bar itself is off by default."""
+    model = FAMILIES["BertModel"]()
+    with puma.LocalCluster(progress=True) as cluster:
+        assert cluster.progress
+        reports: list[tuple[int, int]] = []
+        monkeypatch.setattr(cluster, "_show_progress", lambda job, done, total: reports.append((done, total)))
+        secure_model = puma.secure(model, cluster=cluster)
+        secure_model(**inputs(False))
+    assert reports == [(1, 2), (2, 2)]
+    with puma.LocalCluster() as quiet:
+        assert not quiet.progress

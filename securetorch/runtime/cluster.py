@@ -32,6 +32,15 @@ from securetorch.tensor.shared import decode_as, scale_bits
 RANKS = (0, 1, 2)
 
 
+def _progress_wanted() -> bool:
+    """Progress bars on long calls: in a terminal or a notebook, not under pytest or CI, and
+    not with SECURETORCH_PROGRESS=0."""
+    if os.environ.get("SECURETORCH_PROGRESS", "") == "0" or "PYTEST_CURRENT_TEST" in os.environ or os.environ.get("CI"):
+        return False
+    in_notebook = "ipykernel" in sys.modules
+    return in_notebook or bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 class Private:
     """Marks a driver-held tensor that must enter the parties secret-shared (see ``private``)."""
 
@@ -55,6 +64,7 @@ class Cluster:
         frac_bits: int = DEFAULT_FRAC_BITS,
         timeout: float = 60.0,
         compare_bits: int = DEFAULT_COMPARE_BITS,
+        progress: bool | None = None,
     ) -> None:
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
@@ -71,6 +81,9 @@ class Cluster:
         self._jobs = itertools.count(1)
         self._broken: str | None = None
         self._closed = False
+        self.progress = progress if progress is not None else _progress_wanted()
+        self._bar: Any = None
+        self._bar_job = 0
 
     # ------------------------------------------------------------------ plumbing
     def _dead(self) -> dict[int, str]:
@@ -81,11 +94,35 @@ class Cluster:
         self._sockets[rank].send_multipart(list(frames))
 
     def _poll(self, ranks: list[int], wait: float) -> dict[int, list[bytes]]:
-        """Replies that arrive from ``ranks`` within ``wait`` seconds."""
+        """Replies that arrive from ``ranks`` within ``wait`` seconds (progress reports are
+        shown, not returned)."""
         poller = zmq.Poller()
         for r in ranks:
             poller.register(self._sockets[r], zmq.POLLIN)
-        return {self._sockets.index(sock): sock.recv_multipart() for sock, _ in poller.poll(wait * 1000)}
+        replies = {}
+        for sock, _ in poller.poll(wait * 1000):
+            frames = sock.recv_multipart()
+            if frames[0] == b"progress":
+                self._show_progress(*json.loads(frames[1]))
+            else:
+                replies[self._sockets.index(sock)] = frames
+        return replies
+
+    def _show_progress(self, job: int, done: int, total: int) -> None:
+        if not self.progress:
+            return
+        if self._bar is None or self._bar_job != job:
+            self._close_bar()
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc="secure layers", unit="layer", delay=2.0, leave=False)
+            self._bar_job = job
+        self._bar.update(max(0, done - self._bar.n))
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def _recv_all(self, ranks: list[int], deadline: float) -> dict[int, list[bytes]]:
         replies: dict[int, list[bytes]] = {}
@@ -179,7 +216,10 @@ class Cluster:
 
             payload = dumps_callable(fn, map_structure((args, kwargs), for_rank))
             self._send(r, b"run", str(job).encode(), payload)
-        replies = self._collect(job)
+        try:
+            replies = self._collect(job)
+        finally:
+            self._close_bar()
         return self._reconstruct([loads(replies[r][1]) for r in RANKS])
 
     def _collect(self, job: int) -> dict[int, list[bytes]]:
@@ -274,7 +314,9 @@ class LocalCluster(Cluster):
     ``frac_bits``: fixed-point fractional bits f (default 18); ``compare_bits``: ring bits l
     that comparisons look at (default 44: exact for reals below 2^(l-1-f) = 2^25);
     ``timeout``: seconds a party waits for a peer before raising PartyError;
-    ``threads``: torch threads per party (default cores / 3); ``transport``: "tcp" or "ipc".
+    ``threads``: torch threads per party (default cores / 3); ``transport``: "tcp" or "ipc";
+    ``progress``: a per-layer progress bar on calls longer than 2 s (default: in a terminal
+    or notebook, not under pytest).
     """
 
     def __init__(
@@ -284,6 +326,7 @@ class LocalCluster(Cluster):
         threads: int = 0,
         transport: Literal["tcp", "ipc"] = "tcp",
         compare_bits: int = DEFAULT_COMPARE_BITS,
+        progress: bool | None = None,
     ) -> None:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._tmpdir = tempfile.mkdtemp(prefix="securetorch-") if transport == "ipc" else None
@@ -316,7 +359,7 @@ class LocalCluster(Cluster):
                         raise PartyError(f"party {r} exited during start-up (code {p.returncode})")
                 if time.monotonic() > deadline:
                     raise PartyError("the parties did not start within 120 s")
-            super().__init__([found[r]["control"] for r in RANKS], frac_bits, timeout, compare_bits)
+            super().__init__([found[r]["control"] for r in RANKS], frac_bits, timeout, compare_bits, progress)
             _LIVE.add(self)
             self._setup({r: found[r]["peer"] for r in RANKS})
         except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from securetorch.comm.network import PeerNetwork
@@ -36,6 +37,7 @@ class PartyContext:
         self.net = net
         self._keys = keys
         self.store: dict[str, object] = {}  # state kept across jobs: secure models, KV caches
+        self.progress: Callable[[int, int], None] | None = None  # set by the server per job
         self.start_job(0)
 
     def start_job(self, job: int) -> None:

@@ -104,6 +104,11 @@ class PartyServer:
     def _run(self, ident: bytes, job: int, payload: bytes) -> None:
         self.job = job
         self.ctx.start_job(job)
+
+        def progress(done: int, total: int) -> None:
+            self._reply(ident, b"progress", json.dumps([job, done, total]).encode())
+
+        self.ctx.progress = progress if self.rank == 0 else None
         try:
             fn, (args, kwargs) = loads(payload)
             args, kwargs = map_structure((args, kwargs), _to_shared)
@@ -120,6 +125,7 @@ class PartyServer:
             reply = (b"err", blob)
         finally:
             self.job = None
+            self.ctx.progress = None
         self._reply(ident, *reply)
 
     def _handle(self, frames: list[bytes]) -> bool:
