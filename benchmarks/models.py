@@ -1,0 +1,118 @@
+"""Secure model benchmark (issue #4): BERT-base on 16 and 128 tokens, GPT-2 base 32 -> 1 and
+32 -> 16 tokens, both at full size with seeded random weights.
+
+    python -m benchmarks.models [--quick]
+
+Seconds on the driver's clock (the whole secure call); bytes sent by all parties; rounds;
+peak RSS of each party process (lifetime maximum); max abs error of the last hidden state /
+logits vs the plaintext float32 model. For generation, each token's seconds and bytes.
+``--quick`` runs 4-layer models instead (for a fast look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+import transformers
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+import securetorch as puma
+from benchmarks.common import emit
+from securetorch.comm.stats import total
+
+transformers.logging.set_verbosity_error()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def bert_rows(cluster: puma.LocalCluster, layers: int) -> list[dict]:
+    torch.manual_seed(0)  # plaintext weights and inputs
+    model = BertModel(BertConfig(num_hidden_layers=layers)).eval()
+    secure_model = puma.secure(model, cluster=cluster)
+    rows = []
+    for tokens in (16, 128):
+        ids = torch.randint(1000, 20000, (1, tokens))
+        cluster.reset_stats()
+        start = time.perf_counter()
+        out = secure_model(input_ids=ids)
+        seconds = time.perf_counter() - start
+        cost = total(cluster.stats())
+        with torch.no_grad():
+            ref = model(input_ids=ids)
+        rows.append(
+            {
+                "workload": f"BERT-base ({layers} layers), {tokens} tokens",
+                "seconds": round(seconds, 2),
+                "bytes": cost.bytes_sent,
+                "rounds": cost.rounds,
+                "max_error_last_hidden_state": float((out.last_hidden_state - ref.last_hidden_state).abs().max()),
+            }
+        )
+    secure_model.close()
+    return rows
+
+
+def gpt2_rows(cluster: puma.LocalCluster, layers: int) -> list[dict]:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=layers)).eval()
+    secure_model = puma.secure(model, cluster=cluster)
+    ids = torch.randint(1000, 20000, (1, 32))
+    rows = []
+    cluster.reset_stats()
+    start = time.perf_counter()
+    out = secure_model(input_ids=ids)
+    seconds = time.perf_counter() - start
+    cost = total(cluster.stats())
+    with torch.no_grad():
+        ref = model(input_ids=ids)
+    rows.append(
+        {
+            "workload": f"GPT-2 base ({layers} layers), 32 tokens -> logits",
+            "seconds": round(seconds, 2),
+            "bytes": cost.bytes_sent,
+            "rounds": cost.rounds,
+            "max_error_logits": float((out.logits - ref.logits).abs().max()),
+        }
+    )
+    for new_tokens in (1, 16):
+        start = time.perf_counter()
+        tokens = secure_model.generate(ids, max_new_tokens=new_tokens)
+        seconds = time.perf_counter() - start
+        plain = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        steps = secure_model.generation_costs
+        scores = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True).scores  # fmt: skip
+        margins = [float(s.topk(2).values[0, 0] - s.topk(2).values[0, 1]) for s in scores]
+        rows.append(
+            {
+                "workload": f"GPT-2 base ({layers} layers), 32 -> {new_tokens} tokens (KV cache, secure argmax)",
+                "seconds": round(seconds, 2),
+                "bytes": sum(s.bytes for s in steps),
+                "rounds": sum(s.rounds for s in steps),
+                "tokens_equal_plaintext": bool(torch.equal(tokens, plain)),
+                "steps_differing": [i for i in range(new_tokens) if int(tokens[0, 32 + i]) != int(plain[0, 32 + i])],
+                "plaintext_top2_margins": [round(m, 4) for m in margins],
+                "per_token": [{"seconds": round(s.seconds, 2), "bytes": s.bytes, "rounds": s.rounds} for s in steps],
+            }
+        )
+    secure_model.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="4-layer models")
+    args = parser.parse_args()
+    layers = 4 if args.quick else 12
+    with puma.LocalCluster() as cluster:
+        rows = bert_rows(cluster, layers) + gpt2_rows(cluster, layers)
+        rss = cluster.run(_peak_rss_mb)
+    emit("models", [*rows, {"peak_rss_mb_per_party": [round(r, 1) for r in rss]}])
+
+
+if __name__ == "__main__":
+    main()
