@@ -81,13 +81,27 @@ def _install(
         if swap is not None and name:
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, swap(module))
+    laid_out: dict[tuple[str, bool], SharedTensor] = {}
     for module_name, attr, param_key in bindings:
         module = model.get_submodule(module_name)
+        transposed = isinstance(module, torch.nn.Linear) and attr == "weight"
+        if (param_key, transposed) not in laid_out:
+            laid_out[param_key, transposed] = (
+                _transposed_storage(params[param_key]) if transposed else params[param_key]
+            )
         module._parameters.pop(attr, None)
-        setattr(module, attr, params[param_key])
+        setattr(module, attr, laid_out[param_key, transposed])
     for module_name, attr, value in buffers:
         model.get_submodule(module_name)._buffers[attr] = value
     current().store[key] = _PartyModel(model, spec)
+
+
+def _transposed_storage(weight: SharedTensor) -> SharedTensor:
+    """The same [out, in] weight stored as [in, out]: ``F.linear`` multiplies by weight.T, and
+    torch's int64 matmul is several times faster on a contiguous right operand. A weight tied
+    to an embedding (GPT-2's LM head) keeps both layouts."""
+    first, second = (share.t().contiguous().t() for share in weight.shares)
+    return SharedTensor((first, second), weight.dtype)
 
 
 def _embed(state: _PartyModel, onehot: SharedTensor) -> SharedTensor:

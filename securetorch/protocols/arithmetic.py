@@ -142,8 +142,12 @@ def mul_local(x: Pair, y: Pair) -> torch.Tensor:
 
 
 def matmul_local(x: Pair, y: Pair) -> torch.Tensor:
-    """Matrix version of ``mul_local``: two exact ring matmuls per party."""
-    return ring_matmul(x[0] + x[1], y[0] + y[1]) - ring_matmul(x[1], y[1])
+    """Matrix version of ``mul_local``: two exact ring matmuls per party,
+    (x_i + x_{i+1}) y_i + x_i y_{i+1} or x_i (y_i + y_{i+1}) + x_{i+1} y_i, summing the smaller
+    operand's shares (a weight matrix is never copied)."""
+    if x[0].numel() <= y[0].numel():
+        return ring_matmul(x[0] + x[1], y[0]) + ring_matmul(x[0], y[1])
+    return ring_matmul(x[0], y[0] + y[1]) + ring_matmul(x[1], y[0])
 
 
 def mul(ctx: PartyContext, x: Pair, y: Pair) -> Pair:
