@@ -15,7 +15,16 @@ import torch
 
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols.arithmetic import Pair, mul
-from securetorch.protocols.boolean import BitPair, and_, bit_planes, reshare_bits, unpack_bits, xor
+from securetorch.protocols.boolean import (
+    BitPair,
+    and_,
+    bit_planes,
+    pack_bits,
+    reshare_bits,
+    unpack_bits,
+    xor,
+    xor_public,
+)
 from securetorch.runtime.context import PartyContext
 
 
@@ -189,8 +198,76 @@ def _tournament(ctx: PartyContext, x: Pair, with_index: bool) -> tuple[Pair, Pai
     return value, None if index is None else (index[0][..., 0], index[1][..., 0]), level_bits
 
 
+# Below this many elements a max is bound by rounds: compare all pairs of small groups.
+SMALL_ELEMENTS = 4096
+GROUP = 8
+# Padding for the grouped max: far below any value (masked logits are -2^20), inside the
+# comparison range for the default l = 44 (differences stay below 2^43).
+_PAD = -(2**41)
+
+
+def _all_pairs_max(ctx: PartyContext, x: Pair) -> Pair:
+    """Max over a short last dim (g elements) from all g(g-1)/2 comparisons in one batch.
+
+    Candidate i wins iff x_i > x_j for every j < i and x_i >= x_j for every j > i (so exactly
+    one wins, the first of equal maxima); its indicator is an AND of g-1 comparison bits (a
+    tree of ceil(log2(g-1)) rounds), injected into the arithmetic world (1 round) and
+    multiplied with x (1 round). Cost: msb + ceil(log2(g-1)) + 2 rounds."""
+    g = x[0].shape[-1]
+    if g == 1:
+        return x[0][..., 0], x[1][..., 0]
+    lead = x[0].shape[:-1]
+    rows = lead.numel()
+    first, second = (s.reshape(rows, g) for s in x)
+    ii, jj = torch.triu_indices(g, g, 1)
+    pairs = ii.numel()
+    smaller = msb(
+        ctx, ((first[:, ii] - first[:, jj]).reshape(-1), (second[:, ii] - second[:, jj]).reshape(-1)), ctx.compare_bits
+    )
+    # literal k of candidate i: pair (i, j) negated for j > i, pair (j, i) as is for j < i
+    pair_of = {(int(a), int(b)): k for k, (a, b) in enumerate(zip(ii, jj, strict=True))}
+    index = torch.tensor([[pair_of[(min(i, j), max(i, j))] for j in range(g) if j != i] for i in range(g)])
+    negate = torch.tensor([[j > i for j in range(g) if j != i] for i in range(g)])
+    literals = []
+    for share in smaller:
+        bits = unpack_bits(share, rows * pairs).reshape(rows, pairs)
+        literals.append(pack_bits(bits[:, index].permute(1, 2, 0)))  # [g, g-1, nb]
+    mask = torch.where(negate.unsqueeze(-1), 255, 0).to(torch.uint8).expand_as(literals[0])
+    terms: BitPair = xor_public(ctx, (literals[0], literals[1]), mask)
+    while terms[0].shape[1] > 1:
+        k = terms[0].shape[1]
+        half = k // 2
+        r = and_(ctx, tuple(t[:, 0 : 2 * half : 2] for t in terms), tuple(t[:, 1 : 2 * half : 2] for t in terms))
+        terms = tuple(torch.cat([ri, t[:, 2 * half :]], 1) for ri, t in zip(r, terms, strict=True))
+    wins = bit_to_arith(ctx, (terms[0][:, 0], terms[1][:, 0]), (g, rows))
+    weights = mul(ctx, (wins[0].t(), wins[1].t()), (first, second))
+    return weights[0].sum(-1).reshape(lead), weights[1].sum(-1).reshape(lead)
+
+
+def _grouped_max(ctx: PartyContext, x: Pair) -> Pair:
+    """Max over the last dim by all-pairs comparisons within groups of 8, then of the winners:
+    13 rounds per level of ceil(log8 n) levels (the tree needs 10 per level of log2 n)."""
+    while x[0].shape[-1] > GROUP:
+        width = x[0].shape[-1]
+        pad = (-width) % GROUP
+        if pad:
+            filler = torch.full((*x[0].shape[:-1], pad), _PAD, dtype=torch.int64)
+            x = pa.add_public(
+                ctx,
+                (torch.cat([x[0], torch.zeros_like(filler)], -1), torch.cat([x[1], torch.zeros_like(filler)], -1)),
+                torch.cat([torch.zeros_like(x[0]), filler], -1),
+            )
+        grouped = tuple(s.reshape(*s.shape[:-1], -1, GROUP) for s in x)
+        x = _all_pairs_max(ctx, grouped)
+    return _all_pairs_max(ctx, x)
+
+
 def max_last_dim(ctx: PartyContext, x: Pair, with_index: bool) -> tuple[Pair, Pair | None]:
-    """Max (and optionally its index, as an integer) over the last dim; see ``_tournament``."""
+    """Max (and optionally its index, as an integer) over the last dim: the tournament of
+    ``_tournament``, or for small tensors without an index, grouped all-pairs comparisons
+    (fewer rounds, more bytes)."""
+    if not with_index and x[0].numel() <= SMALL_ELEMENTS and x[0].shape[-1] > 2:
+        return _grouped_max(ctx, x), None
     value, index, _ = _tournament(ctx, x, with_index)
     return value, index
 
