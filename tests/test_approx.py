@@ -54,6 +54,21 @@ def test_function_matches_float64_over_its_range(cluster, name) -> None:
     assert float(err.max()) <= bound, (name, float(err.max()), float(x[err.argmax()]))
 
 
+@pytest.mark.parametrize("n", [300, 5000])
+def test_reciprocal_and_rsqrt_on_both_normalisation_paths(cluster, n) -> None:
+    """Small tensors find the highest bit by thresholds, large ones by A2B + prefix AND."""
+    x = torch.logspace(-2, 3, n, dtype=torch.float64)
+
+    def fn(v):
+        s = secret(v)
+        return torch.reciprocal(s).reveal(), torch.rsqrt(s).reveal()
+
+    recip, rs = cluster.run(fn, x)[0]
+    # within 2e-5 plus what encoding x (to 2^-19) does to 1/x: 2^-19 / x^2 (x down to 0.01)
+    assert bool(((recip - 1 / x).abs() <= 2e-5 + 1.5 * 2.0**-19 / x**2).all())
+    assert float(((rs - x.rsqrt()) / x.rsqrt()).abs().max()) <= 1e-3
+
+
 def test_division_by_a_secret_and_powers(cluster) -> None:
     g = seeded(1)
     a = torch.randn(50, generator=g, dtype=torch.float64) * 10

@@ -191,3 +191,24 @@ def test_argmax_over_a_vocabulary(cluster) -> None:
     logits[1, 417] = logits[1, 913] = logits[1].max() + 1  # tie: the first index wins
     got = cluster.run(lambda v: secret(v).argmax(-1), logits)[0]
     assert torch.equal(got, logits.argmax(-1))
+
+
+@pytest.mark.parametrize(("shape", "rounds"), [((12, 1, 5), 12), ((12, 1, 8), 13), ((12, 1, 48), 26), ((4, 100), 36)])
+def test_grouped_all_pairs_max_for_small_tensors(cluster, shape, rounds) -> None:
+    """Small tensors take grouped all-pairs comparisons: 8 (msb) + ceil(log2(g-1)) + 2 rounds
+    per level of groups of 8; ties and padded groups give the exact max."""
+    g = seeded(sum(shape))
+    values = torch.randn(shape, generator=g, dtype=torch.float64) * 10
+    values.view(-1, shape[-1])[0, :2] = 50.0
+    values.view(-1, shape[-1])[-1, -1] = -(2.0**20)  # a masked logit
+
+    def fn(v):
+        ctx = current()
+        x = secret(v)
+        before = puma.stats()
+        value, _ = pc.max_last_dim(ctx, x.shares, with_index=False)
+        return puma.SharedTensor(value, torch.float64), puma.stats() - before
+
+    results = cluster.run(fn, values)
+    assert float((results[0][0] - values.amax(-1)).abs().max()) <= U
+    assert results[0][1].rounds == rounds

@@ -366,23 +366,36 @@ def _function_bits(onehot: BitPair, values: list[int], nbits: int) -> BitPair:
     return out[0], out[1]
 
 
-def power_of_two(ctx: PartyContext, onehot: BitPair, exponents: list[int], n: int) -> Pair:
-    """Integer shares of 2^v(j) for the secret one-hot position j (v given per position).
+def powers_of_two(ctx: PartyContext, onehot: BitPair, exponent_lists: list[list[int]], n: int) -> list[Pair]:
+    """Integer shares of 2^v(j), for each exponent list v, at the secret one-hot position j.
 
-    The bits of v(j) are local XORs of the one-hot planes; they enter the arithmetic world by
-    one bit injection, and 2^v = prod_i (1 + v_i (2^(2^i) - 1)) by a tree of exact products."""
-    nbits = max(1, max(exponents).bit_length())
-    bits = _function_bits(onehot, exponents, nbits)
-    arith = _unstack(bit_to_arith(ctx, bits, (nbits, n)))
-    factors = [
-        pa.add_public(ctx, pa.mul_public(b, torch.tensor(2 ** (2**i) - 1)), torch.tensor(1))
-        for i, b in enumerate(arith)
-    ]
-    while len(factors) > 1:
-        half = len(factors) // 2
-        products = ring_mul_many(ctx, factors[:half], factors[half : 2 * half])
-        factors = products + factors[2 * half :]
-    return factors[0]
+    Small tensors (round-bound): the one-hot planes enter the arithmetic world in one bit
+    injection and each 2^v = sum_j e_j 2^v(j) is local (1 round, 48 bytes per plane).
+    Large tensors (byte-bound): the bits of v(j) are local XORs of the one-hot planes, one bit
+    injection brings them over, and 2^v = prod_i (1 + v_i (2^(2^i) - 1)) by a tree of exact
+    products (1 + ceil(log2 bits) rounds, far fewer bytes)."""
+    planes = onehot[0].shape[0]
+    exponent_lists = [v[:planes] for v in exponent_lists]  # positions past the planes cannot occur
+    if n <= SMALL_ELEMENTS:
+        e = bit_to_arith(ctx, onehot, (planes, n))
+        out = []
+        for exponents in exponent_lists:
+            weights = torch.tensor([1 << v for v in exponents], dtype=torch.int64).unsqueeze(1)
+            out.append(((e[0] * weights).sum(0), (e[1] * weights).sum(0)))
+        return out
+    results = []
+    for exponents in exponent_lists:
+        nbits = max(1, max(exponents).bit_length())
+        arith = _unstack(bit_to_arith(ctx, _function_bits(onehot, exponents, nbits), (nbits, n)))
+        factors = [
+            pa.add_public(ctx, pa.mul_public(b, torch.tensor(2 ** (2**i) - 1)), torch.tensor(1))
+            for i, b in enumerate(arith)
+        ]
+        while len(factors) > 1:
+            half = len(factors) // 2
+            factors = ring_mul_many(ctx, factors[:half], factors[half : 2 * half]) + factors[2 * half :]
+        results.append(factors[0])
+    return results
 
 
 RECIPROCAL_SCALE = 28
@@ -399,7 +412,7 @@ def reciprocal(ctx: PartyContext, x: Pair) -> Pair:
     shape, n = x[0].shape, x[0].numel()
     top = bits - 1
     onehot = highest_bit_onehot(ctx, x, bits)
-    g = power_of_two(ctx, onehot, [top - j for j in range(bits)], n)
+    (g,) = powers_of_two(ctx, onehot, [[top - j for j in range(bits)]], n)
     g = (g[0].reshape(shape), g[1].reshape(shape))
     s = RECIPROCAL_SCALE
     c = pa.truncate_additive(ctx, pa.mul_local(x, g), top + 1 - s)
@@ -413,16 +426,20 @@ def reciprocal(ctx: PartyContext, x: Pair) -> Pair:
 
 
 RSQRT_SCALE = 28
-_RSQRT_INIT: np.ndarray = np.polyfit(np.linspace(0.25, 1, 2001), np.linspace(0.25, 1, 2001) ** -0.5, 2)[::-1]
+_RSQRT_NODES = 0.625 + 0.375 * np.cos(np.pi * (np.arange(2000) + 0.5) / 2000)
+# u^(-1/2) on [1/4, 1] by degree 4 (relative error 2.2e-3): one Newton step then gives 7e-6.
+_RSQRT_INIT: np.ndarray = np.polyfit(_RSQRT_NODES, _RSQRT_NODES**-0.5, 4)[::-1]
 
 
-def rsqrt(ctx: PartyContext, x: Pair, in_scale: int | None = None, out_scale: int | None = None) -> Pair:
-    """1/sqrt(x) for x > 0 with X = x 2^in_scale in [2, 2^(l-1)); relative error < 1e-4.
-    Scales default to f.
+def rsqrt(
+    ctx: PartyContext, x: Pair, in_scale: int | None = None, out_scale: int | None = None, times: float = 1.0
+) -> Pair:
+    """times / sqrt(x) for x > 0 with X = x 2^in_scale in [2, 2^(l-1)); relative error < 1e-4.
+    Scales default to f; ``times`` is a public factor folded into the last truncation.
 
     Normalise to u = X / 2^(2r) in [1/4, 1) with r = ceil((p+1)/2) (p: X's highest bit):
-    G2 = 2^(T2 - r) from p's one-hot, G1 = G2^2; then a quadratic initial guess and two Newton
-    steps w <- w (3 - u w^2) / 2; 1/sqrt(x) = w G2 2^(in/2 - T2), produced at ``out_scale``.
+    G2 = 2^(T2 - r) and G1 = 2^(2(T2 - r)) from p's one-hot; then a degree-4 initial guess and
+    one Newton step w <- w (3 - u w^2) / 2; 1/sqrt(x) = w G2 2^(in/2 - T2), at ``out_scale``.
     """
     f, bits = ctx.frac_bits, ctx.compare_bits
     in_scale = f if in_scale is None else in_scale
@@ -432,19 +449,27 @@ def rsqrt(ctx: PartyContext, x: Pair, in_scale: int | None = None, out_scale: in
     shape, n = x[0].shape, x[0].numel()
     half_top = (bits - 1 + 1) // 2  # T2 >= max r
     onehot = highest_bit_onehot(ctx, x, bits)
-    g2 = power_of_two(ctx, onehot, [half_top - (j + 2) // 2 for j in range(bits)], n)
-    g2 = (g2[0].reshape(shape), g2[1].reshape(shape))
-    (g1,) = ring_mul_many(ctx, [g2], [g2])
+    exponents = [half_top - (j + 2) // 2 for j in range(bits)]
+    if n <= SMALL_ELEMENTS:
+        g2, g1 = powers_of_two(ctx, onehot, [exponents, [2 * v for v in exponents]], n)
+    else:
+        (g2,) = powers_of_two(ctx, onehot, [exponents], n)
+        (g1,) = ring_mul_many(ctx, [g2], [g2])
+    g2, g1 = ((g[0].reshape(shape), g[1].reshape(shape)) for g in (g2, g1))
     s = RSQRT_SCALE
     u = pa.truncate_additive(ctx, pa.mul_local(x, g1), 2 * half_top - s)
     w = polynomial(ctx, u, _RSQRT_INIT, s, s)
-    steps = 2
+    steps = 1
     for i in range(steps):
         w2 = pa.mul_fixed(ctx, w, w, s)
         uw2 = pa.mul_fixed(ctx, u, w2, s)
         three_minus = add_constant(ctx, pa.neg(uw2), 3.0, s)
         w = pa.mul_fixed(ctx, w, three_minus, s + 1 + (s - f if i == steps - 1 else 0))
-    return pa.truncate_additive(ctx, pa.mul_local(w, g2), half_top + f - in_scale // 2 - out_scale)
+    extra = 0 if times == 1.0 else 14
+    product = pa.mul_local(w, g2)
+    if extra:
+        product = product * round(times * 2**extra)
+    return pa.truncate_additive(ctx, product, half_top + f - in_scale // 2 - out_scale + extra)
 
 
 # --------------------------------------------------------------------------- composites
@@ -485,9 +510,11 @@ def layer_norm_last_dims(
     x / sqrt(mean(x^2) + eps) * weight).
 
     Row statistics live on small per-row tensors; the big tensor sees three products (the
-    square, the normalisation, the weight). The variance is kept with 8 more fractional
-    bits than the activations (the squares truncate by fewer bits), so small variances keep
-    their precision, and so does 1/sqrt(var) (also at f + 8 bits) until the normalising product."""
+    square, the normalisation, the weight). rsqrt takes count * (var + eps) directly (its
+    public factor sqrt(count) rides on its last truncation), so the variance needs no
+    division; the squares keep up to 8 extra fractional bits (fewer for long rows, whose sum
+    is large anyway) so small variances keep their precision, and 1/sqrt(var) comes out at
+    f + 8 bits for the normalising product."""
     f = ctx.frac_bits
     e = NORM_EXTRA_BITS
     shape = x[0].shape
@@ -496,10 +523,12 @@ def layer_norm_last_dims(
     if not rms:
         total = (flat[0].sum(-1, keepdim=True), flat[1].sum(-1, keepdim=True))
         flat = pa.sub(flat, _divide_rows(ctx, total, count, 0))
-    squares = pa.truncate_additive(ctx, pa.mul_local(flat, flat), f - e)  # scale f + e
+    # count * var keeps log2(count) more bits by itself: use fewer extra bits for larger rows
+    e_sum = max(0, e - (count.bit_length() - 1)) // 2 * 2
+    squares = pa.truncate_additive(ctx, pa.mul_local(flat, flat), f - e_sum)  # scale f + e_sum
     sum_sq = (squares[0].sum(-1, keepdim=True), squares[1].sum(-1, keepdim=True))
-    var = add_constant(ctx, _divide_rows(ctx, sum_sq, count, 0), eps, f + e)
-    inv_std = rsqrt(ctx, var, in_scale=f + e, out_scale=f + e)
+    total_sq = add_constant(ctx, sum_sq, eps * count, f + e_sum)  # count (var + eps)
+    inv_std = rsqrt(ctx, total_sq, in_scale=f + e_sum, out_scale=f + e, times=math.sqrt(count))
     normed = pa.mul_fixed(ctx, flat, (inv_std[0].expand_as(flat[0]), inv_std[1].expand_as(flat[1])), f + e)
     normed = (normed[0].reshape(shape), normed[1].reshape(shape))
     if weight is not None:
