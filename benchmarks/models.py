@@ -26,6 +26,15 @@ from securetorch.comm.stats import total
 transformers.logging.set_verbosity_error()
 
 
+def _timed(cluster: puma.LocalCluster, call):
+    """Run ``call`` on the driver; its result, seconds, and the bytes and rounds it cost."""
+    cluster.reset_stats()
+    start = time.perf_counter()
+    result = call()
+    seconds = time.perf_counter() - start
+    return result, round(seconds, 2), total(cluster.stats())
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -37,17 +46,13 @@ def bert_rows(cluster: puma.LocalCluster, layers: int) -> list[dict]:
     rows = []
     for tokens in (16, 128):
         ids = torch.randint(1000, 20000, (1, tokens))
-        cluster.reset_stats()
-        start = time.perf_counter()
-        out = secure_model(input_ids=ids)
-        seconds = time.perf_counter() - start
-        cost = total(cluster.stats())
+        out, seconds, cost = _timed(cluster, lambda ids=ids: secure_model(input_ids=ids))
         with torch.no_grad():
             ref = model(input_ids=ids)
         rows.append(
             {
                 "workload": f"BERT-base ({layers} layers), {tokens} tokens",
-                "seconds": round(seconds, 2),
+                "seconds": seconds,
                 "bytes": cost.bytes_sent,
                 "rounds": cost.rounds,
                 "max_error_last_hidden_state": float((out.last_hidden_state - ref.last_hidden_state).abs().max()),
@@ -63,17 +68,13 @@ def gpt2_rows(cluster: puma.LocalCluster, layers: int) -> list[dict]:
     secure_model = puma.secure(model, cluster=cluster)
     ids = torch.randint(1000, 20000, (1, 32))
     rows = []
-    cluster.reset_stats()
-    start = time.perf_counter()
-    out = secure_model(input_ids=ids)
-    seconds = time.perf_counter() - start
-    cost = total(cluster.stats())
+    out, seconds, cost = _timed(cluster, lambda: secure_model(input_ids=ids))
     with torch.no_grad():
         ref = model(input_ids=ids)
     rows.append(
         {
             "workload": f"GPT-2 base ({layers} layers), 32 tokens -> logits",
-            "seconds": round(seconds, 2),
+            "seconds": seconds,
             "bytes": cost.bytes_sent,
             "rounds": cost.rounds,
             "max_error_logits": float((out.logits - ref.logits).abs().max()),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -21,3 +23,24 @@ def chi_square_uniform_bytes(data: bytes) -> tuple[float, float]:
     k, z = 255, 4.753  # z for upper tail 1e-6
     critical = k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
     return stat, critical
+
+
+@contextlib.contextmanager
+def received_tensors() -> Iterator[list[torch.Tensor]]:
+    """Inside a party: collect every tensor this party receives from its peers meanwhile."""
+    from securetorch.runtime.context import current
+
+    net = current().net
+    received: list[torch.Tensor] = []
+    original = net._recv
+
+    def spy(peer: int) -> list[torch.Tensor]:
+        tensors = original(peer)
+        received.extend(tensors)
+        return tensors
+
+    net._recv = spy
+    try:
+        yield received
+    finally:
+        net._recv = original

@@ -27,6 +27,8 @@ from transformers import (
 import securetorch as puma
 from securetorch.runtime.context import current
 
+from .conftest import received_tensors
+
 transformers.logging.set_verbosity_error()
 
 BERT = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}  # fmt: skip
@@ -196,20 +198,8 @@ def _spy_forward(key, onehot, public):
     and report digests of those payloads and of this party's weight shares."""
     from securetorch.secure import _forward
 
-    net = current().net
-    received = []
-    original = net._recv
-
-    def spy(peer):
-        tensors = original(peer)
-        received.extend(tensors)
-        return tensors
-
-    net._recv = spy
-    try:
+    with received_tensors() as received:
         _forward(key, onehot, public)
-    finally:
-        net._recv = original
     model = current().store[key].model
     held = [s for t in model.__dict__.values() if isinstance(t, puma.SharedTensor) for s in t.shares]
     for module in model.modules():

@@ -5,29 +5,16 @@ from __future__ import annotations
 import torch
 
 import securetorch as puma
-from securetorch.runtime.context import current
 
-from .conftest import chi_square_uniform_bytes
+from .conftest import chi_square_uniform_bytes, received_tensors
 
 
 def recording(fn):
-    """Run ``fn`` in a party while recording every tensor this party receives."""
+    """Run ``fn`` in a party and return every tensor this party received meanwhile."""
 
     def wrapped(*args):
-        net = current().net
-        received: list[torch.Tensor] = []
-        original = net._recv
-
-        def spy(peer):
-            tensors = original(peer)
-            received.extend(tensors)
-            return tensors
-
-        net._recv = spy
-        try:
+        with received_tensors() as received:
             fn(*args)
-        finally:
-            net._recv = original
         return received
 
     return wrapped

@@ -11,6 +11,8 @@ Sources: ABY3 §5.3 (bit decomposition with a carry-save layer and a parallel-pr
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from securetorch.protocols import arithmetic as pa
@@ -116,19 +118,23 @@ def bit_to_arith(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, .
         m0, m1 = c - s0 - s1, (1 - c) - s0 - s1
         ctx.net.exchange({1: [m0 + pad0, m1 + pad1], 2: [m0 + qad0, m1 + qad1]}, [])
         return s0, s1
-    if ctx.rank == 1:
-        s1, qad0, qad1 = (ctx.prg_prev.int64(size) for _ in range(3))
-        b2 = unpack_bits(b[1], n).bool()
-        got = ctx.net.exchange({2: [torch.where(b2, qad1, qad0)]}, [0, 2])
-        masked0, masked1 = got[0]
-        s2 = torch.where(b2, masked1, masked0) - got[2][0]
+    if ctx.rank == 1:  # holds (b_1, b_2); shares k_1 with P_0
+        s1, s2 = _choose(ctx, ctx.prg_prev, unpack_bits(b[1], n).bool(), size, other=2)
         return s1, s2
-    s0, pad0, pad1 = (ctx.prg_next.int64(size) for _ in range(3))
-    b2 = unpack_bits(b[0], n).bool()
-    got = ctx.net.exchange({1: [torch.where(b2, pad1, pad0)]}, [0, 1])
-    masked0, masked1 = got[0]
-    s2 = torch.where(b2, masked1, masked0) - got[1][0]
+    s0, s2 = _choose(ctx, ctx.prg_next, unpack_bits(b[0], n).bool(), size, other=1)  # P_2: (b_2, b_0), k_0
     return s2, s0
+
+
+def _choose(
+    ctx: PartyContext, stream: Any, b2: torch.Tensor, size: tuple[int, ...], other: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A receiver's side of ``bit_to_arith``: draw its key share and the other receiver's
+    pads (from the key it shares with P_0), send that receiver the pad for b_2, and open
+    m_{b_2} from P_0's two masked candidates."""
+    own, pad0, pad1 = (stream.int64(size) for _ in range(3))
+    got = ctx.net.exchange({other: [torch.where(b2, pad1, pad0)]}, [0, other])
+    masked0, masked1 = got[0]
+    return own, torch.where(b2, masked1, masked0) - got[other][0]
 
 
 BIT_TO_ARITH_BYTES = 48
