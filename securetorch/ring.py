@@ -67,11 +67,6 @@ def logical_shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
     return (x >> bits) & ((1 << (RING_BITS - bits)) - 1)
 
 
-def from_signed_int(x: torch.Tensor) -> torch.Tensor:
-    """Integer tensor (any int dtype or bool) to a ring element."""
-    return x.to(torch.int64)
-
-
 # --------------------------------------------------------------------------- matmul
 
 

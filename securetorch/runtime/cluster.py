@@ -56,7 +56,10 @@ def private(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> Private:
 
 
 class Cluster:
-    """A driver's connection to three parties (ranks 0, 1, 2)."""
+    """A driver's connection to three party processes (ranks 0, 1, 2) by their control
+    addresses. ``LocalCluster`` starts the parties and sets them up; connecting to party
+    servers started elsewhere (a config file, CURVE keys) is the deployment work still to
+    come, so use ``LocalCluster`` for now."""
 
     def __init__(
         self,
