@@ -269,8 +269,9 @@ class SecureModel:
                 onehot = self.onehot(input_ids) if step == 0 else None
                 before, started = total(self.cluster.stats()), time.perf_counter()
                 token = self.cluster.run(_generate_step, self.key, onehot, public)[0]
+                seconds = time.perf_counter() - started
                 cost = total(self.cluster.stats()) - before
-                self.generation_costs.append(StepCost(time.perf_counter() - started, cost.bytes_sent, cost.rounds))
+                self.generation_costs.append(StepCost(seconds, cost.bytes_sent, cost.rounds))
                 if eos_token_id is not None:
                     token = torch.where(unfinished, token, torch.full_like(token, pad))
                     unfinished &= token != eos_token_id
