@@ -193,10 +193,10 @@ def test_argmax_over_a_vocabulary(cluster) -> None:
     assert torch.equal(got, logits.argmax(-1))
 
 
-@pytest.mark.parametrize(("shape", "rounds"), [((12, 1, 5), 12), ((12, 1, 8), 13), ((12, 1, 48), 26), ((4, 100), 36)])
-def test_grouped_all_pairs_max_for_small_tensors(cluster, shape, rounds) -> None:
-    """Small tensors take grouped all-pairs comparisons: 8 (msb) + ceil(log2(g-1)) + 2 rounds
-    per level of groups of 8; ties and padded groups give the exact max."""
+@pytest.mark.parametrize(("shape", "rounds"), [((12, 1, 5), 12), ((12, 1, 8), 13), ((12, 1, 48), 16), ((4, 100), 17)])
+def test_all_pairs_max_for_small_tensors(cluster, shape, rounds) -> None:
+    """Small tensors compare all pairs of a row in one batch: 8 (msb) + ceil(log2(n-1)) + 2
+    rounds; ties and masked logits give the exact max."""
     g = seeded(sum(shape))
     values = torch.randn(shape, generator=g, dtype=torch.float64) * 10
     values.view(-1, shape[-1])[0, :2] = 50.0
@@ -212,3 +212,16 @@ def test_grouped_all_pairs_max_for_small_tensors(cluster, shape, rounds) -> None
     results = cluster.run(fn, values)
     assert float((results[0][0] - values.amax(-1)).abs().max()) <= U
     assert results[0][1].rounds == rounds
+
+
+def test_grouped_max_beyond_the_all_pairs_budget(cluster) -> None:
+    """Rows too long for one all-pairs batch go through groups of 8 (with padding)."""
+    values = torch.randn(3, 300, generator=seeded(9), dtype=torch.float64) * 10
+    values[1, 299] = 99.0
+
+    def fn(v):
+        ctx = current()
+        value, _ = pc.max_last_dim(ctx, secret(v).shares, with_index=False)
+        return puma.SharedTensor(value, torch.float64)
+
+    assert float((cluster.run(fn, values)[0] - values.amax(-1)).abs().max()) <= U

@@ -250,9 +250,18 @@ def _all_pairs_max(ctx: PartyContext, x: Pair) -> Pair:
     return weights[0].sum(-1).reshape(lead), weights[1].sum(-1).reshape(lead)
 
 
+# One level of all pairs while it needs at most this many comparisons.
+ALL_PAIRS_BUDGET = 32768
+
+
 def _grouped_max(ctx: PartyContext, x: Pair) -> Pair:
-    """Max over the last dim by all-pairs comparisons within groups of 8, then of the winners:
-    13 rounds per level of ceil(log8 n) levels (the tree needs 10 per level of log2 n)."""
+    """Max over the last dim by all-pairs comparisons: of the whole row when that takes at most
+    ALL_PAIRS_BUDGET comparisons (10 + ceil(log2(n-1)) rounds: 16 for n = 48), else within
+    groups of 8, then of the winners (13 rounds per level of ceil(log8 n)); the tree needs 10
+    per level of log2 n."""
+    width = x[0].shape[-1]
+    if x[0].numel() // width * width * (width - 1) // 2 <= ALL_PAIRS_BUDGET:
+        return _all_pairs_max(ctx, x)
     while x[0].shape[-1] > GROUP:
         width = x[0].shape[-1]
         pad = (-width) % GROUP
