@@ -134,13 +134,18 @@ def _forward(key: str, onehot: SharedTensor, public: dict[str, Any]) -> Any:
         return state.model(inputs_embeds=_embed(state, onehot), use_cache=False, return_dict=True, **public)
 
 
+def _generation_key(key: str) -> str:
+    """Where a party keeps a generation's KV cache and next one-hot."""
+    return f"{key}/generation"
+
+
 def _generate_step(key: str, onehot: SharedTensor | None, public: dict[str, Any]) -> SharedTensor:
     """One greedy step: embed the prompt (first step) or the previous token's secret one-hot,
     run the model on the secret KV cache, and pick the next token by a secure argmax.
     Only its index leaves the parties (to the driver); its one-hot stays for the next step."""
     store = current().store
     state: _PartyModel = store[key]  # type: ignore[assignment]
-    generation = store.setdefault(f"{key}/generation", {})
+    generation = store.setdefault(_generation_key(key), {})
     if onehot is not None:
         from transformers import DynamicCache
 
@@ -163,11 +168,11 @@ def _generate_step(key: str, onehot: SharedTensor | None, public: dict[str, Any]
 def _uninstall(key: str) -> None:
     store = current().store
     store.pop(key, None)
-    store.pop(f"{key}/generation", None)
+    store.pop(_generation_key(key), None)
 
 
 def _end_generation(key: str) -> None:
-    current().store.pop(f"{key}/generation", None)
+    current().store.pop(_generation_key(key), None)
 
 
 # ----------------------------------------------------------------------------- driver side

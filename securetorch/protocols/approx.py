@@ -33,7 +33,7 @@ from securetorch.protocols.boolean import (
     xor,
     xor_public,
 )
-from securetorch.protocols.comparison import bit_to_arith, less_than_zero, msb
+from securetorch.protocols.comparison import SMALL_ELEMENTS, bit_to_arith, less_than_zero, msb
 from securetorch.runtime.context import PartyContext
 
 # --------------------------------------------------------------------------- helpers
@@ -160,48 +160,42 @@ def _signs(ctx: PartyContext, x: Pair, bound: float) -> tuple[Pair, Pair]:
     return (neg[0].reshape(shape), neg[1].reshape(shape)), (outside[0].reshape(shape), outside[1].reshape(shape))
 
 
-def tail_form(ctx: PartyContext, x: Pair, name: str) -> tuple[Pair, Pair, Pair]:
-    """Shared part of f(x) = relu(x) - tail(|x|) for GeLU, SiLU: returns (relu(x), |x| ... ),
-    concretely (relu, inside-indicator, tail(|x|) at f bits)."""
+def _fitted_tail(ctx: PartyContext, x: Pair, name: str) -> tuple[Pair, Pair, Pair, Pair]:
+    """What GeLU, SiLU and sigmoid share: [x < 0], [x < 0] x, [|x| <= T] and the fitted tail
+    at |x| (at f bits). |x| at scale f is |x| / 2^s at scale f + s: the fit's variable, free."""
     f = ctx.frac_bits
     upper, degree = TAIL_FITS[name]
     negative, outside = _signs(ctx, x, upper)
-    neg_x = ring_mul_many(ctx, [negative], [x])[0]  # [x < 0] * x
-    relu = pa.sub(x, neg_x)
-    absolute = pa.sub(relu, neg_x)
+    neg_x = ring_mul_many(ctx, [negative], [x])[0]
+    absolute = pa.sub(pa.sub(x, neg_x), neg_x)
     s = max(0, math.ceil(math.log2(upper)))
-    # |x| at scale f is |x| / 2^s at scale f + s: the fit's variable, for free.
     tail = polynomial(ctx, absolute, chebyshev_fit(name, upper, degree), f + s, f)
-    one = torch.ones((), dtype=torch.int64)
-    inside = pa.add_public(ctx, pa.neg(outside), one)
-    return relu, inside, tail
+    inside = pa.add_public(ctx, pa.neg(outside), torch.ones((), dtype=torch.int64))
+    return negative, neg_x, inside, tail
+
+
+def _relu_minus_tail(ctx: PartyContext, x: Pair, name: str) -> Pair:
+    _, neg_x, inside, tail = _fitted_tail(ctx, x, name)
+    return pa.sub(pa.sub(x, neg_x), ring_mul_many(ctx, [inside], [tail])[0])
 
 
 def gelu(ctx: PartyContext, x: Pair, approximate: str = "none") -> Pair:
     """GeLU(x) = relu(x) - g(|x|), g(t) = t (1 - Phi(t)) fitted by a degree-10 polynomial on
     [0, 4] and 0 beyond (|error| < 2e-4 before fixed point). ``approximate="tanh"`` fits the
     tanh form's tail instead. Cost: 1 comparison batch (3 signs) + 1 + 8 + 2 + 1 rounds."""
-    relu, inside, tail = tail_form(ctx, x, "gelu_tanh" if approximate == "tanh" else "gelu")
-    return pa.sub(relu, ring_mul_many(ctx, [inside], [tail])[0])
+    return _relu_minus_tail(ctx, x, "gelu_tanh" if approximate == "tanh" else "gelu")
 
 
 def silu(ctx: PartyContext, x: Pair) -> Pair:
     """SiLU(x) = x sigmoid(x) = relu(x) - t sigmoid(-t), t = |x|, fitted on [0, 8]."""
-    relu, inside, tail = tail_form(ctx, x, "silu")
-    return pa.sub(relu, ring_mul_many(ctx, [inside], [tail])[0])
+    return _relu_minus_tail(ctx, x, "silu")
 
 
 def sigmoid(ctx: PartyContext, x: Pair) -> Pair:
     """sigmoid(x) = [x >= 0] + (2[x < 0] - 1) q(|x|), q(t) = sigmoid(-t) fitted on [0, 8]."""
     f = ctx.frac_bits
-    upper, degree = TAIL_FITS["sigmoid"]
-    negative, outside = _signs(ctx, x, upper)
-    neg_x = ring_mul_many(ctx, [negative], [x])[0]
-    absolute = pa.sub(pa.sub(x, neg_x), neg_x)
-    s = max(0, math.ceil(math.log2(upper)))
-    q = polynomial(ctx, absolute, chebyshev_fit("sigmoid", upper, degree), f + s, f)
+    negative, _, inside, q = _fitted_tail(ctx, x, "sigmoid")
     one = torch.ones((), dtype=torch.int64)
-    inside = pa.add_public(ctx, pa.neg(outside), one)
     sign = pa.add_public(ctx, pa.add(negative, negative), -one)  # 2[x < 0] - 1
     (masked_q,) = ring_mul_many(ctx, [inside], [q])
     (signed_q,) = ring_mul_many(ctx, [sign], [masked_q])
@@ -314,13 +308,18 @@ def highest_bit(ctx: PartyContext, planes: BitPair) -> BitPair:
     flipped = (complement[0].flip(0), complement[1].flip(0))
     all_clear = _prefix(ctx, flipped, None)  # A_j = AND_{i >= j} not b_i, top first
     a = (all_clear[0].flip(0), all_clear[1].flip(0))
-    above = (torch.cat([a[0][1:], ones[:1] if ctx.rank == 0 else torch.zeros_like(ones[:1])]),
-             torch.cat([a[1][1:], ones[:1] if ctx.rank == 2 else torch.zeros_like(ones[:1])]))  # fmt: skip
+    above = _with_constant_plane(ctx, (a[0][1:], a[1][1:]), ones=True, at_top=True)  # A_{j+1}; A_l = 1
     return xor(a, above)
 
 
-# Below this many elements a protocol is bound by rounds, not bytes: spend bytes to save rounds.
-SMALL_ELEMENTS = 4096
+def _with_constant_plane(ctx: PartyContext, planes: BitPair, ones: bool, at_top: bool) -> BitPair:
+    """``planes`` with one public plane (all ones or all zeros) added below or above."""
+    zero = torch.zeros_like(planes[0][:1])
+    extended = tuple(torch.cat([share, zero] if at_top else [zero, share]) for share in planes)
+    mask = torch.zeros_like(extended[0])
+    if ones:
+        mask[-1 if at_top else 0] = 255
+    return xor_public(ctx, extended, mask)
 
 
 def _thresholds_onehot(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
@@ -333,13 +332,9 @@ def _thresholds_onehot(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
     diffs = pa.add_public(ctx, (flat[0].expand(bits - 2, n), flat[1].expand(bits - 2, n)), -thresholds)
     below = msb(ctx, (diffs[0].reshape(-1), diffs[1].reshape(-1)), bits)  # [X < 2^j], packed over (j, n)
     planes = tuple(pack_bits(unpack_bits(share, (bits - 2) * n).reshape(bits - 2, n)) for share in below)
-    ones = torch.full_like(planes[0][:1], 255)
-    zero = torch.zeros_like(ones)
     at_least = xor_public(ctx, planes, torch.full_like(planes[0], 255))  # h_j, j = 1..bits-2
-    h = tuple(
-        torch.cat([ones if (ctx.rank == 0 and k == 0) or (ctx.rank == 2 and k == 1) else zero, share, zero])
-        for k, share in enumerate(at_least)
-    )  # h_0 = 1 (X >= 1), h_{bits-1} = 0
+    h = _with_constant_plane(ctx, at_least, ones=True, at_top=False)  # h_0 = 1 (X >= 1)
+    h = _with_constant_plane(ctx, h, ones=False, at_top=True)  # h_{bits-1} = 0
     return (h[0][:-1] ^ h[0][1:], h[1][:-1] ^ h[1][1:])
 
 
@@ -495,12 +490,12 @@ def softmax_last_dim(ctx: PartyContext, x: Pair, row_max: Pair) -> Pair:
 NORM_EXTRA_BITS = 8
 
 
-def _divide_rows(ctx: PartyContext, total: Pair, count: int, extra_shift: int) -> Pair:
-    """total / count / 2^extra_shift on the (small) per-row tensors: 2^c/count in (1/2, 1] with
+def _divide_rows(ctx: PartyContext, total: Pair, count: int) -> Pair:
+    """total / count on the (small) per-row tensors: 2^c/count in (1/2, 1] with
     c = floor(log2 count) is encoded with 20 bits, the rest is part of the truncation."""
     c = count.bit_length() - 1
     factor = torch.tensor(round(2**20 * 2**c / count), dtype=torch.int64)
-    return pa.truncate(ctx, pa.mul_public(total, factor), 20 + c + extra_shift)
+    return pa.truncate(ctx, pa.mul_public(total, factor), 20 + c)
 
 
 def layer_norm_last_dims(
@@ -522,7 +517,7 @@ def layer_norm_last_dims(
     count = flat[0].shape[-1]
     if not rms:
         total = (flat[0].sum(-1, keepdim=True), flat[1].sum(-1, keepdim=True))
-        flat = pa.sub(flat, _divide_rows(ctx, total, count, 0))
+        flat = pa.sub(flat, _divide_rows(ctx, total, count))
     # count * var keeps log2(count) more bits by itself: use fewer extra bits for larger rows
     e_sum = max(0, e - (count.bit_length() - 1)) // 2 * 2
     squares = pa.truncate_additive(ctx, pa.mul_local(flat, flat), f - e_sum)  # scale f + e_sum

@@ -204,7 +204,7 @@ def _tournament(ctx: PartyContext, x: Pair, with_index: bool) -> tuple[Pair, Pai
     return value, None if index is None else (index[0][..., 0], index[1][..., 0]), level_bits
 
 
-# Below this many elements a max is bound by rounds: compare all pairs of small groups.
+# Below this many elements a protocol is bound by rounds, not bytes: spend bytes to save rounds.
 SMALL_ELEMENTS = 4096
 GROUP = 8
 # Padding for the grouped max: far below any value (masked logits are -2^20), inside the

@@ -24,30 +24,13 @@ from securetorch.protocols import arithmetic as pa
 from securetorch.ring import encode
 from securetorch.runtime.context import current
 from securetorch.tensor.registry import func_name, implements
-from securetorch.tensor.shape_ops import share_wise
+from securetorch.tensor.shape_ops import masked_public, public_tensor, share_wise
 from securetorch.tensor.shared import SharedTensor, as_fixed
 
 _T = torch.Tensor
 F = torch.nn.functional
 _EXACT_INTEGER_LIMIT = 2**20
 _PUBLIC_FACTOR_BITS = 24
-
-
-MASK_FLOOR = -(2.0**20)
-
-
-def masked_public(value: Any) -> torch.Tensor:
-    """A public addend with -inf / finfo.min entries (attention masks) raised to -2^20: far
-    below any activation, so softmax gives them weight exactly 0, yet inside the fixed-point
-    and comparison ranges."""
-    return torch.clamp(public_tensor(value).to(torch.float64), min=MASK_FLOOR)
-
-
-def public_tensor(value: Any) -> torch.Tensor:
-    """A plain (public) operand as a detached tensor."""
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    return torch.as_tensor(value)
 
 
 def _dtype_of(*values: Any) -> torch.dtype:

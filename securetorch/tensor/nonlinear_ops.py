@@ -15,9 +15,9 @@ from securetorch.protocols import approx as ap
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols import comparison as pc
 from securetorch.runtime.context import current
-from securetorch.tensor.arith_ops import in_place, mul_secret, public_tensor
+from securetorch.tensor.arith_ops import in_place, mul_secret
 from securetorch.tensor.registry import func_name, implements
-from securetorch.tensor.shape_ops import as_pair
+from securetorch.tensor.shape_ops import as_pair, public_tensor
 from securetorch.tensor.shared import SharedTensor, as_fixed
 
 _T = torch.Tensor
@@ -146,25 +146,22 @@ def _optional_pair(value: Any) -> pa.Pair | None:
     return as_pair(as_fixed(value) if isinstance(value, SharedTensor) else value)
 
 
+def _norm(args: tuple[Any, ...], kwargs: dict[str, Any], names: tuple[str, ...], eps: float, rms: bool) -> SharedTensor:
+    """F.layer_norm / F.rms_norm: bind (input, normalized_shape, *names) and run the protocol."""
+    bound = dict(zip(("input", "normalized_shape", *names), args, strict=False)) | kwargs
+    x = as_fixed(bound["input"])
+    shape = bound["normalized_shape"]
+    dims = len(shape) if isinstance(shape, (tuple, list, torch.Size)) else 1
+    eps = eps if bound.get("eps") is None else bound["eps"]
+    weight, bias = _optional_pair(bound.get("weight")), _optional_pair(bound.get("bias"))
+    return SharedTensor(ap.layer_norm_last_dims(current(), x.shares, dims, weight, bias, eps, rms=rms), x.dtype)
+
+
 @implements(F.layer_norm)
 def _layer_norm(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    x = as_fixed(args[0])
-    shape = args[1] if len(args) > 1 else kwargs["normalized_shape"]
-    weight = args[2] if len(args) > 2 else kwargs.get("weight")
-    bias = args[3] if len(args) > 3 else kwargs.get("bias")
-    eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
-    dims = len(shape) if isinstance(shape, (tuple, list, torch.Size)) else 1
-    out = ap.layer_norm_last_dims(current(), x.shares, dims, _optional_pair(weight), _optional_pair(bias), eps)
-    return SharedTensor(out, x.dtype)
+    return _norm(args, kwargs, ("weight", "bias", "eps"), 1e-5, rms=False)
 
 
 @implements(F.rms_norm)
 def _rms_norm(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    x = as_fixed(args[0])
-    shape = args[1] if len(args) > 1 else kwargs["normalized_shape"]
-    weight = args[2] if len(args) > 2 else kwargs.get("weight")
-    eps = args[3] if len(args) > 3 else kwargs.get("eps")
-    eps = 1e-6 if eps is None else eps
-    dims = len(shape) if isinstance(shape, (tuple, list, torch.Size)) else 1
-    out = ap.layer_norm_last_dims(current(), x.shares, dims, _optional_pair(weight), None, eps, rms=True)
-    return SharedTensor(out, x.dtype)
+    return _norm(args, kwargs, ("weight", "eps"), 1e-6, rms=True)

@@ -65,13 +65,29 @@ implements(
 )(share_wise)  # fmt: skip
 
 
-def as_pair(value: Any, dtype_hint: torch.dtype | None = None) -> pa.Pair:
+MASK_FLOOR = -(2.0**20)
+
+
+def public_tensor(value: Any) -> torch.Tensor:
+    """A plain (public) operand as a detached tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    return torch.as_tensor(value)
+
+
+def masked_public(value: Any) -> torch.Tensor:
+    """A public value with -inf / finfo.min entries (attention masks) raised to -2^20: far
+    below any activation, so softmax gives them weight exactly 0, yet inside the fixed-point
+    and comparison ranges."""
+    return torch.clamp(public_tensor(value).to(torch.float64), min=MASK_FLOOR)
+
+
+def as_pair(value: Any) -> pa.Pair:
     """A SharedTensor's pair, or a public tensor/number encoded as a trivial sharing."""
     if isinstance(value, SharedTensor):
         return value.shares
     ctx = current()
-    public = torch.clamp(torch.as_tensor(value).to(torch.float64), min=-(2.0**20))  # -inf masks, see arith_ops
-    return pa.public_shares(ctx, encode(public, ctx.frac_bits))
+    return pa.public_shares(ctx, encode(masked_public(value), ctx.frac_bits))
 
 
 def _first_shared(values: Any) -> SharedTensor:
