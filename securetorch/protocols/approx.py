@@ -238,16 +238,24 @@ def exp(ctx: PartyContext, x: Pair) -> Pair:
 # --------------------------------------------------------------------------- normalisation
 
 
+@functools.cache
+def _prefix_plan(m: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The levels of a Sklansky prefix over m positions: at step d, each position i in the
+    upper half of its 2d-block (target) combines with the top of the lower half (source)."""
+    plan, d = [], 1
+    while d < m:
+        targets = [i for i in range(m) if (i // d) % 2 == 1]
+        plan.append((torch.tensor(targets), torch.tensor([(i // d) * d - 1 for i in targets])))
+        d *= 2
+    return plan
+
+
 def _prefix(ctx: PartyContext, g: BitPair, p: BitPair | None) -> BitPair:
     """Sklansky parallel prefix over planes [m, nb] (low -> high): with p, group generates
     G_i of [0, i]; without p, prefix ANDs. ceil(log2 m) rounds."""
-    m = g[0].shape[0]
     g = (g[0].clone(), g[1].clone())
     p = None if p is None else (p[0].clone(), p[1].clone())
-    d = 1
-    while d < m:
-        targets = torch.tensor([i for i in range(m) if (i // d) % 2 == 1])
-        sources = torch.tensor([(i // d) * d - 1 for i in targets.tolist()])
+    for targets, sources in _prefix_plan(g[0].shape[0]):
         k = len(targets)
         if p is None:
             r = and_(ctx, (g[0][targets], g[1][targets]), (g[0][sources], g[1][sources]))
@@ -260,22 +268,12 @@ def _prefix(ctx: PartyContext, g: BitPair, p: BitPair | None) -> BitPair:
             for j in range(2):
                 g[j][targets] ^= r[j][:k]
                 p[j][targets] = r[j][k:]
-        d *= 2
     return g
-
-
-def _prefix_levels(m: int) -> list[int]:
-    """Targets per level of the Sklansky prefix over m positions."""
-    counts, d = [], 1
-    while d < m:
-        counts.append(sum(1 for i in range(m) if (i // d) % 2 == 1))
-        d *= 2
-    return counts
 
 
 def bit_decompose_cost(n: int, bits: int) -> tuple[int, int]:
     """Exact (rounds, bytes of all parties) of ``bit_decompose`` (A2B) on n elements."""
-    levels = _prefix_levels(bits - 1)
+    levels = [len(targets) for targets, _ in _prefix_plan(bits - 1)]
     planes = (bits - 1) + (bits - 1) + sum(2 * k for k in levels)
     return 2 + len(levels), 3 * planes * ((n + 7) // 8)
 

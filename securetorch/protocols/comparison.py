@@ -11,6 +11,7 @@ Sources: ABY3 §5.3 (bit decomposition with a carry-save layer and a parallel-pr
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -212,6 +213,17 @@ GROUP = 8
 _PAD = -(2**41)
 
 
+@functools.cache
+def _pair_literals(g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pairs i < j of g candidates, and for candidate i its g-1 literals: pair (i, j)
+    negated for j > i, pair (j, i) as is for j < i (indices into the pair list, and flags)."""
+    ii, jj = torch.triu_indices(g, g, 1)
+    pair_of = {(int(a), int(b)): k for k, (a, b) in enumerate(zip(ii, jj, strict=True))}
+    index = torch.tensor([[pair_of[(min(i, j), max(i, j))] for j in range(g) if j != i] for i in range(g)])
+    negate = torch.tensor([[j > i for j in range(g) if j != i] for i in range(g)])
+    return ii, jj, index, negate
+
+
 def _all_pairs_max(ctx: PartyContext, x: Pair) -> Pair:
     """Max over a short last dim (g elements) from all g(g-1)/2 comparisons in one batch.
 
@@ -225,15 +237,11 @@ def _all_pairs_max(ctx: PartyContext, x: Pair) -> Pair:
     lead = x[0].shape[:-1]
     rows = lead.numel()
     first, second = (s.reshape(rows, g) for s in x)
-    ii, jj = torch.triu_indices(g, g, 1)
+    ii, jj, index, negate = _pair_literals(g)
     pairs = ii.numel()
     smaller = msb(
         ctx, ((first[:, ii] - first[:, jj]).reshape(-1), (second[:, ii] - second[:, jj]).reshape(-1)), ctx.compare_bits
     )
-    # literal k of candidate i: pair (i, j) negated for j > i, pair (j, i) as is for j < i
-    pair_of = {(int(a), int(b)): k for k, (a, b) in enumerate(zip(ii, jj, strict=True))}
-    index = torch.tensor([[pair_of[(min(i, j), max(i, j))] for j in range(g) if j != i] for i in range(g)])
-    negate = torch.tensor([[j > i for j in range(g) if j != i] for i in range(g)])
     literals = []
     for share in smaller:
         bits = unpack_bits(share, rows * pairs).reshape(rows, pairs)
