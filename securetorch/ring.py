@@ -6,8 +6,11 @@ is encoded as round(r * 2^f) (f fractional bits, PUMA's default f = 18).
 
 The ring matrix product has two exact kernels:
 
-* ``native``: torch's int64 ``matmul`` (wraps mod 2^64; on torch 2.13's CPU build it runs
-  1-3x the time of a float64 GEMM of the same shape, single-threaded);
+* ``native``: torch's int64 kernels (they wrap mod 2^64; on torch 2.13's CPU build about
+  1-3x the time of a float64 GEMM of the same shape, single-threaded). Their speed depends on
+  the layout: a single row goes through ``torch.mv`` (about 2x ``matmul``'s speed), and a
+  right operand stored transposed is multiplied as (b^T a^T)^T, since ``matmul`` on a
+  transposed int64 operand is 3-10x slower;
 * ``limbs``: three balanced 22-bit limbs per operand and six float64 BLAS products
   (Σ_{i+j<=2} A_i B_j 2^{22(i+j)}); every partial sum stays below 2^53 because the inner
   dimension is cut into chunks of at most 1024, so each product is exact. It scales with
@@ -107,7 +110,17 @@ def limb_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def native_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact Z_2^64 matmul with torch's int64 kernel (wraps mod 2^64)."""
+    """Exact Z_2^64 matmul with torch's int64 kernels (wrap mod 2^64), laid out for speed
+    when the right operand is a matrix: one row of ``a`` is a matrix-vector product, and a
+    transposed ``b`` (an [out, in] weight or a tied embedding table) is used as stored."""
+    if b.dim() != 2 or a.dim() < 1:
+        return torch.matmul(a, b)
+    rows = a.numel() // max(a.shape[-1], 1)
+    if rows == 1:
+        return torch.mv(b.t(), a.reshape(-1)).reshape(*a.shape[:-1], b.shape[1])
+    if not b.is_contiguous() and b.t().is_contiguous():
+        flat = a.reshape(rows, a.shape[-1])
+        return (b.t() @ flat.t()).t().reshape(*a.shape[:-1], b.shape[1])
     return torch.matmul(a, b)
 
 

@@ -24,6 +24,7 @@ from securetorch.comm.stats import total
 from securetorch.patches import FamilySpec, spec_for
 from securetorch.patches.base import base_model, get_path
 from securetorch.protocols import comparison as pc
+from securetorch.runtime import costs
 from securetorch.runtime.cluster import Cluster, LocalCluster, private
 from securetorch.runtime.context import current
 from securetorch.tensor import SharedTensor
@@ -81,32 +82,38 @@ def _install(
         if swap is not None and name:
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, swap(module))
-    laid_out: dict[tuple[str, bool], SharedTensor] = {}
+    linear_weight = {
+        (module_name, attr): isinstance(model.get_submodule(module_name), torch.nn.Linear) and attr == "weight"
+        for module_name, attr, _ in bindings
+    }
+    untied_linear = {key for key in params if all(linear_weight[m, a] for m, a, k in bindings if k == key)}
+    for param_key in untied_linear:
+        params[param_key] = _transposed_storage(params[param_key])
     for module_name, attr, param_key in bindings:
         module = model.get_submodule(module_name)
-        transposed = isinstance(module, torch.nn.Linear) and attr == "weight"
-        if (param_key, transposed) not in laid_out:
-            laid_out[param_key, transposed] = (
-                _transposed_storage(params[param_key]) if transposed else params[param_key]
-            )
         module._parameters.pop(attr, None)
-        setattr(module, attr, laid_out[param_key, transposed])
+        setattr(module, attr, params[param_key])
     for module_name, attr, value in buffers:
         model.get_submodule(module_name)._buffers[attr] = value
+    for name, module in model.named_modules():
+        if name:  # cost reports book each op under the innermost module running it
+            module.register_forward_pre_hook(lambda *_, name=name: costs.enter_module(name))
+            module.register_forward_hook(lambda *_: costs.exit_module())
     current().store[key] = _PartyModel(model, spec)
 
 
 def _transposed_storage(weight: SharedTensor) -> SharedTensor:
     """The same [out, in] weight stored as [in, out]: ``F.linear`` multiplies by weight.T, and
-    torch's int64 matmul is several times faster on a contiguous right operand. A weight tied
-    to an embedding (GPT-2's LM head) keeps both layouts."""
+    the int64 product of many rows is fastest on a contiguous right operand (1.7x over the
+    transposed one). A weight tied to an embedding table (GPT-2's LM head) keeps the table's
+    layout, stored once: the ring matmul handles both layouts (see ``ring.native_matmul``)."""
     first, second = (share.t().contiguous().t() for share in weight.shares)
     return SharedTensor((first, second), weight.dtype)
 
 
 def _embed(state: _PartyModel, onehot: SharedTensor) -> SharedTensor:
     table = get_path(base_model(state.model, state.spec), state.spec.embeddings).weight
-    return onehot @ table  # secret one-hot x secret table: exact, 1 round
+    return costs.measured("embedding_lookup", lambda: onehot @ table)  # secret one-hot x table: exact, 1 round
 
 
 @contextlib.contextmanager
@@ -160,7 +167,8 @@ def _generate_step(key: str, onehot: SharedTensor | None, public: dict[str, Any]
             return_dict=True,
             **public,
         )
-    index, chosen = pc.argmax_onehot_last_dim(current(), as_fixed(out.logits[:, -1, :]).shares)
+    logits = out.logits[:, -1, :]
+    index, chosen = costs.measured("argmax", lambda: pc.argmax_onehot_last_dim(current(), as_fixed(logits).shares))
     generation["onehot"] = SharedTensor((chosen[0].unsqueeze(1), chosen[1].unsqueeze(1)), torch.int64)
     return SharedTensor(index, torch.int64)
 

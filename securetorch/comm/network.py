@@ -81,11 +81,14 @@ class PeerNetwork:
         Every party calls ``exchange`` for every round (with empty arguments if it takes no
         part), so step numbers and round counts stay equal on all three parties.
         """
+        started = time.perf_counter()
         self.step += 1
         self.stats.rounds += 1
         for peer, tensors in sends.items():
             self._send(peer, list(tensors))
-        return {peer: self._recv(peer) for peer in recv_from}
+        received = {peer: self._recv(peer) for peer in recv_from}
+        self.stats.seconds += time.perf_counter() - started
+        return received
 
     def _send(self, peer: int, tensors: list[torch.Tensor]) -> None:
         frames = encode_message(self.rank, self.job, self.step, tensors)

@@ -8,7 +8,7 @@ truncations the products need anyway. Costs are per element (rounds; bytes of al
 
 Sources: PUMA (Dong et al. 2023) §4 for the overall recipes (piecewise GeLU, softmax with
 the row max and a clip at -14, LayerNorm via rsqrt); ABY3 §5.3 for the bit decomposition;
-Goldschmidt/Newton iterations for reciprocal and rsqrt after normalising to [1/2, 1) and
+polynomials for reciprocal and rsqrt after normalising to [1/2, 1) and
 [1/4, 1). The polynomial fits are computed at import (least squares on Chebyshev nodes).
 """
 
@@ -391,15 +391,23 @@ def powers_of_two(ctx: PartyContext, onehot: BitPair, exponent_lists: list[list[
     return results
 
 
+def _monomial_fit(fn: Callable[[np.ndarray], np.ndarray], low: float, degree: int) -> np.ndarray:
+    """Least-squares monomial coefficients (constant first) of ``fn`` on [low, 1], Chebyshev nodes."""
+    nodes = (1 + low) / 2 + (1 - low) / 2 * np.cos(np.pi * (np.arange(4000) + 0.5) / 4000)
+    return np.polyfit(nodes, fn(nodes), degree)[::-1]
+
+
 RECIPROCAL_SCALE = 28
+# 1/c on [1/2, 1] by degree 7: relative error 1.8e-6, 3 levels of powers (no Newton steps).
+_RECIPROCAL_FIT = _monomial_fit(lambda c: 1 / c, 0.5, 7)
 
 
 def reciprocal(ctx: PartyContext, x: Pair) -> Pair:
     """1/x for 2^-(f-1) <= x < 2^(l-1-f) (l = compare_bits).
 
     Normalise: X = x 2^f has highest bit p; G = 2^(T-p) (T = l-1) from p's one-hot; c = X G /
-    2^(T+1) in [1/2, 1) at 28 fractional bits. Then y0 = 48/17 - 32/17 c and three Newton
-    steps y <- y (2 - c y) (the last lands at f bits); 1/x = y G / 2^(T+1-f).
+    2^(T+1) in [1/2, 1) at 28 fractional bits. Then y = 1/c by a degree-7 polynomial (at f
+    bits) and 1/x = y G / 2^(T+1-f). Rounds: one-hot + 1 + 2 + 8 + 2 (21 for small tensors).
     """
     f, bits = ctx.frac_bits, ctx.compare_bits
     shape, n = x[0].shape, x[0].numel()
@@ -409,19 +417,13 @@ def reciprocal(ctx: PartyContext, x: Pair) -> Pair:
     g = (g[0].reshape(shape), g[1].reshape(shape))
     s = RECIPROCAL_SCALE
     c = pa.truncate_additive(ctx, pa.mul_local(x, g), top + 1 - s)
-    y = add_constant(ctx, pa.truncate(ctx, pa.mul_public(c, torch.tensor(round(-32 / 17 * 2**20))), 20), 48 / 17, s)
-    steps = 3
-    for i in range(steps):
-        cy = pa.mul_fixed(ctx, c, y, s)
-        two_minus = add_constant(ctx, pa.neg(cy), 2.0, s)
-        y = pa.mul_fixed(ctx, y, two_minus, s + (s - f if i == steps - 1 else 0))
+    y = polynomial(ctx, c, _RECIPROCAL_FIT, s, f)
     return pa.truncate_additive(ctx, pa.mul_local(y, g), top + 1 - f)
 
 
 RSQRT_SCALE = 28
-_RSQRT_NODES = 0.625 + 0.375 * np.cos(np.pi * (np.arange(2000) + 0.5) / 2000)
 # u^(-1/2) on [1/4, 1] by degree 4 (relative error 2.2e-3): one Newton step then gives 7e-6.
-_RSQRT_INIT: np.ndarray = np.polyfit(_RSQRT_NODES, _RSQRT_NODES**-0.5, 4)[::-1]
+_RSQRT_INIT = _monomial_fit(lambda u: u**-0.5, 0.25, 4)
 
 
 def rsqrt(
@@ -431,8 +433,10 @@ def rsqrt(
     Scales default to f; ``times`` is a public factor folded into the last truncation.
 
     Normalise to u = X / 2^(2r) in [1/4, 1) with r = ceil((p+1)/2) (p: X's highest bit):
-    G2 = 2^(T2 - r) and G1 = 2^(2(T2 - r)) from p's one-hot; then a degree-4 initial guess and
-    one Newton step w <- w (3 - u w^2) / 2; 1/sqrt(x) = w G2 2^(in/2 - T2), at ``out_scale``.
+    G2 = 2^(T2 - r) and G1 = 2^(2(T2 - r)) from p's one-hot; then a degree-4 initial guess w
+    and one Newton step w (3 - u w^2) / 2 = 1.5 w - 0.5 (u w) w^2, with u w and w^2 in one
+    batch (4 rounds); 1/sqrt(x) = w G2 2^(in/2 - T2), at ``out_scale``. Rounds: one-hot + 1 +
+    2 + 6 + 4 + 2 (23 for small tensors).
     """
     f, bits = ctx.frac_bits, ctx.compare_bits
     in_scale = f if in_scale is None else in_scale
@@ -452,17 +456,17 @@ def rsqrt(
     s = RSQRT_SCALE
     u = pa.truncate_additive(ctx, pa.mul_local(x, g1), 2 * half_top - s)
     w = polynomial(ctx, u, _RSQRT_INIT, s, s)
-    steps = 1
-    for i in range(steps):
-        w2 = pa.mul_fixed(ctx, w, w, s)
-        uw2 = pa.mul_fixed(ctx, u, w2, s)
-        three_minus = add_constant(ctx, pa.neg(uw2), 3.0, s)
-        w = pa.mul_fixed(ctx, w, three_minus, s + 1 + (s - f if i == steps - 1 else 0))
-    extra = 0 if times == 1.0 else 14
+    # one truncation by s: u w and w^2 at scale s, and w itself at scale f (its product with
+    # 2^f is local: P_i's additive share is 2^f w_i)
+    batch = torch.stack([pa.mul_local(u, w), pa.mul_local(w, w), w[0] << f])
+    uw, w2, w_f = _unstack(pa.truncate_additive(ctx, batch, s))
+    half_cube = pa.truncate_additive(ctx, pa.mul_local(uw, w2), 2 * s - f)  # u w^3 / 2 at scale f + 1
+    w = pa.sub(pa.mul_public(w_f, torch.tensor(3)), half_cube)  # 1.5 w - u w^3 / 2 at scale f + 1
+    extra = 0 if times == 1.0 else 12
     product = pa.mul_local(w, g2)
     if extra:
         product = product * round(times * 2**extra)
-    return pa.truncate_additive(ctx, product, half_top + f - in_scale // 2 - out_scale + extra)
+    return pa.truncate_additive(ctx, product, half_top + f + 1 - in_scale // 2 - out_scale + extra)
 
 
 # --------------------------------------------------------------------------- composites
@@ -486,6 +490,7 @@ def softmax_last_dim(ctx: PartyContext, x: Pair, row_max: Pair) -> Pair:
 
 
 NORM_EXTRA_BITS = 8
+WEIGHT_EXTRA_BITS = 4
 
 
 def _divide_rows(ctx: PartyContext, total: Pair, count: int) -> Pair:
@@ -502,8 +507,8 @@ def layer_norm_last_dims(
     """(x - mean) / sqrt(var + eps) * weight + bias over the last ``dims`` dims (RMSNorm:
     x / sqrt(mean(x^2) + eps) * weight).
 
-    Row statistics live on small per-row tensors; the big tensor sees three products (the
-    square, the normalisation, the weight). rsqrt takes count * (var + eps) directly (its
+    Row statistics live on small per-row tensors; the big tensor sees three products: the
+    square and (x - mean) * weight in one batch, then the normalisation. rsqrt takes count * (var + eps) directly (its
     public factor sqrt(count) rides on its last truncation), so the variance needs no
     division; the squares keep up to 8 extra fractional bits (fewer for long rows, whose sum
     is large anyway) so small variances keep their precision, and 1/sqrt(var) comes out at
@@ -518,14 +523,19 @@ def layer_norm_last_dims(
         flat = pa.sub(flat, _divide_rows(ctx, total, count))
     # count * var keeps log2(count) more bits by itself: use fewer extra bits for larger rows
     e_sum = max(0, e - (count.bit_length() - 1)) // 2 * 2
-    squares = pa.truncate_additive(ctx, pa.mul_local(flat, flat), f - e_sum)  # scale f + e_sum
+    if weight is None:
+        squares = pa.truncate_additive(ctx, pa.mul_local(flat, flat), f - e_sum)  # scale f + e_sum
+        scaled = flat  # scale f
+    else:  # (x - mean) * weight rides in the same truncation as the squares, at scale
+        # f + e_sum + 4 (it is multiplied by 1/std next); |(x - mean) * weight| < 2^(22 - e_sum)
+        w = tuple((share.reshape(-1) << WEIGHT_EXTRA_BITS).expand_as(flat[0]) for share in weight)
+        squares, scaled = mul_many(ctx, [flat, flat], [flat, w], f - e_sum)
     sum_sq = (squares[0].sum(-1, keepdim=True), squares[1].sum(-1, keepdim=True))
     total_sq = add_constant(ctx, sum_sq, eps * count, f + e_sum)  # count (var + eps)
     inv_std = rsqrt(ctx, total_sq, in_scale=f + e_sum, out_scale=f + e, times=math.sqrt(count))
-    normed = pa.mul_fixed(ctx, flat, (inv_std[0].expand_as(flat[0]), inv_std[1].expand_as(flat[1])), f + e)
+    scaled_scale = f if weight is None else f + e_sum + WEIGHT_EXTRA_BITS
+    normed = pa.mul_fixed(ctx, scaled, (inv_std[0].expand_as(flat[0]), inv_std[1].expand_as(flat[1])), scaled_scale + e)
     normed = (normed[0].reshape(shape), normed[1].reshape(shape))
-    if weight is not None:
-        normed = pa.mul_fixed(ctx, normed, (weight[0].expand(shape), weight[1].expand(shape)), f)
     if bias is not None:
         normed = pa.add(normed, bias)
     return normed

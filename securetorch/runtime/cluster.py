@@ -8,6 +8,7 @@ at interpreter exit.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import json
 import os
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -26,6 +27,8 @@ from securetorch.comm.stats import CommStats
 from securetorch.errors import PartyError
 from securetorch.prg import new_key
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS, encode
+from securetorch.runtime import costs
+from securetorch.runtime.context import current
 from securetorch.runtime.wire import SeededShare, SharePayload, dumps_callable, loads, map_structure
 from securetorch.tensor.shared import decode_as, scale_bits
 
@@ -282,6 +285,23 @@ class Cluster:
     def reset_stats(self) -> None:
         self._query(b"reset_stats")
 
+    @contextlib.contextmanager
+    def cost_report(self) -> Iterator[costs.CostReport]:
+        """Record what the secure calls made inside the ``with`` block cost, per module and op::
+
+            with cluster.cost_report() as report:
+                secure_model(**inputs)
+            pandas.DataFrame(report.by("layer", "op"))
+
+        The report fills in when the block ends (see ``costs.CostReport``)."""
+        report = costs.CostReport()
+        self.run(_start_costs)
+        try:
+            yield report
+        finally:
+            if not self._closed:
+                report.entries[:] = costs.combine(self.run(_stop_costs)).entries
+
     def close(self) -> None:
         if self._closed:
             return
@@ -303,6 +323,14 @@ class Cluster:
 
 
 _LIVE: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
+
+
+def _start_costs() -> None:
+    costs.start(current().net)
+
+
+def _stop_costs() -> list[dict[str, Any]]:
+    return costs.stop()
 
 
 @atexit.register

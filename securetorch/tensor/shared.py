@@ -15,6 +15,7 @@ import torch
 
 from securetorch.protocols import arithmetic as pa
 from securetorch.ring import decode, encode
+from securetorch.runtime import costs
 from securetorch.runtime.context import current
 from securetorch.tensor.registry import HANDLERS, func_name, type_names
 
@@ -93,6 +94,9 @@ class SharedTensor(torch.Tensor):
                 f"securetorch has no secure protocol for {func_name(func)}({type_names(args, kwargs)}); "
                 "it was not run (no fallback on shares, nothing revealed)"
             )
+        recorder = costs.ACTIVE
+        if recorder is not None and not recorder.depth:
+            return recorder.measure(costs.op_name(func_name(func)), lambda: handler(func, args, kwargs))
         return handler(func, args, kwargs)
 
     @classmethod
