@@ -1,6 +1,5 @@
-"""Run every benchmark module in turn (each prints its JSON)."""
+"""``python -m benchmarks``: run every benchmark, write benchmarks/results.json and docs/benchmarks.md."""
 
-from benchmarks import engine, nonlinear
+from benchmarks import report
 
-engine.main()
-nonlinear.main()
+report.main()

@@ -60,9 +60,9 @@ def ring_matmul_rows(threads: int = 1) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def rows() -> list[dict]:
     gen = torch.Generator().manual_seed(0)  # benchmark inputs only
-    rows = []
+    out = []
     with puma.LocalCluster() as cluster:
         for kind, shape_a, shape_b in (("matmul", (128, 768), (768, 768)), ("mul", (128, 3072), (128, 3072))):
             a = torch.randn(*shape_a, generator=gen, dtype=torch.float64)
@@ -71,9 +71,13 @@ def main() -> None:
             ref = a @ b if kind == "matmul" else a * b
             row = {"op": f"secure {kind} {list(shape_a)} x {list(shape_b)}", **summarise(results)}
             row["max_abs_error"] = float((results[0][0] - ref).abs().max())
-            rows.append(row)
-    rows.extend(ring_matmul_rows())
-    emit("engine", rows)
+            out.append(row)
+    out.extend(ring_matmul_rows())
+    return out
+
+
+def main() -> None:
+    emit("engine", rows())
 
 
 if __name__ == "__main__":

@@ -62,9 +62,9 @@ def _secure(name: str, x: torch.Tensor, params: tuple, repeat: int):
     return out.reveal(), seconds, cost
 
 
-def main(repeat: int = 3) -> None:
+def rows(repeat: int = 3) -> list[dict]:
     gen = torch.Generator().manual_seed(0)  # benchmark inputs only
-    rows = []
+    out = []
     with puma.LocalCluster() as cluster:
         for name, (x, params, reference, relative) in workloads(gen).items():
             results = cluster.run(_secure, name, x, params, repeat)
@@ -80,8 +80,12 @@ def main(repeat: int = 3) -> None:
                 "bytes": round(row["bytes"] / spu_b, 3),
                 "rounds": round(row["rounds"] / spu_r, 3),
             }
-            rows.append(row)
-    emit("nonlinear", rows)
+            out.append(row)
+    return out
+
+
+def main() -> None:
+    emit("nonlinear", rows())
 
 
 if __name__ == "__main__":

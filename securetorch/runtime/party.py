@@ -30,6 +30,10 @@ from securetorch.runtime.context import PartyContext, PartyKeys
 from securetorch.runtime.wire import SharePayload, dumps, loads, map_structure
 
 
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _die_with_parent() -> None:
     """Linux: get SIGKILL when the parent (the driver) exits, so no party is orphaned."""
     if sys.platform.startswith("linux"):
@@ -73,6 +77,9 @@ class PartyServer:
 
     def _on_control_during_job(self) -> None:
         frames = self.control.recv_multipart()
+        if len(frames) < 2:
+            _log(f"party {self.rank}: dropped a control message of {len(frames)} frame(s)")
+            return
         if frames[1] == b"abort" and self.job is not None and int(frames[2]) == self.job:
             reason = frames[3].decode(errors="replace") if len(frames) > 3 else "the driver abandoned it"
             raise PartyError(f"party {self.rank}: job {self.job} abandoned: {reason}")
@@ -128,6 +135,15 @@ class PartyServer:
             self.ctx.progress = None
         self._reply(ident, *reply)
 
+    def _handle_safely(self, frames: list[bytes]) -> bool:
+        """``_handle``, except that a malformed request (too few frames, a job number that
+        is not a number, a broken setup document) is logged and dropped: never fatal."""
+        try:
+            return self._handle(frames)
+        except (IndexError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            _log(f"party {self.rank}: dropped a malformed control message ({type(exc).__name__}: {exc})")
+            return True
+
     def _handle(self, frames: list[bytes]) -> bool:
         ident, kind = frames[0], frames[1]
         body = frames[2] if len(frames) > 2 else b""
@@ -154,14 +170,14 @@ class PartyServer:
         running = True
         while running:
             while self._deferred and running:
-                running = self._handle(self._deferred.pop(0))
+                running = self._handle_safely(self._deferred.pop(0))
             if not running:
                 break
             if self.control.poll(1000) == 0:
                 if os.getppid() != parent and parent != 1:
                     break  # the driver that started us is gone
                 continue
-            running = self._handle(self.control.recv_multipart())
+            running = self._handle_safely(self.control.recv_multipart())
         self.close()
 
     def close(self) -> None:

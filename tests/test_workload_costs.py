@@ -1,0 +1,57 @@
+"""Exact bytes and rounds of the op workloads of REFERENCE.md §4 (the rows of
+``benchmarks/nonlinear.py``), so that a protocol change that costs more fails CI.
+
+The costs do not depend on the values, only on the shapes; the error bounds of issue #3 are
+checked on the same inputs. Changing a number here must come with a reason in the commit.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import securetorch as puma
+from benchmarks.nonlinear import workloads
+
+F = torch.nn.functional
+
+# op: (bytes of all parties, rounds, max error bound of issue #3 (rsqrt: relative))
+EXPECTED = {
+    "gelu": (332_120_064, 21, 1e-3),
+    "softmax": (119_516_736, 115, 1e-3),
+    "layernorm": (13_334_368, 29, 1e-3),
+    "exp": (103_809_024, 12, 1e-3),
+    "reciprocal": (384_663_552, 30, 2e-5),
+    "rsqrt": (95_330_304, 33, 1e-3),
+}
+
+
+def _run(name: str, x: torch.Tensor, params: tuple) -> tuple[torch.Tensor | None, puma.CommStats]:
+    s = puma.share(x if puma.rank() == 0 else None, owner=0, dtype=torch.float64)
+    ps = [puma.share(p if puma.rank() == 1 else None, owner=1, dtype=torch.float64) for p in params]
+    ops = {
+        "gelu": lambda: F.gelu(s),
+        "softmax": lambda: F.softmax(s, -1),
+        "layernorm": lambda: F.layer_norm(s, (768,), *ps),
+        "exp": lambda: torch.exp(s),
+        "reciprocal": lambda: torch.reciprocal(s),
+        "rsqrt": lambda: torch.rsqrt(s),
+    }
+    before = puma.stats()
+    out = ops[name]()
+    cost = puma.stats() - before
+    return out.reveal(), cost
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_op_workload_costs_exactly_this(cluster, name) -> None:
+    x, params, reference, relative = workloads(torch.Generator().manual_seed(0))[name]
+    results = cluster.run(_run, name, x, params)
+    expected_bytes, expected_rounds, bound = EXPECTED[name]
+    assert sum(cost.bytes_sent for _, cost in results) == expected_bytes
+    assert {cost.rounds for _, cost in results} == {expected_rounds}
+    want = reference(x, *params)
+    err = (results[0][0] - want).abs()
+    if relative:
+        err = err / want.abs()
+    assert float(err.max()) <= bound
