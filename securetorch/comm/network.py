@@ -16,6 +16,7 @@ import torch
 import zmq
 
 from securetorch.comm.frames import FrameError, decode_message, encode_message, payload_bytes
+from securetorch.comm.security import PEERS_DOMAIN, CurveKeys
 from securetorch.comm.stats import CommStats
 from securetorch.errors import PartyError, ProtocolError
 
@@ -37,6 +38,7 @@ class PeerNetwork:
         timeout: float,
         on_control: Callable[[], None] | None = None,
         control_socket: zmq.Socket | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.rank = rank
         self.timeout = timeout
@@ -47,6 +49,9 @@ class PeerNetwork:
         self._pull = zmq_context.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.setsockopt(zmq.RCVHWM, 0)
+        self.curve = curve
+        if curve is not None:  # only the two other parties' keys pass (see deployment.start_authenticator)
+            curve.server(self._pull, PEERS_DOMAIN)
         self.address = bind_any(self._pull, bind_address)
         self._push: dict[int, zmq.Socket] = {}
         self._inbox: dict[tuple[int, int, int], list[torch.Tensor]] = {}
@@ -57,11 +62,20 @@ class PeerNetwork:
         if control_socket is not None:
             self._poller.register(control_socket, zmq.POLLIN)
 
-    def connect(self, addresses: Mapping[int, str]) -> None:
+    @property
+    def connected(self) -> bool:
+        return bool(self._push)
+
+    def connect(self, addresses: Mapping[int, str], public_keys: Mapping[int, bytes] | None = None) -> None:
+        """PUSH sockets to the peers; with CURVE, each checks its peer's ``public_keys`` entry."""
         for peer, addr in addresses.items():
             if peer == self.rank:
                 continue
             sock = self._ctx.socket(zmq.PUSH)
+            if self.curve is not None:
+                if public_keys is None:
+                    raise ValueError("an encrypted party needs its peers' public keys")
+                self.curve.client(sock, public_keys[peer])
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))

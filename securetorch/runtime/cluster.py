@@ -23,12 +23,14 @@ from typing import Any, Literal
 import torch
 import zmq
 
+from securetorch.comm.security import CurveKeys, load_keypair
 from securetorch.comm.stats import CommStats
 from securetorch.errors import PartyError
 from securetorch.prg import new_key
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS, encode
 from securetorch.runtime import costs
 from securetorch.runtime.context import current
+from securetorch.runtime.deployment import PROTOCOL_VERSION, ClusterConfig, ConfigError
 from securetorch.runtime.wire import SeededShare, SharePayload, dumps_callable, loads, map_structure
 from securetorch.tensor.shared import decode_as, scale_bits
 
@@ -60,9 +62,8 @@ def private(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> Private:
 
 class Cluster:
     """A driver's connection to three party processes (ranks 0, 1, 2) by their control
-    addresses. ``LocalCluster`` starts the parties and sets them up; connecting to party
-    servers started elsewhere (a config file, CURVE keys) is the deployment work still to
-    come, so use ``LocalCluster`` for now."""
+    addresses. ``LocalCluster`` starts three parties on this machine; ``Cluster.from_config``
+    connects to long-lived parties (``securetorch party --config``) over CURVE."""
 
     def __init__(
         self,
@@ -71,6 +72,8 @@ class Cluster:
         timeout: float = 60.0,
         compare_bits: int = DEFAULT_COMPARE_BITS,
         progress: bool | None = None,
+        keys: CurveKeys | None = None,
+        party_keys: list[bytes] | None = None,
     ) -> None:
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
@@ -79,11 +82,17 @@ class Cluster:
         self.timeout = timeout
         self._zmq = zmq.Context()
         self._sockets: list[zmq.Socket] = []
-        for addr in control_addresses:
+        for r, addr in enumerate(control_addresses):
             sock = self._zmq.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+            if keys is not None:
+                if party_keys is None:
+                    raise ValueError("an encrypted cluster needs the parties' public keys")
+                keys.client(sock, party_keys[r])
             sock.connect(addr)
             self._sockets.append(sock)
+        self._end_message = b"end"  # a session ends; the parties keep running
         self._jobs = itertools.count(1)
         self._broken: str | None = None
         self._closed = False
@@ -96,8 +105,11 @@ class Cluster:
         """Parties known to be gone, with why (LocalCluster watches its processes)."""
         return {}
 
-    def _send(self, rank: int, *frames: bytes) -> None:
-        self._sockets[rank].send_multipart(list(frames))
+    def _send(self, rank: int, *frames: bytes, block: bool = True) -> None:
+        try:
+            self._sockets[rank].send_multipart(list(frames), flags=0 if block else zmq.NOBLOCK)
+        except zmq.Again as exc:
+            raise PartyError(f"party {rank} is not reachable (no connection within {self.timeout:.1f} s)") from exc
 
     def _poll(self, ranks: list[int], wait: float) -> dict[int, list[bytes]]:
         """Replies that arrive from ``ranks`` within ``wait`` seconds (progress reports are
@@ -149,17 +161,59 @@ class Cluster:
         if self._broken:
             raise PartyError(f"the cluster is down: {self._broken}")
 
-    def _setup(self, peers: dict[int, str]) -> None:
-        config = {
-            "peers": peers,
-            "frac_bits": self.frac_bits,
-            "compare_bits": self.compare_bits,
-            "timeout": self.timeout,
-        }
-        config = json.dumps(config).encode()
+    @classmethod
+    def from_config(
+        cls, path: str | os.PathLike[str], key: str | os.PathLike[str] | None = None, progress: bool | None = None
+    ) -> Cluster:
+        """Connect to the three parties a cluster file names (see ``runtime.deployment``) and
+        start a session: every party checks the protocol version, the fixed-point setting and
+        its rank against the driver's; with CURVE keys in the file, ``key`` is this driver's
+        ``.key_secret`` file (``securetorch keygen``), and its public key must be listed under
+        [drivers]. ``close()`` ends the session; the parties keep serving."""
+        config = ClusterConfig.load(path)
+        keys = None
+        if config.encrypted:
+            if key is None:
+                raise ConfigError(f"{path} uses CURVE keys: pass key=<this driver's .key_secret file>")
+            keys = CurveKeys(*load_keypair(key))
+        cluster = cls(
+            [p.control for p in config.parties],
+            config.frac_bits,
+            config.timeout,
+            config.compare_bits,
+            progress,
+            keys=keys,
+            party_keys=[p.public_key for p in config.parties] if keys else None,  # type: ignore[misc]
+        )
+        try:
+            cluster._setup(None)
+        except BaseException:
+            cluster.close()
+            raise
+        return cluster
+
+    def _setup(self, peers: dict[int, str] | None) -> None:
+        """Start the session (parties with a cluster file know their peers: ``peers=None``)."""
         for r in RANKS:
-            self._send(r, b"setup", config)
-        replies = self._recv_all(list(RANKS), time.monotonic() + self.timeout + 10)
+            config = {
+                "version": PROTOCOL_VERSION,
+                "rank": r,
+                "peers": peers,
+                "frac_bits": self.frac_bits,
+                "compare_bits": self.compare_bits,
+                "timeout": self.timeout,
+            }
+            self._send(r, b"setup", json.dumps(config).encode())
+        try:
+            replies = self._recv_all(list(RANKS), time.monotonic() + self.timeout + 10)
+        except PartyError as exc:
+            raise PartyError(
+                f"{exc}: are the parties running at these addresses, and is this driver's public key "
+                "listed under [drivers] in their cluster file?"
+            ) from None
+        errors = {r: loads(f[1])[0] for r, f in replies.items() if f[0] == b"err"}
+        if errors:
+            raise PartyError("; ".join(str(e) for e in errors.values()), {r: str(e) for r, e in errors.items()})
         for r, frames in replies.items():
             if frames[0] != b"ready":
                 raise PartyError(f"party {r} failed to set up")
@@ -308,9 +362,9 @@ class Cluster:
         self._closed = True
         for r in RANKS:
             try:
-                self._send(r, b"stop")
-            except zmq.ZMQError:
-                pass
+                self._send(r, self._end_message, block=False)
+            except (zmq.ZMQError, PartyError):
+                pass  # a party that cannot be reached has no session to end
         for sock in self._sockets:
             sock.close(0)
         self._zmq.term()
@@ -391,6 +445,7 @@ class LocalCluster(Cluster):
                 if time.monotonic() > deadline:
                     raise PartyError("the parties did not start within 120 s")
             super().__init__([found[r]["control"] for r in RANKS], frac_bits, timeout, compare_bits, progress)
+            self._end_message = b"stop"  # this driver started the parties: they stop with it
             _LIVE.add(self)
             self._setup({r: found[r]["peer"] for r in RANKS})
         except BaseException:

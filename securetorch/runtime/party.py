@@ -22,11 +22,13 @@ import torch
 import zmq
 
 from securetorch.comm.network import PeerNetwork, bind_any
+from securetorch.comm.security import DRIVERS_DOMAIN, CurveKeys, KeyFileError, load_keypair, start_authenticator
 from securetorch.comm.stats import CommStats
 from securetorch.errors import PartyError
 from securetorch.prg import new_key
 from securetorch.runtime import context
 from securetorch.runtime.context import PartyContext, PartyKeys
+from securetorch.runtime.deployment import PROTOCOL_VERSION, ClusterConfig, ConfigError, settings_mismatch
 from securetorch.runtime.wire import SharePayload, dumps, loads, map_structure
 
 
@@ -58,16 +60,49 @@ def _from_shared(value: Any) -> Any:
     return value
 
 
+SESSION_SHIFT = 32
+"""Peer messages carry job ids session << 32 | job: a new driver session never mistakes a
+late message of an earlier session for one of its own."""
+
+
 class PartyServer:
-    def __init__(self, rank: int, control_address: str, peer_address: str, timeout: float) -> None:
+    """One party: serves drivers on its control socket, one session (driver) at a time.
+
+    With a ``config`` (``securetorch party --config``) the party is a long-lived service: its
+    addresses, its peers and the fixed-point setting come from the cluster file, every
+    socket runs CURVE with ``keys``, a driver's settings must match the file, and secured
+    models stay in the party's store across driver sessions. Without one (``LocalCluster``)
+    the driver tells the party its peers and settings.
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        control_address: str,
+        peer_address: str,
+        timeout: float,
+        config: ClusterConfig | None = None,
+        keys: CurveKeys | None = None,
+    ) -> None:
         self.rank = rank
         self.timeout = timeout
+        self.config = config
         self.zmq = zmq.Context()
+        self.auth = None
+        if keys is not None and config is not None:
+            others = tuple(p.public_key for p in config.parties if p.rank != rank and p.public_key)
+            self.auth = start_authenticator(self.zmq, config.driver_keys, others)
         self.control = self.zmq.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.server(self.control, DRIVERS_DOMAIN)
         self.control_address = bind_any(self.control, control_address)
-        self.net = PeerNetwork(rank, self.zmq, peer_address, timeout, self._on_control_during_job, self.control)
+        self.net = PeerNetwork(
+            rank, self.zmq, peer_address, timeout, self._on_control_during_job, self.control, curve=keys
+        )
         self.ctx: PartyContext | None = None
+        self.store: dict[str, object] = {}  # secured models and KV caches, across sessions
+        self.session = 0
         self.job: int | None = None
         self._deferred: list[list[bytes]] = []
 
@@ -86,16 +121,41 @@ class PartyServer:
         if frames[1] != b"abort":
             self._deferred.append(frames)
 
+    def _check_driver(self, config: dict[str, Any]) -> str | None:
+        """Why this driver's session cannot start here, or None."""
+        if int(config.get("rank", self.rank)) != self.rank:
+            return f"the driver expects rank {config['rank']} at this address, but this is party {self.rank}"
+        if self.config is not None:
+            return settings_mismatch(self.config.settings(), config)
+        if int(config.get("version", PROTOCOL_VERSION)) != PROTOCOL_VERSION:
+            return settings_mismatch({"version": PROTOCOL_VERSION}, config)
+        return None
+
     def _setup(self, ident: bytes, config: dict[str, Any]) -> None:
-        self.net.timeout = float(config.get("timeout", self.timeout))
-        self.net.connect({int(k): v for k, v in config["peers"].items()})
+        """Start a driver's session: check its settings, connect to the peers (once), and
+        agree on fresh PRG keys with them."""
+        problem = self._check_driver(config)
+        if problem is not None:
+            _log(f"party {self.rank}: refused a driver: {problem}")
+            self._reply(ident, b"err", dumps((PartyError(f"party {self.rank}: {problem}"), "")))
+            return
+        if self.config is None:
+            self.net.timeout = float(config.get("timeout", self.timeout))
+        if not self.net.connected:
+            if self.config is not None:
+                peers = {p.rank: p.peer for p in self.config.parties}
+                keys = {p.rank: p.public_key for p in self.config.parties if p.public_key is not None}
+                self.net.connect(peers, keys or None)
+            else:
+                self.net.connect({int(k): v for k, v in config["peers"].items()})
+        self.session += 1
         prev, nxt = (self.rank - 1) % 3, (self.rank + 1) % 3
         own_key, common_part = new_key(), new_key()
 
         def as_tensor(key: bytes) -> torch.Tensor:
             return torch.frombuffer(bytearray(key), dtype=torch.uint8)
 
-        self.net.begin_job(0)
+        self.net.begin_job(self.session << SESSION_SHIFT)
         got = self.net.exchange(
             {prev: [as_tensor(own_key), as_tensor(common_part)], nxt: [as_tensor(common_part)]}, [nxt, prev]
         )
@@ -104,13 +164,14 @@ class PartyServer:
         common = hashlib.sha256(b"".join(parts[r] for r in range(3))).digest()[:16]
         keys = PartyKeys(prev=own_key, next=next_key, common=common, private=new_key())
         self.ctx = PartyContext(self.rank, int(config["frac_bits"]), int(config["compare_bits"]), self.net, keys)
+        self.ctx.store = self.store
         self.net.stats = CommStats()
         context.set_current(self.ctx)
         self._reply(ident, b"ready", json.dumps({"rank": self.rank}).encode())
 
     def _run(self, ident: bytes, job: int, payload: bytes) -> None:
         self.job = job
-        self.ctx.start_job(job)
+        self.ctx.start_job((self.session << SESSION_SHIFT) | job)
 
         def progress(done: int, total: int) -> None:
             self._reply(ident, b"progress", json.dumps([job, done, total]).encode())
@@ -159,7 +220,18 @@ class PartyServer:
         elif kind == b"reset_stats":
             self.net.stats = CommStats()
             self._reply(ident, b"stats", json.dumps(self.net.stats.as_dict()).encode())
+        elif kind == b"end":  # the driver's session is over; the party keeps serving
+            self.ctx = None
+            context.set_current(None)
+            self._reply(ident, b"bye")
         elif kind == b"stop":
+            if self.config is not None:  # a service is stopped by its operator, not by a driver
+                self._reply(
+                    ident,
+                    b"err",
+                    dumps((PartyError(f"party {self.rank}: a service party is not stopped by drivers"), "")),
+                )
+                return True
             self._reply(ident, b"bye")
             return False
         # b"abort" outside a job: nothing to abort
@@ -174,7 +246,7 @@ class PartyServer:
             if not running:
                 break
             if self.control.poll(1000) == 0:
-                if os.getppid() != parent and parent != 1:
+                if self.config is None and os.getppid() != parent and parent != 1:
                     break  # the driver that started us is gone
                 continue
             running = self._handle_safely(self.control.recv_multipart())
@@ -183,6 +255,8 @@ class PartyServer:
     def close(self) -> None:
         self.net.close()
         self.control.close(0)
+        if self.auth is not None:
+            self.auth.stop()
         self.zmq.term()
 
 
@@ -195,7 +269,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: cores / 3)")
     parser.add_argument("--announce", default=None, help="PUSH address to report bound endpoints to")
     parser.add_argument("--die-with-parent", action="store_true")
+    parser.add_argument("--config", default=None, help="cluster file (TOML): run as a long-lived service")
+    parser.add_argument("--key", default=None, help="this party's CURVE secret key file (securetorch keygen)")
     opts = parser.parse_args(argv)
+    config = keys = None
+    if opts.config:
+        try:
+            config = ClusterConfig.load(opts.config)
+            if config.encrypted:
+                if opts.key is None:
+                    raise ConfigError(f"{opts.config} uses CURVE keys: pass this party's --key FILE.key_secret")
+                keys = CurveKeys(*load_keypair(opts.key))
+                if keys.public != config.parties[opts.rank].public_key:
+                    raise ConfigError(f"{opts.key} is not the key that {opts.config} lists for party {opts.rank}")
+        except (ConfigError, KeyFileError) as exc:
+            parser.exit(2, f"securetorch party: {exc}\n")
+        me = config.parties[opts.rank]
+        opts.control, opts.peer, opts.timeout = me.control, me.peer, config.timeout
     if opts.die_with_parent:
         _die_with_parent()
     torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 3) // 3))
@@ -204,7 +294,10 @@ def main(argv: list[str] | None = None) -> None:
 
     resolve_kernel()  # time the ring matmul kernels now, not during the first product
 
-    server = PartyServer(opts.rank, opts.control, opts.peer, opts.timeout)
+    server = PartyServer(opts.rank, opts.control, opts.peer, opts.timeout, config, keys)
+    if config is not None:
+        print(f"securetorch party {opts.rank}: serving drivers on {server.control_address}, "
+              f"peers on {server.net.address}{' (CURVE)' if keys else ' (unencrypted)'}", flush=True)  # fmt: skip
     if opts.announce:
         push = server.zmq.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 2000)

@@ -1,0 +1,152 @@
+"""Long-lived parties from a cluster file: CURVE on every link, drivers authenticated by key,
+the session handshake, and several driver sessions in a row."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import transformers
+from transformers import BertConfig, BertModel
+
+import securetorch as puma
+from securetorch.comm.security import keygen
+from securetorch.runtime.deployment import ClusterConfig, ConfigError
+
+transformers.logging.set_verbosity_error()
+
+TIMEOUT = 5.0
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def cluster_file(path, ports, party_keys, driver_keys, frac_bits=18) -> str:
+    lines = [f"[settings]\nfrac_bits = {frac_bits}\ncompare_bits = 44\ntimeout = {TIMEOUT}\n"]
+    for r in range(3):
+        lines.append(
+            f'[[parties]]\nrank = {r}\ncontrol = "tcp://127.0.0.1:{ports[2 * r]}"\n'
+            f'peer = "tcp://127.0.0.1:{ports[2 * r + 1]}"\npublic_key = "{party_keys[r]}"\n'
+        )
+    lines.append("[drivers]\npublic_keys = [" + ", ".join(f'"{k}"' for k in driver_keys) + "]\n")
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys")
+    party = [keygen(keys, f"party{r}") for r in range(3)]
+    driver = keygen(keys, "driver")
+    intruder = keygen(keys, "intruder")
+    ports = _free_ports(6)
+    config = cluster_file(keys / "cluster.toml", ports, [p[2] for p in party], [driver[2]])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "securetorch.cli",
+                "party",
+                "--rank",
+                str(r),
+                "--config",
+                config,
+                "--key",
+                str(party[r][1]),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(3)
+    ]
+    for p in procs:  # each prints one line once it serves
+        assert "serving drivers" in p.stdout.readline()
+    yield {
+        "config": config,
+        "driver": driver[1],
+        "intruder": intruder[1],
+        "party_keys": party,
+        "ports": ports,
+        "dir": keys,
+    }
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(10)
+
+
+def test_a_driver_runs_secure_work_over_curve(deployment) -> None:
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as cluster:
+        assert cluster.run(puma.rank) == [0, 1, 2]
+        got = cluster.run(lambda v: (v @ v.T).relu(), puma.private(x))[0]
+        assert torch.allclose(got, (x @ x.T).relu(), atol=1e-3)
+        torch.manual_seed(0)
+        model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).eval()  # fmt: skip
+        ids = torch.randint(0, 50, (1, 5), generator=torch.Generator().manual_seed(1))
+        secure_model = puma.secure(model, cluster=cluster)
+        out = secure_model(input_ids=ids)
+        with torch.no_grad():
+            ref = model(input_ids=ids)
+        assert float((out.last_hidden_state - ref.last_hidden_state).abs().max()) <= 1e-2
+        secure_model.close()
+    # the parties keep serving: a second session (fresh PRG keys) works the same
+    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as cluster:
+        assert torch.allclose(cluster.run(lambda v: v * 3, puma.private(x))[0], x * 3, atol=1e-4)
+
+
+def test_a_driver_with_an_unknown_key_is_refused(deployment) -> None:
+    started = time.monotonic()
+    with pytest.raises(puma.PartyError, match="public key listed under \\[drivers\\]"):
+        puma.Cluster.from_config(deployment["config"], key=deployment["intruder"])
+    assert time.monotonic() - started < TIMEOUT + 15
+    with pytest.raises(ConfigError, match="pass key="):
+        puma.Cluster.from_config(deployment["config"])
+
+
+def test_a_settings_mismatch_names_the_setting(deployment, tmp_path) -> None:
+    keys = [k[2] for k in deployment["party_keys"]]
+    driver_public = ClusterConfig.load(deployment["config"]).driver_keys[0].decode()
+    other = cluster_file(tmp_path / "other.toml", deployment["ports"], keys, [driver_public], frac_bits=16)
+    with pytest.raises(puma.PartyError, match="frac_bits differs: the party has 18, the driver has 16"):
+        puma.Cluster.from_config(other, key=deployment["driver"])
+    # the refused driver left the parties serving
+    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as cluster:
+        assert cluster.run(puma.rank) == [0, 1, 2]
+
+
+def test_party_refuses_a_key_that_is_not_its_own(deployment) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "securetorch.cli", "party", "--rank", "0", "--config", deployment["config"], "--key", str(deployment["driver"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "is not the key that" in result.stderr and "lists for party 0" in result.stderr
+
+
+def test_cluster_file_errors_say_what_is_wrong(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[parties]]\nrank = 0\ncontrol = "tcp://127.0.0.1:1"\npeer = "tcp://127.0.0.1:2"\n')
+    with pytest.raises(ConfigError, match="exactly three"):
+        ClusterConfig.load(bad)
+    keys = ["x" * 40] * 3
+    path = cluster_file(tmp_path / "nodrivers.toml", list(range(1000, 1006)), keys, [])
+    with pytest.raises(ConfigError, match="no driver could connect"):
+        ClusterConfig.load(path)
