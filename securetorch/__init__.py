@@ -12,7 +12,7 @@ from securetorch.errors import PartyError
 from securetorch.ring import DEFAULT_FRAC_BITS
 from securetorch.runtime.cluster import Cluster, LocalCluster, private, run_local
 from securetorch.runtime.context import rank, stats
-from securetorch.secure import SecureModel, secure
+from securetorch.secure import SecureModel, load_shares, save_shares, secure
 from securetorch.tensor import SharedTensor, share
 
 __version__ = "0.1.0"
@@ -25,10 +25,12 @@ __all__ = [
     "PartyError",
     "SecureModel",
     "SharedTensor",
+    "load_shares",
     "private",
     "rank",
     "ring",
     "run_local",
+    "save_shares",
     "secure",
     "share",
     "stats",

@@ -12,7 +12,11 @@ reconstructed on the driver only.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
+import json
+import os
+import pathlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,10 +58,13 @@ class StepCost:
 
 @dataclass
 class _PartyModel:
-    """What a party keeps between calls: its copy of the model (shares in place of weights)."""
+    """What a party keeps between calls: its copy of the model (shares in place of weights),
+    and where each parameter sits (to save the shares)."""
 
     model: torch.nn.Module
     spec: FamilySpec
+    bindings: list[tuple[str, str, str]]
+    buffers: list[tuple[str, str, torch.Tensor]]
 
 
 # ----------------------------------------------------------------------------- party side
@@ -71,6 +78,16 @@ def _install(
     bindings: list[tuple[str, str, str]],
     buffers: list[tuple[str, str, torch.Tensor]],
 ) -> None:
+    current().store[key] = _build(cls, config, params, bindings, buffers)
+
+
+def _build(
+    cls: type,
+    config: Any,
+    params: dict[str, SharedTensor],
+    bindings: list[tuple[str, str, str]],
+    buffers: list[tuple[str, str, torch.Tensor]],
+) -> _PartyModel:
     """Build the model without weights, swap modules, and put the shares in place."""
     config._attn_implementation = "eager"
     with torch.device("meta"):
@@ -99,7 +116,105 @@ def _install(
         if name:  # cost reports book each op under the innermost module running it
             module.register_forward_pre_hook(lambda *_, name=name: costs.enter_module(name))
             module.register_forward_hook(lambda *_: costs.exit_module())
-    current().store[key] = _PartyModel(model, spec)
+    return _PartyModel(model, spec, bindings, buffers)
+
+
+def _model_state(key: str) -> _PartyModel:
+    state = current().store.get(key)
+    if not isinstance(state, _PartyModel):
+        raise KeyError(f"party {current().rank} holds no secured model named {key!r}")
+    return state
+
+
+def _describe(key: str) -> dict[str, Any]:
+    """The public facts a driver needs to call a secured model it did not secure itself."""
+    state = _model_state(key)
+    table = get_path(base_model(state.model, state.spec), state.spec.embeddings).weight
+    return {
+        "cls": type(state.model),
+        "config": state.model.config,
+        "vocab_size": int(table.shape[0]),
+        "has_lm_head": hasattr(state.model, "lm_head"),
+    }
+
+
+SHARES_FORMAT = "securetorch-shares-1"
+
+
+def shares_file(directory: str, rank: int) -> pathlib.Path:
+    return pathlib.Path(directory) / f"party{rank}.safetensors"
+
+
+def _save_shares(key: str, directory: str) -> str:
+    """Write this party's shares of a secured model (and its public buffers and
+    architecture) to ``directory/party<rank>.safetensors``; return the path."""
+    from safetensors.torch import save_file
+
+    state, ctx = _model_state(key), current()
+    tensors: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, str] = {}
+    for module_name, attr, param_key in state.bindings:
+        if param_key in dtypes:
+            continue  # a tied parameter is stored once
+        value: SharedTensor = getattr(state.model.get_submodule(module_name), attr)
+        tensors[f"{param_key}/0"], tensors[f"{param_key}/1"] = (t.contiguous() for t in value.shares)
+        dtypes[param_key] = str(value.dtype).removeprefix("torch.")
+    for module_name, attr, buffer in state.buffers:
+        tensors[f"buffer/{module_name}/{attr}"] = buffer.contiguous()
+    cls = type(state.model)
+    metadata = {
+        "format": SHARES_FORMAT,
+        "name": key,
+        "rank": str(ctx.rank),
+        "frac_bits": str(ctx.frac_bits),
+        "class": f"{cls.__module__}:{cls.__qualname__}",
+        "config": state.model.config.to_json_string(use_diff=False),
+        "bindings": json.dumps(state.bindings),
+        "dtypes": json.dumps(dtypes),
+    }
+    path = shares_file(directory, ctx.rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata)
+    path.chmod(0o600)
+    return str(path)
+
+
+def load_shares_file(path: str | pathlib.Path, rank: int, frac_bits: int) -> tuple[str, _PartyModel]:
+    """Read a party's shares file (``_save_shares``) and build the model; its name and state.
+    Refuses a file of another party or another fixed-point setting, or an unsupported class."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+        if meta.get("format") != SHARES_FORMAT:
+            raise ValueError(f"{path} is not a securetorch shares file")
+        if int(meta["rank"]) != rank:
+            raise ValueError(f"{path} holds party {meta['rank']}'s shares, not party {rank}'s")
+        if int(meta["frac_bits"]) != frac_bits:
+            raise ValueError(f"{path} was written with frac_bits = {meta['frac_bits']}, this party uses {frac_bits}")
+        module_name, _, qualname = meta["class"].partition(":")
+        cls = getattr(importlib.import_module(module_name), qualname)
+        spec_for(cls)  # only the supported families
+        config = cls.config_class.from_dict(json.loads(meta["config"]))
+        dtypes = json.loads(meta["dtypes"])
+        params = {
+            key: SharedTensor((handle.get_tensor(f"{key}/0"), handle.get_tensor(f"{key}/1")), getattr(torch, dtype))
+            for key, dtype in dtypes.items()
+        }
+        buffers = [
+            (*name.removeprefix("buffer/").rsplit("/", 1), handle.get_tensor(name))
+            for name in handle.keys()
+            if name.startswith("buffer/")
+        ]
+    bindings = [tuple(b) for b in json.loads(meta["bindings"])]
+    return meta["name"], _build(cls, config, params, bindings, buffers)  # type: ignore[arg-type]
+
+
+def _load_shares(directory: str) -> str:
+    ctx = current()
+    name, state = load_shares_file(shares_file(directory, ctx.rank), ctx.rank, ctx.frac_bits)
+    ctx.store[name] = state
+    return name
 
 
 def _transposed_storage(weight: SharedTensor) -> SharedTensor:
@@ -187,22 +302,18 @@ def _end_generation(key: str) -> None:
 
 
 class SecureModel:
-    """A model whose weights live secret-shared in three parties; call it like the original."""
+    """A model whose weights live secret-shared in three parties; call it like the original.
 
-    def __init__(self, model: torch.nn.Module, cluster: Cluster | None = None) -> None:
-        self.spec = spec_for(model)
+    ``secure(model)`` makes one from a plaintext model (the model owner);
+    ``SecureModel.by_name(name, cluster)`` attaches to one the parties already hold (another
+    driver, or after ``load_shares``), without ever seeing the weights."""
+
+    def __init__(self, model: torch.nn.Module, cluster: Cluster | None = None, name: str | None = None) -> None:
         if model.training:
             raise ValueError("secure() needs a model in eval mode: call model.eval() first")
-        self.config = model.config
-        self.class_name = type(model).__name__
-        self.can_generate = self.spec.causal and hasattr(model, "lm_head")
-        self.generation_costs: list[StepCost] = []
-        self.cluster = cluster or default_cluster()
-        self.key = f"secure-model-{next(_IDS)}"
-        self.vocab_size = get_path(base_model(model, self.spec), self.spec.embeddings).weight.shape[0]
-        self.max_positions = getattr(model.config, "max_position_embeddings", None) or getattr(
-            model.config, "n_positions", None
-        )
+        spec = spec_for(model)
+        vocab_size = get_path(base_model(model, spec), spec.embeddings).weight.shape[0]
+        self._describe_as(type(model), model.config, vocab_size, hasattr(model, "lm_head"), cluster, name)
         params: dict[str, Any] = {}
         keys: dict[int, str] = {}
         bindings: list[tuple[str, str, str]] = []
@@ -219,6 +330,28 @@ class SecureModel:
                 if buffer is not None:  # derived from the public config (positions, rotary frequencies)
                     buffers.append((module_name, attr, buffer.detach()))
         self.cluster.run(_install, self.key, type(model), model.config, params, bindings, buffers)
+
+    def _describe_as(
+        self, cls: type, config: Any, vocab_size: int, has_lm_head: bool, cluster: Cluster | None, name: str | None
+    ) -> None:
+        self.spec = spec_for(cls)
+        self.config = config
+        self.class_name = cls.__name__
+        self.can_generate = self.spec.causal and has_lm_head
+        self.generation_costs: list[StepCost] = []
+        self.cluster = cluster or default_cluster()
+        self.key = name or f"secure-model-{next(_IDS)}"
+        self.vocab_size = vocab_size
+        self.max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+    @classmethod
+    def by_name(cls, name: str, cluster: Cluster) -> SecureModel:
+        """The secured model the parties hold under ``name``: its public architecture comes
+        from the parties; the weights stay with them."""
+        facts = cluster.run(_describe, name)[0]
+        model = cls.__new__(cls)
+        model._describe_as(facts["cls"], facts["config"], facts["vocab_size"], facts["has_lm_head"], cluster, name)
+        return model
 
     def _check_ids(self, input_ids: torch.Tensor) -> None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
@@ -303,9 +436,25 @@ class SecureModel:
             self.cluster.run(_uninstall, self.key)
 
 
-def secure(model: torch.nn.Module, cluster: Cluster | None = None) -> SecureModel:
-    """Secret-share ``model``'s weights to three parties and return a drop-in secure module."""
-    return SecureModel(model, cluster)
+def secure(model: torch.nn.Module, cluster: Cluster | None = None, name: str | None = None) -> SecureModel:
+    """Secret-share ``model``'s weights to three parties and return a drop-in secure module.
+    With a ``name``, other drivers can use it later (``SecureModel.by_name``)."""
+    return SecureModel(model, cluster, name)
+
+
+def save_shares(model: SecureModel, directory: str | os.PathLike[str]) -> list[str]:
+    """Each party writes its own shares of ``model`` (with the public architecture and
+    buffers) to ``directory/party<rank>.safetensors`` on its own host; the paths, by rank.
+    A party can then restart without the model owner (``securetorch party --shares FILE``)."""
+    return model.cluster.run(_save_shares, model.key, os.fspath(directory))
+
+
+def load_shares(directory: str | os.PathLike[str], cluster: Cluster) -> SecureModel:
+    """Each party loads its own ``directory/party<rank>.safetensors``; the model, by its name."""
+    names = cluster.run(_load_shares, os.fspath(directory))
+    if len(set(names)) != 1:
+        raise ValueError(f"the parties' files hold different models: {names}")
+    return SecureModel.by_name(names[0], cluster)
 
 
 __all__ = ["SecureModel", "default_cluster", "secure"]

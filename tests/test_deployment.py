@@ -45,6 +45,17 @@ def cluster_file(path, ports, party_keys, driver_keys, frac_bits=18) -> str:
     return str(path)
 
 
+def start_party(config: str, rank: int, key, *shares) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    cmd = [sys.executable, "-m", "securetorch.cli", "party", "--rank", str(rank), "--config", config, "--key", str(key)]
+    for path in shares:
+        cmd += ["--shares", str(path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    lines = [proc.stdout.readline() for _ in range(1 + len(shares))]
+    assert "serving drivers" in lines[-1], lines
+    return proc
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys")
@@ -53,37 +64,8 @@ def deployment(tmp_path_factory):
     intruder = keygen(keys, "intruder")
     ports = _free_ports(6)
     config = cluster_file(keys / "cluster.toml", ports, [p[2] for p in party], [driver[2]])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "securetorch.cli",
-                "party",
-                "--rank",
-                str(r),
-                "--config",
-                config,
-                "--key",
-                str(party[r][1]),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(3)
-    ]
-    for p in procs:  # each prints one line once it serves
-        assert "serving drivers" in p.stdout.readline()
-    yield {
-        "config": config,
-        "driver": driver[1],
-        "intruder": intruder[1],
-        "party_keys": party,
-        "ports": ports,
-        "dir": keys,
-    }
+    procs = [start_party(config, r, party[r][1]) for r in range(3)]
+    yield {"config": config, "driver": driver[1], "intruder": intruder[1], "party_keys": party, "ports": ports, "dir": keys, "procs": procs}  # fmt: skip
     for p in procs:
         p.terminate()
     for p in procs:
@@ -150,3 +132,53 @@ def test_cluster_file_errors_say_what_is_wrong(tmp_path) -> None:
     path = cluster_file(tmp_path / "nodrivers.toml", list(range(1000, 1006)), keys, [])
     with pytest.raises(ConfigError, match="no driver could connect"):
         ClusterConfig.load(path)
+
+
+def test_model_owner_leaves_data_owner_uses_it_and_a_killed_party_restarts_from_its_shares(
+    deployment, tmp_path
+) -> None:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    model = BertModel(config).eval()
+    ids = torch.randint(0, 50, (1, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model(input_ids=ids).last_hidden_state
+    # the model owner secures the model under a name, has each party save its shares, leaves
+    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as owner:
+        secured = puma.secure(model, cluster=owner, name="tiny-bert")
+        paths = puma.save_shares(secured, tmp_path / "shares")
+    assert [os.path.basename(p) for p in paths] == ["party0.safetensors", "party1.safetensors", "party2.safetensors"]
+    # the data owner uses it by name, without the weights
+    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as user:
+        remote = puma.SecureModel.by_name("tiny-bert", user)
+        assert float((remote(input_ids=ids).last_hidden_state - want).abs().max()) <= 1e-2
+        with pytest.raises(KeyError, match="no secured model named 'nope'"):
+            puma.SecureModel.by_name("nope", user)
+        # party 1 dies in the middle of a request: the driver hears of it within the timeout
+        long_ids = torch.randint(0, 50, (1, 60), generator=torch.Generator().manual_seed(3))
+        victim = deployment["procs"][1].pid
+        killer = subprocess.Popen([sys.executable, "-c", f"import os, time; time.sleep(0.3); os.kill({victim}, 9)"])
+        started = time.monotonic()
+        with pytest.raises(puma.PartyError):
+            remote(input_ids=long_ids)
+        assert time.monotonic() - started < 2 * TIMEOUT + 10
+        killer.wait()
+    deployment["procs"][1].wait(10)
+    # the operator restarts party 1 from its shares file; the cluster serves the next request
+    deployment["procs"][1] = start_party(deployment["config"], 1, deployment["party_keys"][1][1], paths[1])
+    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as user:
+        remote = puma.SecureModel.by_name("tiny-bert", user)
+        assert float((remote(input_ids=ids).last_hidden_state - want).abs().max()) <= 1e-2
+
+
+def test_a_party_serves_only_its_own_shares_file(deployment, tmp_path) -> None:
+    from securetorch.secure import load_shares_file
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as owner:
+        paths = puma.save_shares(puma.secure(BertModel(config).eval(), cluster=owner, name="other"), tmp_path)
+    with pytest.raises(ValueError, match="holds party 0's shares, not party 1's"):
+        load_shares_file(paths[0], rank=1, frac_bits=18)
+    with pytest.raises(ValueError, match="written with frac_bits = 18, this party uses 16"):
+        load_shares_file(paths[1], rank=1, frac_bits=16)

@@ -20,6 +20,11 @@ from securetorch.comm.security import PEERS_DOMAIN, CurveKeys
 from securetorch.comm.stats import CommStats
 from securetorch.errors import PartyError, ProtocolError
 
+SESSION_SHIFT = 32
+"""Job ids on the wire are session << 32 | job (the driver picks a random session id), so a
+late message of an earlier session is never taken for one of the current session, even
+after a party restarts."""
+
 
 def bind_any(sock: zmq.Socket, address: str) -> str:
     """Bind ``address`` (``tcp://host:*`` picks a free port) and return the bound endpoint."""
@@ -82,10 +87,17 @@ class PeerNetwork:
             sock.connect(addr)
             self._push[peer] = sock
 
+    def begin_session(self, session: int) -> None:
+        """A driver's session starts: job ids are now session << 32 | job. Messages of other
+        sessions are dropped; early ones of this session (a faster peer) are kept."""
+        self._inbox = {k: v for k, v in self._inbox.items() if k[1] >> SESSION_SHIFT == session}
+        self.begin_job(session << SESSION_SHIFT)
+
     def begin_job(self, job: int) -> None:
         self.job = job
         self.step = 0
-        self._inbox = {k: v for k, v in self._inbox.items() if k[1] >= job}
+        session = job >> SESSION_SHIFT
+        self._inbox = {k: v for k, v in self._inbox.items() if k[1] >= job or k[1] >> SESSION_SHIFT != session}
 
     def exchange(
         self, sends: Mapping[int, Sequence[torch.Tensor]], recv_from: Iterable[int]
@@ -142,8 +154,8 @@ class PeerNetwork:
                 head, tensors = decode_message(frames)
             except FrameError:
                 continue  # a malformed frame is dropped, never fatal
-            if head.job < self.job:
-                continue  # left over from an abandoned job
+            if head.job >> SESSION_SHIFT == self.job >> SESSION_SHIFT and head.job < self.job:
+                continue  # left over from an abandoned job of this session
             key = (head.sender, head.job, head.step)
             if key in self._inbox:
                 raise ProtocolError(f"party {self.rank}: two messages from party {head.sender} for step {head.step}")

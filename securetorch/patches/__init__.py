@@ -22,7 +22,8 @@ def supported_classes() -> list[str]:
 
 
 def spec_for(model: Any) -> FamilySpec:
-    name = type(model).__name__
+    """The family of a model instance or class, or NotImplementedError listing the supported."""
+    name = model.__name__ if isinstance(model, type) else type(model).__name__
     for family in FAMILIES:
         if name in family.classes:
             return family

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -193,10 +194,13 @@ class Cluster:
         return cluster
 
     def _setup(self, peers: dict[int, str] | None) -> None:
-        """Start the session (parties with a cluster file know their peers: ``peers=None``)."""
+        """Start the session (parties with a cluster file know their peers: ``peers=None``)
+        under a random session id, so that no party confuses it with an earlier one."""
+        session = secrets.randbits(31) | 1
         for r in RANKS:
             config = {
                 "version": PROTOCOL_VERSION,
+                "session": session,
                 "rank": r,
                 "peers": peers,
                 "frac_bits": self.frac_bits,

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 import zmq
 
-from securetorch.comm.network import PeerNetwork, bind_any
+from securetorch.comm.network import SESSION_SHIFT, PeerNetwork, bind_any
 from securetorch.comm.security import DRIVERS_DOMAIN, CurveKeys, KeyFileError, load_keypair, start_authenticator
 from securetorch.comm.stats import CommStats
 from securetorch.errors import PartyError
 from securetorch.prg import new_key
+from securetorch.ring import DEFAULT_FRAC_BITS
 from securetorch.runtime import context
 from securetorch.runtime.context import PartyContext, PartyKeys
 from securetorch.runtime.deployment import PROTOCOL_VERSION, ClusterConfig, ConfigError, settings_mismatch
@@ -58,11 +59,6 @@ def _from_shared(value: Any) -> Any:
         first, second = value.shares
         return SharePayload(first.contiguous(), second.contiguous(), value.dtype)
     return value
-
-
-SESSION_SHIFT = 32
-"""Peer messages carry job ids session << 32 | job: a new driver session never mistakes a
-late message of an earlier session for one of its own."""
 
 
 class PartyServer:
@@ -148,14 +144,14 @@ class PartyServer:
                 self.net.connect(peers, keys or None)
             else:
                 self.net.connect({int(k): v for k, v in config["peers"].items()})
-        self.session += 1
+        self.session = int(config["session"])
         prev, nxt = (self.rank - 1) % 3, (self.rank + 1) % 3
         own_key, common_part = new_key(), new_key()
 
         def as_tensor(key: bytes) -> torch.Tensor:
             return torch.frombuffer(bytearray(key), dtype=torch.uint8)
 
-        self.net.begin_job(self.session << SESSION_SHIFT)
+        self.net.begin_session(self.session)
         got = self.net.exchange(
             {prev: [as_tensor(own_key), as_tensor(common_part)], nxt: [as_tensor(common_part)]}, [nxt, prev]
         )
@@ -271,6 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--die-with-parent", action="store_true")
     parser.add_argument("--config", default=None, help="cluster file (TOML): run as a long-lived service")
     parser.add_argument("--key", default=None, help="this party's CURVE secret key file (securetorch keygen)")
+    parser.add_argument(
+        "--shares", action="append", default=[], help="a shares file to serve (puma.save_shares); repeatable"
+    )
     opts = parser.parse_args(argv)
     config = keys = None
     if opts.config:
@@ -295,6 +294,18 @@ def main(argv: list[str] | None = None) -> None:
     resolve_kernel()  # time the ring matmul kernels now, not during the first product
 
     server = PartyServer(opts.rank, opts.control, opts.peer, opts.timeout, config, keys)
+    if opts.shares:
+        from securetorch.secure import load_shares_file
+
+        frac_bits = config.frac_bits if config is not None else DEFAULT_FRAC_BITS
+        for path in opts.shares:
+            try:
+                name, state = load_shares_file(path, opts.rank, frac_bits)
+            except (OSError, ValueError, KeyError) as exc:
+                server.close()
+                parser.exit(2, f"securetorch party: cannot serve {path}: {exc}\n")
+            server.store[name] = state
+            print(f"securetorch party {opts.rank}: serving model {name!r} from {path}", flush=True)
     if config is not None:
         print(f"securetorch party {opts.rank}: serving drivers on {server.control_address}, "
               f"peers on {server.net.address}{' (CURVE)' if keys else ' (unencrypted)'}", flush=True)  # fmt: skip
