@@ -182,3 +182,21 @@ def test_a_party_serves_only_its_own_shares_file(deployment, tmp_path) -> None:
         load_shares_file(paths[0], rank=1, frac_bits=18)
     with pytest.raises(ValueError, match="written with frac_bits = 18, this party uses 16"):
         load_shares_file(paths[1], rank=1, frac_bits=16)
+
+
+def test_a_driver_dying_mid_request_leaves_the_parties_serving(deployment) -> None:
+    script = f"""
+import torch, securetorch as puma
+cluster = puma.Cluster.from_config({deployment["config"]!r}, key={str(deployment["driver"])!r})
+x = torch.randn(64, 64)
+print("connected", flush=True)
+cluster.run(lambda v: [v := (v @ v).tanh() for _ in range(150)][-1], puma.private(x))
+"""
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert driver.stdout.readline().strip() == "connected"
+    time.sleep(1.0)
+    driver.kill()
+    driver.wait()
+    x = torch.randn(3, 3, generator=torch.Generator().manual_seed(4))
+    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as cluster:
+        assert torch.allclose(cluster.run(lambda v: v + 1, puma.private(x))[0], x + 1, atol=1e-4)

@@ -77,7 +77,7 @@ def test_three_parties_on_three_hosts_over_curve(hosts) -> None:
     # step 1 of the README: a key pair per party and one for the driver
     public = {}
     for name in ("party0", "party1", "party2", "driver"):
-        out = subprocess.run([*cli, "keygen", name, "--dir", str(work)], check=True, capture_output=True, text=True)
+        out = subprocess.run([*cli, "keygen", name], cwd=work, check=True, capture_output=True, text=True)
         public[name] = out.stdout.split("public key: ")[1].strip()
     # step 2: the cluster file
     parties = "\n".join(

@@ -9,6 +9,7 @@ import transformers
 from transformers import BertConfig, BertModel
 
 import securetorch as puma
+from securetorch.comm.stats import total
 
 transformers.logging.set_verbosity_error()
 
@@ -50,3 +51,12 @@ def test_200_secure_calls_do_not_grow_party_memory(cluster) -> None:
         assert float((out.last_hidden_state - model(input_ids=ids).last_hidden_state).abs().max()) <= 1e-2
     for rank, (b, a) in enumerate(zip(before, after, strict=True)):
         assert a < b * 1.05, f"party {rank}: RSS grew from {b} KiB to {a} KiB over 200 calls"
+
+
+def test_bad_private_inputs_are_refused_before_anything_is_sent(cluster) -> None:
+    cluster.reset_stats()
+    for bad, why in ((float("nan"), "finite"), (float("inf"), "finite"), (2.0**50, "fixed-point range")):
+        with pytest.raises(ValueError, match=why):
+            cluster.run(lambda v: v * 2, puma.private(torch.tensor([1.0, bad])))
+    assert total(cluster.stats()).messages == 0  # no party received anything
+    assert cluster.run(puma.rank) == [0, 1, 2]

@@ -9,6 +9,7 @@ silent peer. While waiting, the party's control socket is watched so the driver 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -152,8 +153,9 @@ class PeerNetwork:
                 return
             try:
                 head, tensors = decode_message(frames)
-            except FrameError:
-                continue  # a malformed frame is dropped, never fatal
+            except FrameError as exc:  # a malformed frame is dropped, never fatal
+                print(f"party {self.rank}: dropped a malformed peer message ({exc})", file=sys.stderr, flush=True)
+                continue
             if head.job >> SESSION_SHIFT == self.job >> SESSION_SHIFT and head.job < self.job:
                 continue  # left over from an abandoned job of this session
             key = (head.sender, head.job, head.step)
