@@ -200,3 +200,14 @@ cluster.run(lambda v: [v := (v @ v).tanh() for _ in range(150)][-1], puma.privat
     x = torch.randn(3, 3, generator=torch.Generator().manual_seed(4))
     with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as cluster:
         assert torch.allclose(cluster.run(lambda v: v + 1, puma.private(x))[0], x + 1, atol=1e-4)
+
+
+def test_a_party_refuses_an_unencrypted_cluster_file_unless_told(tmp_path) -> None:
+    path = tmp_path / "plain.toml"
+    path.write_text(
+        "".join(f'[[parties]]\nrank = {r}\ncontrol = "tcp://127.0.0.1:{1 + r}"\npeer = "tcp://127.0.0.1:{9 + r}"\n' for r in range(3))
+    )  # fmt: skip
+    cmd = [sys.executable, "-m", "securetorch.cli", "party", "--rank", "0", "--config", str(path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "lists no public keys" in result.stderr and "--insecure" in result.stderr

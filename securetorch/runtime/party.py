@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=None, help="cluster file (TOML): run as a long-lived service")
     parser.add_argument("--key", default=None, help="this party's CURVE secret key file (securetorch keygen)")
     parser.add_argument(
+        "--insecure", action="store_true", help="allow a cluster file without keys (unencrypted links, tests only)"
+    )
+    parser.add_argument(
         "--shares", action="append", default=[], help="a shares file to serve (puma.save_shares); repeatable"
     )
     opts = parser.parse_args(argv)
@@ -281,6 +284,11 @@ def main(argv: list[str] | None = None) -> None:
                 keys = CurveKeys(*load_keypair(opts.key))
                 if keys.public != config.parties[opts.rank].public_key:
                     raise ConfigError(f"{opts.key} is not the key that {opts.config} lists for party {opts.rank}")
+            elif not opts.insecure:
+                raise ConfigError(
+                    f"{opts.config} lists no public keys, so every link would be unencrypted: add them "
+                    "(securetorch keygen) or pass --insecure for a test setup"
+                )
         except (ConfigError, KeyFileError) as exc:
             parser.exit(2, f"securetorch party: {exc}\n")
         me = config.parties[opts.rank]
