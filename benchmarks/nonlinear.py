@@ -47,7 +47,9 @@ def workloads(gen: torch.Generator) -> dict:
     }  # fmt: skip
 
 
-def _secure(name: str, x: torch.Tensor, params: tuple, repeat: int):
+def secure_op(name: str, x: torch.Tensor, params: tuple):
+    """Inside a party: share the workload's input (party 0) and parameters (party 1) and
+    return the op to run on them."""
     s = puma.share(x if puma.rank() == 0 else None, owner=0, dtype=torch.float64)
     ps = [puma.share(p if puma.rank() == 1 else None, owner=1, dtype=torch.float64) for p in params]
     ops = {
@@ -58,7 +60,12 @@ def _secure(name: str, x: torch.Tensor, params: tuple, repeat: int):
         "reciprocal": lambda: torch.reciprocal(s),
         "rsqrt": lambda: torch.rsqrt(s),
     }
-    out, seconds, cost = measured(ops[name], repeat)
+    return ops[name]
+
+
+def _secure(name: str, x: torch.Tensor, params: tuple, repeat: int):
+    op = secure_op(name, x, params)
+    out, seconds, cost = measured(op, repeat)
     return out.reveal(), seconds, cost
 
 

@@ -11,9 +11,7 @@ import pytest
 import torch
 
 import securetorch as puma
-from benchmarks.nonlinear import workloads
-
-F = torch.nn.functional
+from benchmarks.nonlinear import secure_op, workloads
 
 # op: (bytes of all parties, rounds, max error bound of issue #3 (rsqrt: relative))
 EXPECTED = {
@@ -27,18 +25,9 @@ EXPECTED = {
 
 
 def _run(name: str, x: torch.Tensor, params: tuple) -> tuple[torch.Tensor | None, puma.CommStats]:
-    s = puma.share(x if puma.rank() == 0 else None, owner=0, dtype=torch.float64)
-    ps = [puma.share(p if puma.rank() == 1 else None, owner=1, dtype=torch.float64) for p in params]
-    ops = {
-        "gelu": lambda: F.gelu(s),
-        "softmax": lambda: F.softmax(s, -1),
-        "layernorm": lambda: F.layer_norm(s, (768,), *ps),
-        "exp": lambda: torch.exp(s),
-        "reciprocal": lambda: torch.reciprocal(s),
-        "rsqrt": lambda: torch.rsqrt(s),
-    }
+    op = secure_op(name, x, params)
     before = puma.stats()
-    out = ops[name]()
+    out = op()
     cost = puma.stats() - before
     return out.reveal(), cost
 
