@@ -40,6 +40,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _forward_row(
+    cluster: puma.LocalCluster, secure_model, model, ids: torch.Tensor, workload: str, output: str
+) -> dict:
+    """One secure forward call: its cost, and the max error of ``output`` vs plaintext."""
+    out, seconds, cost = _timed(cluster, lambda: secure_model(input_ids=ids))
+    with torch.no_grad():
+        ref = model(input_ids=ids)
+    return {
+        "workload": workload,
+        "seconds": seconds,
+        "bytes": cost.bytes_sent,
+        "rounds": cost.rounds,
+        f"max_error_{output}": float((getattr(out, output) - getattr(ref, output)).abs().max()),
+    }
+
+
 def bert_rows(cluster: puma.LocalCluster, layers: int) -> list[dict]:
     torch.manual_seed(0)  # plaintext weights and inputs
     model = BertModel(BertConfig(num_hidden_layers=layers)).eval()
@@ -47,18 +63,8 @@ def bert_rows(cluster: puma.LocalCluster, layers: int) -> list[dict]:
     rows = []
     for tokens in (16, 32, 128):
         ids = torch.randint(1000, 20000, (1, tokens))
-        out, seconds, cost = _timed(cluster, lambda ids=ids: secure_model(input_ids=ids))
-        with torch.no_grad():
-            ref = model(input_ids=ids)
-        rows.append(
-            {
-                "workload": f"BERT-base ({layers} layers), {tokens} tokens",
-                "seconds": seconds,
-                "bytes": cost.bytes_sent,
-                "rounds": cost.rounds,
-                "max_error_last_hidden_state": float((out.last_hidden_state - ref.last_hidden_state).abs().max()),
-            }
-        )
+        workload = f"BERT-base ({layers} layers), {tokens} tokens"
+        rows.append(_forward_row(cluster, secure_model, model, ids, workload, "last_hidden_state"))
     secure_model.close()
     return rows
 
@@ -68,28 +74,18 @@ def gpt2_rows(cluster: puma.LocalCluster, layers: int) -> list[dict]:
     model = GPT2LMHeadModel(GPT2Config(n_layer=layers)).eval()
     secure_model = puma.secure(model, cluster=cluster)
     ids = torch.randint(1000, 20000, (1, 32))
-    rows = []
-    out, seconds, cost = _timed(cluster, lambda: secure_model(input_ids=ids))
-    with torch.no_grad():
-        ref = model(input_ids=ids)
-    rows.append(
-        {
-            "workload": f"GPT-2 base ({layers} layers), 32 tokens -> logits",
-            "seconds": seconds,
-            "bytes": cost.bytes_sent,
-            "rounds": cost.rounds,
-            "max_error_logits": float((out.logits - ref.logits).abs().max()),
-        }
-    )
+    rows = [
+        _forward_row(cluster, secure_model, model, ids, f"GPT-2 base ({layers} layers), 32 tokens -> logits", "logits")
+    ]
     for new_tokens in (1, 16):
         with cluster.cost_report() as report:
             start = time.perf_counter()
             tokens = secure_model.generate(ids, max_new_tokens=new_tokens)
             seconds = time.perf_counter() - start
-        plain = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        greedy = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)  # fmt: skip
+        plain = greedy.sequences
         steps = secure_model.generation_costs
-        scores = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True).scores  # fmt: skip
-        margins = [float(s.topk(2).values[0, 0] - s.topk(2).values[0, 1]) for s in scores]
+        margins = [float(s.topk(2).values[0, 0] - s.topk(2).values[0, 1]) for s in greedy.scores]
         row = {
             "workload": f"GPT-2 base ({layers} layers), 32 -> {new_tokens} tokens (KV cache, secure argmax)",
             "seconds": round(seconds, 2),

@@ -48,7 +48,7 @@ def load_keypair(path: str | pathlib.Path) -> tuple[bytes, bytes]:
 
 @dataclass(frozen=True)
 class CurveKeys:
-    """This endpoint's key pair and the public keys it trusts."""
+    """This endpoint's key pair (Z85), which it sets on its sockets."""
 
     public: bytes
     secret: bytes

@@ -24,14 +24,14 @@ from typing import Any, Literal
 import torch
 import zmq
 
-from securetorch.comm.security import CurveKeys, load_keypair
+from securetorch.comm.security import CurveKeys
 from securetorch.comm.stats import CommStats
 from securetorch.errors import PartyError
 from securetorch.prg import new_key
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS, encode
 from securetorch.runtime import costs
 from securetorch.runtime.context import current
-from securetorch.runtime.deployment import PROTOCOL_VERSION, ClusterConfig, ConfigError
+from securetorch.runtime.deployment import PROTOCOL_VERSION, ClusterConfig
 from securetorch.runtime.wire import SeededShare, SharePayload, dumps_callable, loads, map_structure
 from securetorch.tensor.shared import decode_as, scale_bits
 
@@ -172,11 +172,7 @@ class Cluster:
         ``.key_secret`` file (``securetorch keygen``), and its public key must be listed under
         [drivers]. ``close()`` ends the session; the parties keep serving."""
         config = ClusterConfig.load(path)
-        keys = None
-        if config.encrypted:
-            if key is None:
-                raise ConfigError(f"{path} uses CURVE keys: pass key=<this driver's .key_secret file>")
-            keys = CurveKeys(*load_keypair(key))
+        keys = config.endpoint_keys(key, "pass key=<this driver's .key_secret file>")
         cluster = cls(
             [p.control for p in config.parties],
             config.frac_bits,

@@ -15,9 +15,8 @@ of wall minus round time), plus projections onto a network of given bandwidth an
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -206,13 +205,3 @@ def combine(per_party: list[list[dict[str, Any]]]) -> CostReport:
             entry.compute_seconds = max(entry.compute_seconds, r["seconds"] - r["wait_seconds"])
             entry.bytes += r["bytes_sent"]
     return CostReport(list(merged.values()))
-
-
-@contextlib.contextmanager
-def module_scope(name: str) -> Iterator[None]:
-    """Book the ops run inside the block under ``name`` (for code outside a model's modules)."""
-    enter_module(name)
-    try:
-        yield
-    finally:
-        exit_module()

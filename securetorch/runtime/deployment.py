@@ -36,6 +36,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from securetorch.comm.security import CurveKeys, KeyFileError, load_keypair
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
 
 PROTOCOL_VERSION = 1
@@ -67,6 +68,18 @@ class ClusterConfig:
     @property
     def encrypted(self) -> bool:
         return all(p.public_key is not None for p in self.parties)
+
+    def endpoint_keys(self, key: str | pathlib.Path | None, how_to_pass: str) -> CurveKeys | None:
+        """This endpoint's key pair from its ``.key_secret`` file when the cluster is encrypted
+        (None when it is not); a missing or unreadable file is a ``ConfigError``."""
+        if not self.encrypted:
+            return None
+        if key is None:
+            raise ConfigError(f"the cluster file uses CURVE keys: {how_to_pass}")
+        try:
+            return CurveKeys(*load_keypair(key))
+        except KeyFileError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def settings(self) -> dict[str, Any]:
         """What the handshake compares between a driver and each party."""

@@ -22,7 +22,7 @@ import torch
 import zmq
 
 from securetorch.comm.network import SESSION_SHIFT, PeerNetwork, bind_any
-from securetorch.comm.security import DRIVERS_DOMAIN, CurveKeys, KeyFileError, load_keypair, start_authenticator
+from securetorch.comm.security import DRIVERS_DOMAIN, CurveKeys, start_authenticator
 from securetorch.comm.stats import CommStats
 from securetorch.errors import PartyError
 from securetorch.prg import new_key
@@ -278,18 +278,15 @@ def main(argv: list[str] | None = None) -> None:
     if opts.config:
         try:
             config = ClusterConfig.load(opts.config)
-            if config.encrypted:
-                if opts.key is None:
-                    raise ConfigError(f"{opts.config} uses CURVE keys: pass this party's --key FILE.key_secret")
-                keys = CurveKeys(*load_keypair(opts.key))
-                if keys.public != config.parties[opts.rank].public_key:
-                    raise ConfigError(f"{opts.key} is not the key that {opts.config} lists for party {opts.rank}")
-            elif not opts.insecure:
+            keys = config.endpoint_keys(opts.key, "pass this party's --key FILE.key_secret")
+            if keys is not None and keys.public != config.parties[opts.rank].public_key:
+                raise ConfigError(f"{opts.key} is not the key that {opts.config} lists for party {opts.rank}")
+            if keys is None and not opts.insecure:
                 raise ConfigError(
                     f"{opts.config} lists no public keys, so every link would be unencrypted: add them "
                     "(securetorch keygen) or pass --insecure for a test setup"
                 )
-        except (ConfigError, KeyFileError) as exc:
+        except ConfigError as exc:
             parser.exit(2, f"securetorch party: {exc}\n")
         me = config.parties[opts.rank]
         opts.control, opts.peer, opts.timeout = me.control, me.peer, config.timeout
