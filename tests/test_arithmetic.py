@@ -100,13 +100,16 @@ def test_edge_values(cluster) -> None:
     assert bool((err <= (a.abs() + b.abs()) * U / 2 + 2 * U).all()), err
 
 
-def test_truncation_protocol_range(cluster) -> None:
-    """Ring-level truncation: floor(z / 2^d) or one more, for |z| up to 2^62 - 1."""
+@pytest.mark.parametrize("pad", [0, pa.WRAP_TRUNCATION_MIN_ELEMENTS], ids=["masked_open", "wrap_bits"])
+def test_truncation_protocol_range(cluster, pad) -> None:
+    """Ring-level truncation: floor(z / 2^d) or one more, for |z| up to 2^62, for both
+    protocols (a tensor of 2^17 elements or more takes the 3-round one)."""
     from securetorch.runtime.context import current
 
-    z = torch.tensor(
-        [0, 1, -1, 2**18, -(2**18), 2**62 - 1, -(2**62) + 1, 2**55 + 12345, -(2**55) - 999, 7], dtype=torch.int64
+    edges = torch.tensor(
+        [0, 1, -1, 2**18, -(2**18), 2**62 - 1, -(2**62), 2**55 + 12345, -(2**55) - 999, 7], dtype=torch.int64
     )
+    z = torch.cat([edges, torch.randint(-(2**62), 2**62, (pad,), generator=seeded(11))])
 
     def fn(z: torch.Tensor) -> list[torch.Tensor]:
         ctx = current()
@@ -118,6 +121,39 @@ def test_truncation_protocol_range(cluster) -> None:
         for bits, out in zip((1, 18, 31, 36, 62), outs, strict=True):
             diff = out - (z >> bits)  # z >> bits: floor division by 2^bits
             assert bool(((diff == 0) | (diff == 1)).all()), (bits, diff)
+
+
+def test_wrap_truncation_is_unbiased(cluster) -> None:
+    """The 3-round truncation adds 1 - carry: its mean error is below 1% of a unit."""
+    from securetorch.runtime.context import current
+
+    z = torch.randint(-(2**40), 2**40, (pa.WRAP_TRUNCATION_MIN_ELEMENTS,), generator=seeded(12))
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        ctx = current()
+        x = pa.share_from_party(ctx, z if ctx.rank == 0 else None, owner=0)
+        return pa.reveal(ctx, pa.truncate(ctx, x, 18))
+
+    err = cluster.run(fn, z)[0].double() - z.double() / 2**18
+    assert abs(float(err.mean())) < 0.01
+    assert float(err.abs().max()) < 1
+
+
+@pytest.mark.parametrize(("n", "rounds", "nbytes"), [(2**17 - 1, 2, 5_373_912), (2**17, 3, 3_473_408)])
+def test_truncation_protocol_by_size(cluster, n, rounds, nbytes) -> None:
+    """Below 2^17 elements a fixed-point product takes 2 rounds and 32 + 18/2 B per element;
+    from 2^17 on, 3 rounds and 24 + 20/8 B per element (f = 18)."""
+
+    def fn():
+        x = puma.share(torch.full((n,), 1.5) if puma.rank() == 0 else None, owner=0)
+        before = puma.stats()
+        y = x * x
+        return puma.stats() - before, y.reveal()
+
+    results = cluster.run(fn)
+    cost = total([r[0] for r in results])
+    assert (cost.bytes_sent, cost.rounds) == (nbytes, rounds) == (pa.truncation_bytes(n, 18), rounds)
+    assert float((results[0][1] - 2.25).abs().max()) <= U
 
 
 def matmul_family(a, b, c, bias):

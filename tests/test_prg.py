@@ -28,6 +28,20 @@ def test_draws_split_like_one_draw() -> None:
     assert torch.equal(torch.cat([parts.int64((3,)), parts.int64((7,))]), whole)
 
 
+def test_keystream_is_aes_128_ctr_across_chunk_boundaries() -> None:
+    """Known answer: the stream is AES-128-CTR on zeros with nonce = stream number || 0^64,
+    however draws fall across the PRG's internal 1 MiB chunks."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key, n = new_key(), 3 * (1 << 20) + 13
+    nonce = (5).to_bytes(8, "big") + bytes(8)
+    want = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor().update(bytes(n))
+    assert AesPrg(key, 5).random_bytes(n).tobytes() == want
+    prg = AesPrg(key, 5)
+    parts = [prg.random_bytes(k).tobytes() for k in (7, (1 << 20) - 3, 2 * (1 << 20) + 9)]
+    assert b"".join(parts) == want
+
+
 def test_different_keys_independent() -> None:
     x, y = AesPrg(new_key()).int64((100_000,)), AesPrg(new_key()).int64((100_000,))
     assert int((x == y).sum()) == 0

@@ -38,14 +38,17 @@ def test_shares_of_a_constant_are_uniform(cluster) -> None:
 
 
 def test_every_message_of_products_is_uniform(cluster) -> None:
-    """Mul, matmul and truncation of constants: all received payloads look uniform."""
+    """Mul, matmul and truncation of constants, with both truncation protocols (small and
+    large tensors): all received payloads look uniform."""
 
     def fn():
-        x = puma.share(torch.full((20_000,), 3.0) if puma.rank() == 0 else None, owner=0)
-        y = puma.share(torch.full((20_000,), -2.0) if puma.rank() == 1 else None, owner=1)
-        for _ in range(3):  # each party takes the dealer role once
+        n = 1 << 17  # from here on products take the 3-round truncation
+        x = puma.share(torch.full((n,), 3.0) if puma.rank() == 0 else None, owner=0)
+        y = puma.share(torch.full((n,), -2.0) if puma.rank() == 1 else None, owner=1)
+        for _ in range(3):  # each party takes the dealer role once, in both protocols
             x * y
-        x.reshape(100, 200) @ y.reshape(200, 100)
+            x[:20_000] * y[:20_000]
+        x[:20_000].reshape(100, 200) @ y[:20_000].reshape(200, 100)
         x * 0.001
 
     for r, tensors in enumerate(cluster.run(recording(fn))):

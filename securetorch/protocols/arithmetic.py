@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from securetorch.protocols.boolean import pack_uint, unpack_uint
+from securetorch.protocols.boolean import pack_bits, pack_uint, unpack_bits, unpack_uint
 from securetorch.ring import logical_shift_right, ring_matmul
 from securetorch.runtime.context import PartyContext
 
@@ -24,6 +24,11 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 # Truncation is exact (up to one unit in the last place) for |x| < 2^62 in the ring.
 TRUNCATION_HEADROOM_BITS = 62
+# Truncations of at least this many elements take the 3-round protocol that sends 14.5 bytes
+# per element less (f = 18); smaller ones keep the 2-round protocol. 2^17 elements save
+# >= 1.9 MB, more than a round costs on networks up to ~3 ms RTT at 5 Gbps, and products
+# of up to 128 x 768 (a BERT-base layer at 128 tokens) stay at 2 rounds.
+WRAP_TRUNCATION_MIN_ELEMENTS = 1 << 17
 
 
 # --------------------------------------------------------------------------- sharing
@@ -167,27 +172,37 @@ def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
     """Replicated shares of floor(z / 2^bits) (or one more) from 3-out-of-3 shares z_i of z.
 
     Requires |z| < 2^62 as a signed ring element; then the result is always within one unit
-    in the last place (no failure probability). Each call rotates a *dealer* D over the
-    parties; A = D+1 and B = D+2 learn the masked value c = z + 2^62 + r, where
-    r = 2^bits * u + l with u = a + b (a shared by D and A, b by D and B) and l private to D.
-    With c'' = c mod 2^63 and kappa = c_63 xor r_63 the carry into bit 63 (Dalskov et al. §5.1):
-
-        floor(z / 2^bits) + e = (c >>> bits) - 2^(62-bits) - u + 2^(64-bits) * W
-
-    with e = 1 when the low bits of c are below those of r (a borrow), else 0.
-
-    where W = (u >>> (64-bits)) + (1 - c_63) * r_63 (mod 2^bits). D deals additive shares of W
-    for both values of c_63; A and B pick by c_63 and open W to each other (W is uniform to
-    them because the top bits of u are). The result is the sharing (y_D, y_A, y_B) =
-    (-b, -a, (c >>> bits) - 2^(62-bits) + 2^(64-bits) W): D sends nothing in round 2 and
-    receives nothing at all.
-
-    Round 1: A -> B z_A, B -> A z_B, D -> A and D -> B z_D + 2^62 + r, D -> B the two W shares.
-    Round 2: A <-> B their shares of W. W values travel packed to ``bits`` bits. Cost: 2
-    rounds, 32 + bits/2 bytes per element (41 bytes for bits = 18); see ``truncation_bytes``.
+    in the last place (no failure probability). Two exact protocols, chosen by size (the
+    same on all parties): below ``WRAP_TRUNCATION_MIN_ELEMENTS`` elements a truncation is
+    bound by latency and takes the 2-round one (``_truncate_masked_open``, 41 B per element
+    at d = 18); from there on, by bandwidth, and takes the 3-round one
+    (``_truncate_wrap_bits``, 26.5 B per element at d = 18; also less local work). ``truncation_cost`` gives the exact rounds and bytes.
     """
     if not 0 < bits < 63:
         raise ValueError("truncation by 1..62 bits")
+    if z.numel() < WRAP_TRUNCATION_MIN_ELEMENTS:
+        return _truncate_masked_open(ctx, z, bits)
+    return _truncate_wrap_bits(ctx, z, bits)
+
+
+def _truncate_masked_open(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
+    """Round-optimal truncation: 2 rounds, 32 + bits/2 bytes per element (41 at bits = 18).
+
+    A rotating *dealer* D deals the mask r = 2^bits u + l, u = a + b (a from the D-A key, b
+    from the D-B key, l private to D); A = D+1 and B = D+2 learn c = z + 2^62 + r, uniform to
+    each. With the carry into bit 63 handled as in Dalskov, Escudero & Keller (PoPETs 2020,
+    §5.1) (z + 2^62 lies in [0, 2^63)):
+
+        floor(z / 2^bits) + e = (c >>> bits) - 2^(62-bits) - u + 2^(64-bits) W,
+
+    e in {0, 1} a borrow of the low bits, W = (u >>> (64-bits)) + (1 - c_63) r_63 (mod 2^bits).
+    D deals additive shares of W for both values of c_63; A and B pick by c_63 and open W to
+    each other (uniform to them, being the top bits of u). The result is the sharing
+    (y_D, y_A, y_B) = (-b, -a, (c >>> bits) - 2^(62-bits) + 2^(64-bits) W).
+
+    Round 1: A -> B z_A, B -> A z_B, D -> A and D -> B z_D + 2^62 + r, D -> B the two W shares.
+    Round 2: A <-> B their shares of W, packed to ``bits`` bits. D receives nothing.
+    """
     z = z + zero_share(ctx, z.shape)
     shape = z.shape
     mask = (1 << bits) - 1
@@ -227,9 +242,96 @@ def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
     return y_b, -u_part
 
 
+def _truncate_wrap_bits(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
+    """Bandwidth-optimal truncation: 3 rounds, 24 + (bits + 2)/8 bytes per element.
+
+    D = the rotating dealer, A = D+1, B = D+2. D sends z_D + rho to B (rho from the D-A key,
+    which A subtracts), so A and B hold two-party shares y_A + y_B = y = z + 2^62 + ... with
+    y_A = z_A - rho + 2^62 and y_B = z_B + z_D + rho. As y = z + 2^62 lies in [0, 2^63) for
+    |z| < 2^62, the carry out of y_A + y_B (unsigned) is W = a_A or a_B, the OR of the two
+    shares' top bits (both top bits set, or exactly one set while y's is clear). Then
+
+        (y_A >>> d) + (y_B >>> d) - 2^(64-d) W - 2^(62-d) + 1 = floor(z / 2^d) + 1 - carry,
+
+    carry in {0, 1} being that of the low d bits (mean of the result: z/2^d, unbiased).
+    W = a_A + a_B - a_A a_B (mod 2^d) comes from a dealer-assisted product of two private
+    bits: D deals r_A (key D-A), r_B (key D-B) and additive shares h_A + h_B = r_A r_B
+    (mod 2^d), h_A from the D-A key and h_B sent to B; A and B swap e = a_A xor r_A and
+    d = a_B xor r_B, and with a = e + (1 - 2e) r_A, b = d + (1 - 2d) r_B,
+
+        a b = e d + e (1 - 2d) r_B + d (1 - 2e) r_A + (1 - 2e)(1 - 2d)(h_A + h_B).
+
+    The two-party shares of the result are then reshared with x_A from the D-A key and
+    x_D from the D-B key: A and B swap t_A - x_A and t_B - x_D, and x_B = t_A + t_B - x_A - x_D.
+
+    Round 1: D -> B z_D + rho and h_B (packed to d bits); A -> B e (packed bits).
+    Round 2: B -> A d and t_B - x_D. Round 3: A -> B t_A - x_A. D receives nothing.
+    Sources: SecureML-style two-party local truncation (Mohassel & Zhang, S&P 2017, §4.1)
+    made exact by the top-bit wrap rule (Huang et al., "Cheetah", USENIX Security 2022, §4;
+    Rathee et al., "SiRNN", S&P 2021, §3).
+    """
+    shape = z.shape
+    n = z.numel()
+    offset = (1 << (TRUNCATION_HEADROOM_BITS - bits)) - 1  # 2^(62-d) - 1, subtracted by A
+    dealer = ctx.next_dealer()
+    rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
+    if ctx.rank == dealer:
+        with_a, with_b = ctx.prg_with(rank_a), ctx.prg_with(rank_b)
+        rho = with_a.int64(shape)
+        r_a = with_a.bits(n)
+        h_a = with_a.uniform_bits((n,), bits)
+        r_b = with_b.bits(n)
+        x_a = with_a.int64(shape)
+        x_d = with_b.int64(shape)
+        h_b = pack_uint((r_a * r_b - h_a) & ((1 << bits) - 1), bits)
+        ctx.net.exchange({rank_b: [z + rho, h_b]}, [])
+        ctx.net.exchange({}, [])
+        ctx.net.exchange({}, [])
+        return x_d, x_a
+    if ctx.rank == rank_a:
+        with_d = ctx.prg_with(dealer)
+        rho = with_d.int64(shape)
+        r_a = with_d.bits(n)
+        h_a = with_d.uniform_bits((n,), bits)
+        x_a = with_d.int64(shape)
+        y = (z - rho + (1 << TRUNCATION_HEADROOM_BITS)).reshape(-1)
+        a = logical_shift_right(y, 63)
+        e = a ^ r_a
+        ctx.net.exchange({rank_b: [pack_bits(e)]}, [])
+        got = ctx.net.exchange({}, [rank_b])[rank_b]
+        d = unpack_bits(got[0], n)
+        se, sd = 1 - 2 * e, 1 - 2 * d
+        w = a - d * se * r_a - se * sd * h_a - e * d
+        t = logical_shift_right(y, bits) - offset - (w << (64 - bits))
+        ctx.net.exchange({rank_b: [t.reshape(shape) - x_a]}, [])
+        return x_a, t.reshape(shape) - x_a + got[1]
+    with_d = ctx.prg_with(dealer)
+    r_b = with_d.bits(n)
+    x_d = with_d.int64(shape)
+    got = ctx.net.exchange({}, [dealer, rank_a])
+    y = (z + got[dealer][0]).reshape(-1)
+    h_b = unpack_uint(got[dealer][1], bits, (n,))
+    e = unpack_bits(got[rank_a][0], n)
+    b = logical_shift_right(y, 63)
+    d = b ^ r_b
+    se, sd = 1 - 2 * e, 1 - 2 * d
+    w = b - e * sd * r_b - se * sd * h_b
+    t = (logical_shift_right(y, bits) - (w << (64 - bits))).reshape(shape)
+    ctx.net.exchange({rank_a: [pack_bits(d), t - x_d]}, [])
+    from_a = ctx.net.exchange({}, [rank_a])[rank_a][0]
+    return t - x_d + from_a, x_d
+
+
+def truncation_cost(n: int, bits: int) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``truncate_additive`` on n elements."""
+    if n < WRAP_TRUNCATION_MIN_ELEMENTS:
+        return 2, 32 * n + (2 * n * bits + 7) // 8 + 2 * ((n * bits + 7) // 8)
+    return 3, 24 * n + (n * bits + 7) // 8 + 2 * ((n + 7) // 8)
+
+
 def truncation_bytes(n: int, bits: int) -> int:
     """Exact bytes (all parties) that ``truncate_additive`` sends for n elements."""
-    return 32 * n + (2 * n * bits + 7) // 8 + 2 * ((n * bits + 7) // 8)
+    return truncation_cost(n, bits)[1]
 
 
 def truncate(ctx: PartyContext, x: Pair, bits: int) -> Pair:
