@@ -100,7 +100,7 @@ def test_edge_values(cluster) -> None:
     assert bool((err <= (a.abs() + b.abs()) * U / 2 + 2 * U).all()), err
 
 
-@pytest.mark.parametrize("pad", [0, pa.WRAP_TRUNCATION_MIN_ELEMENTS], ids=["masked_open", "wrap_bits"])
+@pytest.mark.parametrize("pad", [0, pa.BYTES_BOUND_ELEMENTS], ids=["masked_open", "wrap_bits"])
 def test_truncation_protocol_range(cluster, pad) -> None:
     """Ring-level truncation: floor(z / 2^d) or one more, for |z| up to 2^62, for both
     protocols (a tensor of 2^17 elements or more takes the 3-round one)."""
@@ -127,7 +127,7 @@ def test_wrap_truncation_is_unbiased(cluster) -> None:
     """The 3-round truncation adds 1 - carry: its mean error is below 1% of a unit."""
     from securetorch.runtime.context import current
 
-    z = torch.randint(-(2**40), 2**40, (pa.WRAP_TRUNCATION_MIN_ELEMENTS,), generator=seeded(12))
+    z = torch.randint(-(2**40), 2**40, (pa.BYTES_BOUND_ELEMENTS,), generator=seeded(12))
 
     def fn(z: torch.Tensor) -> torch.Tensor:
         ctx = current()

@@ -102,7 +102,7 @@ def test_msb_and_bit_injection_exact_costs(cluster) -> None:
     rounds, nbytes = pc.msb_cost(n, 44)
     # 43 carry-save + 42 generate + 76 tree AND-planes of 125 bytes, three parties
     assert (msb_cost.rounds, msb_cost.bytes_sent) == (rounds, nbytes) == (8, 3 * 161 * 125)
-    assert (inject_cost.rounds, inject_cost.bytes_sent) == (1, pc.BIT_TO_ARITH_BYTES * n)
+    assert (inject_cost.rounds, inject_cost.bytes_sent) == pc.bit_to_arith_cost(n) == (1, 48 * n)
 
 
 def _msb_job(v, n):
@@ -115,6 +115,42 @@ def _msb_job(v, n):
     after = puma.stats()
     opened = unpack_bits(reveal_bits(ctx, bits), n)
     return opened, puma.SharedTensor(arith, torch.int64), mid - before, after - mid
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_bit_injection_of_many_bits_by_the_dealer_protocol(cluster, rows) -> None:
+    """From 2^17 bits on, B2A takes the dealer-assisted product: exact values for every
+    dealer, 2 rounds, 24 B per bit plus the packed bits of e (each row padded to bytes)."""
+    n = (1 << 17) // rows + 3  # not a multiple of 8: the padding of each row shows
+
+    def fn(bits):
+        ctx = current()
+        shared = pc.bit_to_arith(ctx, _share_bits(ctx, bits), tuple(bits.shape))  # warm-up: dealer 0
+        outs = []
+        for _ in range(3):
+            planes = _share_bits(ctx, bits)
+            before = puma.stats()
+            arith = pc.bit_to_arith(ctx, planes, tuple(bits.shape))
+            outs.append((puma.SharedTensor(arith, torch.int64), puma.stats() - before))
+        return puma.SharedTensor(shared, torch.int64), outs
+
+    bits = torch.randint(0, 2, (rows, n), generator=seeded(rows))
+    results = cluster.run(fn, bits)
+    assert torch.equal(results[0][0], bits)
+    for k in range(3):
+        assert torch.equal(results[0][1][k][0], bits)
+        cost = total([r[1][k][1] for r in results])
+        assert (cost.rounds, cost.bytes_sent) == (2, 24 * rows * n + rows * ((n + 7) // 8))
+    if rows == 1:
+        assert pc.bit_to_arith_cost(n) == (2, 24 * n + (n + 7) // 8)
+
+
+def _share_bits(ctx, bits):
+    """Packed XOR shares of public bits (all in b_0): enough to drive a B2A."""
+    from securetorch.protocols.boolean import pack_bits, xor_public
+
+    zeros = torch.zeros(bits.shape[0], (bits.shape[1] + 7) // 8, dtype=torch.uint8)
+    return xor_public(ctx, (zeros, zeros.clone()), pack_bits(bits))
 
 
 def test_bit_decomposition_exact_costs_and_values(cluster) -> None:
@@ -140,7 +176,8 @@ def test_bit_decomposition_exact_costs_and_values(cluster) -> None:
 
 
 def test_a2b_then_b2a_round_trip_with_exact_cost(cluster) -> None:
-    """A2B (bit decomposition) then word B2A gives back x mod 2^l: 1 round, 48 B per bit."""
+    """A2B (bit decomposition) then word B2A gives back x mod 2^l: 1 round, 48 B per bit
+    (44 x 64 bits: below 2^17, the three-party OT)."""
     n, bits = 64, 44
     values = torch.linspace(-500, 500, n, dtype=torch.float64)
 
@@ -156,7 +193,7 @@ def test_a2b_then_b2a_round_trip_with_exact_cost(cluster) -> None:
     ring = puma.ring.encode(values, 18) & ((1 << bits) - 1)
     assert torch.equal(results[0][0], ring)
     cost = total([r[1] for r in results])
-    assert (cost.rounds, cost.bytes_sent) == (1, pc.BIT_TO_ARITH_BYTES * bits * n)
+    assert (cost.rounds, cost.bytes_sent) == pc.bit_to_arith_cost(bits * n) == (1, 48 * bits * n)
 
 
 @pytest.mark.parametrize("dim", [None, 0, 1, -1])

@@ -57,6 +57,22 @@ def test_every_message_of_products_is_uniform(cluster) -> None:
         assert stat < critical, (r, stat, critical)
 
 
+def test_every_message_of_comparisons_is_uniform(cluster) -> None:
+    """Comparisons of constants, with both bit injections (small and large batches): all
+    received payloads (packed bits and ring elements) look uniform."""
+
+    def fn():
+        n = 1 << 17  # from here on the bit injection takes the dealer-assisted product
+        x = puma.share(torch.full((n,), 3.0) if puma.rank() == 0 else None, owner=0)
+        # each party takes the dealer role once, then one small batch
+        return [x < 1.0 for _ in range(3)] + [x[:1000] < 1.0]
+
+    for r, tensors in enumerate(cluster.run(recording(fn))):
+        assert tensors
+        stat, critical = chi_square_uniform_bytes(uniform_payload(tensors))
+        assert stat < critical, (r, stat, critical)
+
+
 def test_reveal_to_one_party_sends_nothing_to_the_others(cluster) -> None:
     def fn():
         x = puma.share(torch.arange(10.0) if puma.rank() == 2 else None, owner=2)

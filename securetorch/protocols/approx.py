@@ -78,17 +78,20 @@ def powers(ctx: PartyContext, t: Pair, degree: int, scale: int) -> list[Pair]:
 POLY_SCALE = 30
 
 
-def polynomial(ctx: PartyContext, t: Pair, coeffs: np.ndarray, scale: int, out_scale: int) -> Pair:
+def polynomial(
+    ctx: PartyContext, t: Pair, coeffs: np.ndarray, scale: int, out_scale: int, work_scale: int = POLY_SCALE
+) -> Pair:
     """sum_k c_k t^k for t in [-1, 1] at ``scale``; result at ``out_scale``.
 
-    t is first moved to 30 fractional bits (a local shift: products of values below 1 fit),
-    so the powers carry negligible rounding; the coefficients get as many bits as the sum
+    t is first moved to ``work_scale`` (default 30) fractional bits if below (a local shift:
+    products of values below 1 fit), so the powers carry negligible rounding (well-conditioned
+    fits, sum_k |c_k| small, can work with fewer bits: every product truncates by work_scale); the coefficients get as many bits as the sum
     sum_k |c_k| leaves below 2^61; the terms are summed in the ring and truncated once.
     Outside [-1, 1] the result is garbage, so callers mask it. Cost: powers + 2 rounds."""
     degree = len(coeffs) - 1
-    if scale < POLY_SCALE:
-        t = pa.mul_public(t, torch.tensor(1 << (POLY_SCALE - scale)))
-        scale = POLY_SCALE
+    if scale < work_scale:
+        t = pa.mul_public(t, torch.tensor(1 << (work_scale - scale)))
+        scale = work_scale
     pows = powers(ctx, t, degree, scale) if degree else []
     coef_bits = 61 - scale - max(0, math.ceil(math.log2(float(np.abs(coeffs).sum()))))
     total_scale = scale + coef_bits
@@ -397,17 +400,19 @@ def _monomial_fit(fn: Callable[[np.ndarray], np.ndarray], low: float, degree: in
     return np.polyfit(nodes, fn(nodes), degree)[::-1]
 
 
-RECIPROCAL_SCALE = 28
-# 1/c on [1/2, 1] by degree 7: relative error 1.8e-6, 3 levels of powers (no Newton steps).
-_RECIPROCAL_FIT = _monomial_fit(lambda c: 1 / c, 0.5, 7)
+RECIPROCAL_SCALE = 24
+# 1/c on [1/2, 1] by degree 7 in t = 4c - 3 in [-1, 1]: relative error 1.8e-6, 3 levels of
+# powers (no Newton steps). In t the coefficients fall like 3^-k (sum |c_k| = 2.0; in c it
+# would be 1081), so the powers need only 24 fractional bits.
+_RECIPROCAL_FIT = _monomial_fit(lambda t: 4 / (t + 3), -1.0, 7)
 
 
 def reciprocal(ctx: PartyContext, x: Pair) -> Pair:
     """1/x for 2^-(f-1) <= x < 2^(l-1-f) (l = compare_bits).
 
     Normalise: X = x 2^f has highest bit p; G = 2^(T-p) (T = l-1) from p's one-hot; c = X G /
-    2^(T+1) in [1/2, 1) at 28 fractional bits. Then y = 1/c by a degree-7 polynomial (at f
-    bits) and 1/x = y G / 2^(T+1-f). Rounds: one-hot + 1 + 2 + 8 + 2 (21 for small tensors).
+    2^(T+1) in [1/2, 1) at 24 fractional bits. Then y = 1/c by a degree-7 polynomial in
+    t = 4c - 3 (at f bits) and 1/x = y G / 2^(T+1-f). Rounds: one-hot + 1 + 2 + 8 + 2 (21 for small tensors).
     """
     f, bits = ctx.frac_bits, ctx.compare_bits
     shape, n = x[0].shape, x[0].numel()
@@ -417,7 +422,8 @@ def reciprocal(ctx: PartyContext, x: Pair) -> Pair:
     g = (g[0].reshape(shape), g[1].reshape(shape))
     s = RECIPROCAL_SCALE
     c = pa.truncate_additive(ctx, pa.mul_local(x, g), top + 1 - s)
-    y = polynomial(ctx, c, _RECIPROCAL_FIT, s, f)
+    t = pa.add_public(ctx, pa.mul_public(c, torch.tensor(4)), torch.tensor(-3 << s))  # 4c - 3
+    y = polynomial(ctx, t, _RECIPROCAL_FIT, s, f, work_scale=s)
     return pa.truncate_additive(ctx, pa.mul_local(y, g), top + 1 - f)
 
 

@@ -24,11 +24,12 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 # Truncation is exact (up to one unit in the last place) for |x| < 2^62 in the ring.
 TRUNCATION_HEADROOM_BITS = 62
-# Truncations of at least this many elements take the 3-round protocol that sends 14.5 bytes
-# per element less (f = 18); smaller ones keep the 2-round protocol. 2^17 elements save
-# >= 1.9 MB, more than a round costs on networks up to ~3 ms RTT at 5 Gbps, and products
-# of up to 128 x 768 (a BERT-base layer at 128 tokens) stay at 2 rounds.
-WRAP_TRUNCATION_MIN_ELEMENTS = 1 << 17
+# From this many elements on, protocols with a bandwidth-optimal variant take it: one more
+# round, fewer bytes (truncation: 14.5 B per element less at f = 18; bit injection: 23.9 B
+# per bit less). 2^17 elements save >= 1.9 MB, more than a round costs on networks up to
+# ~3 ms RTT at 5 Gbps, and products of up to 128 x 768 (a BERT-base layer at 128 tokens)
+# stay at 2 rounds.
+BYTES_BOUND_ELEMENTS = 1 << 17
 
 
 # --------------------------------------------------------------------------- sharing
@@ -173,14 +174,14 @@ def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
 
     Requires |z| < 2^62 as a signed ring element; then the result is always within one unit
     in the last place (no failure probability). Two exact protocols, chosen by size (the
-    same on all parties): below ``WRAP_TRUNCATION_MIN_ELEMENTS`` elements a truncation is
+    same on all parties): below ``BYTES_BOUND_ELEMENTS`` elements a truncation is
     bound by latency and takes the 2-round one (``_truncate_masked_open``, 41 B per element
     at d = 18); from there on, by bandwidth, and takes the 3-round one
     (``_truncate_wrap_bits``, 26.5 B per element at d = 18; also less local work). ``truncation_cost`` gives the exact rounds and bytes.
     """
     if not 0 < bits < 63:
         raise ValueError("truncation by 1..62 bits")
-    if z.numel() < WRAP_TRUNCATION_MIN_ELEMENTS:
+    if z.numel() < BYTES_BOUND_ELEMENTS:
         return _truncate_masked_open(ctx, z, bits)
     return _truncate_wrap_bits(ctx, z, bits)
 
@@ -324,7 +325,7 @@ def _truncate_wrap_bits(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
 
 def truncation_cost(n: int, bits: int) -> tuple[int, int]:
     """Exact (rounds, bytes of all parties) of ``truncate_additive`` on n elements."""
-    if n < WRAP_TRUNCATION_MIN_ELEMENTS:
+    if n < BYTES_BOUND_ELEMENTS:
         return 2, 32 * n + (2 * n * bits + 7) // 8 + 2 * ((n * bits + 7) // 8)
     return 3, 24 * n + (n * bits + 7) // 8 + 2 * ((n + 7) // 8)
 

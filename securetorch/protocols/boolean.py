@@ -10,6 +10,8 @@ Sources: ABY3 §4 (boolean sharing, AND with one round of resharing).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -44,19 +46,48 @@ def bit_planes(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.from_numpy(planes)
 
 
+def _uint_layout(bits: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """Values of ``bits`` bits laid end to end in little-endian 64-bit words repeat their
+    layout every g = 64 / gcd(bits, 64) values, which fill ``bits * g / 64`` words: (g, words,
+    [(word, shift) of each of the g values])."""
+    group = 64 // math.gcd(bits, 64)
+    return group, bits * group // 64, [((k * bits) >> 6, (k * bits) & 63) for k in range(group)]
+
+
 def pack_uint(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """Non-negative integers below 2^bits, ``bits`` bits each, packed into ceil(n bits / 8) bytes."""
-    return torch.from_numpy(np.packbits(_value_bits(values, bits).reshape(-1), bitorder="little"))
+    """Non-negative integers below 2^bits, ``bits`` bits each, packed into ceil(n bits / 8)
+    bytes (value i holds stream bits [i bits, (i+1) bits), little-endian)."""
+    flat = values.reshape(-1)
+    n = flat.numel()
+    group, nwords, layout = _uint_layout(bits)
+    rows = -(-n // group)
+    grid = torch.zeros(rows * group, dtype=torch.int64)
+    grid[:n] = flat
+    grid = grid.view(rows, group)
+    words = torch.zeros(rows, nwords, dtype=torch.int64)  # a group ends at a word's end: no spill past it
+    for k, (word, shift) in enumerate(layout):  # disjoint bit ranges: OR as addition
+        words[:, word] += grid[:, k] << shift
+        if shift > 64 - bits:
+            words[:, word + 1] += grid[:, k] >> (64 - shift)
+    return words.view(-1).view(torch.uint8)[: (n * bits + 7) // 8].clone()
 
 
 def unpack_uint(packed: torch.Tensor, bits: int, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """Inverse of ``pack_uint`` for a tensor of ``shape``."""
     n = torch.Size(shape).numel()
-    flat = np.unpackbits(packed.numpy(), count=n * bits, bitorder="little").reshape(n, bits)
-    wide = np.zeros((n, 64), dtype=np.uint8)
-    wide[:, :bits] = flat
-    values = np.packbits(wide, axis=1, bitorder="little").view(np.int64).reshape(tuple(shape))
-    return torch.from_numpy(values.copy())
+    group, nwords, layout = _uint_layout(bits)
+    rows = -(-n // group)
+    padded = torch.zeros(rows * nwords * 8, dtype=torch.uint8)
+    padded[: packed.numel()] = packed
+    words = padded.view(torch.int64).view(rows, nwords)
+    mask = (1 << bits) - 1
+    grid = torch.empty(rows, group, dtype=torch.int64)
+    for k, (word, shift) in enumerate(layout):
+        value = (words[:, word] >> shift) & (mask if shift <= 64 - bits else (1 << (64 - shift)) - 1)
+        if shift > 64 - bits:
+            value = value | ((words[:, word + 1] << (64 - shift)) & mask)
+        grid[:, k] = value
+    return grid.view(-1)[:n].reshape(tuple(shape))
 
 
 def xor_zero_share(ctx: PartyContext, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:

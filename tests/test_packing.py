@@ -1,0 +1,40 @@
+"""Bit packing of small integers and of 0/1 vectors: exact round trips and the documented
+little-endian stream layout (what goes on the wire)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from securetorch.protocols.boolean import pack_bits, pack_uint, unpack_bits, unpack_uint
+
+from .conftest import seeded
+
+
+def stream_reference(values: list[int], bits: int) -> bytes:
+    """Value i occupies stream bits [i bits, (i+1) bits), bit 0 of the stream being bit 0 of byte 0."""
+    total = sum(v << (i * bits) for i, v in enumerate(values))
+    return total.to_bytes((len(values) * bits + 7) // 8, "little")
+
+
+@pytest.mark.parametrize("bits", [1, 2, 7, 8, 13, 18, 23, 32, 33, 36, 50, 62, 63])
+@pytest.mark.parametrize("n", [1, 5, 64, 1001])
+def test_pack_uint_layout_and_round_trip(bits: int, n: int) -> None:
+    values = torch.randint(0, 2**62, (n,), generator=seeded(bits * 1000 + n)) & ((1 << bits) - 1)
+    packed = pack_uint(values, bits)
+    assert packed.dtype == torch.uint8
+    assert packed.numpy().tobytes() == stream_reference(values.tolist(), bits)
+    assert torch.equal(unpack_uint(packed, bits, (n,)), values)
+
+
+def test_pack_uint_keeps_shapes_and_top_values() -> None:
+    values = torch.full((2, 3, 5), (1 << 18) - 1, dtype=torch.int64)
+    values[0, 0, 0] = 0
+    assert torch.equal(unpack_uint(pack_uint(values, 18), 18, values.shape), values)
+
+
+def test_pack_bits_round_trip() -> None:
+    bits = torch.randint(0, 2, (3, 1001), generator=seeded(5))
+    packed = pack_bits(bits)
+    assert packed.shape == (3, 126)
+    assert torch.equal(unpack_bits(packed, 1001), bits)
