@@ -76,42 +76,64 @@ def powers(ctx: PartyContext, t: Pair, degree: int, scale: int) -> list[Pair]:
 
 
 POLY_SCALE = 30
+# The split evaluation needs this many coefficient bits at least (rounding below 2^-19).
+SPLIT_COEF_BITS = 18
+
+
+def _linear_combination(ctx: PartyContext, pows: list[Pair], coeffs: np.ndarray, coef_bits: int, scale: int) -> Pair:
+    """sum_j c_j t^j (pows[j-1] = t^j, t^0 = 1) at scale + coef_bits: public multiples, local."""
+    zero = torch.zeros_like(pows[0][0])
+    acc = add_constant(ctx, (zero, zero), float(coeffs[0]), scale + coef_bits)
+    for c, p in zip(coeffs[1:], pows, strict=False):
+        acc = pa.add(acc, pa.mul_public(p, torch.tensor(round(float(c) * 2**coef_bits), dtype=torch.int64)))
+    return acc
 
 
 def polynomial(
     ctx: PartyContext, t: Pair, coeffs: np.ndarray, scale: int, out_scale: int, work_scale: int = POLY_SCALE
 ) -> Pair:
-    """sum_k c_k t^k for t in [-1, 1] at ``scale``; result at ``out_scale``.
+    """sum_k c_k t^k (degree d) for t in [-1, 1] at ``scale``; result at ``out_scale``.
 
-    t is first moved to ``work_scale`` (default 30) fractional bits if below (a local shift:
-    products of values below 1 fit), so the powers carry negligible rounding (well-conditioned
-    fits, sum_k |c_k| small, can work with fewer bits: every product truncates by work_scale); the coefficients get as many bits as the sum
-    sum_k |c_k| leaves below 2^61; the terms are summed in the ring and truncated once.
-    Outside [-1, 1] the result is garbage, so callers mask it. Cost: powers + 2 rounds."""
+    t is first moved to ``work_scale`` fractional bits s if below (a local shift: products of
+    values below 1 fit). Outside [-1, 1] the result is garbage, so callers mask it.
+
+    Split (Paterson-Stockmeyer with one split, when 2s + 18 + log2 sum_k |c_k| <= 61, i.e. for
+    well-conditioned fits at s <= 21): with m = ceil(d/2), p = q0(t) + t^m q1(t), q0 and q1 of
+    degree < m and <= m, public combinations of t..t^m. The product t^m q1 (at 2s + cb bits)
+    and q0 (moved up by s bits) are summed as additive shares and truncated once: m
+    truncations in all (the powers' m - 1, then one), 2 ceil(log2 m) + 2 rounds.
+    Direct otherwise: the powers t..t^d (d - 1 truncations), summed with the coefficients at
+    as many bits as sum_k |c_k| leaves below 2^61, truncated once: 2 ceil(log2 d) + 2 rounds.
+    """
     degree = len(coeffs) - 1
     if scale < work_scale:
         t = pa.mul_public(t, torch.tensor(1 << (work_scale - scale)))
         scale = work_scale
-    pows = powers(ctx, t, degree, scale) if degree else []
-    coef_bits = 61 - scale - max(0, math.ceil(math.log2(float(np.abs(coeffs).sum()))))
-    total_scale = scale + coef_bits
-    acc = add_constant(ctx, (torch.zeros_like(t[0]), torch.zeros_like(t[0])), float(coeffs[0]), total_scale)
-    for c, p in zip(coeffs[1:], pows, strict=True):
-        acc = pa.add(acc, pa.mul_public(p, torch.tensor(round(float(c) * 2**coef_bits), dtype=torch.int64)))
-    return pa.truncate(ctx, acc, total_scale - out_scale)
+    size_bits = max(0, math.ceil(math.log2(float(np.abs(coeffs).sum()))))
+    if degree >= 3 and 2 * scale + SPLIT_COEF_BITS + size_bits <= 61:
+        m = -(-degree // 2)
+        pows = powers(ctx, t, m, scale)
+        coef_bits = 61 - 2 * scale - size_bits
+        low = _linear_combination(ctx, pows, coeffs[:m], coef_bits, scale)
+        high = _linear_combination(ctx, pows, coeffs[m:], coef_bits, scale)
+        total = pa.mul_local(pows[m - 1], high) + pa.mul_public(low, torch.tensor(1 << scale))[0]
+        return pa.truncate_additive(ctx, total, 2 * scale + coef_bits - out_scale)
+    pows = powers(ctx, t, degree, scale) if degree else [t]
+    coef_bits = 61 - scale - size_bits
+    acc = _linear_combination(ctx, pows, coeffs, coef_bits, scale)
+    return pa.truncate(ctx, acc, scale + coef_bits - out_scale)
 
 
 @functools.cache
 def chebyshev_fit(name: str, upper: float, degree: int) -> np.ndarray:
-    """Least-squares fit (monomial coefficients, in t/2^s with 2^s >= upper) of the named
-    function on [0, upper], on Chebyshev nodes."""
+    """Least-squares fit of the named function on [0, upper] (a power of two), on Chebyshev
+    nodes: monomial coefficients in u = 2t/upper - 1 in [-1, 1], where they stay small
+    (sum |c_k| <= 2 for the tails here; in t/upper they reach ~1000)."""
     fn = _TARGETS[name]
-    s = max(0, math.ceil(math.log2(upper)))
     nodes = 4000
-    k = np.arange(nodes)
-    t = upper / 2 * (1 + np.cos(np.pi * (k + 0.5) / nodes))
-    vander = np.vander(t / 2**s, degree + 1, increasing=True)
-    coeffs, *_ = np.linalg.lstsq(vander, fn(t), rcond=None)
+    u = np.cos(np.pi * (np.arange(nodes) + 0.5) / nodes)
+    vander = np.vander(u, degree + 1, increasing=True)
+    coeffs, *_ = np.linalg.lstsq(vander, fn(upper / 2 * (1 + u)), rcond=None)
     return coeffs
 
 
@@ -143,36 +165,35 @@ _TARGETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 # name: (range T of the fitted tail, a power of two; polynomial degree); beyond T the tail
-# is taken as 0. Fit error on [0, T] / tail beyond T: gelu 5e-6 / 1.3e-4, silu 9e-5 /
+# is taken as 0. Fit error on [0, T] / tail beyond T: gelu 1.3e-4 / 1.3e-4 (degree 8: two
+# products fewer than degree 10, whose 5e-6 the tail beyond 4 would hide), silu 9e-5 /
 # 2.7e-3, sigmoid 3e-5 / 3.4e-4 (tests/test_approx.py measures the secure errors).
-TAIL_FITS = {"gelu": (4.0, 10), "gelu_tanh": (4.0, 10), "silu": (8.0, 10), "sigmoid": (8.0, 10)}
+TAIL_FITS = {"gelu": (4.0, 8), "gelu_tanh": (4.0, 8), "silu": (8.0, 10), "sigmoid": (8.0, 10)}
+# The tails' powers are computed at 20 fractional bits: their coefficients (in u in [-1, 1])
+# sum to at most 2, so the powers' rounding stays below 1e-5, and the split evaluation fits.
+TAIL_SCALE = 20
 
 
 # --------------------------------------------------------------------------- signs
 
 
-def _signs(ctx: PartyContext, x: Pair, bound: float) -> tuple[Pair, Pair]:
-    """[x < 0] and [|x| > bound] (as 0/1), from one batched comparison of x, bound - x, x + bound."""
-    f = ctx.frac_bits
-    b = round(bound * 2**f)
-    stacked = _stack([x, pa.add_public(ctx, pa.neg(x), torch.tensor(b)), pa.add_public(ctx, x, torch.tensor(b))])
-    flat = (stacked[0].reshape(3, -1), stacked[1].reshape(3, -1))
-    neg, above, below = _unstack(less_than_zero(ctx, flat))
-    shape = x[0].shape
-    outside = pa.add(above, below)
-    return (neg[0].reshape(shape), neg[1].reshape(shape)), (outside[0].reshape(shape), outside[1].reshape(shape))
-
-
 def _fitted_tail(ctx: PartyContext, x: Pair, name: str) -> tuple[Pair, Pair, Pair, Pair]:
     """What GeLU, SiLU and sigmoid share: [x < 0], [x < 0] x, [|x| <= T] and the fitted tail
-    at |x| (at f bits). |x| at scale f is |x| / 2^s at scale f + s: the fit's variable, free."""
+    at |x| (at f bits).
+
+    Two comparisons in sequence: the sign gives |x| = x - 2[x < 0] x, then [|x| > T] is one
+    comparison (instead of x > T and x < -T batched with the sign: one comparison and one
+    bit injection fewer, for 10 more rounds). u = 2|x|/T - 1 is |x| read at scale
+    f + log2(T) - 1, less 1: free."""
     f = ctx.frac_bits
     upper, degree = TAIL_FITS[name]
-    negative, outside = _signs(ctx, x, upper)
+    negative = less_than_zero(ctx, x)
     neg_x = ring_mul_many(ctx, [negative], [x])[0]
     absolute = pa.sub(pa.sub(x, neg_x), neg_x)
-    s = max(0, math.ceil(math.log2(upper)))
-    tail = polynomial(ctx, absolute, chebyshev_fit(name, upper, degree), f + s, f)
+    outside = less_than_zero(ctx, pa.add_public(ctx, pa.neg(absolute), torch.tensor(round(upper * 2**f))))
+    scale = f + int(math.log2(upper)) - 1
+    u = add_constant(ctx, absolute, -1.0, scale)
+    tail = polynomial(ctx, u, chebyshev_fit(name, upper, degree), scale, f, work_scale=TAIL_SCALE)
     inside = pa.add_public(ctx, pa.neg(outside), torch.ones((), dtype=torch.int64))
     return negative, neg_x, inside, tail
 
@@ -183,9 +204,9 @@ def _relu_minus_tail(ctx: PartyContext, x: Pair, name: str) -> Pair:
 
 
 def gelu(ctx: PartyContext, x: Pair, approximate: str = "none") -> Pair:
-    """GeLU(x) = relu(x) - g(|x|), g(t) = t (1 - Phi(t)) fitted by a degree-10 polynomial on
-    [0, 4] and 0 beyond (|error| < 2e-4 before fixed point). ``approximate="tanh"`` fits the
-    tanh form's tail instead. Cost: 1 comparison batch (3 signs) + 1 + 8 + 2 + 1 rounds."""
+    """GeLU(x) = relu(x) - g(|x|), g(t) = t (1 - Phi(t)) fitted by a degree-8 polynomial on
+    [0, 4] and 0 beyond (|error| < 3e-4 before fixed point). ``approximate="tanh"`` fits the
+    tanh form's tail instead. Cost: 2 comparisons in sequence, 1 + 6 + 2 + 1 rounds more."""
     return _relu_minus_tail(ctx, x, "gelu_tanh" if approximate == "tanh" else "gelu")
 
 
@@ -400,10 +421,10 @@ def _monomial_fit(fn: Callable[[np.ndarray], np.ndarray], low: float, degree: in
     return np.polyfit(nodes, fn(nodes), degree)[::-1]
 
 
-RECIPROCAL_SCALE = 24
-# 1/c on [1/2, 1] by degree 7 in t = 4c - 3 in [-1, 1]: relative error 1.8e-6, 3 levels of
-# powers (no Newton steps). In t the coefficients fall like 3^-k (sum |c_k| = 2.0; in c it
-# would be 1081), so the powers need only 24 fractional bits.
+RECIPROCAL_SCALE = 20
+# 1/c on [1/2, 1] by degree 7 in t = 4c - 3 in [-1, 1]: relative error 1.8e-6 (no Newton
+# steps). In t the coefficients fall like 3^-k (sum |c_k| = 2.0; in c it would be 1081), so
+# the powers need only 20 fractional bits and the split evaluation applies (4 truncations).
 _RECIPROCAL_FIT = _monomial_fit(lambda t: 4 / (t + 3), -1.0, 7)
 
 
@@ -411,7 +432,7 @@ def reciprocal(ctx: PartyContext, x: Pair) -> Pair:
     """1/x for 2^-(f-1) <= x < 2^(l-1-f) (l = compare_bits).
 
     Normalise: X = x 2^f has highest bit p; G = 2^(T-p) (T = l-1) from p's one-hot; c = X G /
-    2^(T+1) in [1/2, 1) at 24 fractional bits. Then y = 1/c by a degree-7 polynomial in
+    2^(T+1) in [1/2, 1) at 20 fractional bits. Then y = 1/c by a degree-7 polynomial in
     t = 4c - 3 (at f bits) and 1/x = y G / 2^(T+1-f). Rounds: one-hot + 1 + 2 + 8 + 2 (21 for small tensors).
     """
     f, bits = ctx.frac_bits, ctx.compare_bits
