@@ -105,7 +105,7 @@ def _build(
     }
     untied_linear = {key for key in params if all(linear_weight[m, a] for m, a, k in bindings if k == key)}
     for param_key in untied_linear:
-        params[param_key] = _transposed_storage(params[param_key])
+        params[param_key] = _transposed_storage(params.pop(param_key))
     for module_name, attr, param_key in bindings:
         module = model.get_submodule(module_name)
         module._parameters.pop(attr, None)
@@ -222,8 +222,11 @@ def _transposed_storage(weight: SharedTensor) -> SharedTensor:
     the int64 product of many rows is fastest on a contiguous right operand (1.7x over the
     transposed one). A weight tied to an embedding table (GPT-2's LM head) keeps the table's
     layout, stored once: the ring matmul handles both layouts (see ``ring.native_matmul``)."""
-    first, second = (share.t().contiguous().t() for share in weight.shares)
-    return SharedTensor((first, second), weight.dtype)
+    dtype, (first, second) = weight.dtype, weight.shares
+    del weight  # the caller passes its last reference: each share's old layout is freed as soon as
+    first = first.t().contiguous().t()  # its new one exists (one share's size at a time, not two)
+    second = second.t().contiguous().t()
+    return SharedTensor((first, second), dtype)
 
 
 def _embed(state: _PartyModel, onehot: SharedTensor) -> SharedTensor:

@@ -18,7 +18,7 @@ def stream_reference(values: list[int], bits: int) -> bytes:
 
 
 @pytest.mark.parametrize("bits", [1, 2, 7, 8, 13, 18, 23, 32, 33, 36, 50, 62, 63])
-@pytest.mark.parametrize("n", [1, 5, 64, 1001])
+@pytest.mark.parametrize("n", [1, 5, 64, 1001, (1 << 14) + 7])  # both packing paths
 def test_pack_uint_layout_and_round_trip(bits: int, n: int) -> None:
     values = torch.randint(0, 2**62, (n,), generator=seeded(bits * 1000 + n)) & ((1 << bits) - 1)
     packed = pack_uint(values, bits)

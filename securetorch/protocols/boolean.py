@@ -10,6 +10,7 @@ Sources: ABY3 §4 (boolean sharing, AND with one round of resharing).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -46,12 +47,20 @@ def bit_planes(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.from_numpy(planes)
 
 
-def _uint_layout(bits: int) -> tuple[int, int, list[tuple[int, int]]]:
+@functools.cache
+def _uint_layout(bits: int) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Values of ``bits`` bits laid end to end in little-endian 64-bit words repeat their
     layout every g = 64 / gcd(bits, 64) values, which fill ``bits * g / 64`` words: (g, words,
-    [(word, shift) of each of the g values])."""
+    each value's word and shift, and which values run into the next word)."""
     group = 64 // math.gcd(bits, 64)
-    return group, bits * group // 64, [((k * bits) >> 6, (k * bits) & 63) for k in range(group)]
+    start = torch.arange(group, dtype=torch.int64) * bits
+    word, shift = start >> 6, start & 63
+    return group, bits * group // 64, word, shift, shift > 64 - bits
+
+
+# Below this many values, packing expands every value to its bits in numpy (a few fixed
+# costs); above, it works on 64-bit words (no 64x expansion: 2-4x faster on large tensors).
+_WORD_PACKING_MIN = 1 << 14
 
 
 def pack_uint(values: torch.Tensor, bits: int) -> torch.Tensor:
@@ -59,35 +68,36 @@ def pack_uint(values: torch.Tensor, bits: int) -> torch.Tensor:
     bytes (value i holds stream bits [i bits, (i+1) bits), little-endian)."""
     flat = values.reshape(-1)
     n = flat.numel()
-    group, nwords, layout = _uint_layout(bits)
+    if n < _WORD_PACKING_MIN:
+        return torch.from_numpy(np.packbits(_value_bits(flat, bits).reshape(-1), bitorder="little"))
+    group, nwords, word, shift, spills = _uint_layout(bits)
     rows = -(-n // group)
     grid = torch.zeros(rows * group, dtype=torch.int64)
     grid[:n] = flat
     grid = grid.view(rows, group)
     words = torch.zeros(rows, nwords, dtype=torch.int64)  # a group ends at a word's end: no spill past it
-    for k, (word, shift) in enumerate(layout):  # disjoint bit ranges: OR as addition
-        words[:, word] += grid[:, k] << shift
-        if shift > 64 - bits:
-            words[:, word + 1] += grid[:, k] >> (64 - shift)
+    words.index_add_(1, word, grid << shift)  # disjoint bit ranges: the sum is an OR
+    words.index_add_(1, word[spills] + 1, grid[:, spills] >> (64 - shift[spills]))
     return words.view(-1).view(torch.uint8)[: (n * bits + 7) // 8].clone()
 
 
 def unpack_uint(packed: torch.Tensor, bits: int, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """Inverse of ``pack_uint`` for a tensor of ``shape``."""
     n = torch.Size(shape).numel()
-    group, nwords, layout = _uint_layout(bits)
+    if n < _WORD_PACKING_MIN:
+        flat = np.unpackbits(packed.numpy(), count=n * bits, bitorder="little").reshape(n, bits)
+        wide = np.zeros((n, 64), dtype=np.uint8)
+        wide[:, :bits] = flat
+        return torch.from_numpy(np.packbits(wide, axis=1, bitorder="little").view(np.int64).reshape(tuple(shape)))
+    group, nwords, word, shift, spills = _uint_layout(bits)
     rows = -(-n // group)
     padded = torch.zeros(rows * nwords * 8, dtype=torch.uint8)
     padded[: packed.numel()] = packed
     words = padded.view(torch.int64).view(rows, nwords)
-    mask = (1 << bits) - 1
-    grid = torch.empty(rows, group, dtype=torch.int64)
-    for k, (word, shift) in enumerate(layout):
-        value = (words[:, word] >> shift) & (mask if shift <= 64 - bits else (1 << (64 - shift)) - 1)
-        if shift > 64 - bits:
-            value = value | ((words[:, word + 1] << (64 - shift)) & mask)
-        grid[:, k] = value
-    return grid.view(-1)[:n].reshape(tuple(shape))
+    low_bits = torch.clamp(64 - shift, max=bits)  # the bits of each value in its first word
+    values = (words[:, word] >> shift) & ((1 << low_bits) - 1)  # the mask drops the sign fill
+    values[:, spills] |= (words[:, word[spills] + 1] << (64 - shift[spills])) & ((1 << bits) - 1)
+    return values.view(-1)[:n].reshape(tuple(shape))
 
 
 def xor_zero_share(ctx: PartyContext, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:

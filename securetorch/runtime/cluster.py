@@ -276,6 +276,8 @@ class Cluster:
 
             payload = dumps_callable(fn, map_structure((args, kwargs), for_rank))
             self._send(r, b"run", str(job).encode(), payload)
+        del payload  # the shares are on their way: do not hold them while the parties work
+        secrets_.clear()
         try:
             replies = self._collect(job)
         finally:

@@ -165,7 +165,10 @@ class PartyServer:
         context.set_current(self.ctx)
         self._reply(ident, b"ready", json.dumps({"rank": self.rank}).encode())
 
-    def _run(self, ident: bytes, job: int, payload: bytes) -> None:
+    def _run(self, ident: bytes, job: int, frames: list[bytes]) -> None:
+        """Run the job in ``frames[3]``; the payload frame is taken out of the list so that its
+        bytes (a model's weight shares can be gigabytes) are freed once unpickled."""
+        payload = frames.pop(3)
         self.job = job
         self.ctx.start_job((self.session << SESSION_SHIFT) | job)
 
@@ -175,6 +178,7 @@ class PartyServer:
         self.ctx.progress = progress if self.rank == 0 else None
         try:
             fn, (args, kwargs) = loads(payload)
+            del payload
             args, kwargs = map_structure((args, kwargs), _to_shared)
             result = fn(*args, **kwargs)
             reply = (b"ok", dumps(map_structure(result, _from_shared)))
@@ -210,7 +214,7 @@ class PartyServer:
             if self.ctx is None:
                 self._reply(ident, b"err", dumps((RuntimeError("party not set up"), "")))
             else:
-                self._run(ident, int(frames[2]), frames[3])
+                self._run(ident, int(frames[2]), frames)
         elif kind == b"stats":
             self._reply(ident, b"stats", json.dumps(self.net.stats.as_dict()).encode())
         elif kind == b"reset_stats":
