@@ -33,6 +33,8 @@ _DTYPES: list[torch.dtype] = [
     torch.bool,
 ]
 _CODE = {dt: i for i, dt in enumerate(_DTYPES)}
+_NUMPY = [np.dtype(np.bool_) if dt == torch.bool else torch.empty((), dtype=dt).numpy().dtype for dt in _DTYPES]
+_SHAPES = [struct.Struct(f"<{n}q") for n in range(MAX_DIMS + 1)]
 
 
 class FrameError(ValueError):
@@ -53,7 +55,7 @@ def encode_message(sender: int, job: int, step: int, tensors: list[torch.Tensor]
         if t.dtype not in _CODE:
             raise TypeError(f"cannot send tensors of dtype {t.dtype}")
         t = t.detach().contiguous()
-        frames.append(_META.pack(_CODE[t.dtype], t.dim()) + struct.pack(f"<{t.dim()}q", *t.shape))
+        frames.append(_META.pack(_CODE[t.dtype], t.dim()) + _SHAPES[t.dim()].pack(*t.shape))
         frames.append(memoryview(t.numpy()).cast("B") if t.numel() else b"")
     return frames
 
@@ -86,14 +88,12 @@ def decode_message(frames: list[bytes]) -> tuple[Header, list[torch.Tensor]]:
         code, ndim = _META.unpack_from(meta)
         if code >= len(_DTYPES) or ndim > MAX_DIMS or len(meta) != _META.size + 8 * ndim:
             raise FrameError("bad tensor meta")
-        shape = struct.unpack_from(f"<{ndim}q", meta, _META.size)
+        shape = _SHAPES[ndim].unpack_from(meta, _META.size)
         if any(s < 0 for s in shape):
             raise FrameError("negative dimension")
-        dtype = _DTYPES[code]
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if len(data) != math.prod(shape) * itemsize:
-            raise FrameError(f"data of {len(data)} bytes for shape {shape} of {dtype}")
-        np_dtype = np.bool_ if dtype == torch.bool else torch.empty((), dtype=dtype).numpy().dtype
+        np_dtype = _NUMPY[code]
+        if len(data) != math.prod(shape) * np_dtype.itemsize:
+            raise FrameError(f"data of {len(data)} bytes for shape {shape} of {_DTYPES[code]}")
         arr = np.frombuffer(data, dtype=np_dtype).reshape(shape).copy()
         tensors.append(torch.from_numpy(arr))
     return head, tensors
