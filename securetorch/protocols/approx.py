@@ -48,7 +48,7 @@ def _unstack(pair: Pair) -> list[Pair]:
 
 
 def mul_many(ctx: PartyContext, lefts: list[Pair], rights: list[Pair], bits: int) -> list[Pair]:
-    """Several same-shape fixed-point products in one truncation (2 rounds)."""
+    """Several same-shape fixed-point products in one truncation (2 or 3 rounds)."""
     left, right = _stack(lefts), _stack(rights)
     return _unstack(pa.truncate_additive(ctx, pa.mul_local(left, right), bits))
 

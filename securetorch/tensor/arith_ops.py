@@ -2,14 +2,15 @@
 public value. A plain tensor or number mixed in is public (local work, no communication).
 
 Fixed-point rules (f fractional bits):
-* secret x secret: ``mul_fixed`` / ``matmul_fixed`` (2 rounds, 48 B per output element);
+* secret x secret: ``mul_fixed`` / ``matmul_fixed`` (one truncation: 2 rounds and 41 B per
+  output element, or 3 rounds and 26.5 B from 2^17 elements);
 * secret x public integer values (integer dtype, or floats that are small integers): exact
   ring product, no truncation, no communication;
 * secret integer (bool mask, one-hot) x secret fixed point: exact ring product, 1 round,
   24 B per output element;
 * secret x public float: the public factor is encoded with e >= f fractional bits, more
   when it is small (its largest magnitude keeps 24 significant bits, so x * 0.001 is as
-  precise as x * 1), e = f for matmul; then truncated by e (2 rounds, 48 B/element).
+  precise as x * 1), e = f for matmul; then truncated by e (one truncation).
   Division by a public p multiplies by 1/p this way.
 """
 
