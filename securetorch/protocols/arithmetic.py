@@ -303,9 +303,9 @@ def _truncate_wrap_bits(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
         d = unpack_bits(got[0], n)
         se, sd = 1 - 2 * e, 1 - 2 * d
         w = a - d * se * r_a - se * sd * h_a - e * d
-        t = logical_shift_right(y, bits) - offset - (w << (64 - bits))
-        ctx.net.exchange({rank_b: [t.reshape(shape) - x_a]}, [])
-        return x_a, t.reshape(shape) - x_a + got[1]
+        masked = (logical_shift_right(y, bits) - offset - (w << (64 - bits))).reshape(shape) - x_a
+        ctx.net.exchange({rank_b: [masked]}, [])
+        return x_a, masked + got[1]
     with_d = ctx.prg_with(dealer)
     r_b = with_d.bits(n)
     x_d = with_d.int64(shape)
