@@ -8,19 +8,22 @@ Inside a party (a function run by ``Cluster.run``)::
 
 from securetorch import ring
 from securetorch.comm.stats import CommStats
-from securetorch.errors import PartyError
+from securetorch.errors import AccessError, InputError, PartyError
 from securetorch.ring import DEFAULT_FRAC_BITS
-from securetorch.runtime.cluster import Cluster, LocalCluster, private, run_local
-from securetorch.runtime.context import rank, stats
+from securetorch.runtime.cluster import Cluster, LocalCluster, run_local
 from securetorch.secure import SecureModel, load_shares, save_shares, secure
+from securetorch.session.context import rank, stats
 from securetorch.tensor import SharedTensor, share
+from securetorch.tensor.payload import private
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_FRAC_BITS",
+    "AccessError",
     "Cluster",
     "CommStats",
+    "InputError",
     "LocalCluster",
     "PartyError",
     "SecureModel",

@@ -16,3 +16,13 @@ class PartyError(RuntimeError):
 
 class ProtocolError(RuntimeError):
     """The parties fell out of step (a message arrived for the wrong protocol step)."""
+
+
+class InputError(ValueError, TypeError):
+    """An input a secure model or a party refuses: a keyword the model does not declare, a
+    wrong dtype, shape or value, a one-hot matrix that fails the parties' check. It is both
+    a ``ValueError`` and a ``TypeError``, so code catching either sees it."""
+
+
+class AccessError(PermissionError):
+    """A request this driver's role, or the model's list of clients, does not allow."""

@@ -28,7 +28,7 @@ def chi_square_uniform_bytes(data: bytes) -> tuple[float, float]:
 @contextlib.contextmanager
 def received_tensors() -> Iterator[list[torch.Tensor]]:
     """Inside a party: collect every tensor this party receives from its peers meanwhile."""
-    from securetorch.runtime.context import current
+    from securetorch.session.context import current
 
     net = current().net
     received: list[torch.Tensor] = []

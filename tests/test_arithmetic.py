@@ -104,7 +104,7 @@ def test_edge_values(cluster) -> None:
 def test_truncation_protocol_range(cluster, pad) -> None:
     """Ring-level truncation: floor(z / 2^d) or one more, for |z| up to 2^62, for both
     protocols (a tensor of 2^17 elements or more takes the 3-round one)."""
-    from securetorch.runtime.context import current
+    from securetorch.session.context import current
 
     edges = torch.tensor(
         [0, 1, -1, 2**18, -(2**18), 2**62 - 1, -(2**62), 2**55 + 12345, -(2**55) - 999, 7], dtype=torch.int64
@@ -125,7 +125,7 @@ def test_truncation_protocol_range(cluster, pad) -> None:
 
 def test_wrap_truncation_is_unbiased(cluster) -> None:
     """The 3-round truncation adds 1 - carry: its mean error is below 1% of a unit."""
-    from securetorch.runtime.context import current
+    from securetorch.session.context import current
 
     z = torch.randint(-(2**40), 2**40, (pa.BYTES_BOUND_ELEMENTS,), generator=seeded(12))
 
@@ -233,7 +233,7 @@ def test_matmul_acceptance_error_rounds_bytes(cluster) -> None:
 def test_exact_costs_of_sharing_and_products(cluster, shape) -> None:
     """Bytes (all parties) and rounds are exact: share 16 B/1, reveal 24 B/1, reveal-to-one
     8 B/1, ring mul 24 B/1, fixed-point mul and matmul: one truncation (2 rounds)."""
-    from securetorch.runtime.context import current
+    from securetorch.session.context import current
 
     n = torch.Size(shape).numel()
 

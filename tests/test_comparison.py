@@ -12,7 +12,7 @@ from securetorch.comm.stats import total
 from securetorch.protocols import approx as ap
 from securetorch.protocols import comparison as pc
 from securetorch.protocols.boolean import reveal_bits, unpack_bits
-from securetorch.runtime.context import current
+from securetorch.session.context import current
 
 from .conftest import seeded
 

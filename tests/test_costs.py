@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import securetorch as puma
 from securetorch.comm.stats import total
-from securetorch.runtime import costs
+from securetorch.session import costs
 
 transformers.logging.set_verbosity_error()
 
@@ -26,7 +26,7 @@ def gpt2(cluster):
 
 
 def _recording(cluster) -> list[bool]:
-    return cluster.run(lambda: costs.ACTIVE is not None)
+    return cluster.run(lambda: costs.active() is not None)
 
 
 def test_report_adds_up_to_the_counters_per_layer_and_op(cluster, gpt2) -> None:

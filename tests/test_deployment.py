@@ -33,14 +33,17 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def cluster_file(path, ports, party_keys, driver_keys, frac_bits=18) -> str:
+def cluster_file(path, ports, party_keys, drivers, frac_bits=18, shares_dir=None) -> str:
+    """A cluster file; ``drivers`` maps a name to (public key, role)."""
     lines = [f"[settings]\nfrac_bits = {frac_bits}\ncompare_bits = 44\ntimeout = {TIMEOUT}\n"]
     for r in range(3):
+        shares = f'shares_dir = "{shares_dir}/party{r}"\n' if shares_dir else ""
         lines.append(
             f'[[parties]]\nrank = {r}\ncontrol = "tcp://127.0.0.1:{ports[2 * r]}"\n'
-            f'peer = "tcp://127.0.0.1:{ports[2 * r + 1]}"\npublic_key = "{party_keys[r]}"\n'
+            f'peer = "tcp://127.0.0.1:{ports[2 * r + 1]}"\npublic_key = "{party_keys[r]}"\n{shares}'
         )
-    lines.append("[drivers]\npublic_keys = [" + ", ".join(f'"{k}"' for k in driver_keys) + "]\n")
+    for name, (key, role) in drivers.items():
+        lines.append(f'[[drivers]]\nname = "{name}"\npublic_key = "{key}"\nrole = "{role}"\n')
     path.write_text("\n".join(lines))
     return str(path)
 
@@ -56,16 +59,33 @@ def start_party(config: str, rank: int, key, *shares) -> subprocess.Popen:
     return proc
 
 
+ROLES = {"admin": "admin", "owner": "owner", "client": "client", "other": "client"}
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys")
     party = [keygen(keys, f"party{r}") for r in range(3)]
-    driver = keygen(keys, "driver")
+    drivers = {name: keygen(keys, name) for name in ROLES}
     intruder = keygen(keys, "intruder")
     ports = _free_ports(6)
-    config = cluster_file(keys / "cluster.toml", ports, [p[2] for p in party], [driver[2]])
+    shares = tmp_path_factory.mktemp("shares")
+    config = cluster_file(
+        keys / "cluster.toml", ports, [p[2] for p in party], {n: (d[2], ROLES[n]) for n, d in drivers.items()},
+        shares_dir=shares,
+    )  # fmt: skip
     procs = [start_party(config, r, party[r][1]) for r in range(3)]
-    yield {"config": config, "driver": driver[1], "intruder": intruder[1], "party_keys": party, "ports": ports, "dir": keys, "procs": procs}  # fmt: skip
+    yield {
+        "config": config,
+        **{name: d[1] for name, d in drivers.items()},
+        "drivers": {n: (d[2], ROLES[n]) for n, d in drivers.items()},
+        "intruder": intruder[1],
+        "party_keys": party,
+        "ports": ports,
+        "dir": keys,
+        "shares": shares,
+        "procs": procs,
+    }
     for p in procs:
         p.terminate()
     for p in procs:
@@ -74,7 +94,8 @@ def deployment(tmp_path_factory):
 
 def test_a_driver_runs_secure_work_over_curve(deployment) -> None:
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
-    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as cluster:
+    with puma.Cluster.from_config(deployment["config"], key=deployment["admin"]) as cluster:
+        assert (cluster.driver, cluster.role) == ("admin", "admin")
         assert cluster.run(puma.rank) == [0, 1, 2]
         got = cluster.run(lambda v: (v @ v.T).relu(), puma.private(x))[0]
         assert torch.allclose(got, (x @ x.T).relu(), atol=1e-3)
@@ -88,13 +109,13 @@ def test_a_driver_runs_secure_work_over_curve(deployment) -> None:
         assert float((out.last_hidden_state - ref.last_hidden_state).abs().max()) <= 1e-2
         secure_model.close()
     # the parties keep serving: a second session (fresh PRG keys) works the same
-    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as cluster:
+    with puma.Cluster.from_config(deployment["config"], key=deployment["admin"]) as cluster:
         assert torch.allclose(cluster.run(lambda v: v * 3, puma.private(x))[0], x * 3, atol=1e-4)
 
 
 def test_a_driver_with_an_unknown_key_is_refused(deployment) -> None:
     started = time.monotonic()
-    with pytest.raises(puma.PartyError, match="public key listed under \\[drivers\\]"):
+    with pytest.raises(puma.PartyError, match="public key listed under \\[\\[drivers\\]\\]"):
         puma.Cluster.from_config(deployment["config"], key=deployment["intruder"])
     assert time.monotonic() - started < TIMEOUT + 15
     with pytest.raises(ConfigError, match="pass key="):
@@ -103,18 +124,17 @@ def test_a_driver_with_an_unknown_key_is_refused(deployment) -> None:
 
 def test_a_settings_mismatch_names_the_setting(deployment, tmp_path) -> None:
     keys = [k[2] for k in deployment["party_keys"]]
-    driver_public = ClusterConfig.load(deployment["config"]).driver_keys[0].decode()
-    other = cluster_file(tmp_path / "other.toml", deployment["ports"], keys, [driver_public], frac_bits=16)
+    other = cluster_file(tmp_path / "other.toml", deployment["ports"], keys, deployment["drivers"], frac_bits=16)
     with pytest.raises(puma.PartyError, match="frac_bits differs: the party has 18, the driver has 16"):
-        puma.Cluster.from_config(other, key=deployment["driver"])
+        puma.Cluster.from_config(other, key=deployment["admin"])
     # the refused driver left the parties serving
-    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as cluster:
+    with puma.Cluster.from_config(deployment["config"], key=deployment["admin"]) as cluster:
         assert cluster.run(puma.rank) == [0, 1, 2]
 
 
 def test_party_refuses_a_key_that_is_not_its_own(deployment) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "securetorch.cli", "party", "--rank", "0", "--config", deployment["config"], "--key", str(deployment["driver"])],
+        [sys.executable, "-m", "securetorch.cli", "party", "--rank", "0", "--config", deployment["config"], "--key", str(deployment["admin"])],
         capture_output=True,
         text=True,
         timeout=60,
@@ -129,27 +149,29 @@ def test_cluster_file_errors_say_what_is_wrong(tmp_path) -> None:
     with pytest.raises(ConfigError, match="exactly three"):
         ClusterConfig.load(bad)
     keys = ["x" * 40] * 3
-    path = cluster_file(tmp_path / "nodrivers.toml", list(range(1000, 1006)), keys, [])
+    path = cluster_file(tmp_path / "nodrivers.toml", list(range(1000, 1006)), keys, {})
     with pytest.raises(ConfigError, match="no driver could connect"):
         ClusterConfig.load(path)
 
 
-def test_model_owner_leaves_data_owner_uses_it_and_a_killed_party_restarts_from_its_shares(
-    deployment, tmp_path
-) -> None:
+def test_model_owner_leaves_client_uses_it_and_a_killed_party_restarts_from_its_shares(deployment) -> None:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
     model = BertModel(config).eval()
     ids = torch.randint(0, 50, (1, 6), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         want = model(input_ids=ids).last_hidden_state
-    # the model owner secures the model under a name, has each party save its shares, leaves
-    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as owner:
-        secured = puma.secure(model, cluster=owner, name="tiny-bert")
-        paths = puma.save_shares(secured, tmp_path / "shares")
-    assert [os.path.basename(p) for p in paths] == ["party0.safetensors", "party1.safetensors", "party2.safetensors"]
-    # the data owner uses it by name, without the weights
-    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as user:
+    # the model owner secures the model under a name for one client, has each party save its
+    # shares (to the directory its own cluster file names), and leaves
+    with puma.Cluster.from_config(deployment["config"], key=deployment["owner"]) as owner:
+        assert owner.role == "owner"
+        secured = puma.secure(model, cluster=owner, name="tiny-bert", clients=["client"])
+        paths = puma.save_shares(secured)
+    shares = deployment["shares"]
+    assert paths == [str(shares / f"party{r}" / "tiny-bert" / f"party{r}.safetensors") for r in range(3)]
+    assert all(os.stat(p).st_mode & 0o777 == 0o600 for p in paths)
+    # the client uses it by name, without the weights
+    with puma.Cluster.from_config(deployment["config"], key=deployment["client"]) as user:
         remote = puma.SecureModel.by_name("tiny-bert", user)
         assert float((remote(input_ids=ids).last_hidden_state - want).abs().max()) <= 1e-2
         with pytest.raises(KeyError, match="no secured model named 'nope'"):
@@ -166,28 +188,30 @@ def test_model_owner_leaves_data_owner_uses_it_and_a_killed_party_restarts_from_
     deployment["procs"][1].wait(10)
     # the operator restarts party 1 from its shares file; the cluster serves the next request
     deployment["procs"][1] = start_party(deployment["config"], 1, deployment["party_keys"][1][1], paths[1])
-    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as user:
+    with puma.Cluster.from_config(deployment["config"], key=deployment["client"]) as user:
         remote = puma.SecureModel.by_name("tiny-bert", user)
         assert float((remote(input_ids=ids).last_hidden_state - want).abs().max()) <= 1e-2
 
 
-def test_a_party_serves_only_its_own_shares_file(deployment, tmp_path) -> None:
-    from securetorch.secure import load_shares_file
+def test_a_party_serves_only_its_own_shares_file(deployment) -> None:
+    from securetorch.models import sharefile
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
-    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as owner:
-        paths = puma.save_shares(puma.secure(BertModel(config).eval(), cluster=owner, name="other"), tmp_path)
+    with puma.Cluster.from_config(deployment["config"], key=deployment["owner"]) as owner:
+        secured = puma.secure(BertModel(config).eval(), cluster=owner, name="other")
+        paths = puma.save_shares(secured)
+        secured.close()
     with pytest.raises(ValueError, match="holds party 0's shares, not party 1's"):
-        load_shares_file(paths[0], rank=1, frac_bits=18)
+        sharefile.load(paths[0], rank=1, frac_bits=18)
     with pytest.raises(ValueError, match="written with frac_bits = 18, this party uses 16"):
-        load_shares_file(paths[1], rank=1, frac_bits=16)
+        sharefile.load(paths[1], rank=1, frac_bits=16)
 
 
 def test_a_driver_dying_mid_request_leaves_the_parties_serving(deployment) -> None:
     script = f"""
 import torch, securetorch as puma
-cluster = puma.Cluster.from_config({deployment["config"]!r}, key={str(deployment["driver"])!r})
+cluster = puma.Cluster.from_config({deployment["config"]!r}, key={str(deployment["admin"])!r})
 x = torch.randn(64, 64)
 print("connected", flush=True)
 cluster.run(lambda v: [v := (v @ v).tanh() for _ in range(150)][-1], puma.private(x))
@@ -198,7 +222,7 @@ cluster.run(lambda v: [v := (v @ v).tanh() for _ in range(150)][-1], puma.privat
     driver.kill()
     driver.wait()
     x = torch.randn(3, 3, generator=torch.Generator().manual_seed(4))
-    with puma.Cluster.from_config(deployment["config"], key=deployment["driver"]) as cluster:
+    with puma.Cluster.from_config(deployment["config"], key=deployment["admin"]) as cluster:
         assert torch.allclose(cluster.run(lambda v: v + 1, puma.private(x))[0], x + 1, atol=1e-4)
 
 
@@ -206,6 +230,7 @@ def test_a_party_refuses_an_unencrypted_cluster_file_unless_told(tmp_path) -> No
     path = tmp_path / "plain.toml"
     path.write_text(
         "".join(f'[[parties]]\nrank = {r}\ncontrol = "tcp://127.0.0.1:{1 + r}"\npeer = "tcp://127.0.0.1:{9 + r}"\n' for r in range(3))
+        + '[[drivers]]\nname = "tester"\nrole = "admin"\n'
     )  # fmt: skip
     cmd = [sys.executable, "-m", "securetorch.cli", "party", "--rank", "0", "--config", str(path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 import securetorch as puma
-from securetorch.runtime.context import current
+from securetorch.session.context import current
 
 from .conftest import received_tensors
 
@@ -196,11 +196,12 @@ def _digest(t: torch.Tensor) -> str:
 def _spy_forward(key, onehot, public):
     """Run the secure forward while recording every payload this party receives from peers,
     and report digests of those payloads and of this party's weight shares."""
-    from securetorch.secure import _forward
+    from securetorch.models.service import forward
 
+    installed = current().models[key]
     with received_tensors() as received:
-        _forward(key, onehot, public)
-    model = current().store[key].model
+        forward(current(), installed, onehot, public)
+    model = installed.model
     held = [s for t in model.__dict__.values() if isinstance(t, puma.SharedTensor) for s in t.shares]
     for module in model.modules():
         held += [s for t in vars(module).values() if isinstance(t, puma.SharedTensor) for s in t.shares]

@@ -71,25 +71,26 @@ def hosts(tmp_path_factory):
     _teardown(namespaces)
 
 
-def test_three_parties_on_three_hosts_over_curve(hosts) -> None:
+def test_three_parties_on_three_hosts_over_curve_owner_and_client(hosts) -> None:
     namespaces, work = hosts
     cli = _securetorch()
-    # step 1 of the README: a key pair per party and one for the driver
+    # step 1 of the README: a key pair per party and one per driver
     public = {}
-    for name in ("party0", "party1", "party2", "driver"):
+    for name in ("party0", "party1", "party2", "alice", "bob"):
         out = subprocess.run([*cli, "keygen", name], cwd=work, check=True, capture_output=True, text=True)
         public[name] = out.stdout.split("public key: ")[1].strip()
-    # step 2: the cluster file
+    # step 2: the cluster file, with the drivers' roles
     parties = "\n".join(
         f'[[parties]]\nrank = {r}\ncontrol = "tcp://{SUBNET}.{r + 1}:7100"\npeer = "tcp://{SUBNET}.{r + 1}:7101"\n'
         f'public_key = "{public[f"party{r}"]}"\n'
         for r in range(3)
     )
-    config = work / "cluster.toml"
-    config.write_text(
-        f"[settings]\nfrac_bits = 18\ncompare_bits = 44\ntimeout = 20.0\n\n{parties}\n"
-        f'[drivers]\npublic_keys = ["{public["driver"]}"]\n'
+    drivers = "\n".join(
+        f'[[drivers]]\nname = "{name}"\npublic_key = "{public[name]}"\nrole = "{role}"\n'
+        for name, role in (("alice", "owner"), ("bob", "client"))
     )
+    config = work / "cluster.toml"
+    config.write_text(f"[settings]\nfrac_bits = 18\ncompare_bits = 44\ntimeout = 20.0\n\n{parties}\n{drivers}")
     # step 3: each party on its host
     procs = [
         subprocess.Popen(
@@ -103,14 +104,23 @@ def test_three_parties_on_three_hosts_over_curve(hosts) -> None:
     try:
         for r, p in enumerate(procs):
             assert f"serving drivers on tcp://{SUBNET}.{r + 1}:7100" in p.stdout.readline()
-        # step 4: the driver, on the bridge's host
+        # step 4: the owner installs the model for bob and leaves
         torch.manual_seed(0)
         model = BertModel(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)).eval()  # fmt: skip
         ids = torch.randint(0, 60, (2, 7), generator=torch.Generator().manual_seed(1))
-        with puma.Cluster.from_config(config, key=work / "driver.key_secret") as cluster:
-            secure_model = puma.secure(model, cluster=cluster, name="bert")
-            out = secure_model(input_ids=ids)
-            traffic = total(cluster.stats())
+        with puma.Cluster.from_config(config, key=work / "alice.key_secret") as owner:
+            assert owner.role == "owner"
+            puma.secure(model, cluster=owner, name="bert", clients=["bob"])
+        # step 5: bob, a client with his own key, calls it
+        with puma.Cluster.from_config(config, key=work / "bob.key_secret") as client:
+            assert client.role == "client"
+            out = puma.SecureModel.by_name("bert", client)(input_ids=ids)
+            traffic = total(client.stats())
+            with pytest.raises(puma.AccessError, match="only admin drivers"):
+                client.run(puma.rank)
+            client.role = "admin"  # a driver that skips its own check is refused by the parties
+            with pytest.raises(puma.AccessError, match="run is not allowed for a driver whose role is client"):
+                client.run(puma.rank)
         with torch.no_grad():
             want = model(input_ids=ids).last_hidden_state
         assert float((out.last_hidden_state - want).abs().max()) <= 1e-2

@@ -3,6 +3,8 @@ consecutive secure calls do not grow the parties' memory."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -19,11 +21,33 @@ def _rss_kib() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
 
-def test_malformed_control_messages_are_dropped(cluster) -> None:
-    garbage = [[b""], [b"run"], [b"run", b"not-a-number", b"x"], [b"setup", b"{not json"], [b"\xff" * 40]]
+def test_malformed_control_messages_are_answered_not_fatal(cluster) -> None:
+    """Garbage on the control socket (too few frames, bad kinds, headers that are not JSON
+    objects, ids out of range, malformed argument trees, the old ``setup``/``run`` forms) is
+    logged and answered with an error: every party keeps serving."""
+    session = cluster.session
+    garbage = [
+        [b""],
+        [b"run"],
+        [b"run", b"not-a-number", b"x"],
+        [b"setup", b"{not json"],
+        [b"setup", b"[]"],
+        [b"\xff" * 40],
+        [b"forward", b"[]"],
+        [b"forward", json.dumps({"request": -1, "session": session, "args": {}}).encode()],
+        [b"run", json.dumps({"request": 10**9, "session": -1, "args": {}}).encode()],
+        [b"stats", json.dumps({"request": 10**9, "session": session, "args": {"dict": [[{"tensor": 7}, 1]]}}).encode()],
+        [
+            b"describe",
+            json.dumps(
+                {"request": 10**9 + 1, "session": session, "args": {"dict": [["name", {"secret": 1}]]}}
+            ).encode(),
+        ],
+        [b"forward", json.dumps({"request": 10**9 + 2, "session": session, "args": "x" * 10}).encode(), b"\x00"],
+    ]
     for r in range(3):
         for frames in garbage:
-            cluster._send(r, *frames)
+            cluster._sockets[r].send_multipart(frames)
     assert cluster.run(puma.rank) == [0, 1, 2]  # every party is alive and serves the next job
     x = torch.arange(6.0).reshape(2, 3)
     assert torch.allclose(cluster.run(lambda v: v * 2, puma.private(x))[0], x * 2, atol=1e-4)

@@ -1,17 +1,23 @@
-"""Framing of tensors for the party-to-party wire: no pickle, only dtype, shape and bytes.
+"""Wire formats: tensors as dtype, shape and raw bytes; no pickle anywhere.
 
-A message is a multipart ZeroMQ message::
+Between parties a message is a multipart ZeroMQ message::
 
     header  = b"STP1" | sender u8 | job u64 | step u64 | count u32
     then per tensor:  meta = dtype code u8 | ndim u8 | shape (ndim x i64);  data = raw bytes
+
+Between a driver and a party (both directions) a message is typed::
+
+    kind (ASCII, <= 32 bytes) | header (a JSON object, <= 16 MiB) | tensors as above
 
 Parsing checks every length and code and raises ``FrameError`` on anything malformed.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +27,8 @@ MAGIC = b"STP1"
 _HEADER = struct.Struct("<4sBQQI")
 _META = struct.Struct("<BB")
 MAX_DIMS = 16
+MAX_KIND_BYTES = 32
+MAX_HEADER_BYTES = 16 << 20
 
 _DTYPES: list[torch.dtype] = [
     torch.int64,
@@ -49,40 +57,29 @@ class Header:
     count: int
 
 
-def encode_message(sender: int, job: int, step: int, tensors: list[torch.Tensor]) -> list[bytes | memoryview]:
-    frames: list[bytes | memoryview] = [_HEADER.pack(MAGIC, sender, job, step, len(tensors))]
+Buffer = bytes | bytearray | memoryview
+
+
+def encode_tensors(tensors: Sequence[torch.Tensor]) -> list[Buffer]:
+    """Two frames per tensor: its meta (dtype code, rank, shape) and its raw bytes."""
+    frames: list[Buffer] = []
     for t in tensors:
         if t.dtype not in _CODE:
             raise TypeError(f"cannot send tensors of dtype {t.dtype}")
+        if t.dim() > MAX_DIMS:
+            raise TypeError(f"cannot send tensors of more than {MAX_DIMS} dimensions")
         t = t.detach().contiguous()
         frames.append(_META.pack(_CODE[t.dtype], t.dim()) + _SHAPES[t.dim()].pack(*t.shape))
         frames.append(memoryview(t.numpy()).cast("B") if t.numel() else b"")
     return frames
 
 
-def payload_bytes(tensors: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def decode_header(frame: bytes) -> Header:
-    if len(frame) != _HEADER.size:
-        raise FrameError(f"header of {len(frame)} bytes, expected {_HEADER.size}")
-    magic, sender, job, step, count = _HEADER.unpack(frame)
-    if magic != MAGIC:
-        raise FrameError("bad magic")
-    if sender > 2:
-        raise FrameError(f"sender rank {sender} out of range")
-    return Header(sender, job, step, count)
-
-
-def decode_message(frames: list[bytes]) -> tuple[Header, list[torch.Tensor]]:
-    if not frames:
-        raise FrameError("empty message")
-    head = decode_header(frames[0])
-    if len(frames) != 1 + 2 * head.count:
-        raise FrameError(f"{len(frames)} frames for {head.count} tensors")
+def decode_tensors(frames: Sequence[Buffer]) -> list[torch.Tensor]:
+    """The tensors of ``encode_tensors``' frames (copied out of the message buffers)."""
+    if len(frames) % 2:
+        raise FrameError("tensor frames come in pairs (meta, data)")
     tensors = []
-    for meta, data in zip(frames[1::2], frames[2::2], strict=True):
+    for meta, data in zip(frames[0::2], frames[1::2], strict=True):
         if len(meta) < _META.size:
             raise FrameError("short tensor meta")
         code, ndim = _META.unpack_from(meta)
@@ -96,4 +93,55 @@ def decode_message(frames: list[bytes]) -> tuple[Header, list[torch.Tensor]]:
             raise FrameError(f"data of {len(data)} bytes for shape {shape} of {_DTYPES[code]}")
         arr = np.frombuffer(data, dtype=np_dtype).reshape(shape).copy()
         tensors.append(torch.from_numpy(arr))
-    return head, tensors
+    return tensors
+
+
+def encode_message(sender: int, job: int, step: int, tensors: list[torch.Tensor]) -> list[Buffer]:
+    return [_HEADER.pack(MAGIC, sender, job, step, len(tensors)), *encode_tensors(tensors)]
+
+
+def payload_bytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def decode_header(frame: Buffer) -> Header:
+    if len(frame) != _HEADER.size:
+        raise FrameError(f"header of {len(frame)} bytes, expected {_HEADER.size}")
+    magic, sender, job, step, count = _HEADER.unpack(frame)
+    if magic != MAGIC:
+        raise FrameError("bad magic")
+    if sender > 2:
+        raise FrameError(f"sender rank {sender} out of range")
+    return Header(sender, job, step, count)
+
+
+def decode_message(frames: Sequence[Buffer]) -> tuple[Header, list[torch.Tensor]]:
+    if not frames:
+        raise FrameError("empty message")
+    head = decode_header(frames[0])
+    if len(frames) != 1 + 2 * head.count:
+        raise FrameError(f"{len(frames)} frames for {head.count} tensors")
+    return head, decode_tensors(frames[1:])
+
+
+def encode_typed(kind: str, header: dict, tensors: Sequence[torch.Tensor] = ()) -> list[Buffer]:
+    """A driver-party message: its kind, a JSON header and raw tensor frames."""
+    return [kind.encode("ascii"), json.dumps(header, separators=(",", ":")).encode(), *encode_tensors(tensors)]
+
+
+def decode_typed(frames: Sequence[Buffer]) -> tuple[str, dict, list[torch.Tensor]]:
+    """(kind, header, tensors) of a typed message; ``FrameError`` on anything malformed."""
+    if len(frames) < 2:
+        raise FrameError(f"a typed message has a kind and a header, got {len(frames)} frame(s)")
+    kind_frame, header_frame = bytes(frames[0]), frames[1]
+    if not 0 < len(kind_frame) <= MAX_KIND_BYTES or not kind_frame.isascii():
+        raise FrameError("bad message kind")
+    if len(header_frame) > MAX_HEADER_BYTES:
+        raise FrameError(f"header of {len(header_frame)} bytes (at most {MAX_HEADER_BYTES})")
+    try:
+        header = json.loads(bytes(header_frame))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FrameError(f"header is not JSON: {type(exc).__name__}") from None
+    if not isinstance(header, dict):
+        raise FrameError("header is not a JSON object")
+    return kind_frame.decode("ascii"), header, decode_tensors(frames[2:])

@@ -34,7 +34,7 @@ from securetorch.protocols.boolean import (
     xor_public,
 )
 from securetorch.protocols.comparison import SMALL_ELEMENTS, bit_to_arith, less_than_zero, msb
-from securetorch.runtime.context import PartyContext
+from securetorch.session.context import PartyContext
 
 # --------------------------------------------------------------------------- helpers
 

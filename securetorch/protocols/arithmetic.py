@@ -18,7 +18,7 @@ import torch
 
 from securetorch.protocols.boolean import pack_bits, pack_uint, unpack_bits, unpack_uint
 from securetorch.ring import logical_shift_right, ring_matmul
-from securetorch.runtime.context import PartyContext
+from securetorch.session.context import PartyContext
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from securetorch.runtime.context import PartyContext
+from securetorch.session.context import PartyContext
 
 BitPair = tuple[torch.Tensor, torch.Tensor]
 

@@ -29,7 +29,7 @@ from securetorch.protocols.boolean import (
     xor,
     xor_public,
 )
-from securetorch.runtime.context import PartyContext
+from securetorch.session.context import PartyContext
 
 
 def _carry(ctx: PartyContext, g: BitPair, p: BitPair) -> BitPair:

@@ -1,8 +1,11 @@
-"""The driver's side: clusters of three parties and running SPMD functions on them.
+"""The driver's side: clusters of three parties and the typed requests a driver sends them.
 
-``Cluster`` talks to three running party processes over ZeroMQ; ``LocalCluster`` starts them
-on this machine (tcp over loopback by default, or ipc) and stops them on close, on error and
-at interpreter exit.
+``Cluster`` talks to three running parties over ZeroMQ; ``LocalCluster`` starts them on this
+machine and stops them on close, on error and at interpreter exit. Every request is a verb
+with typed arguments (``verbs``); every reply is decoded as data, never unpickled, so a party
+(or anything posing as one) cannot run code on the driver. Secret arguments (``private(t)``)
+are dealt as shares, one pair per party; secret results come back as share pairs and only
+the driver reconstructs them.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import atexit
 import contextlib
 import itertools
 import json
+import logging
 import os
 import secrets
+import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,18 +30,50 @@ from typing import Any, Literal
 import torch
 import zmq
 
-from securetorch.comm.security import CurveKeys
+from securetorch.comm.frames import FrameError
+from securetorch.comm.security import Credential, CurveKeys, PlainPassword, party_identity
 from securetorch.comm.stats import CommStats
-from securetorch.errors import PartyError
-from securetorch.prg import new_key
-from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS, encode
-from securetorch.runtime import costs
-from securetorch.runtime.context import current
-from securetorch.runtime.deployment import PROTOCOL_VERSION, ClusterConfig
-from securetorch.runtime.wire import SeededShare, SharePayload, dumps_callable, loads, map_structure
-from securetorch.tensor.shared import decode_as, scale_bits
+from securetorch.errors import AccessError, InputError, PartyError, ProtocolError
+from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
+from securetorch.runtime.deployment import (
+    LOCAL_DRIVER,
+    PROTOCOL_VERSION,
+    ClusterConfig,
+    ConfigError,
+    local_config,
+)
+from securetorch.runtime.shipping import pack_call
+from securetorch.runtime.verbs import Status, Verb, decode_reply, encode_request
+from securetorch.session import costs
+from securetorch.tensor.payload import RANKS, SharePayload, deal, deal_tree, map_structure, reconstruct
 
-RANKS = (0, 1, 2)
+log = logging.getLogger("securetorch.cluster")
+
+# Exception types a party's error may be raised as on the driver (looked up by name in this
+# table only); any other type arrives as a PartyError.
+_REMOTE_ERRORS: dict[str, type[BaseException]] = {
+    cls.__name__: cls
+    for cls in (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        RuntimeError,
+        NotImplementedError,
+        PermissionError,
+        AssertionError,
+        ZeroDivisionError,
+        OverflowError,
+        AttributeError,
+        FileNotFoundError,
+        FileExistsError,
+        MemoryError,
+        PartyError,
+        ProtocolError,
+        InputError,
+        AccessError,
+    )
+}
 
 
 def _progress_wanted() -> bool:
@@ -47,24 +85,23 @@ def _progress_wanted() -> bool:
     return in_notebook or bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
-class Private:
-    """Marks a driver-held tensor that must enter the parties secret-shared (see ``private``)."""
-
-    def __init__(self, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> None:
-        self.tensor = torch.as_tensor(tensor)
-        self.dtype = dtype or (self.tensor.dtype if self.tensor.is_floating_point() else torch.get_default_dtype())
-
-
-def private(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> Private:
-    """Pass a tensor to ``Cluster.run`` secretly: the driver splits it into shares and each
-    party receives only its pair, as a ``SharedTensor``. Plain arguments are public."""
-    return Private(tensor, dtype)
+def _remote_exception(rank: int, error: dict[str, Any]) -> BaseException:
+    cls = _REMOTE_ERRORS.get(error["type"])
+    message = error["message"]
+    exc = cls(message) if cls is not None else PartyError(f"party {rank}: {error['type']}: {message}")
+    if isinstance(error.get("traceback"), str):
+        exc.add_note(f"raised in party {rank}:\n{error['traceback']}")
+    return exc
 
 
 class Cluster:
-    """A driver's connection to three party processes (ranks 0, 1, 2) by their control
-    addresses. ``LocalCluster`` starts three parties on this machine; ``Cluster.from_config``
-    connects to long-lived parties (``securetorch party --config``) over CURVE."""
+    """A driver's session with three parties (ranks 0, 1, 2) at their control addresses.
+
+    ``LocalCluster`` starts three parties on this machine; ``Cluster.from_config`` connects
+    to the long-lived parties of a deployment over CURVE. Opening the session checks the
+    protocol version, the fixed-point setting and the ranks; ``close()`` ends it (the
+    parties of a deployment keep serving). ``role`` is what the parties let this driver do.
+    """
 
     def __init__(
         self,
@@ -73,8 +110,10 @@ class Cluster:
         timeout: float = 60.0,
         compare_bits: int = DEFAULT_COMPARE_BITS,
         progress: bool | None = None,
-        keys: CurveKeys | None = None,
-        party_keys: list[bytes] | None = None,
+        credential: Credential | None = None,
+        party_keys: list[bytes | None] | None = None,
+        name: str | None = None,
+        on_queue: Callable[[int], None] | None = None,
     ) -> None:
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
@@ -87,55 +126,43 @@ class Cluster:
             sock = self._zmq.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
-            if keys is not None:
-                if party_keys is None:
-                    raise ValueError("an encrypted cluster needs the parties' public keys")
-                keys.client(sock, party_keys[r])
+            if credential is not None:
+                credential.connect(sock, None if party_keys is None else party_keys[r])
             sock.connect(addr)
             self._sockets.append(sock)
-        self._end_message = b"end"  # a session ends; the parties keep running
-        self._jobs = itertools.count(1)
+        self.session = secrets.randbits(62) + 1
+        self._requests = itertools.count(1)
+        self._name = name
         self._broken: str | None = None
         self._closed = False
+        self.role: str | None = None
+        self.driver: str | None = None
+        self.queue_position: int | None = None
+        self.on_queue = on_queue
         self.progress = progress if progress is not None else _progress_wanted()
         self._bar: Any = None
-        self._bar_job = 0
+        self._bar_request = 0
 
     # ------------------------------------------------------------------ plumbing
     def _dead(self) -> dict[int, str]:
         """Parties known to be gone, with why (LocalCluster watches its processes)."""
         return {}
 
-    def _send(self, rank: int, *frames: bytes, block: bool = True) -> None:
+    def _send(self, rank: int, frames: list[Any], block: bool = True) -> None:
         try:
-            self._sockets[rank].send_multipart(list(frames), flags=0 if block else zmq.NOBLOCK)
+            self._sockets[rank].send_multipart(frames, flags=0 if block else zmq.NOBLOCK, copy=False)
         except zmq.Again as exc:
             raise PartyError(f"party {rank} is not reachable (no connection within {self.timeout:.1f} s)") from exc
 
-    def _poll(self, ranks: list[int], wait: float) -> dict[int, list[bytes]]:
-        """Replies that arrive from ``ranks`` within ``wait`` seconds (progress reports are
-        shown, not returned)."""
-        poller = zmq.Poller()
-        for r in ranks:
-            poller.register(self._sockets[r], zmq.POLLIN)
-        replies = {}
-        for sock, _ in poller.poll(wait * 1000):
-            frames = sock.recv_multipart()
-            if frames[0] == b"progress":
-                self._show_progress(*json.loads(frames[1]))
-            else:
-                replies[self._sockets.index(sock)] = frames
-        return replies
-
-    def _show_progress(self, job: int, done: int, total: int) -> None:
+    def _show_progress(self, request: int, done: int, total: int) -> None:
         if not self.progress:
             return
-        if self._bar is None or self._bar_job != job:
+        if self._bar is None or self._bar_request != request:
             self._close_bar()
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, desc="secure layers", unit="layer", delay=2.0, leave=False)
-            self._bar_job = job
+            self._bar_request = request
         self._bar.update(max(0, done - self._bar.n))
 
     def _close_bar(self) -> None:
@@ -143,18 +170,13 @@ class Cluster:
             self._bar.close()
             self._bar = None
 
-    def _recv_all(self, ranks: list[int], deadline: float) -> dict[int, list[bytes]]:
-        replies: dict[int, list[bytes]] = {}
-        while len(replies) < len(ranks):
-            replies.update(self._poll([r for r in ranks if r not in replies], 0.2))
-            dead = {r: why for r, why in self._dead().items() if r not in replies}
-            if dead:
-                self._broken = "; ".join(dead.values())
-                raise PartyError(self._broken)
-            if time.monotonic() > deadline and len(replies) < len(ranks):
-                missing = sorted(set(ranks) - set(replies))
-                raise PartyError(f"no reply from parties {missing} within {self.timeout:.1f} s")
-        return replies
+    def _queued(self, position: int) -> None:
+        """Party 0 says how many jobs run before this request (other drivers' included)."""
+        self.queue_position = position
+        if position > 0:
+            log.info("waiting for the parties: %d job(s) ahead of this request", position)
+        if self.on_queue is not None:
+            self.on_queue(position)
 
     def _usable(self) -> None:
         if self._closed:
@@ -164,69 +186,167 @@ class Cluster:
 
     @classmethod
     def from_config(
-        cls, path: str | os.PathLike[str], key: str | os.PathLike[str] | None = None, progress: bool | None = None
+        cls,
+        path: str | os.PathLike[str],
+        key: str | os.PathLike[str] | None = None,
+        progress: bool | None = None,
+        name: str | None = None,
     ) -> Cluster:
         """Connect to the three parties a cluster file names (see ``runtime.deployment``) and
-        start a session: every party checks the protocol version, the fixed-point setting and
-        its rank against the driver's; with CURVE keys in the file, ``key`` is this driver's
-        ``.key_secret`` file (``securetorch keygen``), and its public key must be listed under
-        [drivers]. ``close()`` ends the session; the parties keep serving."""
+        open a session. With CURVE keys in the file, ``key`` is this driver's ``.key_secret``
+        file (``securetorch keygen``); its public key must be listed under [[drivers]], whose
+        entry gives this driver's name and role. A file without keys (a test setup) takes
+        ``name``, one of its [[drivers]], unauthenticated. ``close()`` ends the session; the
+        parties keep serving."""
         config = ClusterConfig.load(path)
         keys = config.endpoint_keys(key, "pass key=<this driver's .key_secret file>")
+        if keys is None and name is not None and config.driver(name) is None:
+            raise ConfigError(f"{path} lists no driver named {name!r}")
         cluster = cls(
             [p.control for p in config.parties],
             config.frac_bits,
             config.timeout,
             config.compare_bits,
             progress,
-            keys=keys,
-            party_keys=[p.public_key for p in config.parties] if keys else None,  # type: ignore[misc]
+            credential=keys,
+            party_keys=[p.public_key for p in config.parties],
+            name=name,
         )
         try:
-            cluster._setup(None)
+            cluster._open()
         except BaseException:
             cluster.close()
             raise
         return cluster
 
-    def _setup(self, peers: dict[int, str] | None) -> None:
-        """Start the session (parties with a cluster file know their peers: ``peers=None``)
-        under a random session id, so that no party confuses it with an earlier one."""
-        session = secrets.randbits(31) | 1
+    def _open(self) -> None:
+        """Open the session under a random id: every party checks the settings and its rank,
+        binds the session to this driver's key, and the parties agree on fresh PRG keys."""
+        per_party = []
         for r in RANKS:
-            config = {
+            args: dict[str, Any] = {
                 "version": PROTOCOL_VERSION,
-                "session": session,
                 "rank": r,
-                "peers": peers,
                 "frac_bits": self.frac_bits,
                 "compare_bits": self.compare_bits,
-                "timeout": self.timeout,
             }
-            self._send(r, b"setup", json.dumps(config).encode())
+            if self._name is not None:
+                args["driver"] = self._name
+            per_party.append(args)
         try:
-            replies = self._recv_all(list(RANKS), time.monotonic() + self.timeout + 10)
+            results = self._exchange(Verb.OPEN, per_party)
         except PartyError as exc:
-            raise PartyError(
-                f"{exc}: are the parties running at these addresses, and is this driver's public key "
-                "listed under [drivers] in their cluster file?"
-            ) from None
-        errors = {r: loads(f[1])[0] for r, f in replies.items() if f[0] == b"err"}
-        if errors:
-            raise PartyError("; ".join(str(e) for e in errors.values()), {r: str(e) for r, e in errors.items()})
-        for r, frames in replies.items():
-            if frames[0] != b"ready":
-                raise PartyError(f"party {r} failed to set up")
+            if "no reply from" in str(exc):
+                raise PartyError(
+                    f"{exc}: are the parties running at these addresses, and is this driver's public key "
+                    "listed under [[drivers]] in their cluster file?"
+                ) from None
+            raise
+        self.role = results[0]["role"]
+        self.driver = results[0]["driver"]
 
-    # ------------------------------------------------------------------ secrets
-    def _split(self, value: Private) -> list[SharePayload]:
-        """Replicated shares of a driver-held tensor. x_0 and x_1 are fresh AES streams, so they
-        travel as 16-byte keys; only x_2 = x - x_0 - x_1 travels in full (to P_1 and P_2)."""
-        x = encode(value.tensor, scale_bits(value.dtype, self.frac_bits))
-        shape = tuple(x.shape)
-        seeded = [SeededShare(new_key(), shape), SeededShare(new_key(), shape)]
-        parts: list[torch.Tensor | SeededShare] = [*seeded, x - seeded[0].expand() - seeded[1].expand()]
-        return [SharePayload(parts[r], parts[(r + 1) % 3], value.dtype) for r in RANKS]
+    # ------------------------------------------------------------------ requests
+    def call(self, verb: Verb, args: dict[str, Any]) -> list[Any]:
+        """Send ``verb`` with ``args`` to the three parties (``private(t)`` values dealt as
+        shares) and return their three results, secrets reconstructed."""
+        self._usable()
+        return self._exchange(verb, deal_tree(args, self.frac_bits, self.compare_bits))
+
+    def _exchange(self, verb: Verb, per_party: list[dict[str, Any]]) -> list[Any]:
+        request = next(self._requests)
+        for r in RANKS:
+            self._send(r, encode_request(verb, self.session, request, per_party[r]))
+        del per_party  # the shares are on their way: do not hold them while the parties work
+        try:
+            results = self._collect(request)
+        finally:
+            self._close_bar()
+        return self._reconstruct(results)
+
+    def _collect(self, request: int) -> list[Any]:
+        """The three results of ``request``. Each party first acknowledges it (or answers)
+        within the timeout; then the driver waits as long as the parties work, showing its
+        place in the queue. When a party fails or dies, the others are told to abandon the
+        request, and the failure is raised."""
+        results: dict[int, Any] = {}
+        errors: dict[int, dict[str, Any]] = {}
+        dead: dict[int, str] = {}
+        heard: set[int] = set()
+        ack_deadline = time.monotonic() + self.timeout + 10
+        abort_deadline = float("inf")
+        aborted = False
+        poller = zmq.Poller()
+        for sock in self._sockets:
+            poller.register(sock, zmq.POLLIN)
+        while len(results) + len(errors) + len(dead) < 3:
+            for sock, _ in poller.poll(200):
+                rank = self._sockets.index(sock)
+                frames = sock.recv_multipart(copy=False)
+                try:
+                    reply = decode_reply([f.buffer for f in frames])
+                except FrameError as exc:
+                    log.warning("party %d sent a malformed reply (%s): ignored", rank, exc)
+                    if rank not in results:
+                        errors[rank] = {"type": "PartyError", "message": f"party {rank} sent a malformed reply ({exc})"}
+                    continue
+                if reply.request != request or rank in results or rank in errors:
+                    continue  # a late reply to an earlier request
+                heard.add(rank)
+                if reply.status is Status.QUEUED:
+                    if rank == 0 and isinstance(reply.header.get("position"), int):
+                        self._queued(reply.header["position"])
+                elif reply.status is Status.PROGRESS:
+                    done, total = reply.header.get("done"), reply.header.get("total")
+                    if isinstance(done, int) and isinstance(total, int):
+                        self._show_progress(request, done, total)
+                elif reply.status is Status.OK:
+                    results[rank] = reply.result
+                else:
+                    errors[rank] = reply.header["error"]
+            pending = [r for r in RANKS if r not in results and r not in errors and r not in dead]
+            dead.update({r: why for r, why in self._dead().items() if r in pending})
+            pending = [r for r in pending if r not in dead]
+            if (errors or dead) and pending and not aborted:
+                reason = "; ".join(dead.values()) or f"party {min(errors)} failed: {errors[min(errors)]['message']}"
+                self._abort(request, pending, reason)
+                aborted = True
+                abort_deadline = time.monotonic() + self.timeout + 5
+            now = time.monotonic()
+            silent = [r for r in pending if r not in heard]
+            if silent and now > ack_deadline:
+                raise PartyError(f"no reply from parties {silent} within {self.timeout:.1f} s")
+            if pending and now > abort_deadline:
+                raise PartyError(f"parties {pending} did not abandon request {request} within {self.timeout + 5:.1f} s")
+        if dead:
+            self._broken = "; ".join(dead.values())
+            reports = {r: f"{e['type']}: {e['message']}" for r, e in errors.items()}
+            raise PartyError(
+                "; ".join([self._broken, *(f"party {r}: {m}" for r, m in sorted(reports.items()))]), reports
+            )
+        if errors:
+            raise self._failure(errors)
+        return [results[r] for r in RANKS]
+
+    def _abort(self, request: int, ranks: list[int], reason: str) -> None:
+        for r in ranks:
+            try:
+                frames = encode_request(
+                    Verb.ABORT, self.session, next(self._requests), {"target": request, "reason": reason}
+                )
+                self._send(r, frames, block=False)
+            except (PartyError, zmq.ZMQError):
+                pass  # a party that cannot be reached has nothing to abandon
+
+    @staticmethod
+    def _failure(errors: dict[int, dict[str, Any]]) -> BaseException:
+        """What to raise for the parties' errors: the first party's own error (raised as its
+        type when it is a known one), or a PartyError listing what each party reported."""
+        user = {r: e for r, e in errors.items() if e["type"] not in ("PartyError", "PeerAbort")}
+        reports = {r: f"{e['type']}: {e['message']}" for r, e in errors.items()}
+        if not user:
+            return PartyError("; ".join(e["message"] for e in errors.values()), reports)
+        rank = min(user)
+        return _remote_exception(rank, user[rank])
 
     def _reconstruct(self, results: list[Any]) -> list[Any]:
         """Replace every returned share pair by the plaintext, rebuilt from the three parties'
@@ -236,13 +356,10 @@ class Cluster:
             map_structure(results[r], lambda v, r=r: pairs[r].append(v) if isinstance(v, SharePayload) else None)
         if len({len(p) for p in pairs}) != 1:
             raise PartyError("the parties returned different numbers of secret outputs")
-        plain = []
-        for trio in zip(*pairs, strict=True):
-            for r in RANKS:
-                if not torch.equal(trio[r].second, trio[(r + 1) % 3].first):
-                    raise PartyError("the parties returned inconsistent shares")
-            total = trio[0].first + trio[1].first + trio[2].first
-            plain.append(decode_as(total, self.frac_bits, trio[0].dtype))
+        try:
+            plain = [reconstruct(list(trio), self.frac_bits) for trio in zip(*pairs, strict=True)]
+        except ValueError as exc:
+            raise PartyError(f"the parties returned inconsistent shares: {exc}") from None
 
         def substitute(results_r: Any) -> Any:
             queue = iter(plain)
@@ -256,90 +373,31 @@ class Cluster:
 
         ``private(t)`` arguments arrive secret-shared; other arguments are public. A
         ``SharedTensor`` in a result comes back to the driver only: each party sends its
-        share pair and the driver puts the reconstructed plaintext in its place.
-        An exception in any party is re-raised here with that party's traceback.
+        share pair and the driver puts the reconstructed plaintext in its place. Results are
+        data (numbers, strings, tensors, lists, tuples, dicts, ``CommStats``). An exception
+        in any party is re-raised here with that party's traceback.
+
+        The function is shipped by value and runs with full access to the party: only a
+        ``LocalCluster`` and drivers whose role is admin may do this.
         """
         self._usable()
-        job = next(self._jobs)
-        secrets_: dict[int, list[SharePayload]] = {}
-
-        def split(value: Any) -> Any:
-            if isinstance(value, Private):
-                secrets_[id(value)] = self._split(value)
-            return value
-
-        map_structure((args, kwargs), split)
-        for r in RANKS:
-
-            def for_rank(value: Any, r: int = r) -> Any:
-                return secrets_[id(value)][r] if isinstance(value, Private) else value
-
-            payload = dumps_callable(fn, map_structure((args, kwargs), for_rank))
-            self._send(r, b"run", str(job).encode(), payload)
-        del payload  # the shares are on their way: do not hold them while the parties work
-        secrets_.clear()
-        try:
-            replies = self._collect(job)
-        finally:
-            self._close_bar()
-        return self._reconstruct([loads(replies[r][1]) for r in RANKS])
-
-    def _collect(self, job: int) -> dict[int, list[bytes]]:
-        """Wait for the three replies to ``job``. When a party fails or dies, the others are
-        told to abandon the job (they raise PartyError at once), and the failure is raised."""
-        replies: dict[int, list[bytes]] = {}
-        dead: dict[int, str] = {}
-        reason: str | None = None
-        deadline = float("inf")
-        while len(replies) + len(dead) < 3:
-            pending = [r for r in RANKS if r not in replies and r not in dead]
-            got = self._poll(pending, 0.2)
-            replies.update(got)
-            new_dead = {r: why for r, why in self._dead().items() if r not in replies and r not in dead}
-            dead.update(new_dead)
-            failed = [r for r, f in got.items() if f[0] == b"err"]
-            if reason is None and (failed or new_dead):
-                reason = "; ".join(new_dead.values()) or f"party {failed[0]} failed"
-                for r in RANKS:
-                    if r not in replies and r not in dead:
-                        self._send(r, b"abort", str(job).encode(), reason.encode())
-                deadline = time.monotonic() + self.timeout + 5
-            if time.monotonic() > deadline:
-                missing = [r for r in RANKS if r not in replies and r not in dead]
-                raise PartyError(f"parties {missing} did not abandon job {job} within {self.timeout + 5:.1f} s")
-        errors = {r: loads(f[1]) for r, f in replies.items() if f[0] == b"err"}
-        if dead:
-            self._broken = "; ".join(dead.values())
-            reports = {r: f"{type(e).__name__}: {e}" for r, (e, _) in errors.items()}
-            raise PartyError(
-                "; ".join([self._broken, *(f"party {r}: {m}" for r, m in sorted(reports.items()))]), reports
+        if self.role != "admin":
+            raise AccessError(
+                f"Cluster.run ships code into the parties: only admin drivers may, this one is {self.role}"
             )
-        if not errors:
-            return replies
-        user = {r: e for r, e in errors.items() if not isinstance(e[0], PartyError)}
-        if not user:
-            raise PartyError(
-                "; ".join(str(e) for e, _ in errors.values()),
-                {r: f"{type(e).__name__}: {e}" for r, (e, _) in errors.items()},
-            )
-        rank = min(user)
-        exc, tb = user[rank]
-        exc.add_note(f"raised in party {rank}:\n{tb}")
-        raise exc
-
-    def _query(self, kind: bytes) -> list[CommStats]:
-        self._usable()
-        for r in RANKS:
-            self._send(r, kind)
-        replies = self._recv_all(list(RANKS), time.monotonic() + self.timeout)
-        return [CommStats(**json.loads(replies[r][1])) for r in RANKS]
+        call, privates = pack_call(fn, args, kwargs)
+        shares = [deal(p, self.frac_bits, self.compare_bits) for p in privates]
+        payload = torch.frombuffer(bytearray(call), dtype=torch.uint8)
+        per_party = [{"call": payload, "secrets": [s[r] for s in shares]} for r in RANKS]
+        del shares
+        return self._exchange(Verb.RUN, per_party)
 
     def stats(self) -> list[CommStats]:
-        """The three parties' communication counters, in rank order."""
-        return self._query(b"stats")
+        """This session's communication counters in the three parties, in rank order."""
+        return self.call(Verb.STATS, {})
 
     def reset_stats(self) -> None:
-        self._query(b"reset_stats")
+        self.call(Verb.RESET_STATS, {})
 
     @contextlib.contextmanager
     def cost_report(self) -> Iterator[costs.CostReport]:
@@ -351,22 +409,26 @@ class Cluster:
 
         The report fills in when the block ends (see ``costs.CostReport``)."""
         report = costs.CostReport()
-        self.run(_start_costs)
+        self.call(Verb.COSTS_START, {})
         try:
             yield report
         finally:
-            if not self._closed:
-                report.entries[:] = costs.combine(self.run(_stop_costs)).entries
+            if not self._closed and not self._broken:
+                report.entries[:] = costs.combine(self.call(Verb.COSTS_STOP, {})).entries
+
+    def _end_session(self, verb: Verb) -> None:
+        for r in RANKS:
+            try:
+                self._send(r, encode_request(verb, self.session, next(self._requests), {}), block=False)
+            except (zmq.ZMQError, PartyError):
+                pass  # a party that cannot be reached has no session to end
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for r in RANKS:
-            try:
-                self._send(r, self._end_message, block=False)
-            except (zmq.ZMQError, PartyError):
-                pass  # a party that cannot be reached has no session to end
+        self._end_session(Verb.CLOSE)
+        time.sleep(0.01)  # let the messages leave before the sockets go (LINGER is 0)
         for sock in self._sockets:
             sock.close(0)
         self._zmq.term()
@@ -381,14 +443,6 @@ class Cluster:
 _LIVE: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
 
 
-def _start_costs() -> None:
-    costs.start(current().net)
-
-
-def _stop_costs() -> list[dict[str, Any]]:
-    return costs.stop()
-
-
 @atexit.register
 def _close_all() -> None:
     for cluster in list(_LIVE):
@@ -396,14 +450,21 @@ def _close_all() -> None:
 
 
 class LocalCluster(Cluster):
-    """Three party processes on this machine, connected over tcp loopback (or ipc).
+    """Three party processes on this machine, private to this driver.
+
+    The parties bind ipc sockets in a directory only this user can enter (mode 0700) and
+    admit only this driver and each other, by random passwords handed to them over their
+    stdin (a verifier keeps their SHA-256); ``transport="tcp"`` uses loopback tcp with
+    ephemeral CURVE key pairs instead (encrypted; about five times the cost per byte). The
+    parties report their endpoints through pipes, never a port another process could
+    answer on. This driver is their admin (it may ``run`` functions).
 
     ``frac_bits``: fixed-point fractional bits f (default 18); ``compare_bits``: ring bits l
     that comparisons look at (default 44: exact for reals below 2^(l-1-f) = 2^25);
     ``timeout``: seconds a party waits for a peer before raising PartyError;
-    ``threads``: torch threads per party (default cores / 3); ``transport``: "tcp" or "ipc";
-    ``progress``: a per-layer progress bar on calls longer than 2 s (default: in a terminal
-    or notebook, not under pytest).
+    ``threads``: torch threads per party (default cores / 3); ``progress``: a per-layer
+    progress bar on calls longer than 2 s (default: in a terminal or notebook, not under
+    pytest).
     """
 
     def __init__(
@@ -411,50 +472,118 @@ class LocalCluster(Cluster):
         frac_bits: int = DEFAULT_FRAC_BITS,
         timeout: float = 60.0,
         threads: int = 0,
-        transport: Literal["tcp", "ipc"] = "tcp",
+        transport: Literal["ipc", "tcp"] = "ipc",
         compare_bits: int = DEFAULT_COMPARE_BITS,
         progress: bool | None = None,
     ) -> None:
+        if transport not in ("ipc", "tcp"):
+            raise ValueError(f"transport is 'ipc' or 'tcp', not {transport!r}")
+        if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
+            raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._tmpdir = tempfile.mkdtemp(prefix="securetorch-") if transport == "ipc" else None
-        zctx = zmq.Context.instance()
-        announce = zctx.socket(zmq.PULL)
-        announce.setsockopt(zmq.LINGER, 0)
-        port = announce.bind_to_random_port("tcp://127.0.0.1")
-        # The parties import what the driver can import (test modules, local packages).
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self._closed = True  # until the session is open
+        self._tmpdir = tempfile.mkdtemp(prefix="securetorch-")  # mode 0700
         try:
-            for r in RANKS:
-                if transport == "ipc":
-                    control, peer = (f"ipc://{self._tmpdir}/p{r}-{kind}" for kind in ("control", "peer"))
-                else:
-                    control = peer = "tcp://127.0.0.1:*"
-                cmd = [
-                    sys.executable, "-m", "securetorch.runtime.party", "--rank", str(r),
-                    "--control", control, "--peer", peer, "--timeout", str(timeout),
-                    "--threads", str(threads), "--announce", f"tcp://127.0.0.1:{port}", "--die-with-parent",
-                ]  # fmt: skip
-                self._procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env))
-            found: dict[int, dict[str, Any]] = {}
-            deadline = time.monotonic() + 120
-            while len(found) < 3:
-                if announce.poll(200):
-                    msg = announce.recv_json()
-                    found[int(msg["rank"])] = msg
-                for r, p in enumerate(self._procs):
-                    if p.poll() is not None:
-                        raise PartyError(f"party {r} exited during start-up (code {p.returncode})")
-                if time.monotonic() > deadline:
-                    raise PartyError("the parties did not start within 120 s")
-            super().__init__([found[r]["control"] for r in RANKS], frac_bits, timeout, compare_bits, progress)
-            self._end_message = b"stop"  # this driver started the parties: they stop with it
-            _LIVE.add(self)
-            self._setup({r: found[r]["peer"] for r in RANKS})
+            self._start(frac_bits, timeout, threads, transport, compare_bits, progress)
         except BaseException:
             self._kill()
             raise
+
+    def _start(
+        self, frac_bits: int, timeout: float, threads: int, transport: str, compare_bits: int, progress: bool | None
+    ) -> None:
+        names = [party_identity(r) for r in RANKS]
+        if transport == "ipc":
+            passwords = {name: PlainPassword(name) for name in [*names, LOCAL_DRIVER]}
+            config = local_config(frac_bits, compare_bits, timeout, None, {n: p.digest() for n, p in passwords.items()})
+            secrets_ = [{"password": passwords[n].password} for n in names]
+            driver: Credential = passwords[LOCAL_DRIVER]
+            keys: list[CurveKeys] | None = None
+        else:
+            keys = [CurveKeys.generate() for _ in RANKS]
+            driver_keys = CurveKeys.generate()
+            config = local_config(frac_bits, compare_bits, timeout, driver_keys.public, {})
+            secrets_ = [{"public": k.public.decode(), "secret": k.secret.decode()} for k in keys]
+            driver = driver_keys
+        addresses = [
+            (f"ipc://{self._tmpdir}/p{r}-control", f"ipc://{self._tmpdir}/p{r}-peer")
+            if transport == "ipc"
+            else ("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+            for r in RANKS
+        ]
+        config = config.with_parties(
+            tuple(  # type: ignore[arg-type]
+                type(p)(
+                    p.rank, addresses[p.rank][0], addresses[p.rank][1], None if keys is None else keys[p.rank].public
+                )
+                for p in config.parties
+            )
+        )
+        # The parties import what the driver can import (test modules, local packages).
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        pipes = []
+        for r in RANKS:
+            read_end, write_end = os.pipe()
+            cmd = [sys.executable, "-m", "securetorch.runtime.party", "--local", "--endpoints-fd", str(write_end), "--threads", str(threads)]  # fmt: skip
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env, pass_fds=(write_end,))
+            os.close(write_end)
+            self._procs.append(proc)
+            pipes.append(read_end)
+            first = {"rank": r, "config": config.to_json(), "credential": secrets_[r]}
+            proc.stdin.write((json.dumps(first) + "\n").encode())  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+        endpoints = self._read_endpoints(pipes)
+        second = {
+            "parties": [
+                {
+                    "control": endpoints[r]["control"],
+                    "peer": endpoints[r]["peer"],
+                    "public_key": None if keys is None else keys[r].public.decode(),
+                }
+                for r in RANKS
+            ]
+        }
+        for proc in self._procs:
+            proc.stdin.write((json.dumps(second) + "\n").encode())  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        super().__init__(
+            [endpoints[r]["control"] for r in RANKS],
+            frac_bits,
+            timeout,
+            compare_bits,
+            progress,
+            credential=driver,
+            party_keys=None if keys is None else [k.public for k in keys],
+        )
+        _LIVE.add(self)
+        self._open()
+
+    def _read_endpoints(self, pipes: list[int]) -> list[dict[str, str]]:
+        """Each party's bound endpoints, from its pipe (within 120 s)."""
+        buffers = {r: b"" for r in RANKS}
+        found: dict[int, dict[str, str]] = {}
+        deadline = time.monotonic() + 120
+        try:
+            while len(found) < 3:
+                waiting = {pipes[r]: r for r in RANKS if r not in found}
+                ready, _, _ = select.select(list(waiting), [], [], 0.2)
+                for fd in ready:
+                    r = waiting[fd]
+                    chunk = os.read(fd, 4096)
+                    buffers[r] += chunk
+                    if b"\n" in buffers[r]:
+                        found[r] = json.loads(buffers[r].split(b"\n", 1)[0])
+                    elif not chunk:
+                        raise PartyError(f"party {r} exited during start-up")
+                for r, p in enumerate(self._procs):
+                    if p.poll() is not None and r not in found:
+                        raise PartyError(f"party {r} exited during start-up (code {p.returncode})")
+                if time.monotonic() > deadline:
+                    raise PartyError("the parties did not start within 120 s")
         finally:
-            announce.close(0)
+            for fd in pipes:
+                os.close(fd)
+        return [found[r] for r in RANKS]
 
     @property
     def pids(self) -> list[int]:
@@ -471,25 +600,26 @@ class LocalCluster(Cluster):
                 p.kill()
         for p in self._procs:
             p.wait()
-
-    def close(self) -> None:
-        if getattr(self, "_closed", True) and not self._procs:
-            return
-        if not getattr(self, "_closed", True):
-            super().close()
-        deadline = time.monotonic() + 3
-        for p in self._procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        self._kill()
         self._procs = []
         _LIVE.discard(self)
-        if self._tmpdir:
-            import shutil
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
 
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+    def close(self) -> None:
+        if not self._procs:
+            return
+        if not self._closed:
+            self._closed = True
+            self._end_session(Verb.STOP)  # this driver started the parties: they stop with it
+            deadline = time.monotonic() + 3
+            for p in self._procs:
+                try:
+                    p.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            for sock in self._sockets:
+                sock.close(0)
+            self._zmq.term()
+        self._kill()
 
 
 def run_local(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:

@@ -1,7 +1,7 @@
-"""Deployment settings: the cluster file, CURVE key pairs, and the session handshake.
+"""Deployment settings: the cluster file, driver roles, and the session handshake.
 
 A cluster file (TOML) names each party's addresses and CURVE public key, the drivers that
-may connect, and the fixed-point setting every party and driver must share::
+may connect with their roles, and the fixed-point setting every party and driver shares::
 
     [settings]
     frac_bits = 18
@@ -13,22 +13,34 @@ may connect, and the fixed-point setting every party and driver must share::
     control = "tcp://10.0.0.1:7100"   # drivers connect here
     peer = "tcp://10.0.0.1:7101"      # the other parties connect here
     public_key = "Z85 public key of party 0 (securetorch keygen)"
+    shares_dir = "/var/lib/securetorch"   # optional: where this party saves and loads shares
     # ... ranks 1 and 2
 
-    [drivers]
-    public_keys = ["Z85 public key of each driver allowed to connect"]
+    [[drivers]]
+    name = "alice"
+    public_key = "Z85 public key of alice's driver"
+    role = "owner"      # owner | client | admin
 
-Every socket then runs ZeroMQ CURVE (``comm/security.py``): a party accepts drivers whose
-keys the file lists on its control socket and only the two other parties on its peer
-socket; anyone else is refused during the handshake. A driver's session then starts with a
-check of the protocol version, the fixed-point setting and the ranks (``settings_mismatch``).
+Roles: an **owner** installs, replaces, saves and deletes its own models and names the
+clients that may call each; a **client** describes and calls the models that name it; an
+**admin** may also run shipped functions (``Cluster.run``) and so can read every secret.
+
+Every socket runs ZeroMQ CURVE (``comm/security.py``): a party admits the listed drivers on
+its control socket (each connection then carries the driver's name) and only the two other
+parties on its peer socket. A driver's session starts with a check of the protocol version,
+the fixed-point setting and the ranks (``settings_mismatch``).
+
+A ``LocalCluster`` builds the same configuration in memory (``ClusterConfig.local``) and
+hands it to its parties over their stdin (``to_json``/``from_json``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import pathlib
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 if sys.version_info >= (3, 11):
@@ -36,11 +48,21 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from securetorch.comm.network import DEFAULT_MAX_MESSAGE_BYTES
 from securetorch.comm.security import CurveKeys, KeyFileError, load_keypair
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """Bumped whenever party-to-party or driver-to-party messages change meaning."""
+
+ROLES = ("owner", "client", "admin")
+LOCAL_DRIVER = "local"
+"""The name of the driver that started a ``LocalCluster`` (its role: admin)."""
+
+_NEW_DRIVERS_FORM = """[[drivers]]
+name = "alice"
+public_key = "<alice's public key>"
+role = "owner"      # owner | client | admin"""
 
 
 class ConfigError(ValueError):
@@ -53,25 +75,43 @@ class PartyAddress:
     control: str
     peer: str
     public_key: bytes | None
+    shares_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class DriverEntry:
+    name: str
+    public_key: bytes | None
+    role: str
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """The parsed cluster file."""
+    """The parsed cluster file (or a local cluster's configuration)."""
 
     parties: tuple[PartyAddress, PartyAddress, PartyAddress]
+    drivers: tuple[DriverEntry, ...] = ()
     frac_bits: int = DEFAULT_FRAC_BITS
     compare_bits: int = DEFAULT_COMPARE_BITS
     timeout: float = 60.0
-    driver_keys: tuple[bytes, ...] = field(default_factory=tuple)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    password_digests: dict[str, str] = field(default_factory=dict)  # local ipc clusters (PLAIN)
+    local: bool = False
 
     @property
     def encrypted(self) -> bool:
         return all(p.public_key is not None for p in self.parties)
 
+    @property
+    def authenticated(self) -> bool:
+        return self.encrypted or bool(self.password_digests)
+
+    def driver(self, name: str) -> DriverEntry | None:
+        return next((d for d in self.drivers if d.name == name), None)
+
     def endpoint_keys(self, key: str | pathlib.Path | None, how_to_pass: str) -> CurveKeys | None:
         """This endpoint's key pair from its ``.key_secret`` file when the cluster is encrypted
-        (None when it is not); a missing or unreadable file is a ``ConfigError``."""
+        (None when it is not); a missing, unreadable or world-readable file is a ``ConfigError``."""
         if not self.encrypted:
             return None
         if key is None:
@@ -85,48 +125,178 @@ class ClusterConfig:
         """What the handshake compares between a driver and each party."""
         return {"version": PROTOCOL_VERSION, "frac_bits": self.frac_bits, "compare_bits": self.compare_bits}
 
+    # ------------------------------------------------------------------ local clusters
+
+    def with_parties(self, parties: tuple[PartyAddress, PartyAddress, PartyAddress]) -> ClusterConfig:
+        return replace(self, parties=parties)
+
+    def to_json(self) -> str:
+        doc = {
+            "parties": [
+                {
+                    "rank": p.rank,
+                    "control": p.control,
+                    "peer": p.peer,
+                    "public_key": _text(p.public_key),
+                    "shares_dir": p.shares_dir,
+                }
+                for p in self.parties
+            ],
+            "drivers": [{"name": d.name, "public_key": _text(d.public_key), "role": d.role} for d in self.drivers],
+            "frac_bits": self.frac_bits,
+            "compare_bits": self.compare_bits,
+            "timeout": self.timeout,
+            "max_message_bytes": self.max_message_bytes,
+            "password_digests": self.password_digests,
+            "local": self.local,
+        }
+        return json.dumps(doc)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClusterConfig:
+        doc = json.loads(text)
+        parties = [PartyAddress(**{**p, "public_key": _bytes(p["public_key"])}) for p in doc["parties"]]
+        drivers = tuple(DriverEntry(d["name"], _bytes(d["public_key"]), d["role"]) for d in doc["drivers"])
+        return cls(
+            parties=(parties[0], parties[1], parties[2]),
+            drivers=drivers,
+            frac_bits=int(doc["frac_bits"]),
+            compare_bits=int(doc["compare_bits"]),
+            timeout=float(doc["timeout"]),
+            max_message_bytes=int(doc["max_message_bytes"]),
+            password_digests=dict(doc["password_digests"]),
+            local=bool(doc["local"]),
+        )
+
+    # ------------------------------------------------------------------ cluster files
+
     @classmethod
     def load(cls, path: str | pathlib.Path) -> ClusterConfig:
         path = pathlib.Path(path)
         try:
             doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read cluster file {path}: {exc}") from exc
-        settings = doc.get("settings", {})
-        entries = doc.get("parties", [])
-        ranks = sorted(int(e.get("rank", -1)) for e in entries)
-        if ranks != [0, 1, 2]:
-            raise ConfigError(f"{path}: need exactly three [[parties]] with ranks 0, 1, 2 (found ranks {ranks})")
-        parties = []
-        for entry in sorted(entries, key=lambda e: int(e["rank"])):
-            for name in ("control", "peer"):
-                address = entry.get(name, "")
-                if not isinstance(address, str) or not address.startswith(("tcp://", "ipc://")):
-                    raise ConfigError(f"{path}: party {entry['rank']}: {name} must be a tcp:// or ipc:// address")
-            key = entry.get("public_key")
-            parties.append(
-                PartyAddress(int(entry["rank"]), entry["control"], entry["peer"], _key(key, path) if key else None)
-            )
-        if len({p.public_key is None for p in parties}) != 1:
-            raise ConfigError(f"{path}: give every party a public_key, or none (unencrypted, for tests only)")
-        driver_keys = tuple(_key(k, path) for k in doc.get("drivers", {}).get("public_keys", []))
-        config = cls(
-            parties=(parties[0], parties[1], parties[2]),
-            frac_bits=int(settings.get("frac_bits", DEFAULT_FRAC_BITS)),
-            compare_bits=int(settings.get("compare_bits", DEFAULT_COMPARE_BITS)),
-            timeout=float(settings.get("timeout", 60.0)),
-            driver_keys=driver_keys,
+        return _parse(doc, str(path))
+
+
+def _text(key: bytes | None) -> str | None:
+    return None if key is None else key.decode()
+
+
+def _bytes(key: str | None) -> bytes | None:
+    return None if key is None else key.encode()
+
+
+class _Fields:
+    """Typed access to one TOML table, with errors that name the file, table and field."""
+
+    def __init__(self, source: str, where: str, table: Any) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {where} must be a table")
+        self.source, self.where, self.table = source, where, table
+
+    def error(self, name: str, expected: str) -> ConfigError:
+        got = self.table.get(name, "nothing")
+        return ConfigError(f"{self.source}: {self.where} {name} must be {expected}, got {got!r}")
+
+    def integer(self, name: str, low: int, high: int, default: int | None = None) -> int:
+        value = self.table.get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise self.error(name, f"an integer in {low}..{high}")
+        return value
+
+    def number(self, name: str, low: float, default: float) -> float:
+        value = self.table.get(name, default)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= low:
+            raise self.error(name, f"a number above {low}")
+        return float(value)
+
+    def string(self, name: str, prefixes: tuple[str, ...] = (), optional: bool = False) -> str | None:
+        value = self.table.get(name)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value or (prefixes and not value.startswith(prefixes)):
+            expected = f"a string starting with {' or '.join(prefixes)}" if prefixes else "a non-empty string"
+            raise self.error(name, expected)
+        return value
+
+    def key(self, name: str) -> bytes | None:
+        value = self.table.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str) or len(value.encode()) != 40:
+            raise self.error(name, "a Z85 CURVE public key (40 characters, from securetorch keygen)")
+        return value.encode()
+
+
+def _parse(doc: dict[str, Any], source: str) -> ClusterConfig:
+    settings = _Fields(source, "[settings]", doc.get("settings", {}))
+    frac_bits = settings.integer("frac_bits", 0, 30, DEFAULT_FRAC_BITS)
+    compare_bits = settings.integer("compare_bits", frac_bits + 2, 64, DEFAULT_COMPARE_BITS)
+    timeout = settings.number("timeout", 0.0, 60.0)
+    max_mb = settings.integer("max_message_mb", 1, 1 << 20, DEFAULT_MAX_MESSAGE_BYTES >> 20)
+    entries = doc.get("parties")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{source}: no [[parties]] tables: name three parties (ranks 0, 1, 2) with their addresses")
+    parties: dict[int, PartyAddress] = {}
+    for i, entry in enumerate(entries):
+        fields = _Fields(source, f"[[parties]] entry {i + 1}:", entry)
+        rank = fields.integer("rank", 0, 2)
+        if rank in parties:
+            raise ConfigError(f"{source}: two [[parties]] entries have rank {rank}")
+        control = fields.string("control", ("tcp://", "ipc://"))
+        peer = fields.string("peer", ("tcp://", "ipc://"))
+        shares_dir = fields.string("shares_dir", optional=True)
+        parties[rank] = PartyAddress(rank, control, peer, fields.key("public_key"), shares_dir)  # type: ignore[arg-type]
+    if sorted(parties) != [0, 1, 2]:
+        raise ConfigError(
+            f"{source}: need exactly three [[parties]] with ranks 0, 1, 2 (found ranks {sorted(parties)})"
         )
-        if config.encrypted and not driver_keys:
-            raise ConfigError(f"{path}: [drivers] public_keys is empty: no driver could connect")
-        return config
+    if len({p.public_key is None for p in parties.values()}) != 1:
+        raise ConfigError(f"{source}: give every party a public_key, or none (unencrypted, for tests only)")
+    config = ClusterConfig(
+        parties=(parties[0], parties[1], parties[2]),
+        drivers=_drivers(doc.get("drivers"), source),
+        frac_bits=frac_bits,
+        compare_bits=compare_bits,
+        timeout=timeout,
+        max_message_bytes=max_mb << 20,
+    )
+    if not config.drivers:
+        raise ConfigError(
+            f"{source}: no [[drivers]] tables: no driver could connect. Add one per driver:\n{_NEW_DRIVERS_FORM}"
+        )
+    for d in config.drivers:
+        if config.encrypted and d.public_key is None:
+            raise ConfigError(f"{source}: driver {d.name!r} has no public_key (the parties use CURVE keys)")
+    return config
 
 
-def _key(value: Any, path: pathlib.Path) -> bytes:
-    key = str(value).encode()
-    if len(key) != 40:
-        raise ConfigError(f"{path}: {value!r} is not a Z85 CURVE public key (40 characters)")
-    return key
+def _drivers(value: Any, source: str) -> tuple[DriverEntry, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, dict):  # the old form: [drivers] public_keys = [...]
+        raise ConfigError(
+            f"{source}: [drivers] with public_keys is the old form; drivers now have names and roles, "
+            f"one [[drivers]] table each:\n{_NEW_DRIVERS_FORM}"
+        )
+    if not isinstance(value, list):
+        raise ConfigError(f"{source}: drivers must be [[drivers]] tables:\n{_NEW_DRIVERS_FORM}")
+    drivers: list[DriverEntry] = []
+    for i, entry in enumerate(value):
+        fields = _Fields(source, f"[[drivers]] entry {i + 1}:", entry)
+        name = fields.string("name")
+        if name in {d.name for d in drivers}:
+            raise ConfigError(f"{source}: two [[drivers]] entries are named {name!r}")
+        role = entry.get("role")
+        if role not in ROLES:
+            raise fields.error("role", " or ".join(ROLES))
+        key = fields.key("public_key")
+        if key is not None and key in {d.public_key for d in drivers}:
+            raise ConfigError(f"{source}: driver {name!r} has the same public_key as another driver")
+        drivers.append(DriverEntry(name, key, role))  # type: ignore[arg-type]
+    return tuple(drivers)
 
 
 def settings_mismatch(party: dict[str, Any], driver: dict[str, Any]) -> str | None:
@@ -136,3 +306,20 @@ def settings_mismatch(party: dict[str, Any], driver: dict[str, Any]) -> str | No
             what = "protocol version" if name == "version" else f"fixed-point setting {name}"
             return f"{what} differs: the party has {party.get(name)}, the driver has {driver.get(name)}"
     return None
+
+
+def local_config(
+    frac_bits: int, compare_bits: int, timeout: float, driver_key: bytes | None, password_digests: dict[str, str]
+) -> ClusterConfig:
+    """A ``LocalCluster``'s configuration before its parties bind: one admin driver, and
+    either CURVE keys (tcp) or PLAIN password digests (ipc) for every endpoint."""
+    pending = PartyAddress(0, "", "", None)
+    return ClusterConfig(
+        parties=(pending, replace(pending, rank=1), replace(pending, rank=2)),
+        drivers=(DriverEntry(LOCAL_DRIVER, driver_key, "admin"),),
+        frac_bits=frac_bits,
+        compare_bits=compare_bits,
+        timeout=timeout,
+        password_digests=password_digests,
+        local=True,
+    )

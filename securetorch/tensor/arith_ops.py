@@ -23,7 +23,7 @@ import torch
 
 from securetorch.protocols import arithmetic as pa
 from securetorch.ring import encode
-from securetorch.runtime.context import current
+from securetorch.session.context import current
 from securetorch.tensor.registry import func_name, implements
 from securetorch.tensor.shape_ops import masked_public, public_tensor, share_wise
 from securetorch.tensor.shared import SharedTensor, as_fixed

@@ -13,7 +13,7 @@ import torch
 
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols import comparison as pc
-from securetorch.runtime.context import current
+from securetorch.session.context import current
 from securetorch.tensor.registry import func_name, implements
 from securetorch.tensor.shape_ops import as_pair
 from securetorch.tensor.shared import SharedTensor, as_fixed

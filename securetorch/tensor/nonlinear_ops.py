@@ -14,7 +14,7 @@ import torch
 from securetorch.protocols import approx as ap
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols import comparison as pc
-from securetorch.runtime.context import current
+from securetorch.session.context import current
 from securetorch.tensor.arith_ops import in_place, mul_secret
 from securetorch.tensor.registry import func_name, implements
 from securetorch.tensor.shape_ops import as_pair, public_tensor

@@ -13,7 +13,7 @@ import torch
 
 from securetorch.protocols import arithmetic as pa
 from securetorch.ring import encode
-from securetorch.runtime.context import current
+from securetorch.session.context import current
 from securetorch.tensor.registry import func_name, implements
 from securetorch.tensor.shared import SharedTensor, as_fixed
 

@@ -15,8 +15,8 @@ import torch
 
 from securetorch.protocols import arithmetic as pa
 from securetorch.ring import decode, encode
-from securetorch.runtime import costs
-from securetorch.runtime.context import current
+from securetorch.session import costs
+from securetorch.session.context import current
 from securetorch.tensor.registry import HANDLERS, func_name, type_names
 
 _T = torch.Tensor
@@ -94,7 +94,7 @@ class SharedTensor(torch.Tensor):
                 f"securetorch has no secure protocol for {func_name(func)}({type_names(args, kwargs)}); "
                 "it was not run (no fallback on shares, nothing revealed)"
             )
-        recorder = costs.ACTIVE
+        recorder = costs.active()
         if recorder is not None and not recorder.depth:
             return recorder.measure(costs.op_name(func_name(func)), lambda: handler(func, args, kwargs))
         return handler(func, args, kwargs)

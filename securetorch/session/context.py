@@ -1,13 +1,19 @@
-"""The state a party process holds: its rank, links, PRG streams and fixed-point setting."""
+"""The state a protocol runs in: this party's rank, links, PRG streams, fixed-point setting,
+and the session's cost recorder. The party server makes one context per driver session and
+makes it current while that session's job runs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from securetorch.comm.network import PeerNetwork
 from securetorch.comm.stats import CommStats
 from securetorch.prg import AesPrg
+
+if TYPE_CHECKING:
+    from securetorch.session.costs import CostRecorder
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,12 @@ class PartyContext:
     ``prg_prev`` draws from k_i (also held by P_{i-1}), ``prg_next`` from k_{i+1} (also held
     by P_{i+1}), ``prg_common`` from the key of all three, ``prg_private`` from this party's
     own key. ``start_job`` restarts every stream at the job's number and resets the dealer
-    rotation, so each job starts from the same state on all parties.
+    rotation, so each job starts from the same state on all parties. Job numbers come from
+    the party that orders the jobs (party 0) and only grow, so no stream is ever drawn twice.
+
+    ``store`` keeps a session's state across its jobs (functions run by ``Cluster.run`` may
+    use it); ``models`` is the party's model store (set by the server); ``recorder`` the
+    session's ``CostRecorder`` while a cost report runs.
     """
 
     def __init__(self, rank: int, frac_bits: int, compare_bits: int, net: PeerNetwork, keys: PartyKeys) -> None:
@@ -36,12 +47,14 @@ class PartyContext:
         self.compare_bits = compare_bits
         self.net = net
         self._keys = keys
-        self.store: dict[str, object] = {}  # state kept across jobs: secure models, KV caches
+        self.store: dict[str, object] = {}
+        self.models: Any = None
+        self.recorder: CostRecorder | None = None
         self.progress: Callable[[int, int], None] | None = None  # set by the server per job
         self.start_job(0)
 
     def start_job(self, job: int) -> None:
-        self.net.begin_job(job)
+        """Restart every PRG stream at ``job`` (the server starts the job on the links too)."""
         self.prg_prev = AesPrg(self._keys.prev, job)
         self.prg_next = AesPrg(self._keys.next, job)
         self.prg_common = AesPrg(self._keys.common, job)
@@ -81,6 +94,11 @@ _CURRENT: PartyContext | None = None
 def set_current(ctx: PartyContext | None) -> None:
     global _CURRENT
     _CURRENT = ctx
+
+
+def current_or_none() -> PartyContext | None:
+    """The current context, or None outside a party's job."""
+    return _CURRENT
 
 
 def current() -> PartyContext:

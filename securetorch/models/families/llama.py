@@ -5,7 +5,8 @@ small activations of a transformer's residual stream need)."""
 
 import torch
 
-from securetorch.patches.base import FamilySpec
+from securetorch.models.families import register
+from securetorch.models.families.base import FamilySpec
 
 
 class SecureRMSNorm(torch.nn.Module):
@@ -21,11 +22,14 @@ class SecureRMSNorm(torch.nn.Module):
         return torch.nn.functional.rms_norm(hidden_states, shape, self.weight, self.variance_epsilon)
 
 
-LLAMA = FamilySpec(
-    name="llama",
-    classes=("LlamaModel", "LlamaForCausalLM"),
-    embeddings="embed_tokens",
-    blocks="layers",
-    swaps={"LlamaRMSNorm": SecureRMSNorm},
-    causal=True,
+LLAMA = register(
+    FamilySpec(
+        name="llama",
+        classes=("LlamaModel", "LlamaForCausalLM"),
+        embeddings="embed_tokens",
+        blocks="layers",
+        swaps={"LlamaRMSNorm": SecureRMSNorm},
+        inputs=("attention_mask", "position_ids"),
+        causal=True,
+    )
 )

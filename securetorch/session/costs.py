@@ -1,6 +1,6 @@
 """Where the cost goes: exact bytes and rounds, and seconds, per module and per op.
 
-Party side: while a ``CostRecorder`` is active, every outermost secure op (a torch function
+Party side: while a session's ``CostRecorder`` is active (``PartyContext.recorder``), every outermost secure op (a torch function
 dispatched on ``SharedTensor``, or a protocol wrapped in ``measured``) adds its cost to an
 entry keyed by (module path, op). Module paths come from forward hooks that
 ``secure()`` installs on every module of a party's model. Bytes and rounds are exact
@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from securetorch.comm.network import PeerNetwork
+from securetorch.session.context import PartyContext, current_or_none
 
 
 @dataclass
@@ -65,19 +66,20 @@ class CostRecorder:
             entry.rounds += spent.rounds
 
 
-ACTIVE: CostRecorder | None = None
-"""The recorder of this party process, while the driver has one running."""
+def active() -> CostRecorder | None:
+    """The recorder of the session whose job runs now (None when no cost report runs)."""
+    ctx = current_or_none()
+    return None if ctx is None else ctx.recorder
 
 
-def start(net: PeerNetwork) -> None:
-    global ACTIVE
-    ACTIVE = CostRecorder(net)
+def start(ctx: PartyContext) -> None:
+    """Start recording the session's costs."""
+    ctx.recorder = CostRecorder(ctx.net)
 
 
-def stop() -> list[dict[str, Any]]:
+def stop(ctx: PartyContext) -> list[dict[str, Any]]:
     """End recording; this party's entries as records."""
-    global ACTIVE
-    recorder, ACTIVE = ACTIVE, None
+    recorder, ctx.recorder = ctx.recorder, None
     if recorder is None:
         return []
     return [{"module": module, "op": op, **asdict(cost)} for (module, op), cost in recorder.entries.items()]
@@ -86,18 +88,20 @@ def stop() -> list[dict[str, Any]]:
 def measured(op: str, call: Callable[[], Any]) -> Any:
     """Run a protocol that is not a torch function (e.g. the secure argmax of ``generate``)
     as one recorded op."""
-    recorder = ACTIVE
+    recorder = active()
     return call() if recorder is None else recorder.measure(op, call)
 
 
 def enter_module(name: str) -> None:
-    if ACTIVE is not None:
-        ACTIVE.modules.append(name)
+    recorder = active()
+    if recorder is not None:
+        recorder.modules.append(name)
 
 
 def exit_module() -> None:
-    if ACTIVE is not None and ACTIVE.modules:
-        ACTIVE.modules.pop()
+    recorder = active()
+    if recorder is not None and recorder.modules:
+        recorder.modules.pop()
 
 
 def op_name(qualified: str) -> str:

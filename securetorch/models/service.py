@@ -1,0 +1,368 @@
+"""The party side of secure models: building a model from its public description and this
+party's shares, and serving it (describe, forward, generation).
+
+A model arrives as a class name (resolved only through the family registry), its config as
+JSON, and for every parameter this party's share pair. The party builds the model on the
+meta device (no weights, no init cost) with eager attention, swaps the family's modules,
+checks that every parameter and buffer it needs arrived with the shape the architecture
+gives it, and puts the shares in place. The unmodified HF forward then runs on
+SharedTensors through the op tables. Token ids enter as a secret one-hot matrix built by
+the client (checked by the parties before use, unless the owner switched the check off),
+multiplied by the secret embedding table. A call returns only the declared outputs
+(``families.base.DECLARED_OUTPUTS``).
+
+Who may do what with a model (its owner, its clients) is recorded here and enforced by the
+party server (``runtime.party``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from securetorch.errors import InputError
+from securetorch.models.families import FamilySpec, model_class, spec_for
+from securetorch.models.families.base import DECLARED_OUTPUTS, base_model, check_public_inputs, get_path, max_positions
+from securetorch.protocols import comparison as pc
+from securetorch.protocols.checks import check_one_hot
+from securetorch.session import costs
+from securetorch.session.context import PartyContext
+from securetorch.tensor import SharedTensor
+from securetorch.tensor.shared import as_fixed
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+Binding = tuple[str, str, str]  # (module path, attribute, parameter key)
+Buffer = tuple[str, str, torch.Tensor]  # (module path, attribute, public value)
+
+
+def check_model_name(name: Any) -> str:
+    """A model name: 1-128 characters of letters, digits, '_', '.', '-', not starting with a
+    punctuation mark and without '..' (names become file names in share directories)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"bad model name {str(name)[:40]!r}: use 1-128 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit"
+        )
+    return name
+
+
+@dataclass
+class InstalledModel:
+    """A secure model in a party: its copy (shares in place of weights), where each
+    parameter sits (to save the shares), and who may use it."""
+
+    name: str
+    owner: str
+    clients: tuple[str, ...]
+    check_inputs: bool
+    class_name: str
+    model: torch.nn.Module
+    spec: FamilySpec
+    bindings: list[Binding]
+    buffers: list[Buffer]
+    session: int | None = None  # unnamed models end with the session that installed them
+    fingerprint: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        self.fingerprint = _fingerprint(self)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def table(self) -> SharedTensor:
+        return get_path(base_model(self.model, self.spec), self.spec.embeddings).weight
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.table.shape[0])
+
+    @property
+    def can_generate(self) -> bool:
+        return self.spec.causal and hasattr(self.model, "lm_head")
+
+    def may_call(self, driver: str, role: str) -> bool:
+        return role == "admin" or driver == self.owner or driver in self.clients
+
+    def describe(self) -> dict[str, Any]:
+        """The public facts a client needs to call the model (never its weights)."""
+        return {
+            "name": self.name,
+            "class": self.class_name,
+            "config": self.config.to_dict(),
+            "vocab_size": self.vocab_size,
+            "can_generate": self.can_generate,
+            "inputs": list(self.spec.inputs),
+            "check_inputs": self.check_inputs,
+            "owner": self.owner,
+        }
+
+
+def _fingerprint(installed: InstalledModel) -> str:
+    """A digest of everything public about the model: parties compare it before a job on it,
+    so they never run different computations under one job number."""
+    params = {
+        key: [list(value.shape), str(value.dtype)]
+        for module, attr, key in installed.bindings
+        if isinstance(value := getattr(installed.model.get_submodule(module), attr), torch.Tensor)
+    }
+    doc = {
+        "name": installed.name,
+        "class": installed.class_name,
+        "config": installed.config.to_json_string(use_diff=False),
+        "bindings": installed.bindings,
+        "params": params,
+        "buffers": [[m, a, list(b.shape), str(b.dtype)] for m, a, b in installed.buffers],
+        "check_inputs": installed.check_inputs,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def build(
+    class_name: str,
+    config: dict[str, Any],
+    params: dict[str, SharedTensor],
+    bindings: list[Binding],
+    buffers: list[Buffer],
+) -> tuple[torch.nn.Module, FamilySpec]:
+    """Build the model without weights, swap modules, check and put the shares in place."""
+    cls = model_class(class_name)
+    spec = spec_for(class_name)
+    if not isinstance(config, dict):
+        raise ValueError("a model's config travels as a JSON object (config.to_dict())")
+    hf_config = cls.config_class.from_dict(config)
+    hf_config._attn_implementation = "eager"
+    with torch.device("meta"):
+        model = cls(hf_config)
+    model.eval()
+    for name, module in list(model.named_modules()):
+        swap = spec.swaps.get(type(module).__name__)
+        if swap is not None and name:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, swap(module))
+    _check_bindings(model, params, bindings)
+    _check_buffers(model, buffers)
+    linear_weight = {
+        (module_name, attr): isinstance(model.get_submodule(module_name), torch.nn.Linear) and attr == "weight"
+        for module_name, attr, _ in bindings
+    }
+    untied_linear = {key for key in params if all(linear_weight[m, a] for m, a, k in bindings if k == key)}
+    for param_key in untied_linear:
+        params[param_key] = _transposed_storage(params.pop(param_key))
+    for module_name, attr, param_key in bindings:
+        module = model.get_submodule(module_name)
+        module._parameters.pop(attr, None)
+        setattr(module, attr, params[param_key])
+    for module_name, attr, value in buffers:
+        model.get_submodule(module_name)._buffers[attr] = value
+    for name, module in model.named_modules():
+        if name:  # cost reports book each op under the innermost module running it
+            module.register_forward_pre_hook(lambda *_, name=name: costs.enter_module(name))
+            module.register_forward_hook(lambda *_: costs.exit_module())
+    return model, spec
+
+
+def _module(model: torch.nn.Module, path: Any) -> torch.nn.Module:
+    if not isinstance(path, str):
+        raise ValueError("a module path must be a string")
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f"the model has no module {path!r}") from None
+
+
+def _check_bindings(model: torch.nn.Module, params: dict[str, SharedTensor], bindings: list[Binding]) -> None:
+    """Every parameter of the architecture gets exactly one share pair of its own shape."""
+    needed = {(m, a) for m, module in model.named_modules() for a, p in module._parameters.items() if p is not None}
+    bound: set[tuple[str, str]] = set()
+    for module_name, attr, key in bindings:
+        module = _module(model, module_name)
+        expected = module._parameters.get(attr) if isinstance(attr, str) else None
+        if expected is None:
+            raise ValueError(f"the model has no parameter {module_name}.{attr}")
+        if key not in params:
+            raise ValueError(f"no shares for parameter {key!r}")
+        if tuple(params[key].shape) != tuple(expected.shape):
+            raise ValueError(
+                f"shares of {module_name}.{attr} have shape {list(params[key].shape)}, the architecture needs "
+                f"{list(expected.shape)}"
+            )
+        if (module_name, attr) in bound:
+            raise ValueError(f"parameter {module_name}.{attr} bound twice")
+        bound.add((module_name, attr))
+    missing = sorted(".".join(x for x in pair if x) for pair in needed - bound)
+    if missing:
+        raise ValueError(f"no shares for the parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    unused = set(params) - {key for _, _, key in bindings}
+    if unused:
+        raise ValueError(f"shares for unknown parameters {sorted(unused)[:5]}")
+
+
+def _check_buffers(model: torch.nn.Module, buffers: list[Buffer]) -> None:
+    needed = {(m, a): b for m, module in model.named_modules() for a, b in module._buffers.items() if b is not None}
+    given = set()
+    for module_name, attr, value in buffers:
+        expected = needed.get((module_name, attr))
+        if expected is None:
+            raise ValueError(f"the model has no buffer {module_name}.{attr}")
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(expected.shape):
+            raise ValueError(f"buffer {module_name}.{attr} must have shape {list(expected.shape)}")
+        given.add((module_name, attr))
+    missing = sorted(f"{m}.{a}".lstrip(".") for m, a in set(needed) - given)
+    if missing:
+        raise ValueError(f"the buffers {missing[:5]} are missing")
+
+
+def _transposed_storage(weight: SharedTensor) -> SharedTensor:
+    """The same [out, in] weight stored as [in, out]: ``F.linear`` multiplies by weight.T, and
+    the int64 product of many rows is fastest on a contiguous right operand (1.7x over the
+    transposed one). A weight tied to an embedding table (GPT-2's LM head) keeps the table's
+    layout, stored once: the ring matmul handles both layouts (see ``ring.native_matmul``)."""
+    dtype, (first, second) = weight.dtype, weight.shares
+    del weight  # the caller passes its last reference: each share's old layout is freed as soon as
+    first = first.t().contiguous().t()  # its new one exists (one share's size at a time, not two)
+    second = second.t().contiguous().t()
+    return SharedTensor((first, second), dtype)
+
+
+# ----------------------------------------------------------------------------- calls
+
+
+def check_onehot_shape(installed: InstalledModel, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(batch, length) of a client's one-hot input [batch, length, vocabulary], checked."""
+    if len(shape) != 3 or shape[2] != installed.vocab_size or shape[0] < 1 or shape[1] < 1:
+        raise InputError(
+            f"the one-hot input must have shape [batch, sequence, {installed.vocab_size}], got {list(shape)}"
+        )
+    limit = max_positions(installed.config)
+    if limit is not None and shape[1] > limit:
+        raise InputError(f"sequence of {shape[1]} tokens exceeds the model's {limit}")
+    return shape[0], shape[1]
+
+
+def _checked_onehot(ctx: PartyContext, installed: InstalledModel, onehot: SharedTensor) -> None:
+    if onehot.dtype != torch.int64:
+        raise InputError("the one-hot input must be an integer secret")
+    if installed.check_inputs:
+        costs.measured("one_hot_check", lambda: check_one_hot(ctx, onehot.shares))
+
+
+def _embed(installed: InstalledModel, onehot: SharedTensor) -> SharedTensor:
+    table = installed.table
+    return costs.measured("embedding_lookup", lambda: onehot @ table)  # secret one-hot x table: exact, 1 round
+
+
+@contextlib.contextmanager
+def _layer_progress(ctx: PartyContext, installed: InstalledModel) -> Iterator[None]:
+    """Party 0 reports each finished block to the driver (which may show a progress bar)."""
+    report = ctx.progress
+    if report is None:
+        yield
+        return
+    blocks = get_path(base_model(installed.model, installed.spec), installed.spec.blocks)
+    total = len(blocks)
+    handles = [
+        block.register_forward_hook(lambda *_, done=i + 1: report(done, total)) for i, block in enumerate(blocks)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward(
+    ctx: PartyContext, installed: InstalledModel, onehot: SharedTensor, inputs: dict[str, Any]
+) -> tuple[str, dict[str, SharedTensor]]:
+    """The model's output class name and its declared outputs on a client's one-hot input and
+    public inputs (checked)."""
+    batch, length = check_onehot_shape(installed, tuple(onehot.shape))
+    public = check_public_inputs(
+        installed.spec, installed.config, batch, length, inputs, class_name=installed.class_name
+    )
+    _checked_onehot(ctx, installed, onehot)
+    with torch.no_grad(), _layer_progress(ctx, installed):
+        out = installed.model(
+            inputs_embeds=_embed(installed, onehot),
+            use_cache=False,
+            output_attentions=False,
+            output_hidden_states=False,
+            return_dict=True,
+            **public,
+        )
+    fields = {name: out[name] for name in DECLARED_OUTPUTS if out.get(name) is not None}
+    return type(out).__name__, fields
+
+
+@dataclass
+class Generation:
+    """A generation in progress: the secret KV cache, the chosen token's secret one-hot, and
+    how many positions the cache holds (public)."""
+
+    cache: Any
+    onehot: SharedTensor
+    batch: int
+    length: int
+
+
+def generate_start(
+    ctx: PartyContext, installed: InstalledModel, onehot: SharedTensor, inputs: dict[str, Any]
+) -> tuple[Generation, SharedTensor]:
+    """The first greedy step on a client's prompt: a new generation and the first token."""
+    if not installed.can_generate:
+        raise NotImplementedError(f"securetorch: {installed.class_name} has no language-model head to generate with")
+    batch, length = check_onehot_shape(installed, tuple(onehot.shape))
+    public = check_public_inputs(
+        installed.spec, installed.config, batch, length, inputs, class_name=installed.class_name
+    )
+    _checked_onehot(ctx, installed, onehot)
+    from transformers import DynamicCache
+
+    generation = Generation(DynamicCache(config=installed.config), onehot, batch, 0)
+    return generation, _step(ctx, installed, generation, length, public)
+
+
+def generate_step(
+    ctx: PartyContext, installed: InstalledModel, generation: Generation, inputs: dict[str, Any]
+) -> SharedTensor:
+    """One more greedy step on the previous token's secret one-hot."""
+    limit = max_positions(installed.config)
+    if limit is not None and generation.length + 1 > limit:
+        raise InputError(f"generation would exceed the model's {limit} positions")
+    public = check_public_inputs(
+        installed.spec, installed.config, generation.batch, 1, inputs, past=generation.length,
+        class_name=installed.class_name,
+    )  # fmt: skip
+    return _step(ctx, installed, generation, 1, public)
+
+
+def _step(
+    ctx: PartyContext, installed: InstalledModel, generation: Generation, length: int, public: dict[str, Any]
+) -> SharedTensor:
+    """Embed the pending one-hot, run the model on the secret KV cache, and pick the next
+    token by a secure argmax. Only its index leaves the parties (to the driver); its one-hot
+    stays for the next step."""
+    with torch.no_grad(), _layer_progress(ctx, installed):
+        out = installed.model(
+            inputs_embeds=_embed(installed, generation.onehot),
+            cache=generation.cache,
+            use_cache=True,
+            logits_to_keep=1,
+            output_attentions=False,
+            output_hidden_states=False,
+            return_dict=True,
+            **public,
+        )
+    generation.length += length
+    logits = out.logits[:, -1, :]
+    index, chosen = costs.measured("argmax", lambda: pc.argmax_onehot_last_dim(ctx, as_fixed(logits).shares))
+    generation.onehot = SharedTensor((chosen[0].unsqueeze(1), chosen[1].unsqueeze(1)), torch.int64)
+    return SharedTensor(index, torch.int64)

@@ -1,0 +1,102 @@
+"""Share files: one party's shares of a secure model, in safetensors, so that a party can
+restart without the model owner.
+
+``party<rank>.safetensors`` holds this party's two shares of every parameter (``key/0``,
+``key/1``; a tied parameter once), the public buffers (``buffer/<module>/<attr>``), and in its
+metadata the format, the model's name, owner, clients and input-check setting, the party's
+rank and fixed-point setting, the class name (resolved through the family registry when
+loaded) and the config as JSON. The file is created with mode 600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import torch
+
+from securetorch.models.service import InstalledModel, build, check_model_name
+from securetorch.tensor import SharedTensor
+from securetorch.tensor.payload import dtype_from_name, dtype_name
+
+SHARES_FORMAT = "securetorch-shares-2"
+
+
+def shares_file(directory: str | os.PathLike[str], rank: int) -> pathlib.Path:
+    return pathlib.Path(directory) / f"party{rank}.safetensors"
+
+
+def save(installed: InstalledModel, path: pathlib.Path, rank: int, frac_bits: int) -> str:
+    """Write this party's shares of ``installed`` to ``path`` (mode 600); return the path."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, str] = {}
+    for module_name, attr, param_key in installed.bindings:
+        if param_key in dtypes:
+            continue  # a tied parameter is stored once
+        value: SharedTensor = getattr(installed.model.get_submodule(module_name), attr)
+        tensors[f"{param_key}/0"], tensors[f"{param_key}/1"] = (t.contiguous() for t in value.shares)
+        dtypes[param_key] = dtype_name(value.dtype)
+    for module_name, attr, buffer in installed.buffers:
+        tensors[f"buffer/{module_name}/{attr}"] = buffer.contiguous()
+    metadata = {
+        "format": SHARES_FORMAT,
+        "name": installed.name,
+        "owner": installed.owner,
+        "clients": json.dumps(list(installed.clients)),
+        "check_inputs": json.dumps(installed.check_inputs),
+        "rank": str(rank),
+        "frac_bits": str(frac_bits),
+        "class": installed.class_name,
+        "config": installed.config.to_json_string(use_diff=False),
+        "bindings": json.dumps(installed.bindings),
+        "dtypes": json.dumps(dtypes),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)  # the file exists with mode 600 before a byte of a share is written
+    os.chmod(path, 0o600)
+    save_file(tensors, str(path), metadata)
+    return str(path)
+
+
+def load(path: str | os.PathLike[str], rank: int, frac_bits: int) -> InstalledModel:
+    """Read a party's shares file and build the model. Refuses a file of another party or
+    another fixed-point setting, of an older format, or of an unsupported class."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta: dict[str, Any] = handle.metadata() or {}
+        if meta.get("format") != SHARES_FORMAT:
+            found = meta.get("format", "no securetorch format")
+            raise ValueError(f"{path} is not a securetorch shares file of format {SHARES_FORMAT} ({found})")
+        if int(meta["rank"]) != rank:
+            raise ValueError(f"{path} holds party {meta['rank']}'s shares, not party {rank}'s")
+        if int(meta["frac_bits"]) != frac_bits:
+            raise ValueError(f"{path} was written with frac_bits = {meta['frac_bits']}, this party uses {frac_bits}")
+        dtypes = json.loads(meta["dtypes"])
+        params = {
+            key: SharedTensor((handle.get_tensor(f"{key}/0"), handle.get_tensor(f"{key}/1")), dtype_from_name(dtype))
+            for key, dtype in dtypes.items()
+        }
+        buffers = [
+            (*name.removeprefix("buffer/").rsplit("/", 1), handle.get_tensor(name))
+            for name in handle.keys()
+            if name.startswith("buffer/")
+        ]
+    bindings = [tuple(b) for b in json.loads(meta["bindings"])]
+    model, spec = build(meta["class"], json.loads(meta["config"]), params, bindings, buffers)  # type: ignore[arg-type]
+    return InstalledModel(
+        name=check_model_name(meta["name"]),
+        owner=meta["owner"],
+        clients=tuple(json.loads(meta["clients"])),
+        check_inputs=bool(json.loads(meta["check_inputs"])),
+        class_name=meta["class"],
+        model=model,
+        spec=spec,
+        bindings=bindings,  # type: ignore[arg-type]
+        buffers=buffers,  # type: ignore[arg-type]
+    )
