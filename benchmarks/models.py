@@ -43,8 +43,11 @@ def _peak_rss_mb() -> float:
 def _forward_row(
     cluster: puma.LocalCluster, secure_model, model, ids: torch.Tensor, workload: str, output: str
 ) -> dict:
-    """One secure forward call: its cost, and the max error of ``output`` vs plaintext."""
-    out, seconds, cost = _timed(cluster, lambda: secure_model(input_ids=ids))
+    """One secure forward call: its cost (and the part of it that checks the client's one-hot
+    input), and the max error of ``output`` vs plaintext."""
+    with cluster.cost_report() as report:
+        out, seconds, cost = _timed(cluster, lambda: secure_model(input_ids=ids))
+    check = next((r for r in report.by("op") if r["op"] == "one_hot_check"), {"bytes": 0, "rounds": 0})
     with torch.no_grad():
         ref = model(input_ids=ids)
     return {
@@ -52,6 +55,8 @@ def _forward_row(
         "seconds": seconds,
         "bytes": cost.bytes_sent,
         "rounds": cost.rounds,
+        "one_hot_check_bytes": check["bytes"],
+        "one_hot_check_rounds": check["rounds"],
         f"max_error_{output}": float((getattr(out, output) - getattr(ref, output)).abs().max()),
     }
 

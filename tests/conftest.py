@@ -6,7 +6,19 @@ import contextlib
 import math
 from collections.abc import Iterator
 
+import pytest
 import torch
+
+from .deploy import Deployment, start_deployment
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory) -> Iterator[Deployment]:
+    """Three service parties from a cluster file (CURVE on loopback), shared by the session;
+    drivers of every role (``deploy.ROLES``). Tests use model names of their own."""
+    running = start_deployment(tmp_path_factory.mktemp("keys"), tmp_path_factory.mktemp("shares"))
+    yield running
+    running.stop()
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -4,7 +4,6 @@ the session handshake, and several driver sessions in a row."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,86 +14,16 @@ import transformers
 from transformers import BertConfig, BertModel
 
 import securetorch as puma
-from securetorch.comm.security import keygen
 from securetorch.runtime.deployment import ClusterConfig, ConfigError
 
+from .deploy import TIMEOUT, cluster_file, free_ports
+
 transformers.logging.set_verbosity_error()
-
-TIMEOUT = 5.0
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def cluster_file(path, ports, party_keys, drivers, frac_bits=18, shares_dir=None) -> str:
-    """A cluster file; ``drivers`` maps a name to (public key, role)."""
-    lines = [f"[settings]\nfrac_bits = {frac_bits}\ncompare_bits = 44\ntimeout = {TIMEOUT}\n"]
-    for r in range(3):
-        shares = f'shares_dir = "{shares_dir}/party{r}"\n' if shares_dir else ""
-        lines.append(
-            f'[[parties]]\nrank = {r}\ncontrol = "tcp://127.0.0.1:{ports[2 * r]}"\n'
-            f'peer = "tcp://127.0.0.1:{ports[2 * r + 1]}"\npublic_key = "{party_keys[r]}"\n{shares}'
-        )
-    for name, (key, role) in drivers.items():
-        lines.append(f'[[drivers]]\nname = "{name}"\npublic_key = "{key}"\nrole = "{role}"\n')
-    path.write_text("\n".join(lines))
-    return str(path)
-
-
-def start_party(config: str, rank: int, key, *shares) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    cmd = [sys.executable, "-m", "securetorch.cli", "party", "--rank", str(rank), "--config", config, "--key", str(key)]
-    for path in shares:
-        cmd += ["--shares", str(path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
-    lines = [proc.stdout.readline() for _ in range(1 + len(shares))]
-    assert "serving drivers" in lines[-1], lines
-    return proc
-
-
-ROLES = {"admin": "admin", "owner": "owner", "client": "client", "other": "client"}
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    keys = tmp_path_factory.mktemp("keys")
-    party = [keygen(keys, f"party{r}") for r in range(3)]
-    drivers = {name: keygen(keys, name) for name in ROLES}
-    intruder = keygen(keys, "intruder")
-    ports = _free_ports(6)
-    shares = tmp_path_factory.mktemp("shares")
-    config = cluster_file(
-        keys / "cluster.toml", ports, [p[2] for p in party], {n: (d[2], ROLES[n]) for n, d in drivers.items()},
-        shares_dir=shares,
-    )  # fmt: skip
-    procs = [start_party(config, r, party[r][1]) for r in range(3)]
-    yield {
-        "config": config,
-        **{name: d[1] for name, d in drivers.items()},
-        "drivers": {n: (d[2], ROLES[n]) for n, d in drivers.items()},
-        "intruder": intruder[1],
-        "party_keys": party,
-        "ports": ports,
-        "dir": keys,
-        "shares": shares,
-        "procs": procs,
-    }
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.wait(10)
 
 
 def test_a_driver_runs_secure_work_over_curve(deployment) -> None:
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
-    with puma.Cluster.from_config(deployment["config"], key=deployment["admin"]) as cluster:
+    with puma.Cluster.from_config(deployment.config, key=deployment.keys["admin"]) as cluster:
         assert (cluster.driver, cluster.role) == ("admin", "admin")
         assert cluster.run(puma.rank) == [0, 1, 2]
         got = cluster.run(lambda v: (v @ v.T).relu(), puma.private(x))[0]
@@ -109,32 +38,32 @@ def test_a_driver_runs_secure_work_over_curve(deployment) -> None:
         assert float((out.last_hidden_state - ref.last_hidden_state).abs().max()) <= 1e-2
         secure_model.close()
     # the parties keep serving: a second session (fresh PRG keys) works the same
-    with puma.Cluster.from_config(deployment["config"], key=deployment["admin"]) as cluster:
+    with puma.Cluster.from_config(deployment.config, key=deployment.keys["admin"]) as cluster:
         assert torch.allclose(cluster.run(lambda v: v * 3, puma.private(x))[0], x * 3, atol=1e-4)
 
 
 def test_a_driver_with_an_unknown_key_is_refused(deployment) -> None:
     started = time.monotonic()
     with pytest.raises(puma.PartyError, match="public key listed under \\[\\[drivers\\]\\]"):
-        puma.Cluster.from_config(deployment["config"], key=deployment["intruder"])
+        puma.Cluster.from_config(deployment.config, key=deployment.intruder)
     assert time.monotonic() - started < TIMEOUT + 15
     with pytest.raises(ConfigError, match="pass key="):
-        puma.Cluster.from_config(deployment["config"])
+        puma.Cluster.from_config(deployment.config)
 
 
 def test_a_settings_mismatch_names_the_setting(deployment, tmp_path) -> None:
-    keys = [k[2] for k in deployment["party_keys"]]
-    other = cluster_file(tmp_path / "other.toml", deployment["ports"], keys, deployment["drivers"], frac_bits=16)
+    keys = [k[2] for k in deployment.party_keys]
+    other = cluster_file(tmp_path / "other.toml", deployment.ports, keys, deployment.drivers, frac_bits=16)
     with pytest.raises(puma.PartyError, match="frac_bits differs: the party has 18, the driver has 16"):
-        puma.Cluster.from_config(other, key=deployment["admin"])
+        puma.Cluster.from_config(other, key=deployment.keys["admin"])
     # the refused driver left the parties serving
-    with puma.Cluster.from_config(deployment["config"], key=deployment["admin"]) as cluster:
+    with puma.Cluster.from_config(deployment.config, key=deployment.keys["admin"]) as cluster:
         assert cluster.run(puma.rank) == [0, 1, 2]
 
 
 def test_party_refuses_a_key_that_is_not_its_own(deployment) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "securetorch.cli", "party", "--rank", "0", "--config", deployment["config"], "--key", str(deployment["admin"])],
+        [sys.executable, "-m", "securetorch.cli", "party", "--rank", "0", "--config", deployment.config, "--key", str(deployment.keys["admin"])],
         capture_output=True,
         text=True,
         timeout=60,
@@ -163,32 +92,32 @@ def test_model_owner_leaves_client_uses_it_and_a_killed_party_restarts_from_its_
         want = model(input_ids=ids).last_hidden_state
     # the model owner secures the model under a name for one client, has each party save its
     # shares (to the directory its own cluster file names), and leaves
-    with puma.Cluster.from_config(deployment["config"], key=deployment["owner"]) as owner:
+    with puma.Cluster.from_config(deployment.config, key=deployment.keys["owner"]) as owner:
         assert owner.role == "owner"
         secured = puma.secure(model, cluster=owner, name="tiny-bert", clients=["client"])
         paths = puma.save_shares(secured)
-    shares = deployment["shares"]
+    shares = deployment.shares
     assert paths == [str(shares / f"party{r}" / "tiny-bert" / f"party{r}.safetensors") for r in range(3)]
     assert all(os.stat(p).st_mode & 0o777 == 0o600 for p in paths)
     # the client uses it by name, without the weights
-    with puma.Cluster.from_config(deployment["config"], key=deployment["client"]) as user:
+    with puma.Cluster.from_config(deployment.config, key=deployment.keys["client"]) as user:
         remote = puma.SecureModel.by_name("tiny-bert", user)
         assert float((remote(input_ids=ids).last_hidden_state - want).abs().max()) <= 1e-2
         with pytest.raises(KeyError, match="no secured model named 'nope'"):
             puma.SecureModel.by_name("nope", user)
         # party 1 dies in the middle of a request: the driver hears of it within the timeout
         long_ids = torch.randint(0, 50, (1, 60), generator=torch.Generator().manual_seed(3))
-        victim = deployment["procs"][1].pid
+        victim = deployment.procs[1].pid
         killer = subprocess.Popen([sys.executable, "-c", f"import os, time; time.sleep(0.3); os.kill({victim}, 9)"])
         started = time.monotonic()
         with pytest.raises(puma.PartyError):
             remote(input_ids=long_ids)
         assert time.monotonic() - started < 2 * TIMEOUT + 10
         killer.wait()
-    deployment["procs"][1].wait(10)
+    deployment.procs[1].wait(10)
     # the operator restarts party 1 from its shares file; the cluster serves the next request
-    deployment["procs"][1] = start_party(deployment["config"], 1, deployment["party_keys"][1][1], paths[1])
-    with puma.Cluster.from_config(deployment["config"], key=deployment["client"]) as user:
+    deployment.restart(1, paths[1])
+    with puma.Cluster.from_config(deployment.config, key=deployment.keys["client"]) as user:
         remote = puma.SecureModel.by_name("tiny-bert", user)
         assert float((remote(input_ids=ids).last_hidden_state - want).abs().max()) <= 1e-2
 
@@ -198,7 +127,7 @@ def test_a_party_serves_only_its_own_shares_file(deployment) -> None:
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
-    with puma.Cluster.from_config(deployment["config"], key=deployment["owner"]) as owner:
+    with puma.Cluster.from_config(deployment.config, key=deployment.keys["owner"]) as owner:
         secured = puma.secure(BertModel(config).eval(), cluster=owner, name="other")
         paths = puma.save_shares(secured)
         secured.close()
@@ -211,7 +140,7 @@ def test_a_party_serves_only_its_own_shares_file(deployment) -> None:
 def test_a_driver_dying_mid_request_leaves_the_parties_serving(deployment) -> None:
     script = f"""
 import torch, securetorch as puma
-cluster = puma.Cluster.from_config({deployment["config"]!r}, key={str(deployment["admin"])!r})
+cluster = puma.Cluster.from_config({deployment.config!r}, key={str(deployment.keys["admin"])!r})
 x = torch.randn(64, 64)
 print("connected", flush=True)
 cluster.run(lambda v: [v := (v @ v).tanh() for _ in range(150)][-1], puma.private(x))
@@ -222,7 +151,7 @@ cluster.run(lambda v: [v := (v @ v).tanh() for _ in range(150)][-1], puma.privat
     driver.kill()
     driver.wait()
     x = torch.randn(3, 3, generator=torch.Generator().manual_seed(4))
-    with puma.Cluster.from_config(deployment["config"], key=deployment["admin"]) as cluster:
+    with puma.Cluster.from_config(deployment.config, key=deployment.keys["admin"]) as cluster:
         assert torch.allclose(cluster.run(lambda v: v + 1, puma.private(x))[0], x + 1, atol=1e-4)
 
 
@@ -236,3 +165,39 @@ def test_a_party_refuses_an_unencrypted_cluster_file_unless_told(tmp_path) -> No
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "lists no public keys" in result.stderr and "--insecure" in result.stderr
+
+
+def test_an_insecure_test_setup_serves_the_driver_it_names(tmp_path) -> None:
+    """--insecure: no keys, no authentication; a driver names itself (tests only)."""
+    ports = free_ports(6)
+    path = tmp_path / "plain.toml"
+    path.write_text(
+        f"[settings]\ntimeout = {TIMEOUT}\n"
+        + "".join(f'[[parties]]\nrank = {r}\ncontrol = "tcp://127.0.0.1:{ports[2 * r]}"\npeer = "tcp://127.0.0.1:{ports[2 * r + 1]}"\n' for r in range(3))
+        + '[[drivers]]\nname = "alice"\nrole = "owner"\n[[drivers]]\nname = "bob"\nrole = "client"\n'
+    )  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "securetorch.cli", "party", "--rank", str(r), "--config", str(path), "--insecure"], env=env, stdout=subprocess.PIPE, text=True)
+        for r in range(3)
+    ]  # fmt: skip
+    try:
+        for p in procs:
+            assert "(unencrypted)" in p.stdout.readline()
+        torch.manual_seed(0)
+        model = BertModel(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)).eval()  # fmt: skip
+        with puma.Cluster.from_config(path, name="alice") as owner:
+            assert owner.role == "owner"
+            puma.secure(model, cluster=owner, name="plain-bert", clients=["bob"])
+        with pytest.raises(ConfigError, match="no driver named 'carol'"):
+            puma.Cluster.from_config(path, name="carol")
+        ids = torch.tensor([[1, 2, 3]])
+        with puma.Cluster.from_config(path, name="bob") as client:
+            out = puma.SecureModel.by_name("plain-bert", client)(input_ids=ids)
+        with torch.no_grad():
+            assert float((out.last_hidden_state - model(input_ids=ids).last_hidden_state).abs().max()) <= 1e-2
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -92,6 +92,8 @@ class PeerNetwork:
             credential.serve(self._pull, PEERS_DOMAIN)
         self.address = bind_any(self._pull, bind_address)
         self._push: dict[int, zmq.Socket] = {}
+        self.peer_addresses: dict[int, str] = {}
+        self.dropped: Counter[str] = Counter()  # peer messages dropped, by reason
         self._inbox: dict[tuple[int, int, int], list[torch.Tensor]] = {}
         self.schedules: deque[Notice] = deque()
         self._aborts: dict[int, Notice] = {}
@@ -125,6 +127,7 @@ class PeerNetwork:
             sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
             sock.connect(addr)
             self._push[peer] = sock
+            self.peer_addresses[peer] = addr
 
     # ------------------------------------------------------------------ jobs
 
@@ -215,38 +218,40 @@ class PeerNetwork:
             try:
                 head, tensors = decode_message([f.buffer for f in frames])
             except FrameError as exc:  # a malformed frame is dropped, never fatal
-                self.log.warning("dropped a malformed peer message (%s)", exc)
+                self._drop("malformed", "dropped a malformed peer message (%s)", exc)
                 continue
             if self.credential is not None and sender_identity(frames[0]) != party_identity(head.sender):
-                self.log.warning(
-                    "dropped a peer message claiming party %d from a link of %s",
-                    head.sender,
-                    sender_identity(frames[0]),
-                )
+                link = sender_identity(frames[0])
+                self._drop("forged rank", "dropped a peer message claiming party %d from %s's link", head.sender, link)
                 continue
             if head.sender == self.rank:
-                self.log.warning("dropped a peer message claiming this party's own rank")
+                self._drop("forged rank", "dropped a peer message claiming this party's own rank")
                 continue
             if head.step in (SCHEDULE_STEP, ABORT_STEP):
                 self._file_notice(head.sender, head.job, head.step == ABORT_STEP, tensors)
                 continue
             if _same_epoch(head.job, self.job) and head.job < self.job:
-                continue  # left over from a finished or abandoned job
+                self.dropped["stale"] += 1  # left over from a finished or abandoned job
+                continue
             key = (head.sender, head.job, head.step)
             if key in self._inbox:
                 raise ProtocolError(f"party {self.rank}: two messages from party {head.sender} for step {head.step}")
             self._inbox[key] = tensors
 
+    def _drop(self, reason: str, message: str, *args: object) -> None:
+        self.dropped[reason] += 1
+        self.log.warning(message, *args)
+
     def _file_notice(self, sender: int, job: int, abort: bool, tensors: list[torch.Tensor]) -> None:
         if len(tensors) != 1 or tensors[0].dtype != torch.uint8 or tensors[0].numel() > MAX_NOTICE_BYTES:
-            self.log.warning("dropped a malformed notice from party %d", sender)
+            self._drop("malformed", "dropped a malformed notice from party %d", sender)
             return
         try:
             body = json.loads(bytes(tensors[0].numpy()))
         except (UnicodeDecodeError, ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
-            self.log.warning("dropped a malformed notice from party %d", sender)
+            self._drop("malformed", "dropped a malformed notice from party %d", sender)
             return
         notice = Notice(sender, job, abort, body)
         if abort:
@@ -254,7 +259,7 @@ class PeerNetwork:
         elif sender == 0:
             self.schedules.append(notice)
         else:
-            self.log.warning("dropped a schedule from party %d (only party 0 orders jobs)", sender)
+            self._drop("forged schedule", "dropped a schedule from party %d (only party 0 orders jobs)", sender)
 
     def close(self) -> None:
         for sock in self._push.values():

@@ -130,6 +130,7 @@ class Cluster:
                 credential.connect(sock, None if party_keys is None else party_keys[r])
             sock.connect(addr)
             self._sockets.append(sock)
+        self.party_keys = party_keys  # the parties' CURVE public keys (None: not CURVE)
         self.session = secrets.randbits(62) + 1
         self._requests = itertools.count(1)
         self._name = name
@@ -191,12 +192,14 @@ class Cluster:
         key: str | os.PathLike[str] | None = None,
         progress: bool | None = None,
         name: str | None = None,
+        on_queue: Callable[[int], None] | None = None,
     ) -> Cluster:
         """Connect to the three parties a cluster file names (see ``runtime.deployment``) and
         open a session. With CURVE keys in the file, ``key`` is this driver's ``.key_secret``
         file (``securetorch keygen``); its public key must be listed under [[drivers]], whose
         entry gives this driver's name and role. A file without keys (a test setup) takes
-        ``name``, one of its [[drivers]], unauthenticated. ``close()`` ends the session; the
+        ``name``, one of its [[drivers]], unauthenticated. ``on_queue(position)`` hears how
+        many jobs (of any driver) run before each request. ``close()`` ends the session; the
         parties keep serving."""
         config = ClusterConfig.load(path)
         keys = config.endpoint_keys(key, "pass key=<this driver's .key_secret file>")
@@ -211,6 +214,7 @@ class Cluster:
             credential=keys,
             party_keys=[p.public_key for p in config.parties],
             name=name,
+            on_queue=on_queue,
         )
         try:
             cluster._open()

@@ -233,7 +233,8 @@ class PartyServer:
                     )
         if request.verb.is_job:
             self._handle(frames)
-        else:
+        else:  # answered after the job; acknowledged now, so that its driver waits without a timeout
+            self._reply(bytes(frames[0]), Status.QUEUED, request.request, position=1 if self.rank == 0 else None)
             self.deferred.append(frames)
 
     def _identity(self, frames: list[Any], session: Session | None = None) -> str | None:
@@ -248,7 +249,7 @@ class PartyServer:
     def _handle(self, frames: list[Any]) -> None:
         """Accept, refuse, queue or answer one control message. Never raises."""
         route = bytes(frames[0]) if frames else b""
-        driver = ""
+        driver = (sender_identity(frames[1]) if self.auth is not None and len(frames) > 1 else None) or ""
         request_id = 0
         try:
             if len(frames) < 2:

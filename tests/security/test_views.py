@@ -6,7 +6,7 @@ import torch
 
 import securetorch as puma
 
-from .conftest import chi_square_uniform_bytes, received_tensors
+from ..conftest import chi_square_uniform_bytes, received_tensors
 
 
 def recording(fn):
