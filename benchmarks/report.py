@@ -1,7 +1,9 @@
-"""Run every benchmark and write ``benchmarks/results.json`` and ``docs/benchmarks.md``.
+"""Run every benchmark and write ``benchmarks/results.json``, ``docs/benchmarks.md`` and the
+README's performance table (between its markers).
 
     python -m benchmarks.report          # about 10 minutes on 2 cores
     scripts/dev.sh bench                 # the same, in the project's virtualenv
+    python -m benchmarks.report --readme # only rewrite the README's table from results.json
 
 The markdown puts SPU 0.9.5 (PUMA's settings, measured on this machine kind; REFERENCE.md)
 beside our numbers and marks each of issue #5's targets (half of SPU's time and bytes).
@@ -9,6 +11,7 @@ beside our numbers and marks each of issue #5's targets (half of SPU's time and 
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import pathlib
@@ -188,7 +191,141 @@ def markdown(results: dict[str, list[dict[str, Any]]], info: dict[str, Any]) -> 
     return "\n".join(lines) + "\n"
 
 
+README_BEGIN = "<!-- performance table: written by python -m benchmarks.report from benchmarks/results.json -->"
+README_END = "<!-- end of the performance table -->"
+_OPS = {"gelu": "GeLU", "layernorm": "LayerNorm", "rsqrt": "rsqrt"}
+
+
+DASH, TIMES = "\u2013", "\u00d7"  # typeset ranges and products
+
+
+def _span(values: list[float], fmt: str = "{}") -> str:
+    """The range (min to max) of ``values``, each formatted with ``fmt``."""
+    return f"{fmt.format(min(values))}{DASH}{fmt.format(max(values))}"
+
+
+def _short_mb(b: float) -> str:
+    mb = b / 1e6
+    return f"{mb:.0f}" if mb >= 100 else f"{mb:.1f}"
+
+
+def _sci(x: float) -> str:
+    """``x`` as 2.0e-4 (no padded exponent)."""
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _cells(seconds: float, nbytes: float, rounds: int, error: float | None = None, digits: int = 2) -> str:
+    cells = f"{seconds:.{digits}f} / {_short_mb(nbytes)} / {rounds}"
+    return cells if error is None else f"{cells} / {_sci(error)}"
+
+
+def _workload(name: str) -> str:
+    """A model workload's name as the README shows it (full-size models, typeset arrows)."""
+    return name.replace(" (12 layers)", "").replace(" -> ", " \u2192 ")
+
+
+def readme_table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """The README's performance table and the facts under it, from one run's results."""
+    rows = [
+        "| workload (command) | securetorch: s / MB / rounds / max error | SPU 0.9.5, PUMA's settings |",
+        "| --- | --- | --- |",
+    ]
+    matmul = next(r for r in results["engine"] if r["op"].startswith("secure matmul"))
+    rows.append(
+        f"| matmul [128,768]×[768,768] (`{COMMANDS['engine']}`) | "  # noqa: RUF001
+        f"{_cells(matmul['seconds'], matmul['bytes'], matmul['rounds'], matmul['max_abs_error'])} | "
+        f"{_cells(*SPU_MATMUL)} |"
+    )
+    for i, row in enumerate(results["nonlinear"]):
+        spu = row["spu"]
+        name = f"{_OPS.get(row['op'], row['op'])} {str(row['shape']).replace(' ', '')}"
+        if row["op"] == "rsqrt":
+            name += ", relative error"
+        command = f"`{COMMANDS['nonlinear']}`" if i == 0 else "same"
+        rows.append(
+            f"| {name} ({command}) | {_cells(row['seconds'], row['bytes'], row['rounds'], row['max_error'])} | "
+            f"{_cells(spu['seconds'], spu['bytes'], spu['rounds'], spu['max_error'])} |"
+        )
+    first = True
+    gpt2_spu = next(v for k, v in SPU_MODELS.items() if k.startswith("GPT-2"))
+    facts: list[str] = []
+    for row in results["models"]:
+        command = f"`{COMMANDS['models']}`" if first else "same"
+        name = _workload(row["workload"])
+        if "peak_rss_mb_per_party" in row:
+            rss = row["peak_rss_mb_per_party"]
+            facts.append(f"{name.removesuffix(': peak RSS per party')} {_span([m / 1e3 for m in rss], '{:.1f}')} GB")
+            continue
+        first = False
+        if "per_token" in row:
+            steps = row["per_token"]
+            if len(steps) == 1:
+                rows.append(
+                    f"| {name} ({command}) | {_cells(row['seconds'], row['bytes'], row['rounds'], digits=1)} | {_cells(*gpt2_spu[:3], digits=1)} |"
+                )
+                continue
+            later = steps[1:]
+            rows.append(
+                f"| {name} ({command}) | {row['seconds']:.1f} s in all; token 1: {steps[0]['seconds']:.1f} s; "
+                f"tokens 2{DASH}{len(steps)}: {_span([t['seconds'] for t in later], '{:.2f}')} s "
+                f"({_span([100 * t['seconds_vs_token_1'] for t in later], '{:.0f}')} % of token 1's), "
+                f"{_span([t['bytes'] / 1e6 for t in later], '{:.1f}')} MB "
+                f"({_span([100 * t['bytes_vs_token_1'] for t in later], '{:.1f}')} %) each | ≈ {len(steps)} {TIMES} the above |"
+            )
+            facts.insert(
+                0,
+                f"all {len(steps)} generated tokens equal plaintext greedy decoding"
+                if row["tokens_equal_plaintext"]
+                else f"generated tokens differ from plaintext greedy decoding at steps {row['steps_differing']}",
+            )
+            continue
+        error = row.get("max_error_last_hidden_state", row.get("max_error_logits"))
+        spu = SPU_MODELS.get(row["workload"])
+        spu_cells = "—" if spu is None else _cells(*spu, digits=1)
+        rows.append(
+            f"| {name} ({command}) | {_cells(row['seconds'], row['bytes'], row['rounds'], error, digits=1)} | {spu_cells} |"
+        )
+    layer, _, projected = results["llama7b"]
+    rows.append(
+        f"| LLaMA-7B, one decoder layer at full width, 8 tokens (`{COMMANDS['llama7b']}`) | "
+        f"{_cells(layer['seconds'], layer['bytes'], layer['rounds'], layer['max_error_last_hidden_state'], digits=1)} | — |"
+    )
+    rows.append(
+        f"| LLaMA-7B, 8 → 1 tokens, projected to 5 Gbps / 1 ms RTT (same) | {projected['projected_seconds']:.0f} s "
+        f"({projected['local_compute_seconds']:.0f} s local compute + {projected['rounds']} rounds + "
+        f"{projected['bytes'] / 1e9:.2f} GB) | PUMA reports {projected['puma_seconds']:.0f} s |"
+    )
+    checks = [r for r in results["models"] if r.get("one_hot_check_bytes")]
+    ring = next(r for r in results["engine"] if r["op"].endswith("(native)"))
+    summary = (
+        f"In the same run {'; '.join(facts[:1])}. The ring matmul (exact int64) takes "
+        f"{ring['ratio_to_float64']}{TIMES} a float64 matmul of the same shape. Peak RSS per party: "
+        f"{', '.join(facts[1:])}."
+    )
+    if checks:
+        spent = "; ".join(
+            f"{_workload(r['workload'])}: {_short_mb(r['one_hot_check_bytes'])} MB, {r['one_hot_check_rounds']} rounds"
+            for r in checks
+        )
+        summary += f" Each forward call includes the parties' check of the client's one-hot input ({spent})."
+    lines = [*rows, "", summary]
+    return "\n".join(lines)
+
+
+def update_readme(results: dict[str, list[dict[str, Any]]]) -> None:
+    path = ROOT / "README.md"
+    text = path.read_text()
+    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+    path.write_text(text[:start] + "\n" + readme_table(results) + "\n" + text[end:])
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", action="store_true", help="only rewrite the README's table from results.json")
+    if parser.parse_args().readme:
+        update_readme(json.loads((ROOT / "benchmarks" / "results.json").read_text())["results"])
+        return
     results = {
         "engine": engine.rows(),
         "nonlinear": nonlinear.rows(),
@@ -198,7 +335,8 @@ def main() -> None:
     info = {"date": datetime.date.today().isoformat(), "machine": machine()}
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps({**info, "results": results}, indent=1) + "\n")
     (ROOT / "docs" / "benchmarks.md").write_text(markdown(results, info))
-    print(f"wrote {ROOT / 'benchmarks' / 'results.json'} and {ROOT / 'docs' / 'benchmarks.md'}")
+    update_readme(results)
+    print(f"wrote {ROOT / 'benchmarks' / 'results.json'}, {ROOT / 'docs' / 'benchmarks.md'} and the README's table")
 
 
 if __name__ == "__main__":
