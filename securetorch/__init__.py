@@ -1,6 +1,6 @@
 """securetorch: PyTorch and Hugging Face models under three-party secure computation (PUMA).
 
-Inside a party (a function run by ``Cluster.run``)::
+Inside a party (a function run by ``Cluster.run`` or ``puma.simulate``)::
 
     x = puma.share(t, owner=1)          # SharedTensor
     y = (x @ w).reveal()                # ordinary torch code, dispatched to protocols
@@ -10,7 +10,8 @@ from securetorch import ring
 from securetorch.comm.stats import CommStats
 from securetorch.errors import AccessError, InputError, PartyError
 from securetorch.ring import DEFAULT_FRAC_BITS
-from securetorch.runtime.cluster import Cluster, LocalCluster, run_local
+from securetorch.runtime.cluster import Cluster, InProcessCluster, LocalCluster, run_local
+from securetorch.runtime.simulator import Simulator, simulate
 from securetorch.secure import SecureModel, load_shares, save_shares, secure
 from securetorch.session.context import rank, stats
 from securetorch.tensor import SharedTensor, share
@@ -23,11 +24,13 @@ __all__ = [
     "AccessError",
     "Cluster",
     "CommStats",
+    "InProcessCluster",
     "InputError",
     "LocalCluster",
     "PartyError",
     "SecureModel",
     "SharedTensor",
+    "Simulator",
     "load_shares",
     "private",
     "rank",
@@ -36,5 +39,6 @@ __all__ = [
     "save_shares",
     "secure",
     "share",
+    "simulate",
     "stats",
 ]

@@ -1,8 +1,11 @@
-"""pytest plugin (entry point ``pytest11``): a session-wide ``cluster`` fixture.
+"""pytest plugin (entry point ``pytest11``): session-wide ``sim`` and ``cluster`` fixtures.
 
-Any project with securetorch installed can write ``def test_x(cluster): cluster.run(...)``.
-The three local parties start once per test session and stop at its end. Options:
-``--securetorch-timeout`` (seconds a party waits for a peer, default 60).
+Any project with securetorch installed can write ``def test_x(sim): sim.run(fn, ...)``: the
+three parties are threads of the test process (``Simulator``: no start-up, a failure shows
+one traceback), with the same outputs, bytes and rounds as processes. ``cluster`` is three
+party processes (``LocalCluster``) for what needs real process boundaries. Both start once
+per test session. Options: ``--securetorch-timeout`` (seconds a party waits for a peer,
+default 60).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from securetorch.runtime.cluster import LocalCluster
+from securetorch.runtime.simulator import Simulator
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,3 +28,10 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     """Three local parties (a ``LocalCluster``) shared by the whole test session."""
     with LocalCluster(timeout=request.config.getoption("--securetorch-timeout")) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def sim(request: pytest.FixtureRequest) -> Iterator[Simulator]:
+    """Three in-process parties (a ``Simulator``) shared by the whole test session."""
+    with Simulator(timeout=request.config.getoption("--securetorch-timeout")) as s:
+        yield s

@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import transformers.modeling_outputs
@@ -28,19 +28,24 @@ from securetorch.errors import InputError, PartyError
 from securetorch.models.families import model_class, spec_for
 from securetorch.models.families.base import base_model, check_public_inputs, get_path, max_positions
 from securetorch.models.service import check_model_name
-from securetorch.runtime.cluster import Cluster, LocalCluster
+from securetorch.runtime.cluster import Cluster, InProcessCluster, LocalCluster
 from securetorch.runtime.verbs import Verb
 from securetorch.tensor.payload import private
 
-_DEFAULT: LocalCluster | None = None
+ClusterKind = Literal["local", "inprocess"]
+_DEFAULTS: dict[str, Cluster] = {}
 
 
-def default_cluster() -> LocalCluster:
-    """The process-wide LocalCluster that ``secure(model)`` uses when given none (closed at exit)."""
-    global _DEFAULT
-    if _DEFAULT is None or _DEFAULT._closed:
-        _DEFAULT = LocalCluster()
-    return _DEFAULT
+def default_cluster(kind: ClusterKind = "local") -> Cluster:
+    """The process-wide cluster that ``secure(model)`` uses when given none (``"local"``: a
+    ``LocalCluster``, three processes) or ``cluster="inprocess"`` (an ``InProcessCluster``:
+    three threads of this process, no isolation between the parties). Closed at exit."""
+    if kind not in ("local", "inprocess"):
+        raise ValueError(f"cluster is a Cluster, 'local' or 'inprocess', not {kind!r}")
+    cluster = _DEFAULTS.get(kind)
+    if cluster is None or cluster._closed:
+        cluster = _DEFAULTS[kind] = LocalCluster() if kind == "local" else InProcessCluster()
+    return cluster
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class SecureModel:
     def __init__(
         self,
         model: torch.nn.Module,
-        cluster: Cluster | None = None,
+        cluster: Cluster | ClusterKind | None = None,
         name: str | None = None,
         clients: Sequence[str] = (),
         check_inputs: bool = True,
@@ -118,14 +123,20 @@ class SecureModel:
         self._installed = True
 
     def _describe_as(
-        self, class_name: str, config: Any, vocab_size: int, can_generate: bool, cluster: Cluster | None, key: str
+        self,
+        class_name: str,
+        config: Any,
+        vocab_size: int,
+        can_generate: bool,
+        cluster: Cluster | ClusterKind | None,
+        key: str,
     ) -> None:
         self.spec = spec_for(class_name)
         self.config = config
         self.class_name = class_name
         self.can_generate = can_generate
         self.generation_costs: list[StepCost] = []
-        self.cluster = cluster or default_cluster()
+        self.cluster = cluster if isinstance(cluster, Cluster) else default_cluster(cluster or "local")
         self.key = key
         self.vocab_size = vocab_size
         self.max_positions = max_positions(config)
@@ -249,14 +260,16 @@ class SecureModel:
 
 def secure(
     model: torch.nn.Module,
-    cluster: Cluster | None = None,
+    cluster: Cluster | ClusterKind | None = None,
     name: str | None = None,
     clients: Sequence[str] = (),
     check_inputs: bool = True,
 ) -> SecureModel:
     """Secret-share ``model``'s weights to three parties and return a drop-in secure module.
 
-    With a ``name`` the model stays in the parties after this driver leaves, and the drivers
+    ``cluster``: the parties (a ``Cluster``); by default this process's ``LocalCluster``;
+    ``"inprocess"`` runs the three parties as threads of this process (quick to start, for
+    notebooks and experiments; no isolation between the parties). With a ``name`` the model stays in the parties after this driver leaves, and the drivers
     listed in ``clients`` (by their cluster-file names) may call it with
     ``SecureModel.by_name``; without one it lives as long as this driver's session.
     ``check_inputs=False`` skips the parties' check that each client input is a one-hot

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from securetorch.session.context import current
+
 from .deploy import Deployment, start_deployment
 
 
@@ -40,19 +42,5 @@ def chi_square_uniform_bytes(data: bytes) -> tuple[float, float]:
 @contextlib.contextmanager
 def received_tensors() -> Iterator[list[torch.Tensor]]:
     """Inside a party: collect every tensor this party receives from its peers meanwhile."""
-    from securetorch.session.context import current
-
-    net = current().net
-    received: list[torch.Tensor] = []
-    original = net._recv
-
-    def spy(peer: int) -> list[torch.Tensor]:
-        tensors = original(peer)
-        received.extend(tensors)
-        return tensors
-
-    net._recv = spy
-    try:
+    with current().net.received() as received:
         yield received
-    finally:
-        net._recv = original

@@ -91,7 +91,10 @@ def decode_tensors(frames: Sequence[Buffer]) -> list[torch.Tensor]:
         np_dtype = _NUMPY[code]
         if len(data) != math.prod(shape) * np_dtype.itemsize:
             raise FrameError(f"data of {len(data)} bytes for shape {shape} of {_DTYPES[code]}")
-        arr = np.frombuffer(data, dtype=np_dtype).reshape(shape).copy()
+        try:
+            arr = np.frombuffer(data, dtype=np_dtype).reshape(shape).copy()
+        except (ValueError, MemoryError) as exc:  # e.g. an empty tensor of absurd dimensions
+            raise FrameError(f"bad tensor of shape {shape}: {exc}") from None
         tensors.append(torch.from_numpy(arr))
     return tensors
 

@@ -24,15 +24,15 @@ import json
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 import zmq
 
-from securetorch.comm.frames import FrameError, decode_message, encode_message, payload_bytes
+from securetorch.comm.frames import FrameError, decode_message, encode_message
+from securetorch.comm.links import Links, PeerAbort
 from securetorch.comm.security import PEERS_DOMAIN, Credential, party_identity, sender_identity
-from securetorch.comm.stats import CommStats
 from securetorch.errors import PartyError, ProtocolError
 
 EPOCH_SHIFT = 32
@@ -48,10 +48,6 @@ def bind_any(sock: zmq.Socket, address: str) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-class PeerAbort(PartyError):
-    """A peer abandoned the job this party is running (it already told the third party)."""
-
-
 @dataclass(frozen=True)
 class Notice:
     """A peer's control message: party 0's schedule of ``job``, or a party's abort of it."""
@@ -62,8 +58,8 @@ class Notice:
     body: dict
 
 
-class PeerNetwork:
-    """One party's links to the other two parties."""
+class PeerNetwork(Links):
+    """One party's links to the other two parties, over ZeroMQ."""
 
     def __init__(
         self,
@@ -76,11 +72,7 @@ class PeerNetwork:
         credential: Credential | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        self.rank = rank
-        self.timeout = timeout
-        self.stats = CommStats()
-        self.job = 0
-        self.step = 0
+        super().__init__(rank, timeout)
         self.log = logging.getLogger(f"securetorch.party{rank}")
         self._ctx = zmq_context
         self._pull = zmq_context.socket(zmq.PULL)
@@ -134,8 +126,7 @@ class PeerNetwork:
     def begin_job(self, job: int) -> None:
         """Job ``job`` starts: messages of earlier jobs (and of another epoch) are dropped;
         early ones of this job or later (a faster peer) are kept."""
-        self.job = job
-        self.step = 0
+        super().begin_job(job)
         self._inbox = {k: v for k, v in self._inbox.items() if _same_epoch(k[1], job) and k[1] >= job}
         self._aborts = {j: n for j, n in self._aborts.items() if _same_epoch(j, job) and j >= job}
 
@@ -159,33 +150,14 @@ class PeerNetwork:
         if self._pull.poll(seconds * 1000):
             self._drain()
 
-    def exchange(
-        self, sends: Mapping[int, Sequence[torch.Tensor]], recv_from: Iterable[int]
-    ) -> dict[int, list[torch.Tensor]]:
-        """One protocol round: send to some peers, then receive from some peers.
-
-        Every party calls ``exchange`` for every round (with empty arguments if it takes no
-        part), so step numbers and round counts stay equal on all three parties.
-        """
-        started = time.perf_counter()
-        self.step += 1
-        self.stats.rounds += 1
-        for peer, tensors in sends.items():
-            self._send(peer, list(tensors))
-        received = {peer: self._recv(peer) for peer in recv_from}
-        self.stats.seconds += time.perf_counter() - started
-        return received
-
-    def _send(self, peer: int, tensors: list[torch.Tensor]) -> None:
+    def _deliver(self, peer: int, tensors: list[torch.Tensor]) -> None:
         frames = encode_message(self.rank, self.job, self.step, tensors)
         try:
             self._push[peer].send_multipart(frames, copy=False)
         except zmq.Again as exc:
             raise PartyError(f"party {self.rank}: party {peer} took no message within {self.timeout:.1f} s") from exc
-        self.stats.bytes_sent += payload_bytes(tensors)
-        self.stats.messages += 1
 
-    def _recv(self, peer: int) -> list[torch.Tensor]:
+    def _take(self, peer: int) -> list[torch.Tensor]:
         key = (peer, self.job, self.step)
         deadline = time.monotonic() + self.timeout
         while key not in self._inbox:
@@ -205,9 +177,7 @@ class PeerNetwork:
                 self._drain()
             if self._control is not None and self._control in events and self._on_control is not None:
                 self._on_control()
-        tensors = self._inbox.pop(key)
-        self.stats.bytes_received += payload_bytes(tensors)
-        return tensors
+        return self._inbox.pop(key)
 
     def _drain(self) -> None:
         while True:

@@ -56,11 +56,28 @@ def save(installed: InstalledModel, path: pathlib.Path, rank: int, frac_bits: in
         "dtypes": json.dumps(dtypes),
     }
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.close(fd)  # the file exists with mode 600 before a byte of a share is written
     os.chmod(path, 0o600)
     save_file(tensors, str(path), metadata)
     return str(path)
+
+
+def owner_of(path: str | os.PathLike[str]) -> str | None:
+    """The owner a shares file at ``path`` names (None when there is no file); ``ValueError``
+    for a file that is not a securetorch shares file."""
+    from safetensors import safe_open
+
+    if not os.path.lexists(path):
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta: dict[str, Any] = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{path} exists and is not a securetorch shares file") from exc
+    if meta.get("format") != SHARES_FORMAT or not isinstance(meta.get("owner"), str):
+        raise ValueError(f"{path} exists and is not a securetorch shares file of format {SHARES_FORMAT}")
+    return meta["owner"]
 
 
 def load(path: str | os.PathLike[str], rank: int, frac_bits: int) -> InstalledModel:

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -40,14 +41,20 @@ from securetorch.runtime.deployment import (
     PROTOCOL_VERSION,
     ClusterConfig,
     ConfigError,
+    PartyAddress,
     local_config,
 )
+from securetorch.runtime.party import PartyServer
 from securetorch.runtime.shipping import pack_call
 from securetorch.runtime.verbs import Status, Verb, decode_reply, encode_request
 from securetorch.session import costs
-from securetorch.tensor.payload import RANKS, SharePayload, deal, deal_tree, map_structure, reconstruct
+from securetorch.tensor.payload import RANKS, deal, deal_tree, reconstruct_tree
 
 log = logging.getLogger("securetorch.cluster")
+
+# How a LocalCluster starts a party process (``-m securetorch.runtime.party`` would load the
+# module twice: the package imports it first).
+_PARTY_MAIN = "import sys; from securetorch.runtime.party import main; main(sys.argv[1:])"
 
 # Exception types a party's error may be raised as on the driver (looked up by name in this
 # table only); any other type arrives as a PartyError.
@@ -353,23 +360,10 @@ class Cluster:
         return _remote_exception(rank, user[rank])
 
     def _reconstruct(self, results: list[Any]) -> list[Any]:
-        """Replace every returned share pair by the plaintext, rebuilt from the three parties'
-        pairs (and checked: P_r's second share must equal P_{r+1}'s first)."""
-        pairs: list[list[SharePayload]] = [[], [], []]
-        for r in RANKS:
-            map_structure(results[r], lambda v, r=r: pairs[r].append(v) if isinstance(v, SharePayload) else None)
-        if len({len(p) for p in pairs}) != 1:
-            raise PartyError("the parties returned different numbers of secret outputs")
         try:
-            plain = [reconstruct(list(trio), self.frac_bits) for trio in zip(*pairs, strict=True)]
+            return reconstruct_tree(results, self.frac_bits)
         except ValueError as exc:
-            raise PartyError(f"the parties returned inconsistent shares: {exc}") from None
-
-        def substitute(results_r: Any) -> Any:
-            queue = iter(plain)
-            return map_structure(results_r, lambda v: next(queue) if isinstance(v, SharePayload) else v)
-
-        return [substitute(results[r]) for r in RANKS]
+            raise PartyError(str(exc)) from None
 
     # ------------------------------------------------------------------ public API
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
@@ -428,11 +422,16 @@ class Cluster:
                 pass  # a party that cannot be reached has no session to end
 
     def close(self) -> None:
+        self._leave(Verb.CLOSE, lambda: time.sleep(0.01))  # let the messages leave (LINGER is 0)
+
+    def _leave(self, verb: Verb, wait: Callable[[], None]) -> None:
+        """End the session with ``verb`` (STOP: the parties this driver started stop too),
+        ``wait`` for it to take effect, and release this driver's sockets."""
         if self._closed:
             return
         self._closed = True
-        self._end_session(Verb.CLOSE)
-        time.sleep(0.01)  # let the messages leave before the sockets go (LINGER is 0)
+        self._end_session(verb)
+        wait()
         for sock in self._sockets:
             sock.close(0)
         self._zmq.term()
@@ -444,13 +443,39 @@ class Cluster:
         self.close()
 
 
-_LIVE: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Cluster] = weakref.WeakSet()
 
 
 @atexit.register
 def _close_all() -> None:
     for cluster in list(_LIVE):
         cluster.close()
+
+
+def _private_parties(
+    directory: str, transport: str, frac_bits: int, compare_bits: int, timeout: float
+) -> tuple[ClusterConfig, list[Credential], Credential]:
+    """The configuration of three parties private to one driver, their credentials and the
+    driver's: ipc sockets in ``directory`` (mode 0700) with random PLAIN passwords, or
+    loopback tcp with ephemeral CURVE keys."""
+    names = [party_identity(r) for r in RANKS]
+    credentials: list[Credential]
+    if transport == "ipc":
+        passwords = {name: PlainPassword(name) for name in [*names, LOCAL_DRIVER]}
+        config = local_config(frac_bits, compare_bits, timeout, None, {n: p.digest() for n, p in passwords.items()})
+        credentials, driver = [passwords[n] for n in names], passwords[LOCAL_DRIVER]
+        addresses = [(f"ipc://{directory}/p{r}-control", f"ipc://{directory}/p{r}-peer") for r in RANKS]
+    else:
+        keys = [CurveKeys.generate() for _ in RANKS]
+        driver_keys = CurveKeys.generate()
+        config = local_config(frac_bits, compare_bits, timeout, driver_keys.public, {})
+        credentials, driver = list(keys), driver_keys
+        addresses = [("tcp://127.0.0.1:*", "tcp://127.0.0.1:*") for _ in RANKS]
+    parties = tuple(
+        type(p)(p.rank, addresses[p.rank][0], addresses[p.rank][1], getattr(credentials[p.rank], "public", None))
+        for p in config.parties
+    )
+    return config.with_parties(parties), credentials, driver  # type: ignore[arg-type]
 
 
 class LocalCluster(Cluster):
@@ -496,39 +521,20 @@ class LocalCluster(Cluster):
     def _start(
         self, frac_bits: int, timeout: float, threads: int, transport: str, compare_bits: int, progress: bool | None
     ) -> None:
-        names = [party_identity(r) for r in RANKS]
-        if transport == "ipc":
-            passwords = {name: PlainPassword(name) for name in [*names, LOCAL_DRIVER]}
-            config = local_config(frac_bits, compare_bits, timeout, None, {n: p.digest() for n, p in passwords.items()})
-            secrets_ = [{"password": passwords[n].password} for n in names]
-            driver: Credential = passwords[LOCAL_DRIVER]
-            keys: list[CurveKeys] | None = None
-        else:
-            keys = [CurveKeys.generate() for _ in RANKS]
-            driver_keys = CurveKeys.generate()
-            config = local_config(frac_bits, compare_bits, timeout, driver_keys.public, {})
-            secrets_ = [{"public": k.public.decode(), "secret": k.secret.decode()} for k in keys]
-            driver = driver_keys
-        addresses = [
-            (f"ipc://{self._tmpdir}/p{r}-control", f"ipc://{self._tmpdir}/p{r}-peer")
-            if transport == "ipc"
-            else ("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
-            for r in RANKS
+        config, credentials, driver = _private_parties(self._tmpdir, transport, frac_bits, compare_bits, timeout)
+        keys = [c for c in credentials if isinstance(c, CurveKeys)] or None
+        secrets_ = [
+            {"public": c.public.decode(), "secret": c.secret.decode()}
+            if isinstance(c, CurveKeys)
+            else {"password": c.password}  # type: ignore[attr-defined]
+            for c in credentials
         ]
-        config = config.with_parties(
-            tuple(  # type: ignore[arg-type]
-                type(p)(
-                    p.rank, addresses[p.rank][0], addresses[p.rank][1], None if keys is None else keys[p.rank].public
-                )
-                for p in config.parties
-            )
-        )
         # The parties import what the driver can import (test modules, local packages).
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         pipes = []
         for r in RANKS:
             read_end, write_end = os.pipe()
-            cmd = [sys.executable, "-m", "securetorch.runtime.party", "--local", "--endpoints-fd", str(write_end), "--threads", str(threads)]  # fmt: skip
+            cmd = [sys.executable, "-c", _PARTY_MAIN, "--local", "--endpoints-fd", str(write_end), "--threads", str(threads)]  # fmt: skip
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env, pass_fds=(write_end,))
             os.close(write_end)
             self._procs.append(proc)
@@ -611,19 +617,92 @@ class LocalCluster(Cluster):
     def close(self) -> None:
         if not self._procs:
             return
-        if not self._closed:
-            self._closed = True
-            self._end_session(Verb.STOP)  # this driver started the parties: they stop with it
+
+        def exited() -> None:
             deadline = time.monotonic() + 3
             for p in self._procs:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-            for sock in self._sockets:
-                sock.close(0)
-            self._zmq.term()
+
+        self._leave(Verb.STOP, exited)  # this driver started the parties: they stop with it
         self._kill()
+
+
+class InProcessCluster(Cluster):
+    """Three parties as threads of this process, serving this driver as a ``LocalCluster``'s
+    processes do: the same service, protocols, checks, bytes and rounds, without starting
+    processes (for notebooks, tests and quick experiments).
+
+    No isolation: the parties share this process's memory, so anyone who can read it can
+    read every share. The sockets are still ipc in a 0700 directory with PLAIN passwords,
+    so no other process can reach them. Arguments as for ``LocalCluster``.
+    """
+
+    def __init__(
+        self,
+        frac_bits: int = DEFAULT_FRAC_BITS,
+        timeout: float = 60.0,
+        compare_bits: int = DEFAULT_COMPARE_BITS,
+        progress: bool | None = None,
+    ) -> None:
+        if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
+            raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
+        self._closed = True  # until the session is open
+        self._servers: list[PartyServer] = []
+        self._threads: list[threading.Thread] = []
+        self._tmpdir = tempfile.mkdtemp(prefix="securetorch-")  # mode 0700
+        try:
+            config, credentials, driver = _private_parties(self._tmpdir, "ipc", frac_bits, compare_bits, timeout)
+            self._servers = [PartyServer(r, config, credentials[r]) for r in RANKS]
+            parties = tuple(
+                PartyAddress(r, server.control_address, server.net.address, None)
+                for r, server in enumerate(self._servers)
+            )
+            for server in self._servers:
+                server.config = config.with_parties(parties)
+                server.connect_peers()
+            self._threads = [
+                threading.Thread(target=server.serve, name=f"securetorch-party{r}", daemon=True)
+                for r, server in enumerate(self._servers)
+            ]
+            for thread in self._threads:
+                thread.start()
+            super().__init__(
+                [server.control_address for server in self._servers],
+                frac_bits,
+                timeout,
+                compare_bits,
+                progress,
+                credential=driver,
+            )
+            _LIVE.add(self)
+            self._open()
+        except BaseException:
+            self._stop()
+            raise
+
+    def _dead(self) -> dict[int, str]:
+        return {r: f"party {r}'s thread ended" for r, t in enumerate(self._threads) if not t.is_alive()}
+
+    def _stop(self) -> None:
+        for server in self._servers:
+            server.stopping = True
+        for r, thread in enumerate(self._threads):
+            thread.join(10)
+            if thread.is_alive():
+                log.warning("party %d did not stop within 10 s", r)
+        if not self._threads:  # start-up failed before the parties served: close their sockets here
+            for server in self._servers:
+                server.close()
+        self._servers, self._threads = [], []
+        _LIVE.discard(self)
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    def close(self) -> None:
+        if not self._servers:
+            return
+        self._leave(Verb.STOP, lambda: [thread.join(3) for thread in self._threads])
+        self._stop()
 
 
 def run_local(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:

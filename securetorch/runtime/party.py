@@ -49,7 +49,8 @@ import torch
 import zmq
 
 from securetorch.comm.frames import Buffer, FrameError
-from securetorch.comm.network import EPOCH_SHIFT, PeerAbort, PeerNetwork, bind_any
+from securetorch.comm.links import PeerAbort
+from securetorch.comm.network import EPOCH_SHIFT, PeerNetwork, bind_any
 from securetorch.comm.security import (
     DRIVERS_DOMAIN,
     PEERS_DOMAIN,
@@ -83,12 +84,13 @@ from securetorch.runtime.deployment import (
 from securetorch.runtime.shipping import unpack_call
 from securetorch.runtime.verbs import Args, Request, Status, Verb, decode_request, encode_reply
 from securetorch.session import costs
-from securetorch.session.context import PartyContext, PartyKeys, set_current
+from securetorch.session.context import PartyContext, PartyKeys, activate
 from securetorch.tensor.payload import SharePayload, from_shared, map_structure, to_shared
 from securetorch.tensor.shared import SharedTensor
 
 MAX_SESSIONS_PER_DRIVER = 8
 MAX_PENDING_PER_SESSION = 16
+MAX_DEFERRED = 256
 SESSION_IDLE_SECONDS = 3600.0
 
 
@@ -164,6 +166,7 @@ class PartyServer:
         self.last_job = 0  # the last job this party ran (parties 1, 2: schedules must grow)
         self.running: tuple[Session, Request] | None = None
         self.deferred: deque[list[Buffer]] = deque()
+        self.dropped_control = 0  # control messages dropped during jobs (deferred queue full)
         self.waiting_since: dict[int, float] = {}  # parties 1, 2: schedule job -> first seen
         self.stopping = False
 
@@ -191,7 +194,9 @@ class PartyServer:
 
     def _reply(self, route: bytes, status: Status, request: int, **fields: Any) -> None:
         try:
-            self.control.send_multipart([route, *encode_reply(status, request, **fields)], copy=False)
+            self.control.send_multipart([route, *encode_reply(status, request, **fields)], zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # a driver that does not read its replies never stalls the party
+            self.log.warning("dropped the reply to request %d: its driver's queue is full", request)
         except zmq.ZMQError as exc:  # the driver is gone (ROUTER_MANDATORY): nothing to answer
             self.log.info("a reply to request %d found no driver (%s)", request, exc)
 
@@ -219,8 +224,8 @@ class PartyServer:
             return
         try:
             request = decode_request([f.buffer for f in frames[1:]], self._max_elements())
-        except (FrameError, IndexError):
-            self.deferred.append(frames)
+        except Exception:  # malformed: answered (as an error) after the job, never raised into it
+            self._defer(frames)
             return
         if request.verb is Verb.ABORT and self.running is not None:
             session, running = self.running
@@ -234,8 +239,18 @@ class PartyServer:
         if request.verb.is_job:
             self._handle(frames)
         else:  # answered after the job; acknowledged now, so that its driver waits without a timeout
-            self._reply(bytes(frames[0]), Status.QUEUED, request.request, position=1 if self.rank == 0 else None)
-            self.deferred.append(frames)
+            if self._defer(frames):
+                self._reply(bytes(frames[0]), Status.QUEUED, request.request, position=1 if self.rank == 0 else None)
+
+    def _defer(self, frames: list[Any]) -> bool:
+        """Keep a control message for after the running job, up to ``MAX_DEFERRED`` of them
+        (beyond that it is dropped: a flood costs the party no memory)."""
+        if len(self.deferred) >= MAX_DEFERRED:
+            self.dropped_control += 1
+            self.log.warning("dropped a control message during a job: %d are waiting already", MAX_DEFERRED)
+            return False
+        self.deferred.append(frames)
+        return True
 
     def _identity(self, frames: list[Any], session: Session | None = None) -> str | None:
         """The authenticated name of a message's sender (insecure clusters: the session's)."""
@@ -386,11 +401,11 @@ class PartyServer:
             del self.models[name]
 
     def _model(self, session: Session, name: str) -> InstalledModel:
+        """The model ``name`` if this driver may call it. A model that does not exist and one
+        that does not name the driver are refused alike (a client learns no other names)."""
         installed = self.models.get(name)
-        if installed is None:
-            raise KeyError(f"party {self.rank} holds no secured model named {name!r}")
-        if not installed.may_call(session.driver, session.role):
-            raise AccessError(f"model {name!r} does not name driver {session.driver!r} among its clients")
+        if installed is None or not installed.may_call(session.driver, session.role):
+            raise AccessError(f"no model named {name!r} that driver {session.driver!r} may call")
         return installed
 
     # ------------------------------------------------------------------ jobs
@@ -516,9 +531,9 @@ class PartyServer:
                 if self.rank == 0
                 else None
             )
-        set_current(ctx)
         try:
-            result = self._job(session, request)
+            with activate(ctx):
+                result = self._job(session, request)
         except Exception as exc:
             if request.verb is Verb.OPEN:
                 self.sessions.pop(session.id, None)  # a failed setup abandons that session only
@@ -533,7 +548,6 @@ class PartyServer:
             return
         finally:
             self.running = None
-            set_current(None)
             if ctx is not None:
                 ctx.progress = None
         try:
@@ -581,8 +595,7 @@ class PartyServer:
             name = Args(verb, values, ("name",)).text("name")
             self._owned(session, name)
             del self.models[name]
-            for other in self.sessions.values():
-                other.generations.pop(name, None)
+            self._forget_generations(name)
             return None
         if verb is Verb.FORWARD:
             args = Args(verb, values, ("model", "onehot", "inputs"))
@@ -613,6 +626,9 @@ class PartyServer:
             args = Args(verb, values, ("name", "directory"))
             installed = self._owned(session, args.text("name"))
             path = self._shares_path(session, installed.name, args.optional_text("directory"))
+            holder = sharefile.owner_of(path)
+            if holder is not None and holder != installed.owner and session.role != "admin":
+                raise AccessError(f"{path} holds another driver's model of the same name; it stays")
             return sharefile.save(installed, path, self.rank, ctx.frac_bits)
         if verb is Verb.LOAD_SHARES:
             args = Args(verb, values, ("name", "directory"))
@@ -622,7 +638,7 @@ class PartyServer:
             if session.role != "admin" and installed.owner != session.driver:
                 raise AccessError(f"{path} holds a model of {installed.owner!r}, not of {session.driver!r}")
             self._replaceable(session, installed.name)
-            self.models[installed.name] = installed
+            self._put(installed)
             return installed.name
         raise _Refused(f"{verb.value} is not a job")  # pragma: no cover
 
@@ -633,18 +649,27 @@ class PartyServer:
         return to_shared(onehot)
 
     def _owned(self, session: Session, name: str) -> InstalledModel:
+        """The model ``name`` if this driver owns it (or is an admin); refused alike when it
+        does not exist."""
         installed = self.models.get(name)
-        if installed is None:
-            raise KeyError(f"party {self.rank} holds no secured model named {name!r}")
-        if session.role != "admin" and installed.owner != session.driver:
-            raise AccessError(
-                f"model {name!r} belongs to {installed.owner!r}; only its owner may change, save or remove it"
-            )
+        if installed is None or (session.role != "admin" and installed.owner != session.driver):
+            raise AccessError(f"driver {session.driver!r} owns no model named {name!r}")
         return installed
 
     def _replaceable(self, session: Session, name: str) -> None:
-        if name in self.models:
-            self._owned(session, name)
+        """An owner may reuse the name of its own model only."""
+        installed = self.models.get(name)
+        if installed is not None and session.role != "admin" and installed.owner != session.driver:
+            raise AccessError(f"the name {name!r} is taken by a model that driver {session.driver!r} does not own")
+
+    def _put(self, installed: InstalledModel) -> None:
+        """Hold ``installed`` under its name; a model it replaces ends every generation on it."""
+        self._forget_generations(installed.name)
+        self.models[installed.name] = installed
+
+    def _forget_generations(self, name: str) -> None:
+        for other in self.sessions.values():
+            other.generations.pop(name, None)
 
     def _shares_path(self, session: Session, name: str | None, directory: str | None) -> Any:
         if directory is not None:
@@ -683,17 +708,19 @@ class PartyServer:
         binding_tuples = [tuple(b) for b in bindings]
         buffer_tuples = [tuple(b) for b in buffers]
         model, spec = build(args.text("class"), args.raw("config"), shared, binding_tuples, buffer_tuples)  # type: ignore[arg-type]
-        self.models[name] = InstalledModel(
-            name=name,
-            owner=session.driver,
-            clients=args.names("clients"),
-            check_inputs=args.flag("check_inputs", True),
-            class_name=args.text("class"),
-            model=model,
-            spec=spec,
-            bindings=binding_tuples,  # type: ignore[arg-type]
-            buffers=buffer_tuples,  # type: ignore[arg-type]
-            session=None if args.flag("persistent", False) else session.id,
+        self._put(
+            InstalledModel(
+                name=name,
+                owner=session.driver,
+                clients=args.names("clients"),
+                check_inputs=args.flag("check_inputs", True),
+                class_name=args.text("class"),
+                model=model,
+                spec=spec,
+                bindings=binding_tuples,  # type: ignore[arg-type]
+                buffers=buffer_tuples,  # type: ignore[arg-type]
+                session=None if args.flag("persistent", False) else session.id,
+            )
         )
         return name
 
@@ -752,7 +779,8 @@ class PartyServer:
             return
         now = time.monotonic()
         for session in list(self.sessions.values()):
-            if now - session.last_active > SESSION_IDLE_SECONDS and not session.pending:
+            running = self.running is not None and self.running[0] is session
+            if now - session.last_active > SESSION_IDLE_SECONDS and not running:
                 self.log.info("session %d of driver %s idle for an hour: closed", session.id, session.driver)
                 self._close_session(session)
 

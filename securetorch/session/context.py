@@ -1,14 +1,20 @@
 """The state a protocol runs in: this party's rank, links, PRG streams, fixed-point setting,
 and the session's cost recorder. The party server makes one context per driver session and
-makes it current while that session's job runs."""
+makes it current while that session's job runs.
+
+"Current" is a ``contextvars.ContextVar``, not a module global: each thread (and each asyncio
+task) sees its own, so three parties can run as threads of one process (the simulator)
+without seeing each other's state."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from securetorch.comm.network import PeerNetwork
+from securetorch.comm.links import Links
 from securetorch.comm.stats import CommStats
 from securetorch.prg import AesPrg
 
@@ -41,7 +47,7 @@ class PartyContext:
     session's ``CostRecorder`` while a cost report runs.
     """
 
-    def __init__(self, rank: int, frac_bits: int, compare_bits: int, net: PeerNetwork, keys: PartyKeys) -> None:
+    def __init__(self, rank: int, frac_bits: int, compare_bits: int, net: Links, keys: PartyKeys) -> None:
         self.rank = rank
         self.frac_bits = frac_bits
         self.compare_bits = compare_bits
@@ -88,27 +94,33 @@ class PartyContext:
         return self.net.stats
 
 
-_CURRENT: PartyContext | None = None
+_CURRENT: ContextVar[PartyContext | None] = ContextVar("securetorch_party", default=None)
 
 
-def set_current(ctx: PartyContext | None) -> None:
-    global _CURRENT
-    _CURRENT = ctx
+@contextlib.contextmanager
+def activate(ctx: PartyContext | None) -> Iterator[PartyContext | None]:
+    """Make ``ctx`` the current party's context (in this thread) inside the ``with`` block."""
+    token = _CURRENT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CURRENT.reset(token)
 
 
 def current_or_none() -> PartyContext | None:
     """The current context, or None outside a party's job."""
-    return _CURRENT
+    return _CURRENT.get()
 
 
 def current() -> PartyContext:
-    """The context of the party this code runs in (inside ``Cluster.run``)."""
-    if _CURRENT is None:
+    """The context of the party this code runs in (inside ``Cluster.run`` or ``simulate``)."""
+    ctx = _CURRENT.get()
+    if ctx is None:
         raise RuntimeError(
             "not inside a party: secure operations run in functions passed to "
-            "Cluster.run / puma.run_local (or in a module returned by puma.secure)"
+            "Cluster.run / puma.run_local / puma.simulate (or in a module returned by puma.secure)"
         )
-    return _CURRENT
+    return ctx
 
 
 def rank() -> int:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from securetorch.comm.network import PeerNetwork
+from securetorch.comm.links import Links
 from securetorch.session.context import PartyContext, current_or_none
 
 
@@ -38,7 +38,7 @@ class OpCost:
 class CostRecorder:
     """Accumulates ``OpCost`` per (module path, op) on one party."""
 
-    def __init__(self, net: PeerNetwork) -> None:
+    def __init__(self, net: Links) -> None:
         self.net = net
         self.entries: dict[tuple[str, str], OpCost] = {}
         self.modules: list[str] = []

@@ -154,6 +154,26 @@ def reconstruct(trio: list[SharePayload], frac_bits: int) -> torch.Tensor:
     return decode_as(pairs[0][0] + pairs[1][0] + pairs[2][0], frac_bits, trio[0].dtype)
 
 
+def reconstruct_tree(results: list[Any], frac_bits: int) -> list[Any]:
+    """The three parties' results with every share pair replaced by its plaintext, rebuilt
+    from the three pairs in the same place (``ValueError`` when the parties disagree)."""
+    pairs: list[list[SharePayload]] = [[], [], []]
+    for r in RANKS:
+        map_structure(results[r], lambda v, r=r: pairs[r].append(v) if isinstance(v, SharePayload) else None)
+    if len({len(p) for p in pairs}) != 1:
+        raise ValueError("the parties returned different numbers of secret outputs")
+    try:
+        plain = [reconstruct(list(trio), frac_bits) for trio in zip(*pairs, strict=True)]
+    except ValueError as exc:
+        raise ValueError(f"the parties returned inconsistent shares: {exc}") from None
+
+    def substitute(results_r: Any) -> Any:
+        queue = iter(plain)
+        return map_structure(results_r, lambda v: next(queue) if isinstance(v, SharePayload) else v)
+
+    return [substitute(results[r]) for r in RANKS]
+
+
 # ----------------------------------------------------------------------------- party side
 
 

@@ -233,3 +233,19 @@ def test_peer_messages_above_the_cap_never_arrive() -> None:
         receiver.close()
         sender.close()
         ctx.term()
+
+
+def test_a_driver_that_never_reads_its_replies_stalls_no_party(deployment) -> None:
+    """A driver floods every party with requests and reads none of the error replies. Once
+    its queues are full the parties drop its replies instead of blocking on them, so
+    another driver is served meanwhile."""
+    flooder = puma.Cluster.from_config(deployment.config, key=deployment.keys["client"])
+    junk = encode_request(Verb.STATS, flooder.session + 1, 1, {})  # a session it does not hold
+    try:
+        for _ in range(20_000):
+            for sock in flooder._sockets:
+                sock.send_multipart(junk)
+        with puma.Cluster.from_config(deployment.config, key=deployment.keys["admin"]) as other:
+            assert other.run(puma.rank) == [0, 1, 2]
+    finally:
+        flooder.close()

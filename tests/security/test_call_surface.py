@@ -140,6 +140,29 @@ def test_inputs_that_are_not_one_hot_are_refused_by_the_parties(cluster, bert) -
         assert float((out.last_hidden_state - model(input_ids=token_ids()).last_hidden_state).abs().max()) <= 1e-2
 
 
+def test_shares_that_do_not_fit_together_are_refused_by_the_parties(cluster, bert) -> None:
+    """The check reads first shares; the embedding reads both. A client that adds d to every
+    party's second share (where X = 0) passes a check of first shares alone while the
+    embedding computes (X + d) T: a probe of the table. The parties compare shares too."""
+    model, secure_model = bert
+    good = torch.nn.functional.one_hot(token_ids(), VOCAB).long()
+    probe = (1 - good) * (2**62)  # any ring values where X = 0
+    for targets in ([0, 1, 2], [0], [1], [2]):  # second shares shifted at all three parties, or at one
+        shares = ring_shares(good)
+        for r in targets:
+            shares[r] = SharePayload(shares[r].first, shares[r].second + probe, torch.int64)
+        # all three: only the comparison of shares can tell; one: the one-hot test may tell first
+        why = "shares of the input do not fit together" + ("" if len(targets) == 3 else "|not a one-hot matrix")
+        with pytest.raises(puma.InputError, match=why):
+            cluster._exchange(
+                Verb.FORWARD, [{"model": secure_model.key, "onehot": shares[r], "inputs": {}} for r in range(3)]
+            )
+            pytest.fail("the parties used inconsistent shares")
+    out = secure_model(input_ids=token_ids())  # the parties serve on
+    with torch.no_grad():
+        assert float((out.last_hidden_state - model(input_ids=token_ids()).last_hidden_state).abs().max()) <= 1e-2
+
+
 def test_the_one_hot_check_costs_exactly_its_formula_and_an_owner_may_skip_it(cluster) -> None:
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=32)).eval()
@@ -177,8 +200,10 @@ def test_what_the_checker_receives_is_uniform(cluster) -> None:
     ids = torch.randint(0, 2000, (64, 64), generator=torch.Generator().manual_seed(1))
     onehot = puma.private(torch.nn.functional.one_hot(ids, 2000), dtype=torch.int64)
     received = cluster.run(_check_view, onehot)
-    payload = received[0][0]  # party 0: party 1's masked share of (z, s); then party 2's digest
+    payload = received[0][0]  # party 0: party 1's masked share of (z, s); then party 2's digests
     assert payload.dtype == torch.int64 and payload.numel() == 64 * 64 * 2000 + 64 * 64
     stat, critical = chi_square_uniform_bytes(payload.numpy().tobytes())
     assert stat < critical
-    assert [t.numel() for t in received[1]] == [1] and [t.numel() for t in received[2]] == [1]  # the verdict
+    assert [t.numel() for t in received[0][1:]] == [32, 32]  # SHA-256 of w_2 and of x_0 (party 0 holds x_0)
+    for r in (1, 2):  # a digest of the share this party holds, then party 0's verdict
+        assert [t.numel() for t in received[r]] == [32, 1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,12 +74,16 @@ def test_a_client_cannot_replace_save_or_delete_an_owners_model(deployment, owne
             client.call(Verb.SAVE_SHARES, {"name": "owned-bert", "directory": None})
     # another owner may install models of its own, but not replace, save or delete this one
     with connect(deployment, "mallory") as mallory:
-        with pytest.raises(puma.AccessError, match="belongs to 'owner'"):
+        with pytest.raises(
+            puma.AccessError, match="'owned-bert' is taken by a model that driver 'mallory' does not own"
+        ):
             puma.secure(small_bert(seed=1), cluster=mallory, name="owned-bert")
-        with pytest.raises(puma.AccessError, match="belongs to 'owner'"):
-            mallory.call(Verb.UNINSTALL, {"name": "owned-bert"})
-        with pytest.raises(puma.AccessError, match="belongs to 'owner'"):
-            mallory.call(Verb.SAVE_SHARES, {"name": "owned-bert", "directory": None})
+        # refused alike whether or not the model exists, and without naming its owner
+        for name in ("owned-bert", "no-such-model"):
+            for verb in (Verb.UNINSTALL, Verb.SAVE_SHARES):
+                args = {"name": name} if verb is Verb.UNINSTALL else {"name": name, "directory": None}
+                with pytest.raises(puma.AccessError, match=f"^driver 'mallory' owns no model named '{name}'$"):
+                    mallory.call(verb, args)
         with pytest.raises(puma.AccessError, match="only an admin driver names a directory"):
             mallory.call(Verb.LOAD_SHARES, {"name": None, "directory": "/tmp"})
     assert answers_like(owned, deployment)  # the owner's model is untouched
@@ -86,11 +91,13 @@ def test_a_client_cannot_replace_save_or_delete_an_owners_model(deployment, owne
 
 def test_a_model_answers_only_the_clients_it_names(deployment, owned) -> None:
     with connect(deployment, "other") as other:
-        with pytest.raises(puma.AccessError, match="does not name driver 'other'"):
-            puma.SecureModel.by_name("owned-bert", other)
-        onehot = puma.private(torch.nn.functional.one_hot(ids(), 40), dtype=torch.int64)
-        with pytest.raises(puma.AccessError, match="does not name driver 'other'"):
-            other.call(Verb.FORWARD, {"model": "owned-bert", "onehot": onehot, "inputs": {}})
+        # a model that does not name the driver and one that does not exist are refused alike
+        for name in ("owned-bert", "no-such-model"):
+            with pytest.raises(puma.AccessError, match=f"^no model named '{name}' that driver 'other' may call$"):
+                puma.SecureModel.by_name(name, other)
+            onehot = puma.private(torch.nn.functional.one_hot(ids(), 40), dtype=torch.int64)
+            with pytest.raises(puma.AccessError, match=f"^no model named '{name}' that driver 'other' may call$"):
+                other.call(Verb.FORWARD, {"model": name, "onehot": onehot, "inputs": {}})
     with connect(deployment, "mallory") as mallory:  # owning other models gives no access
         with pytest.raises(puma.AccessError):
             puma.SecureModel.by_name("owned-bert", mallory)
@@ -160,3 +167,21 @@ def answers_like_on(cluster: puma.Cluster, model: BertModel) -> bool:
     with torch.no_grad():
         want = model(input_ids=ids()).last_hidden_state
     return float((out.last_hidden_state - want).abs().max()) <= 1e-2
+
+
+def test_an_owner_cannot_overwrite_another_owners_share_files(deployment) -> None:
+    """Share files live under the party's shares_dir by model name: a second owner that
+    reuses the name of a saved (and since uninstalled) model may not write over its files."""
+    with connect(deployment, "owner") as owner:
+        first = puma.save_shares(puma.secure(small_bert(), cluster=owner, name="saved-bert", clients=["client"]))
+        owner.call(Verb.UNINSTALL, {"name": "saved-bert"})
+    before = [Path(p).read_bytes() for p in first]
+    with connect(deployment, "mallory") as mallory:
+        puma.secure(small_bert(seed=3), cluster=mallory, name="saved-bert", clients=["client"])
+        with pytest.raises(puma.AccessError, match="holds another driver's model of the same name"):
+            mallory.call(Verb.SAVE_SHARES, {"name": "saved-bert", "directory": None})
+        mallory.call(Verb.UNINSTALL, {"name": "saved-bert"})
+    assert [Path(p).read_bytes() for p in first] == before
+    with connect(deployment, "owner") as owner:  # the owner's files still load, as the owner's
+        assert puma.load_shares(owner, "saved-bert").key == "saved-bert"
+        owner.call(Verb.UNINSTALL, {"name": "saved-bert"})

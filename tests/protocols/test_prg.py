@@ -10,7 +10,7 @@ import torch
 
 from securetorch.prg import AesPrg, new_key
 
-from .conftest import chi_square_uniform_bytes
+from ..conftest import chi_square_uniform_bytes
 
 
 def test_same_key_same_stream_and_stream_continues() -> None:
@@ -65,7 +65,7 @@ def test_uniform_bits_range_and_key_length() -> None:
 
 
 def test_no_torch_or_numpy_randomness_in_library() -> None:
-    root = pathlib.Path(__file__).resolve().parents[1] / "securetorch"
+    root = pathlib.Path(__file__).resolve().parents[2] / "securetorch"
     pattern = re.compile(r"torch\.(rand|randn|randint|Generator)|numpy\.random|np\.random")
     offenders = [str(p) for p in root.rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []

@@ -52,7 +52,7 @@ def shape_ops(a: torch.Tensor) -> dict[str, object]:
     return {k: open_(v) for k, v in ops.items()}
 
 
-def test_shape_ops_match_plaintext(cluster) -> None:
+def test_shape_ops_match_plaintext(sim) -> None:
     a = torch.arange(24, dtype=torch.float64).reshape(2, 3, 4) / 8 - 1.3
     p = torch.ones(2, 3, 4, dtype=torch.float64)
     want = {
@@ -87,7 +87,7 @@ def test_shape_ops_match_plaintext(cluster) -> None:
         "gather": a[:, :, :1],
         "view_as": a,
     }
-    got = cluster.run(shape_ops, a)[0]
+    got = sim.run(shape_ops, a)[0]
     for name, expected in want.items():
         values = got[name]
         if isinstance(expected, torch.Tensor):
@@ -97,7 +97,7 @@ def test_shape_ops_match_plaintext(cluster) -> None:
             assert float((v - e).abs().max()) <= U, name
 
 
-def test_public_operands_cost_nothing(cluster) -> None:
+def test_public_operands_cost_nothing(sim) -> None:
     def fn():
         x = puma.share(torch.ones(3, 4) if puma.rank() == 0 else None, owner=0)
         before = puma.stats()
@@ -105,7 +105,7 @@ def test_public_operands_cost_nothing(cluster) -> None:
         torch.cat([y, torch.zeros(1, 4)])
         return puma.stats() - before
 
-    assert all(s.bytes_sent == 0 and s.rounds == 0 for s in cluster.run(fn))
+    assert all(s.bytes_sent == 0 and s.rounds == 0 for s in sim.run(fn))
 
 
 @pytest.mark.parametrize(
@@ -123,31 +123,31 @@ def test_public_operands_cost_nothing(cluster) -> None:
         (lambda x: torch.cumsum(x, 0), "torch.cumsum(SharedTensor, int)"),
     ],
 )
-def test_unsupported_ops_raise_naming_the_op(cluster, expr, name) -> None:
+def test_unsupported_ops_raise_naming_the_op(sim, expr, name) -> None:
     def fn():
         x = puma.share(torch.ones(3) if puma.rank() == 0 else None, owner=0)
         return expr(x)
 
     with pytest.raises(NotImplementedError) as info:
-        cluster.run(fn)
+        sim.run(fn)
     assert name in str(info.value)
 
 
-def test_secret_index_refused(cluster) -> None:
+def test_secret_index_refused(sim) -> None:
     def fn():
         x = puma.share(torch.ones(3) if puma.rank() == 0 else None, owner=0)
         return torch.gather(x, 0, x)
 
     with pytest.raises(NotImplementedError, match="secret index"):
-        cluster.run(fn)
+        sim.run(fn)
 
 
-def test_shared_tensor_is_a_tensor_with_metadata(cluster) -> None:
+def test_shared_tensor_is_a_tensor_with_metadata(sim) -> None:
     def fn():
         x = puma.share(torch.ones(2, 5) if puma.rank() == 1 else None, owner=1)
         return [isinstance(x, torch.Tensor), tuple(x.shape), x.size(1), x.dim(), x.ndim, x.numel(), len(x), repr(x)]
 
-    assert cluster.run(fn)[0] == [True, (2, 5), 5, 2, 2, 10, 2, "SharedTensor(shape=(2, 5), dtype=torch.float32)"]
+    assert sim.run(fn)[0] == [True, (2, 5), 5, 2, 2, 10, 2, "SharedTensor(shape=(2, 5), dtype=torch.float32)"]
 
 
 def test_outside_a_party_is_a_clear_error() -> None:

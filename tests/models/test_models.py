@@ -27,7 +27,7 @@ from transformers import (
 import securetorch as puma
 from securetorch.session.context import current
 
-from .conftest import received_tensors
+from ..conftest import received_tensors
 
 transformers.logging.set_verbosity_error()
 
@@ -253,12 +253,12 @@ def test_party_zero_reports_each_layer(monkeypatch) -> None:
     """The driver hears of every finished block (a progress bar shows them on long calls);
     under pytest the bar itself is off by default."""
     model = FAMILIES["BertModel"]()
-    with puma.LocalCluster(progress=True) as cluster:
+    with puma.InProcessCluster(progress=True) as cluster:
         assert cluster.progress
         reports: list[tuple[int, int]] = []
         monkeypatch.setattr(cluster, "_show_progress", lambda job, done, total: reports.append((done, total)))
         secure_model = puma.secure(model, cluster=cluster)
         secure_model(**inputs(False))
     assert reports == [(1, 2), (2, 2)]
-    with puma.LocalCluster() as quiet:
+    with puma.InProcessCluster() as quiet:
         assert not quiet.progress

@@ -18,7 +18,7 @@ import securetorch as puma
 from securetorch.comm.stats import total
 from securetorch.protocols import arithmetic as pa
 
-from .conftest import seeded
+from ..conftest import seeded
 
 U = 2.0**-18
 F = torch.nn.functional
@@ -77,11 +77,11 @@ shapes = st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple)
 
 @HYP
 @given(shape=shapes, scale=st.sampled_from([1e-3, 1.0, 30.0, 1000.0]), seed=st.integers(0, 2**31))
-def test_elementwise_ops_match_float64(cluster, shape, scale, seed) -> None:
+def test_elementwise_ops_match_float64(sim, shape, scale, seed) -> None:
     g = seeded(seed)
     a = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
     b = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
-    got = cluster.run(binary_ops, a, b)[0]
+    got = sim.run(binary_ops, a, b)[0]
     want = expected_binary(a, b)
     bound = (a.abs() + b.abs()) * U / 2 * 4 + 4 * U  # factors cover alpha/int scaling of encodings
     for name, value in got.items():
@@ -89,19 +89,19 @@ def test_elementwise_ops_match_float64(cluster, shape, scale, seed) -> None:
         assert bool((err <= bound).all()), (name, float(err.max()), float(bound.min()))
 
 
-def test_edge_values(cluster) -> None:
+def test_edge_values(sim) -> None:
     """Products up to real magnitude 2^20, exact zeros, tiny and negative values."""
     a = torch.tensor(
         [0.0, -0.0, 2.0**-18, -(2.0**-18), 1024.0, -1024.0, 1023.99, -1000.0, 1.0, -1.0], dtype=torch.float64
     )
     b = torch.tensor([0.0, 5.0, 1.0, -1.0, 1024.0, 1024.0, -1024.0, -1000.0, 2.0**-18, 0.5], dtype=torch.float64)
-    got = cluster.run(lambda a, b: (lambda x, y: (x * y).reveal())(*share_both(a, b)), a, b)[0]
+    got = sim.run(lambda a, b: (lambda x, y: (x * y).reveal())(*share_both(a, b)), a, b)[0]
     err = (got.double() - a * b).abs()
     assert bool((err <= (a.abs() + b.abs()) * U / 2 + 2 * U).all()), err
 
 
 @pytest.mark.parametrize("pad", [0, pa.BYTES_BOUND_ELEMENTS], ids=["masked_open", "wrap_bits"])
-def test_truncation_protocol_range(cluster, pad) -> None:
+def test_truncation_protocol_range(sim, pad) -> None:
     """Ring-level truncation: floor(z / 2^d) or one more, for |z| up to 2^62, for both
     protocols (a tensor of 2^17 elements or more takes the 3-round one)."""
     from securetorch.session.context import current
@@ -117,13 +117,13 @@ def test_truncation_protocol_range(cluster, pad) -> None:
         return [pa.reveal(ctx, pa.truncate(ctx, x, bits)) for bits in (1, 18, 31, 36, 62)]
 
     for _ in range(3):  # rotate the dealer role through all parties
-        outs = cluster.run(fn, z)[0]
+        outs = sim.run(fn, z)[0]
         for bits, out in zip((1, 18, 31, 36, 62), outs, strict=True):
             diff = out - (z >> bits)  # z >> bits: floor division by 2^bits
             assert bool(((diff == 0) | (diff == 1)).all()), (bits, diff)
 
 
-def test_wrap_truncation_is_unbiased(cluster) -> None:
+def test_wrap_truncation_is_unbiased(sim) -> None:
     """The 3-round truncation adds 1 - carry: its mean error is below 1% of a unit."""
     from securetorch.session.context import current
 
@@ -134,13 +134,13 @@ def test_wrap_truncation_is_unbiased(cluster) -> None:
         x = pa.share_from_party(ctx, z if ctx.rank == 0 else None, owner=0)
         return pa.reveal(ctx, pa.truncate(ctx, x, 18))
 
-    err = cluster.run(fn, z)[0].double() - z.double() / 2**18
+    err = sim.run(fn, z)[0].double() - z.double() / 2**18
     assert abs(float(err.mean())) < 0.01
     assert float(err.abs().max()) < 1
 
 
 @pytest.mark.parametrize(("n", "rounds", "nbytes"), [(2**17 - 1, 2, 5_373_912), (2**17, 3, 3_473_408)])
-def test_truncation_protocol_by_size(cluster, n, rounds, nbytes) -> None:
+def test_truncation_protocol_by_size(sim, n, rounds, nbytes) -> None:
     """Below 2^17 elements a fixed-point product takes 2 rounds and 32 + 18/2 B per element;
     from 2^17 on, 3 rounds and 24 + 20/8 B per element (f = 18)."""
 
@@ -150,7 +150,7 @@ def test_truncation_protocol_by_size(cluster, n, rounds, nbytes) -> None:
         y = x * x
         return puma.stats() - before, y.reveal()
 
-    results = cluster.run(fn)
+    results = sim.run(fn)
     cost = total([r[0] for r in results])
     assert (cost.rounds, cost.bytes_sent) == (rounds, nbytes) == pa.truncation_cost(n, 18)
     assert float((results[0][1] - 2.25).abs().max()) <= U
@@ -179,13 +179,13 @@ def matmul_family(a, b, c, bias):
 
 @HYP
 @given(m=st.integers(1, 6), k=st.integers(1, 40), n=st.integers(2, 6), seed=st.integers(0, 2**31))
-def test_matmul_family_matches_float64(cluster, m, k, n, seed) -> None:
+def test_matmul_family_matches_float64(sim, m, k, n, seed) -> None:
     g = seeded(seed)
     a = torch.randn(m, k, generator=g, dtype=torch.float64) * 3
     b = torch.randn(k, n, generator=g, dtype=torch.float64) * 3
     c = torch.randn(2, 3, min(k, 4), generator=g, dtype=torch.float64)
     bias = torch.randn(n, generator=g, dtype=torch.float64)
-    got = cluster.run(matmul_family, a, b, c, bias)[0]
+    got = sim.run(matmul_family, a, b, c, bias)[0]
     want = {
         "matmul": a @ b,
         "torch_matmul": a @ b,
@@ -206,7 +206,7 @@ def test_matmul_family_matches_float64(cluster, m, k, n, seed) -> None:
         assert err <= bound, (name, err, bound)
 
 
-def test_matmul_acceptance_error_rounds_bytes(cluster) -> None:
+def test_matmul_acceptance_error_rounds_bytes(sim) -> None:
     """Issue #2: [128,768] x [768,768], N(0,1): error <= 4e-4, <= 2 rounds, <= 5.1 MB.
 
     The product is one resharing-free truncation: 32 + 18/2 bytes per output element."""
@@ -221,7 +221,7 @@ def test_matmul_acceptance_error_rounds_bytes(cluster) -> None:
         cost = puma.stats() - before
         return y.reveal(), cost
 
-    results = cluster.run(fn, a, b)
+    results = sim.run(fn, a, b)
     err = float((results[0][0].double() - a @ b).abs().max())
     cost = total([r[1] for r in results])
     assert err <= 4e-4
@@ -230,7 +230,7 @@ def test_matmul_acceptance_error_rounds_bytes(cluster) -> None:
 
 
 @pytest.mark.parametrize("shape", [(1,), (3, 5), (2, 3, 4)])
-def test_exact_costs_of_sharing_and_products(cluster, shape) -> None:
+def test_exact_costs_of_sharing_and_products(sim, shape) -> None:
     """Bytes (all parties) and rounds are exact: share 16 B/1, reveal 24 B/1, reveal-to-one
     8 B/1, ring mul 24 B/1, fixed-point mul and matmul: one truncation (2 rounds)."""
     from securetorch.session.context import current
@@ -257,7 +257,7 @@ def test_exact_costs_of_sharing_and_products(cluster, shape) -> None:
         measure("public", lambda: x + t - 2 * x + x * 3)
         return costs
 
-    results = cluster.run(fn, shape)
+    results = sim.run(fn, shape)
     summed = {k: total([r[k] for r in results]) for k in results[0]}
     expected = {
         "share": (16 * n, 1),
@@ -273,7 +273,7 @@ def test_exact_costs_of_sharing_and_products(cluster, shape) -> None:
         assert summed[name].bytes_received == nbytes, name
 
 
-def test_sum_mean_and_division(cluster) -> None:
+def test_sum_mean_and_division(sim) -> None:
     g = seeded(3)
     a = torch.randn(4, 6, 8, generator=g, dtype=torch.float64) * 10
 
@@ -290,7 +290,7 @@ def test_sum_mean_and_division(cluster) -> None:
             "div_int": x / 3,
         }
 
-    got = cluster.run(fn, a)[0]
+    got = sim.run(fn, a)[0]
     want = {
         "sum": a.sum(),
         "sum_dim": a.sum(1),
@@ -306,7 +306,7 @@ def test_sum_mean_and_division(cluster) -> None:
         assert err <= 192 * U, (name, err)  # sums add up to 192 encoding errors
 
 
-def test_in_place_ops(cluster) -> None:
+def test_in_place_ops(sim) -> None:
     a = torch.tensor([1.5, -2.0, 3.25], dtype=torch.float64)
 
     def fn(a):
@@ -319,13 +319,13 @@ def test_in_place_ops(cluster) -> None:
         assert y is x
         return x
 
-    got = cluster.run(fn, a)[0]
+    got = sim.run(fn, a)[0]
     ref = (a + 1) * 2
     ref = (ref - ref / 4) / 2
     assert float((got.double() - ref).abs().max()) <= 8 * U
 
 
-def test_float_results_keep_logical_dtype(cluster) -> None:
+def test_float_results_keep_logical_dtype(sim) -> None:
     def fn():
         x = puma.share(torch.ones(2, 3) if puma.rank() == 0 else None, owner=0)
         return [
@@ -339,7 +339,7 @@ def test_float_results_keep_logical_dtype(cluster) -> None:
             isinstance(x, torch.Tensor),
         ]
 
-    assert cluster.run(fn)[0] == [
+    assert sim.run(fn)[0] == [
         torch.float32,
         torch.float64,
         torch.float16,

@@ -14,7 +14,7 @@ from securetorch.protocols import comparison as pc
 from securetorch.protocols.boolean import reveal_bits, unpack_bits
 from securetorch.session.context import current
 
-from .conftest import seeded
+from ..conftest import seeded
 
 U = 2.0**-18
 F = torch.nn.functional
@@ -48,12 +48,12 @@ def comparisons(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @HYP
 @given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=2).map(tuple), seed=st.integers(0, 2**31))
-def test_comparisons_and_selection_match_plaintext(cluster, shape, seed) -> None:
+def test_comparisons_and_selection_match_plaintext(sim, shape, seed) -> None:
     g = seeded(seed)
     a = torch.randn(shape, generator=g, dtype=torch.float64) * 100
     b = torch.randn(shape, generator=g, dtype=torch.float64) * 100
     b.view(-1)[0] = a.view(-1)[0]  # a tie: x < y is false, x <= y true
-    got = cluster.run(comparisons, a, b)[0]
+    got = sim.run(comparisons, a, b)[0]
     want = {
         "lt": a < b,
         "gt": a > b,
@@ -82,18 +82,18 @@ def test_compare_bits_boundary() -> None:
     bits = 30  # reals below 2^11 = 2048
     edge = 2.0 ** (bits - 1 - 18)
     inside = torch.tensor([edge - U, -edge, -edge + U, U, -U, 0.0], dtype=torch.float64)
-    with puma.LocalCluster(compare_bits=bits) as c:
+    with puma.Simulator(compare_bits=bits) as c:
         got = c.run(lambda v: (secret(v) < 0).reveal(), torch.cat([inside, torch.tensor([edge])]))[0]
     assert torch.equal(got[:-1], inside < 0)
     assert bool(got[-1])  # +2^(l-1-f) reads as negative: outside the range
 
 
-def test_msb_and_bit_injection_exact_costs(cluster) -> None:
+def test_msb_and_bit_injection_exact_costs(sim) -> None:
     """Comparison (MSB) and B2A of its bit: exact rounds and bytes on 1000 elements."""
     n = 1000
     values = torch.linspace(-3000, 3000, n, dtype=torch.float64)
 
-    results = cluster.run(lambda v: _msb_job(v, n), values)
+    results = sim.run(lambda v: _msb_job(v, n), values)
     opened, arith = results[0][0], results[0][1]
     assert torch.equal(opened, (values < 0).long())
     assert torch.equal(arith, (values < 0).long())
@@ -118,7 +118,7 @@ def _msb_job(v, n):
 
 
 @pytest.mark.parametrize("rows", [1, 4])
-def test_bit_injection_of_many_bits_by_the_dealer_protocol(cluster, rows) -> None:
+def test_bit_injection_of_many_bits_by_the_dealer_protocol(sim, rows) -> None:
     """From 2^17 bits on, B2A takes the dealer-assisted product: exact values for every
     dealer, 2 rounds, 24 B per bit plus the packed bits of e (each row padded to bytes)."""
     n = (1 << 17) // rows + 3  # not a multiple of 8: the padding of each row shows
@@ -135,7 +135,7 @@ def test_bit_injection_of_many_bits_by_the_dealer_protocol(cluster, rows) -> Non
         return puma.SharedTensor(shared, torch.int64), outs
 
     bits = torch.randint(0, 2, (rows, n), generator=seeded(rows))
-    results = cluster.run(fn, bits)
+    results = sim.run(fn, bits)
     assert torch.equal(results[0][0], bits)
     for k in range(3):
         assert torch.equal(results[0][1][k][0], bits)
@@ -153,7 +153,7 @@ def _share_bits(ctx, bits):
     return xor_public(ctx, (zeros, zeros.clone()), pack_bits(bits))
 
 
-def test_bit_decomposition_exact_costs_and_values(cluster) -> None:
+def test_bit_decomposition_exact_costs_and_values(sim) -> None:
     n = 500
     values = torch.arange(n, dtype=torch.float64) * 37.25 - 4000.0
 
@@ -165,7 +165,7 @@ def test_bit_decomposition_exact_costs_and_values(cluster) -> None:
         cost = puma.stats() - before
         return unpack_bits(reveal_bits(ctx, planes), n), cost
 
-    results = cluster.run(fn, values)
+    results = sim.run(fn, values)
     bits = results[0][0]
     ring = puma.ring.encode(values, 18) & ((1 << 44) - 1)
     expected = torch.stack([(ring >> j) & 1 for j in range(44)])
@@ -175,7 +175,7 @@ def test_bit_decomposition_exact_costs_and_values(cluster) -> None:
     assert (cost.rounds, cost.bytes_sent) == ap.bit_decompose_cost(n, 44) == (8, 3 * 302 * 63)
 
 
-def test_a2b_then_b2a_round_trip_with_exact_cost(cluster) -> None:
+def test_a2b_then_b2a_round_trip_with_exact_cost(sim) -> None:
     """A2B (bit decomposition) then word B2A gives back x mod 2^l: 1 round, 48 B per bit
     (44 x 64 bits: below 2^17, the three-party OT)."""
     n, bits = 64, 44
@@ -189,7 +189,7 @@ def test_a2b_then_b2a_round_trip_with_exact_cost(cluster) -> None:
         word = pc.bits_to_arith_word(ctx, planes, n)
         return puma.SharedTensor(word, torch.int64), puma.stats() - before
 
-    results = cluster.run(fn, values)
+    results = sim.run(fn, values)
     ring = puma.ring.encode(values, 18) & ((1 << bits) - 1)
     assert torch.equal(results[0][0], ring)
     cost = total([r[1] for r in results])
@@ -197,7 +197,7 @@ def test_a2b_then_b2a_round_trip_with_exact_cost(cluster) -> None:
 
 
 @pytest.mark.parametrize("dim", [None, 0, 1, -1])
-def test_max_argmax_along_dims_with_ties(cluster, dim) -> None:
+def test_max_argmax_along_dims_with_ties(sim, dim) -> None:
     a = torch.tensor(
         [[3.0, 7.5, 7.5, -1.0, 2.0], [0.0, 0.0, 0.0, 0.0, 0.0], [-5.0, -2.0, -9.0, -2.0, -3.0]], dtype=torch.float64
     )
@@ -210,7 +210,7 @@ def test_max_argmax_along_dims_with_ties(cluster, dim) -> None:
         lows, low_index = x.min(dim, keepdim=True)
         return values, index, lows, low_index, torch.amax(x, dim), torch.argmax(x, dim, keepdim=True)
 
-    got = cluster.run(fn, a, dim)[0]
+    got = sim.run(fn, a, dim)[0]
     if dim is None:
         want = (a.max(), a.argmax(), a.min(), a.argmin())
     else:
@@ -222,16 +222,16 @@ def test_max_argmax_along_dims_with_ties(cluster, dim) -> None:
         assert torch.equal(g, w) if not w.is_floating_point() else float((g - w).abs().max()) <= U
 
 
-def test_argmax_over_a_vocabulary(cluster) -> None:
+def test_argmax_over_a_vocabulary(sim) -> None:
     g = seeded(5)
     logits = torch.randn(2, 1000, generator=g, dtype=torch.float64) * 4
     logits[1, 417] = logits[1, 913] = logits[1].max() + 1  # tie: the first index wins
-    got = cluster.run(lambda v: secret(v).argmax(-1), logits)[0]
+    got = sim.run(lambda v: secret(v).argmax(-1), logits)[0]
     assert torch.equal(got, logits.argmax(-1))
 
 
 @pytest.mark.parametrize(("shape", "rounds"), [((12, 1, 5), 12), ((12, 1, 8), 13), ((12, 1, 48), 16), ((4, 100), 17)])
-def test_all_pairs_max_for_small_tensors(cluster, shape, rounds) -> None:
+def test_all_pairs_max_for_small_tensors(sim, shape, rounds) -> None:
     """Small tensors compare all pairs of a row in one batch: 8 (msb) + ceil(log2(n-1)) + 2
     rounds; ties and masked logits give the exact max."""
     g = seeded(sum(shape))
@@ -246,12 +246,12 @@ def test_all_pairs_max_for_small_tensors(cluster, shape, rounds) -> None:
         value, _ = pc.max_last_dim(ctx, x.shares, with_index=False)
         return puma.SharedTensor(value, torch.float64), puma.stats() - before
 
-    results = cluster.run(fn, values)
+    results = sim.run(fn, values)
     assert float((results[0][0] - values.amax(-1)).abs().max()) <= U
     assert results[0][1].rounds == rounds
 
 
-def test_grouped_max_beyond_the_all_pairs_budget(cluster) -> None:
+def test_grouped_max_beyond_the_all_pairs_budget(sim) -> None:
     """Rows too long for one all-pairs batch go through groups of 8 (with padding)."""
     values = torch.randn(3, 300, generator=seeded(9), dtype=torch.float64) * 10
     values[1, 299] = 99.0
@@ -261,4 +261,4 @@ def test_grouped_max_beyond_the_all_pairs_budget(cluster) -> None:
         value, _ = pc.max_last_dim(ctx, secret(v).shares, with_index=False)
         return puma.SharedTensor(value, torch.float64)
 
-    assert float((cluster.run(fn, values)[0] - values.amax(-1)).abs().max()) <= U
+    assert float((sim.run(fn, values)[0] - values.amax(-1)).abs().max()) <= U

@@ -15,7 +15,7 @@ import torch
 
 import securetorch as puma
 
-from .conftest import seeded
+from ..conftest import seeded
 
 F = torch.nn.functional
 
@@ -43,10 +43,10 @@ def _apply(name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_function_matches_float64_over_its_range(cluster, name) -> None:
+def test_function_matches_float64_over_its_range(sim, name) -> None:
     _, plain, inputs, bound, relative = CASES[name]
     x = inputs.double()
-    got = cluster.run(_apply, name, x)[0]
+    got = sim.run(_apply, name, x)[0]
     want = plain(x)
     err = (got - want).abs()
     if relative:
@@ -55,7 +55,7 @@ def test_function_matches_float64_over_its_range(cluster, name) -> None:
 
 
 @pytest.mark.parametrize("n", [300, 5000])
-def test_reciprocal_and_rsqrt_on_both_normalisation_paths(cluster, n) -> None:
+def test_reciprocal_and_rsqrt_on_both_normalisation_paths(sim, n) -> None:
     """Small tensors find the highest bit by thresholds, large ones by A2B + prefix AND."""
     x = torch.logspace(-2, 3, n, dtype=torch.float64)
 
@@ -63,13 +63,13 @@ def test_reciprocal_and_rsqrt_on_both_normalisation_paths(cluster, n) -> None:
         s = secret(v)
         return torch.reciprocal(s).reveal(), torch.rsqrt(s).reveal()
 
-    recip, rs = cluster.run(fn, x)[0]
+    recip, rs = sim.run(fn, x)[0]
     # within 2e-5 plus what encoding x (to 2^-19) does to 1/x: 2^-19 / x^2 (x down to 0.01)
     assert bool(((recip - 1 / x).abs() <= 2e-5 + 1.5 * 2.0**-19 / x**2).all())
     assert float(((rs - x.rsqrt()) / x.rsqrt()).abs().max()) <= 1e-3
 
 
-def test_division_by_a_secret_and_powers(cluster) -> None:
+def test_division_by_a_secret_and_powers(sim) -> None:
     g = seeded(1)
     a = torch.randn(50, generator=g, dtype=torch.float64) * 10
     b = torch.rand(50, generator=g, dtype=torch.float64) * 50 + 1
@@ -86,7 +86,7 @@ def test_division_by_a_secret_and_powers(cluster) -> None:
             "pow_neg_one": (y**-1).reveal(),
         }
 
-    got = cluster.run(fn, a, b)[0]
+    got = sim.run(fn, a, b)[0]
     want = {
         "div": a / b,
         "rdiv": 3.0 / b,
@@ -111,14 +111,14 @@ def softmax_case(x, mask):
     }
 
 
-def test_softmax_with_dims_dtype_and_hf_masks(cluster) -> None:
+def test_softmax_with_dims_dtype_and_hf_masks(sim) -> None:
     g = seeded(2)
     x = torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64) * 16 - 8
     causal = torch.full((16, 16), torch.finfo(torch.float32).min, dtype=torch.float64).triu(1)
     padding = torch.zeros(16, dtype=torch.float64)
     padding[-3:] = -math.inf
     mask = causal + padding
-    got = cluster.run(softmax_case, x, mask)[0]
+    got = sim.run(softmax_case, x, mask)[0]
     assert float((got["last"] - torch.softmax(x, -1)).abs().max()) <= 2e-3
     assert float((got["dim1"] - torch.softmax(x, 1)).abs().max()) <= 2e-3
     assert got["method_dtype"].dtype == torch.float32
@@ -128,10 +128,10 @@ def test_softmax_with_dims_dtype_and_hf_masks(cluster) -> None:
     assert float((got["masked"].sum(-1) - 1).abs().max()) <= 2e-3
 
 
-def test_softmax_rows_with_large_spread(cluster) -> None:
+def test_softmax_rows_with_large_spread(sim) -> None:
     """Logits far below the row max (clipped at -14) and a wide range of values."""
     x = torch.tensor([[0.0, -14.5, -100.0, 5.0, 5.0], [1000.0, 990.0, 999.0, -1000.0, 0.0]], dtype=torch.float64)
-    got = cluster.run(lambda v: F.softmax(secret(v), -1).reveal(), x)[0]
+    got = sim.run(lambda v: F.softmax(secret(v), -1).reveal(), x)[0]
     assert float((got - torch.softmax(x, -1)).abs().max()) <= 2e-3
 
 
@@ -147,12 +147,12 @@ def norms(x, w, b):
     }
 
 
-def test_layer_norm_and_rms_norm(cluster) -> None:
+def test_layer_norm_and_rms_norm(sim) -> None:
     g = seeded(3)
     x = torch.randn(4, 6, 96, generator=g, dtype=torch.float64) * 5 + 2
     w = torch.randn(96, generator=g, dtype=torch.float64)
     b = torch.randn(96, generator=g, dtype=torch.float64)
-    got = cluster.run(norms, x, w, b)[0]
+    got = sim.run(norms, x, w, b)[0]
     want = {
         "secret_affine": F.layer_norm(x, (96,), w, b, 1e-5),
         "public_affine": F.layer_norm(x, (96,), w, b, 1e-12),
@@ -165,7 +165,7 @@ def test_layer_norm_and_rms_norm(cluster) -> None:
         assert float((got[name] - expected).abs().max()) <= 1e-3, name
 
 
-def test_hf_style_rmsnorm_code_runs_on_shares(cluster) -> None:
+def test_hf_style_rmsnorm_code_runs_on_shares(sim) -> None:
     """LLaMA's RMSNorm forward (pow, mean, rsqrt, casts) runs unmodified."""
     x = torch.randn(2, 5, 32, generator=seeded(4), dtype=torch.float64)
 
@@ -174,5 +174,5 @@ def test_hf_style_rmsnorm_code_runs_on_shares(cluster) -> None:
         variance = hidden_states.pow(2).mean(-1, keepdim=True)
         return hidden_states * torch.rsqrt(variance + eps)
 
-    got = cluster.run(lambda v: llama_rmsnorm(secret(v)).reveal(), x)[0]
+    got = sim.run(lambda v: llama_rmsnorm(secret(v)).reveal(), x)[0]
     assert float((got.double() - llama_rmsnorm(x).double()).abs().max()) <= 1e-3

@@ -33,9 +33,9 @@ def _run(name: str, x: torch.Tensor, params: tuple) -> tuple[torch.Tensor | None
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_op_workload_costs_exactly_this(cluster, name) -> None:
+def test_op_workload_costs_exactly_this(sim, name) -> None:
     x, params, reference, relative = workloads(torch.Generator().manual_seed(0))[name]
-    results = cluster.run(_run, name, x, params)
+    results = sim.run(_run, name, x, params)
     expected_bytes, expected_rounds, bound = EXPECTED[name]
     assert sum(cost.bytes_sent for _, cost in results) == expected_bytes
     assert {cost.rounds for _, cost in results} == {expected_rounds}

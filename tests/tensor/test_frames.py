@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -47,4 +49,13 @@ def test_truncated_frames_are_refused(cut: int, which: int) -> None:
         return
     frames[which] = frames[which][:cut]
     with pytest.raises(FrameError):
+        decode_message(frames)
+
+
+def test_an_empty_tensor_of_absurd_dimensions_is_a_frame_error() -> None:
+    """Zero elements pass the length check; dimensions beyond what numpy can address must
+    still be refused as malformed (a plain ValueError would escape a party's handler)."""
+    meta = struct.pack("<BB3q", 0, 3, 0, 2**62, 2**62)
+    frames = [struct.pack("<4sBQQI", b"STP1", 1, 1, 1, 1), meta, b""]
+    with pytest.raises(FrameError, match="bad tensor"):
         decode_message(frames)

@@ -16,7 +16,7 @@ from transformers import BertConfig, BertModel
 import securetorch as puma
 from securetorch.runtime.deployment import ClusterConfig, ConfigError
 
-from .deploy import TIMEOUT, cluster_file, free_ports
+from ..deploy import TIMEOUT, cluster_file, free_ports
 
 transformers.logging.set_verbosity_error()
 
@@ -103,7 +103,7 @@ def test_model_owner_leaves_client_uses_it_and_a_killed_party_restarts_from_its_
     with puma.Cluster.from_config(deployment.config, key=deployment.keys["client"]) as user:
         remote = puma.SecureModel.by_name("tiny-bert", user)
         assert float((remote(input_ids=ids).last_hidden_state - want).abs().max()) <= 1e-2
-        with pytest.raises(KeyError, match="no secured model named 'nope'"):
+        with pytest.raises(puma.AccessError, match="no model named 'nope' that driver 'client' may call"):
             puma.SecureModel.by_name("nope", user)
         # party 1 dies in the middle of a request: the driver hears of it within the timeout
         long_ids = torch.randint(0, 50, (1, 60), generator=torch.Generator().manual_seed(3))

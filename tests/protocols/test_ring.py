@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from securetorch import ring
 
-from .conftest import seeded
+from ..conftest import seeded
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 

@@ -8,7 +8,7 @@ import torch
 
 from securetorch.protocols.boolean import pack_bits, pack_uint, unpack_bits, unpack_uint
 
-from .conftest import seeded
+from ..conftest import seeded
 
 
 def stream_reference(values: list[int], bits: int) -> bytes:

@@ -1,0 +1,98 @@
+"""What a protocol sees of the transport: one party's links to the other two.
+
+``Links`` numbers the rounds and keeps the exact counters; a transport supplies how one
+message leaves (``_deliver``) and how the next one from a peer arrives (``_take``): ZeroMQ
+between processes or machines (``network.PeerNetwork``), memory between threads of one
+process (``memory.MemoryNetwork``). Both count the same bytes, messages and rounds for the
+same protocol, because they count here.
+
+Receive hooks (``add_receive_hook``) see every message a party receives, after the counters:
+view tests use them to check that what a party receives is uniform.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+import torch
+
+from securetorch.comm.frames import payload_bytes
+from securetorch.comm.stats import CommStats
+from securetorch.errors import PartyError
+
+ReceiveHook = Callable[[int, list[torch.Tensor]], None]
+"""Called with (sender rank, tensors) for every message this party receives."""
+
+
+class PeerAbort(PartyError):
+    """A peer abandoned the job this party is running (it already told the third party)."""
+
+
+class Links:
+    """One party's links to its two peers: rounds, counters, hooks."""
+
+    def __init__(self, rank: int, timeout: float) -> None:
+        self.rank = rank
+        self.timeout = timeout
+        self.stats = CommStats()
+        self.job = 0
+        self.step = 0
+        self._hooks: list[ReceiveHook] = []
+
+    def begin_job(self, job: int) -> None:
+        """Job ``job`` starts: steps count from zero again."""
+        self.job = job
+        self.step = 0
+
+    def exchange(
+        self, sends: Mapping[int, Sequence[torch.Tensor]], recv_from: Iterable[int]
+    ) -> dict[int, list[torch.Tensor]]:
+        """One protocol round: send to some peers, then receive from some peers.
+
+        Every party calls ``exchange`` for every round (with empty arguments if it takes no
+        part), so step numbers and round counts stay equal on all three parties.
+        """
+        started = time.perf_counter()
+        self.step += 1
+        self.stats.rounds += 1
+        for peer, tensors in sends.items():
+            tensors = list(tensors)
+            self._deliver(peer, tensors)
+            self.stats.bytes_sent += payload_bytes(tensors)
+            self.stats.messages += 1
+        received = {}
+        for peer in recv_from:
+            tensors = self._take(peer)
+            self.stats.bytes_received += payload_bytes(tensors)
+            for hook in list(self._hooks):
+                hook(peer, tensors)
+            received[peer] = tensors
+        self.stats.seconds += time.perf_counter() - started
+        return received
+
+    def add_receive_hook(self, hook: ReceiveHook) -> Callable[[], None]:
+        """Call ``hook(sender, tensors)`` on every message received from now on; returns a
+        function that removes it."""
+        self._hooks.append(hook)
+        return lambda: self._hooks.remove(hook)
+
+    @contextlib.contextmanager
+    def received(self) -> Iterator[list[torch.Tensor]]:
+        """Collect every tensor this party receives inside the ``with`` block."""
+        tensors: list[torch.Tensor] = []
+        remove = self.add_receive_hook(lambda _peer, got: tensors.extend(got))
+        try:
+            yield tensors
+        finally:
+            remove()
+
+    def _deliver(self, peer: int, tensors: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def _take(self, peer: int) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the transport's resources."""
