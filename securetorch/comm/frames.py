@@ -27,6 +27,7 @@ MAGIC = b"STP1"
 _HEADER = struct.Struct("<4sBQQI")
 _META = struct.Struct("<BB")
 MAX_DIMS = 16
+MAX_DIM_SIZE = 1 << 40
 MAX_KIND_BYTES = 32
 MAX_HEADER_BYTES = 16 << 20
 
@@ -88,6 +89,8 @@ def decode_tensors(frames: Sequence[Buffer]) -> list[torch.Tensor]:
         shape = _SHAPES[ndim].unpack_from(meta, _META.size)
         if any(s < 0 for s in shape):
             raise FrameError("negative dimension")
+        if any(s > MAX_DIM_SIZE for s in shape):  # even an empty tensor may not claim one
+            raise FrameError(f"bad tensor of shape {shape}: a dimension above 2^40")
         np_dtype = _NUMPY[code]
         if len(data) != math.prod(shape) * np_dtype.itemsize:
             raise FrameError(f"data of {len(data)} bytes for shape {shape} of {_DTYPES[code]}")

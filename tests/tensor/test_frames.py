@@ -53,8 +53,9 @@ def test_truncated_frames_are_refused(cut: int, which: int) -> None:
 
 
 def test_an_empty_tensor_of_absurd_dimensions_is_a_frame_error() -> None:
-    """Zero elements pass the length check; dimensions beyond what numpy can address must
-    still be refused as malformed (a plain ValueError would escape a party's handler)."""
+    """Zero elements pass the length check; a tensor may still not claim dimensions nothing
+    could hold (numpy refuses to shape them; code that sizes work by a dimension would
+    take them at their word): a FrameError, never a ValueError escaping a party's handler."""
     meta = struct.pack("<BB3q", 0, 3, 0, 2**62, 2**62)
     frames = [struct.pack("<4sBQQI", b"STP1", 1, 1, 1, 1), meta, b""]
     with pytest.raises(FrameError, match="bad tensor"):
