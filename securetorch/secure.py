@@ -27,7 +27,7 @@ from securetorch.comm.stats import total
 from securetorch.errors import InputError, PartyError
 from securetorch.models.families import model_class, spec_for
 from securetorch.models.families.base import base_model, check_public_inputs, get_path, max_positions
-from securetorch.models.service import check_model_name
+from securetorch.models.service import absent_modules, check_model_name, skeleton, structure_difference
 from securetorch.runtime.cluster import Cluster, InProcessCluster, LocalCluster
 from securetorch.runtime.verbs import Verb
 from securetorch.tensor.payload import private
@@ -46,6 +46,26 @@ def default_cluster(kind: ClusterKind = "local") -> Cluster:
     if cluster is None or cluster._closed:
         cluster = _DEFAULTS[kind] = LocalCluster() if kind == "local" else InProcessCluster()
     return cluster
+
+
+def _matching_structure(model: torch.nn.Module, config: dict[str, Any]) -> list[str]:
+    """Check, before anything is sent, that the parties will build exactly this model from
+    its class and config; return the submodules it holds as None (constructor options such
+    as ``add_pooling_layer=False``), which the parties then drop too."""
+    name = type(model).__name__
+    rebuilt, _ = skeleton(name, config, swap=False)
+    absent = absent_modules(model, rebuilt)
+    if absent:
+        rebuilt, _ = skeleton(name, config, absent, swap=False)
+    problems = structure_difference(model, rebuilt)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(
+            f"securetorch: this {name} differs from the one its config describes, which is what the parties "
+            f"build: {'; '.join(problems[:5])}{more}. Secure a model its config describes (set the config "
+            "fields that change the structure, or resize_token_embeddings, rather than modules by hand)"
+        )
+    return absent
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,8 @@ class SecureModel:
         if isinstance(clients, str) or not all(isinstance(c, str) for c in clients):
             raise TypeError("clients is a list of driver names (as the cluster file names them)")
         key = check_model_name(name) if name is not None else f"model-{secrets.token_hex(8)}"
+        config = json.loads(model.config.to_json_string(use_diff=False))
+        absent = _matching_structure(model, config)
         vocab_size = get_path(base_model(model, spec), spec.embeddings).weight.shape[0]
         can_generate = spec.causal and hasattr(model, "lm_head")
         self._describe_as(type(model).__name__, model.config, vocab_size, can_generate, cluster, key)
@@ -111,13 +133,14 @@ class SecureModel:
             {
                 "name": key,
                 "class": self.class_name,
-                "config": json.loads(model.config.to_json_string(use_diff=False)),
+                "config": config,
                 "clients": list(clients),
                 "check_inputs": bool(check_inputs),
                 "persistent": name is not None,
                 "params": params,
                 "bindings": bindings,
                 "buffers": buffers,
+                "absent": absent,
             },
         )
         self._installed = True

@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,7 @@ class InstalledModel:
     bindings: list[Binding]
     buffers: list[Buffer]
     session: int | None = None  # unnamed models end with the session that installed them
+    absent: tuple[str, ...] = ()  # submodules the owner's model holds as None
     fingerprint: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
@@ -122,18 +123,18 @@ def _fingerprint(installed: InstalledModel) -> str:
         "params": params,
         "buffers": [[m, a, list(b.shape), str(b.dtype)] for m, a, b in installed.buffers],
         "check_inputs": installed.check_inputs,
+        "absent": list(installed.absent),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def build(
-    class_name: str,
-    config: dict[str, Any],
-    params: dict[str, SharedTensor],
-    bindings: list[Binding],
-    buffers: list[Buffer],
+def skeleton(
+    class_name: str, config: dict[str, Any], absent: Sequence[str] = (), swap: bool = True
 ) -> tuple[torch.nn.Module, FamilySpec]:
-    """Build the model without weights, swap modules, check and put the shares in place."""
+    """The architecture as the parties build it, without weights (on the meta device): the
+    class from the family registry, built from its config, with the submodules in ``absent``
+    set to None (constructor options such as ``add_pooling_layer=False`` leave no trace in
+    the config) and, with ``swap``, the family's module swaps."""
     cls = model_class(class_name)
     spec = spec_for(class_name)
     if not isinstance(config, dict):
@@ -143,11 +144,63 @@ def build(
     with torch.device("meta"):
         model = cls(hf_config)
     model.eval()
-    for name, module in list(model.named_modules()):
-        swap = spec.swaps.get(type(module).__name__)
-        if swap is not None and name:
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, swap(module))
+    for path in absent:
+        if not isinstance(path, str) or not path:
+            raise ValueError("an absent module is named by its path")
+        _module(model, path)
+        parent, _, attr = path.rpartition(".")
+        setattr(_module(model, parent) if parent else model, attr, None)
+    if swap:
+        for name, module in list(model.named_modules()):
+            replacement = spec.swaps.get(type(module).__name__)
+            if replacement is not None and name:
+                parent, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent), attr, replacement(module))
+    return model, spec
+
+
+def absent_modules(model: torch.nn.Module, rebuilt: torch.nn.Module) -> list[str]:
+    """The submodules ``rebuilt`` (from the config) has where ``model`` holds None."""
+    present = dict(model.named_modules())
+    absent = []
+    for path, _ in rebuilt.named_modules():
+        parent, _, attr = path.rpartition(".")
+        if path and path not in present and parent in present and getattr(present[parent], attr, 0) is None:
+            if not any(path.startswith(f"{a}.") for a in absent):
+                absent.append(path)
+    return absent
+
+
+def structure_difference(model: torch.nn.Module, rebuilt: torch.nn.Module) -> list[str]:
+    """How ``rebuilt`` differs from ``model`` in the names and shapes of its parameters and
+    buffers (empty when the parties would build exactly this model)."""
+
+    def tensors(m: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+        found = {name: tuple(p.shape) for name, p in m.named_parameters(remove_duplicate=False)}
+        found |= {f"buffer {name}": tuple(b.shape) for name, b in m.named_buffers(remove_duplicate=False)}
+        return found
+
+    have, built = tensors(model), tensors(rebuilt)
+    problems = [f"{name} {list(shape)}: not in the architecture" for name, shape in have.items() if name not in built]
+    problems += [f"{name}: missing from this model" for name in built if name not in have]
+    problems += [
+        f"{name}: {list(shape)} here, {list(built[name])} from the config"
+        for name, shape in have.items()
+        if name in built and built[name] != shape
+    ]
+    return problems
+
+
+def build(
+    class_name: str,
+    config: dict[str, Any],
+    params: dict[str, SharedTensor],
+    bindings: list[Binding],
+    buffers: list[Buffer],
+    absent: Sequence[str] = (),
+) -> tuple[torch.nn.Module, FamilySpec]:
+    """Build the model without weights, swap modules, check and put the shares in place."""
+    model, spec = skeleton(class_name, config, absent)
     _check_bindings(model, params, bindings)
     _check_buffers(model, buffers)
     linear_weight = {

@@ -54,6 +54,7 @@ def save(installed: InstalledModel, path: pathlib.Path, rank: int, frac_bits: in
         "config": installed.config.to_json_string(use_diff=False),
         "bindings": json.dumps(installed.bindings),
         "dtypes": json.dumps(dtypes),
+        "absent": json.dumps(list(installed.absent)),
     }
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -105,7 +106,8 @@ def load(path: str | os.PathLike[str], rank: int, frac_bits: int) -> InstalledMo
             if name.startswith("buffer/")
         ]
     bindings = [tuple(b) for b in json.loads(meta["bindings"])]
-    model, spec = build(meta["class"], json.loads(meta["config"]), params, bindings, buffers)  # type: ignore[arg-type]
+    absent = tuple(json.loads(meta.get("absent", "[]")))
+    model, spec = build(meta["class"], json.loads(meta["config"]), params, bindings, buffers, absent)  # type: ignore[arg-type]
     return InstalledModel(
         name=check_model_name(meta["name"]),
         owner=meta["owner"],
@@ -116,4 +118,5 @@ def load(path: str | os.PathLike[str], rank: int, frac_bits: int) -> InstalledMo
         spec=spec,
         bindings=bindings,  # type: ignore[arg-type]
         buffers=buffers,  # type: ignore[arg-type]
+        absent=absent,
     )

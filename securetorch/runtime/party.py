@@ -588,6 +588,7 @@ class PartyServer:
                         "params",
                         "bindings",
                         "buffers",
+                        "absent",
                     ),
                 ),
             )
@@ -707,7 +708,8 @@ class PartyServer:
         del params
         binding_tuples = [tuple(b) for b in bindings]
         buffer_tuples = [tuple(b) for b in buffers]
-        model, spec = build(args.text("class"), args.raw("config"), shared, binding_tuples, buffer_tuples)  # type: ignore[arg-type]
+        absent = args.names("absent")
+        model, spec = build(args.text("class"), args.raw("config"), shared, binding_tuples, buffer_tuples, absent)  # type: ignore[arg-type]
         self._put(
             InstalledModel(
                 name=name,
@@ -720,6 +722,7 @@ class PartyServer:
                 bindings=binding_tuples,  # type: ignore[arg-type]
                 buffers=buffer_tuples,  # type: ignore[arg-type]
                 session=None if args.flag("persistent", False) else session.id,
+                absent=absent,
             )
         )
         return name
