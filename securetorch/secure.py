@@ -25,7 +25,7 @@ import transformers.modeling_outputs
 
 from securetorch.comm.stats import total
 from securetorch.errors import InputError, PartyError
-from securetorch.models.families import model_class, spec_for
+from securetorch.models.families import FamilySpec, spec_for
 from securetorch.models.families.base import base_model, check_public_inputs, get_path, max_positions
 from securetorch.models.service import absent_modules, check_model_name, skeleton, structure_difference
 from securetorch.runtime.cluster import Cluster, InProcessCluster, LocalCluster
@@ -110,9 +110,9 @@ class SecureModel:
         key = check_model_name(name) if name is not None else f"model-{secrets.token_hex(8)}"
         config = json.loads(model.config.to_json_string(use_diff=False))
         absent = _matching_structure(model, config)
-        vocab_size = get_path(base_model(model, spec), spec.embeddings).weight.shape[0]
+        vocab_size = get_path(base_model(model), spec.embeddings).weight.shape[0]
         can_generate = spec.causal and hasattr(model, "lm_head")
-        self._describe_as(type(model).__name__, model.config, vocab_size, can_generate, cluster, key)
+        self._describe_as(type(model).__name__, spec, model.config, vocab_size, can_generate, cluster, key)
         params: dict[str, Any] = {}
         keys: dict[int, str] = {}
         bindings: list[list[str]] = []
@@ -148,13 +148,14 @@ class SecureModel:
     def _describe_as(
         self,
         class_name: str,
+        spec: FamilySpec,
         config: Any,
         vocab_size: int,
         can_generate: bool,
         cluster: Cluster | ClusterKind | None,
         key: str,
     ) -> None:
-        self.spec = spec_for(class_name)
+        self.spec = spec
         self.config = config
         self.class_name = class_name
         self.can_generate = can_generate
@@ -174,11 +175,16 @@ class SecureModel:
         if any(f != facts[0] for f in facts[1:]):
             raise PartyError(f"the parties describe {name!r} differently")
         described = facts[0]
-        hf_class = model_class(described["class"])
-        config = hf_class.config_class.from_dict(described["config"])
+        skeleton_model, spec = skeleton(described["class"], described["config"], swap=False)
         model = cls.__new__(cls)
         model._describe_as(
-            described["class"], config, int(described["vocab_size"]), bool(described["can_generate"]), cluster, name
+            described["class"],
+            spec,
+            skeleton_model.config,
+            int(described["vocab_size"]),
+            bool(described["can_generate"]),
+            cluster,
+            name,
         )
         return model
 

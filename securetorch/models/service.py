@@ -80,7 +80,7 @@ class InstalledModel:
 
     @property
     def table(self) -> SharedTensor:
-        return get_path(base_model(self.model, self.spec), self.spec.embeddings).weight
+        return get_path(base_model(self.model), self.spec.embeddings).weight
 
     @property
     def vocab_size(self) -> int:
@@ -136,7 +136,6 @@ def skeleton(
     set to None (constructor options such as ``add_pooling_layer=False`` leave no trace in
     the config) and, with ``swap``, the family's module swaps."""
     cls = model_class(class_name)
-    spec = spec_for(class_name)
     if not isinstance(config, dict):
         raise ValueError("a model's config travels as a JSON object (config.to_dict())")
     hf_config = cls.config_class.from_dict(config)
@@ -144,6 +143,7 @@ def skeleton(
     with torch.device("meta"):
         model = cls(hf_config)
     model.eval()
+    spec = spec_for(model)
     for path in absent:
         if not isinstance(path, str) or not path:
             raise ValueError("an absent module is named by its path")
@@ -320,7 +320,7 @@ def _layer_progress(ctx: PartyContext, installed: InstalledModel) -> Iterator[No
     if report is None:
         yield
         return
-    blocks = get_path(base_model(installed.model, installed.spec), installed.spec.blocks)
+    blocks = get_path(base_model(installed.model), installed.spec.blocks)
     total = len(blocks)
     handles = [
         block.register_forward_hook(lambda *_, done=i + 1: report(done, total)) for i, block in enumerate(blocks)

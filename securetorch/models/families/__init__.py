@@ -1,18 +1,22 @@
 """Model families: each module declares one ``FamilySpec`` and registers it.
 
 An architecture travels between a driver and the parties as a class name, looked up here:
-``model_class(name)`` resolves only the names a registered family lists, so a party never
-imports or builds anything a driver names beyond them. ``spec_for(model)`` finds the family
-of a model or class; anything else raises a ``NotImplementedError`` listing what is supported.
+``model_class(name)`` resolves the names a registered family lists and transformers' own
+model classes (subclasses of ``PreTrainedModel`` in its namespace), so a party never imports
+anything a driver names. ``spec_for(model)`` finds a model's family, or reads a spec off its
+architecture (``generic``) when no family lists it; a model that cannot run securely raises a
+``NotImplementedError`` that says why.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 import transformers
 
 from securetorch.models.families.base import FamilySpec
+from securetorch.models.families.generic import generic_class, generic_spec
 
 FAMILIES: list[FamilySpec] = []
 
@@ -32,29 +36,45 @@ def supported_classes() -> list[str]:
 
 def _unsupported(name: str) -> NotImplementedError:
     return NotImplementedError(
-        f"securetorch: {name} is not a supported model; supported: {', '.join(supported_classes())}"
+        f"securetorch: {name} is not a Hugging Face transformers model class; any transformers model "
+        f"built from supported torch functions runs, with family files for {', '.join(supported_classes())}"
     )
 
 
 def spec_for(model: Any) -> FamilySpec:
-    """The family of a model instance, class, or class name."""
-    if isinstance(model, str):
-        name = model
-    else:
-        name = model.__name__ if isinstance(model, type) else type(model).__name__
+    """The family of a model (an instance, or a registered class or class name): a registered
+    family's spec, else one read off the model's architecture (``generic.generic_spec``)."""
+    name = model if isinstance(model, str) else model.__name__ if isinstance(model, type) else type(model).__name__
     for family in FAMILIES:
         if name in family.classes:
             return family
-    raise _unsupported(name)
+    if isinstance(model, torch.nn.Module):
+        return generic_spec(model)
+    raise _unsupported(str(name)[:100])
 
 
 def model_class(name: Any) -> type:
-    """The Hugging Face class a registered family lists under ``name``."""
-    if not isinstance(name, str) or name not in supported_classes():
+    """The Hugging Face class ``name``: one a registered family lists, or a transformers model
+    class (looked up in transformers' namespace, never imported from elsewhere)."""
+    if isinstance(name, str) and name in supported_classes():
+        return getattr(transformers, name)
+    cls = generic_class(name)
+    if cls is None:
         raise _unsupported(str(name)[:100])
-    return getattr(transformers, name)
+    return cls
 
 
 from securetorch.models.families import bert, gpt2, llama, roberta  # noqa: E402  - register the families
 
-__all__ = ["FAMILIES", "FamilySpec", "bert", "gpt2", "llama", "model_class", "register", "roberta", "spec_for"]
+__all__ = [
+    "FAMILIES",
+    "FamilySpec",
+    "bert",
+    "generic_spec",
+    "gpt2",
+    "llama",
+    "model_class",
+    "register",
+    "roberta",
+    "spec_for",
+]

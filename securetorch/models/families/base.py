@@ -23,7 +23,8 @@ intermediate layers, attentions, caches or losses."""
 class FamilySpec:
     """A supported model family.
 
-    ``classes``: HF class names (the only architectures a party builds); ``embeddings``:
+    ``classes``: the HF class names it applies to (any other transformers model gets a spec
+    read off its architecture, ``generic.generic_spec``); ``embeddings``:
     attribute path (from the base model) of the token embedding table, used as one-hot x
     table; ``blocks``: path of the ModuleList of layers (for progress); ``swaps``: module
     class name -> factory of its secure replacement; ``inputs``: the public keyword inputs a
@@ -49,11 +50,23 @@ def get_path(root: Any, path: str) -> Any:
     return root
 
 
-def base_model(model: torch.nn.Module, spec: FamilySpec) -> torch.nn.Module:
-    """The module whose token embedding ``spec.embeddings`` names (the model itself or its
-    ``base_model_prefix`` child)."""
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a family's paths start from: the model itself or its ``base_model_prefix``
+    child (a task model's backbone)."""
     prefix = getattr(model, "base_model_prefix", "")
     return getattr(model, prefix) if prefix and hasattr(model, prefix) else model
+
+
+def padding_positions(config: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """RoBERTa-style position ids, which count from padding_idx + 1 over non-padding tokens:
+    derived by the driver from the token ids (the padding pattern is public through the
+    attention mask) unless the call gives its own."""
+    if inputs.get("position_ids") is not None:
+        return {}
+    ids = inputs["input_ids"]
+    padding_idx = config.pad_token_id
+    not_pad = (ids != padding_idx).int()
+    return {"position_ids": (torch.cumsum(not_pad, dim=1) * not_pad + padding_idx).long()}
 
 
 def max_positions(config: Any) -> int | None:
