@@ -35,6 +35,7 @@ from securetorch.protocols.checks import check_one_hot
 from securetorch.session import costs
 from securetorch.session.context import PartyContext
 from securetorch.tensor import SharedTensor
+from securetorch.tensor.nn_ops import OneHotTokens
 from securetorch.tensor.shared import as_fixed
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -309,8 +310,11 @@ def _checked_onehot(ctx: PartyContext, installed: InstalledModel, onehot: Shared
 
 
 def _embed(installed: InstalledModel, onehot: SharedTensor) -> SharedTensor:
-    table = installed.table
-    return costs.measured("embedding_lookup", lambda: onehot @ table)  # secret one-hot x table: exact, 1 round
+    """The model's own token-embedding module on the secret one-hot: its lookup is the
+    one-hot x table product (exact, 1 round), and whatever else the module does (a scale)
+    follows on the result."""
+    module = get_path(base_model(installed.model), installed.spec.embeddings)
+    return costs.measured("embedding_lookup", lambda: module(OneHotTokens(onehot)))
 
 
 @contextlib.contextmanager

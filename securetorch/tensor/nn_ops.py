@@ -1,5 +1,6 @@
 """``torch.nn.functional`` helpers HF models call on SharedTensors: embedding lookups with
-public indices (positions, token types), dropout in eval mode."""
+public indices (positions, token types) or with secret token ids (``OneHotTokens``),
+dropout in eval mode."""
 
 from __future__ import annotations
 
@@ -33,3 +34,27 @@ def _dropout(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Shared
     if training and p > 0:
         raise NotImplementedError("securetorch: dropout in training mode (secure inference runs in eval mode)")
     return args[0]
+
+
+class OneHotTokens:
+    """Secret token ids as a one-hot matrix [..., V] (a secret integer tensor), passed to a
+    model's token-embedding module in place of ``input_ids``. ``F.embedding`` on it is the
+    product with the secret table (exact, one truncation-free product: the one-hot entries are
+    integers), so an embedding module that does more than look up rows (Gemma scales them)
+    runs its own forward on the result. Any other use raises."""
+
+    def __init__(self, onehot: SharedTensor) -> None:
+        self.onehot = onehot
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.embedding and isinstance(args[0], OneHotTokens):
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            max_norm = args[3] if len(args) > 3 else kwargs.get("max_norm")
+            if max_norm is not None:
+                raise NotImplementedError("securetorch: an embedding with max_norm rewrites its table on lookup")
+            return args[0].onehot @ weight
+        raise NotImplementedError(
+            f"securetorch: secret token ids reach the model only through its token embedding, not {func}"
+        )

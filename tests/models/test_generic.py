@@ -1,4 +1,5 @@
-"""Models without a family file run from their architecture alone (``families.generic``):
+"""Models without a family file run from their architecture alone (``families.generic``,
+RMSNorm modules recognised by what they compute):
 each on a tiny seeded config, two sequences of 12 tokens with padding, against plaintext
 float32; decoders also generate greedily, token-equal to HF's ``generate`` on every step
 whose plaintext top-2 margin is decisive. Mixture-of-experts models are refused."""
@@ -24,16 +25,30 @@ ENCODERS = {
     "AlbertModel": hf.AlbertConfig(**SMALL, embedding_size=16),
     "BertForMaskedLM": hf.BertConfig(**SMALL),
     "BertForTokenClassification": hf.BertConfig(**SMALL, num_labels=5),
+    "BertForQuestionAnswering": hf.BertConfig(**SMALL),
+    "ElectraModel": hf.ElectraConfig(**SMALL, embedding_size=16),
+    "DebertaV2Model": hf.DebertaV2Config(**SMALL),
+    "ModernBertModel": hf.ModernBertConfig(**SMALL),
 }
 DECODERS = {
     "Qwen2ForCausalLM": hf.Qwen2Config(**DECODER),
     "MistralForCausalLM": hf.MistralConfig(**DECODER),
     "Phi3ForCausalLM": hf.Phi3Config(**dict(DECODER, num_key_value_heads=4)),
+    "Qwen3ForCausalLM": hf.Qwen3Config(**DECODER, head_dim=8),
+    "PhiForCausalLM": hf.PhiConfig(**SMALL, pad_token_id=0),
+    "FalconForCausalLM": hf.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=V),
+    "GemmaForCausalLM": hf.GemmaConfig(**DECODER, head_dim=8),
+    "Gemma2ForCausalLM": hf.Gemma2Config(**DECODER, head_dim=8),  # soft-capping, post-norms
+    "Gemma3ForCausalLM": hf.Gemma3TextConfig(**DECODER, head_dim=8),  # q/k norms, sliding windows
     "GPTNeoXForCausalLM": hf.GPTNeoXConfig(**SMALL, pad_token_id=0),
     "OPTForCausalLM": hf.OPTConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, vocab_size=V, word_embed_proj_dim=32
     ),
 }
+
+
+# Seeds (default 2) whose five greedy steps all have plaintext top-2 margins above 0.05.
+SEEDS = {"PhiForCausalLM": 3, "Gemma3ForCausalLM": 3}
 
 
 def build(name: str, config, seed: int = 0) -> torch.nn.Module:
@@ -52,6 +67,8 @@ def padded(left: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def output_of(out) -> torch.Tensor:
+    if getattr(out, "start_logits", None) is not None:  # a question-answering head
+        return torch.stack([out.start_logits, out.end_logits], dim=-1)
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
 
 
@@ -77,7 +94,7 @@ def test_a_model_without_a_family_file_matches_plaintext(cluster, name) -> None:
 @pytest.mark.parametrize("name", list(DECODERS))
 def test_a_decoder_without_a_family_file_generates_like_hf(cluster, name) -> None:
     config = DECODERS[name].__class__.from_dict({**DECODERS[name].to_dict(), "initializer_range": 0.3})
-    model = build(name, config, seed=2)  # larger weights, a seed whose every step is decisive
+    model = build(name, config, seed=SEEDS.get(name, 2))  # larger weights, a seed whose every step is decisive
     ids = torch.randint(3, V, (1, 6), generator=torch.Generator().manual_seed(2))
     plain = model.generate(
         ids, max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0
@@ -101,12 +118,6 @@ def test_mixture_of_experts_models_are_refused_before_anything_is_sent(cluster) 
         puma.secure(model, cluster=cluster, name="moe")
     with pytest.raises(puma.AccessError, match="no model named 'moe'"):
         puma.SecureModel.by_name("moe", cluster)
-
-
-def test_a_family_measured_wrong_is_refused_not_run(cluster) -> None:
-    config = hf.GemmaConfig(**DECODER, head_dim=8)
-    with pytest.raises(NotImplementedError, match="GemmaForCausalLM is refused: its secure last hidden state is off"):
-        puma.secure(build("GemmaForCausalLM", config), cluster=cluster)
 
 
 def test_a_driver_cannot_make_a_party_build_anything_but_a_transformers_model(cluster) -> None:

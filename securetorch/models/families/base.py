@@ -14,7 +14,7 @@ from securetorch.errors import InputError
 ENCODER_INPUTS = ("attention_mask", "token_type_ids", "position_ids")
 """The public inputs of BERT-like encoders (what their tokenizers return, besides input_ids)."""
 
-DECLARED_OUTPUTS = ("last_hidden_state", "pooler_output", "logits")
+DECLARED_OUTPUTS = ("last_hidden_state", "pooler_output", "logits", "start_logits", "end_logits")
 """What a secure call may return, where the model computes it: never hidden states of
 intermediate layers, attentions, caches or losses."""
 
@@ -42,6 +42,34 @@ class FamilySpec:
     derived_inputs: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
     causal: bool = False
     token_types: str = "type_vocab_size"
+
+
+class SecureRMSNorm(torch.nn.Module):
+    """An RMSNorm module computed by the secure RMSNorm protocol (``F.rms_norm``, whose
+    variance keeps 8 extra fractional bits: the small activations a transformer normalises,
+    such as Gemma 2's attention outputs, need them). ``offset`` 1 is Gemma's ``1 + weight``.
+    The weight is installed later, in place of the original's."""
+
+    def __init__(self, original: torch.nn.Module, offset: int = 0) -> None:
+        super().__init__()
+        self.weight = original.weight
+        self.eps = float(rms_eps(original))
+        self.offset = offset
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shape = (hidden_states.shape[-1],)
+        if self.offset:
+            return torch.nn.functional.rms_norm(hidden_states, shape, None, self.eps) * (self.weight + self.offset)
+        return torch.nn.functional.rms_norm(hidden_states, shape, self.weight, self.eps)
+
+
+def rms_eps(module: torch.nn.Module) -> float | None:
+    """The epsilon of an RMSNorm-like module (HF names it ``eps`` or ``variance_epsilon``)."""
+    for name in ("variance_epsilon", "eps"):
+        value = getattr(module, name, None)
+        if isinstance(value, float):
+            return value
+    return None
 
 
 def get_path(root: Any, path: str) -> Any:

@@ -15,22 +15,23 @@ make a party load weights of its own (pretrained backbones).
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any
 
 import torch
 import transformers
 
-from securetorch.models.families.base import ENCODER_INPUTS, FamilySpec, base_model, padding_positions
+from securetorch.models.families.base import (
+    ENCODER_INPUTS,
+    FamilySpec,
+    SecureRMSNorm,
+    base_model,
+    padding_positions,
+    rms_eps,
+)
 
 MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts")
-# Model types whose generic secure run is measured wrong, refused until a family file fixes
-# them (a wrong answer must never pass silently).
-KNOWN_WRONG = {
-    "gemma": "its secure last hidden state is off by 1.3 (values up to 2.9) on a tiny config, cause not yet found",
-    "gemma2": "it is built like Gemma, whose secure run is measured wrong, plus logit soft-capping",
-    "gemma3_text": "it is built like Gemma, whose secure run is measured wrong",
-}
 
 
 def _path(root: torch.nn.Module, module: torch.nn.Module) -> str | None:
@@ -47,6 +48,38 @@ def _numbers_from_padding(embeddings: torch.nn.Module) -> bool:
     )
 
 
+def _rms_offset(module: torch.nn.Module) -> int | None:
+    """Whether ``module`` computes RMSNorm, found by running a copy on known numbers:
+    x / rms(x) * w (offset 0, LLaMA, Qwen, Mistral) or x / rms(x) * (1 + w) (offset 1,
+    Gemma); None for anything else."""
+    eps, weight = rms_eps(module), getattr(module, "weight", None)
+    if eps is None or not isinstance(weight, torch.nn.Parameter) or weight.dim() != 1 or module._buffers:
+        return None
+    probe = copy.deepcopy(module).to_empty(device="cpu").float()
+    with torch.no_grad():
+        probe.weight.fill_(0.5)
+        x = torch.linspace(-3.0, 2.0, 2 * weight.shape[0]).reshape(2, -1)
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        out = probe(x)
+    for offset in (0, 1):
+        if out.shape == x.shape and torch.allclose(out, normed * (0.5 + offset), atol=1e-5):
+            return offset
+    return None
+
+
+def _norm_swaps(model: torch.nn.Module) -> dict[str, Any]:
+    """RMSNorm modules, recognised by what they compute, become the secure RMSNorm."""
+    swaps: dict[str, Any] = {}
+    for module in model.modules():
+        name = type(module).__name__
+        if name in swaps or not name.endswith("RMSNorm"):
+            continue
+        offset = _rms_offset(module)
+        if offset is not None:
+            swaps[name] = lambda original, offset=offset: SecureRMSNorm(original, offset)
+    return swaps
+
+
 def generic_spec(model: torch.nn.Module) -> FamilySpec:
     """The spec of a Hugging Face model no family lists, read off its architecture; a
     ``NotImplementedError`` naming the reason for one that cannot run securely."""
@@ -60,9 +93,6 @@ def generic_spec(model: torch.nn.Module) -> FamilySpec:
             "routing each token to its top-k experts inside MPC is not built, and routing in the clear "
             "would reveal the router's choices; it is refused"
         )
-    wrong = KNOWN_WRONG.get(getattr(config, "model_type", ""))
-    if wrong is not None:
-        raise NotImplementedError(f"securetorch: {name} is refused: {wrong}")
     if getattr(config, "is_encoder_decoder", False):
         raise NotImplementedError(f"securetorch: {name} is an encoder-decoder model; those are not supported yet")
     if getattr(config, "use_pretrained_backbone", False) or getattr(config, "use_timm_backbone", False):
@@ -86,6 +116,7 @@ def generic_spec(model: torch.nn.Module) -> FamilySpec:
         classes=(name,),
         embeddings=path,
         blocks=max(lists, key=lambda item: item[0])[1],
+        swaps=_norm_swaps(model),
         inputs=inputs,
         derived_inputs=derived if "position_ids" in inputs else None,
         causal=name.endswith("ForCausalLM") or bool(getattr(config, "is_decoder", False)),
