@@ -10,6 +10,8 @@ architecture (``generic``) when no family lists it; a model that cannot run secu
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 import torch
@@ -64,17 +66,14 @@ def model_class(name: Any) -> type:
     return cls
 
 
-from securetorch.models.families import bert, gpt2, llama, roberta  # noqa: E402  - register the families
+def _register_all() -> None:
+    """Import every module of this package: a family file registers itself when imported, so
+    adding one touches that file only."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name not in ("base", "generic"):
+            importlib.import_module(f"{__name__}.{module.name}")
 
-__all__ = [
-    "FAMILIES",
-    "FamilySpec",
-    "bert",
-    "generic_spec",
-    "gpt2",
-    "llama",
-    "model_class",
-    "register",
-    "roberta",
-    "spec_for",
-]
+
+_register_all()
+
+__all__ = ["FAMILIES", "FamilySpec", "generic_spec", "model_class", "register", "spec_for"]
