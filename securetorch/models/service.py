@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from securetorch.errors import InputError
-from securetorch.models.families import FamilySpec, model_class, spec_for
+from securetorch.models.families import FamilySpec, model_class, spec_for, supported_classes
 from securetorch.models.families.base import DECLARED_OUTPUTS, base_model, check_public_inputs, get_path, max_positions
+from securetorch.models.families.generic import refuse_config
 from securetorch.protocols import comparison as pc
 from securetorch.protocols.checks import check_one_hot
 from securetorch.session import costs
@@ -141,6 +142,8 @@ def skeleton(
         raise ValueError("a model's config travels as a JSON object (config.to_dict())")
     hf_config = cls.config_class.from_dict(config)
     hf_config._attn_implementation = "eager"
+    if class_name not in supported_classes():
+        refuse_config(class_name, hf_config)  # before a constructor runs
     with torch.device("meta"):
         model = cls(hf_config)
     model.eval()

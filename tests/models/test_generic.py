@@ -120,6 +120,23 @@ def test_mixture_of_experts_models_are_refused_before_anything_is_sent(cluster) 
         puma.SecureModel.by_name("moe", cluster)
 
 
+def test_a_party_refuses_such_a_config_before_any_constructor_runs(cluster, monkeypatch) -> None:
+    """An owner's driver that skips its own checks: the party (a thread here, so the class can
+    be watched) refuses from the config alone, before building anything."""
+    from securetorch.runtime.verbs import Verb
+
+    built = []
+    monkeypatch.setattr(hf.MixtralForCausalLM, "__init__", lambda self, *a, **k: built.append(1))
+    config = hf.MixtralConfig(**DECODER, num_local_experts=4).to_dict()
+    with pytest.raises(NotImplementedError, match="mixture-of-experts"):
+        cluster.call(
+            Verb.INSTALL,
+            {"name": "moe", "class": "MixtralForCausalLM", "config": config, "clients": [], "check_inputs": True,
+             "persistent": False, "params": {}, "bindings": [], "buffers": [], "absent": []},
+        )  # fmt: skip
+    assert built == []
+
+
 def test_a_driver_cannot_make_a_party_build_anything_but_a_transformers_model(cluster) -> None:
     from securetorch.runtime.verbs import Verb
 

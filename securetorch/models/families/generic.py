@@ -38,6 +38,24 @@ def _path(root: torch.nn.Module, module: torch.nn.Module) -> str | None:
     return next((name for name, m in root.named_modules() if m is module), None)
 
 
+def refuse_config(name: str, config: Any) -> None:
+    """Refuse, naming the reason, a config that cannot run securely or that would make a
+    party do more than build modules (a party checks this before constructing anything)."""
+    experts = next((f for f in MOE_FIELDS if (getattr(config, f, 0) or 0) > 0), None)
+    if experts is not None:
+        raise NotImplementedError(
+            f"securetorch: {name} is a mixture-of-experts model ({experts} = {getattr(config, experts)}): "
+            "routing each token to its top-k experts inside MPC is not built, and routing in the clear "
+            "would reveal the router's choices; it is refused"
+        )
+    if getattr(config, "is_encoder_decoder", False):
+        raise NotImplementedError(f"securetorch: {name} is an encoder-decoder model; those are not supported yet")
+    if getattr(config, "use_pretrained_backbone", False) or getattr(config, "use_timm_backbone", False):
+        raise NotImplementedError(
+            f"securetorch: {name}'s config asks for a pretrained backbone, which a party would load"
+        )
+
+
 def _numbers_from_padding(embeddings: torch.nn.Module) -> bool:
     """RoBERTa-style embeddings: a position table whose padding row is the padding index,
     positions counted from it over non-padding tokens (RoBERTa, XLM-R, MPNet, ...)."""
@@ -86,19 +104,7 @@ def generic_spec(model: torch.nn.Module) -> FamilySpec:
     name, config = type(model).__name__, getattr(model, "config", None)
     if config is None or not callable(getattr(model, "get_input_embeddings", None)):
         raise NotImplementedError(f"securetorch: {name} is not a Hugging Face transformers model")
-    experts = next((f for f in MOE_FIELDS if (getattr(config, f, 0) or 0) > 0), None)
-    if experts is not None:
-        raise NotImplementedError(
-            f"securetorch: {name} is a mixture-of-experts model ({experts} = {getattr(config, experts)}): "
-            "routing each token to its top-k experts inside MPC is not built, and routing in the clear "
-            "would reveal the router's choices; it is refused"
-        )
-    if getattr(config, "is_encoder_decoder", False):
-        raise NotImplementedError(f"securetorch: {name} is an encoder-decoder model; those are not supported yet")
-    if getattr(config, "use_pretrained_backbone", False) or getattr(config, "use_timm_backbone", False):
-        raise NotImplementedError(
-            f"securetorch: {name}'s config asks for a pretrained backbone, which a party would load"
-        )
+    refuse_config(name, config)
     base = base_model(model)
     embedding = model.get_input_embeddings()
     path = _path(base, embedding) if isinstance(embedding, torch.nn.Embedding) else None
