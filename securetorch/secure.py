@@ -27,7 +27,7 @@ from securetorch.comm.stats import total
 from securetorch.errors import InputError, PartyError
 from securetorch.models.families import FamilySpec, spec_for
 from securetorch.models.families.base import base_model, check_public_inputs, get_path, max_positions
-from securetorch.models.service import absent_modules, check_model_name, skeleton, structure_difference
+from securetorch.models.service import absent_modules, check_model_name, drop_absent, skeleton, structure_difference
 from securetorch.runtime.cluster import Cluster, InProcessCluster, LocalCluster
 from securetorch.runtime.verbs import Verb
 from securetorch.tensor.payload import private
@@ -55,8 +55,7 @@ def _matching_structure(model: torch.nn.Module, config: dict[str, Any]) -> list[
     name = type(model).__name__
     rebuilt, _ = skeleton(name, config, swap=False)
     absent = absent_modules(model, rebuilt)
-    if absent:
-        rebuilt, _ = skeleton(name, config, absent, swap=False)
+    drop_absent(rebuilt, absent)
     problems = structure_difference(model, rebuilt)
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""

@@ -148,12 +148,7 @@ def skeleton(
         model = cls(hf_config)
     model.eval()
     spec = spec_for(model)
-    for path in absent:
-        if not isinstance(path, str) or not path:
-            raise ValueError("an absent module is named by its path")
-        _module(model, path)
-        parent, _, attr = path.rpartition(".")
-        setattr(_module(model, parent) if parent else model, attr, None)
+    drop_absent(model, absent)
     if swap:
         for name, module in list(model.named_modules()):
             replacement = spec.swaps.get(type(module).__name__)
@@ -161,6 +156,16 @@ def skeleton(
                 parent, _, attr = name.rpartition(".")
                 setattr(model.get_submodule(parent), attr, replacement(module))
     return model, spec
+
+
+def drop_absent(model: torch.nn.Module, absent: Sequence[str]) -> None:
+    """Set the submodules at the paths in ``absent`` to None (each must exist)."""
+    for path in absent:
+        if not isinstance(path, str) or not path:
+            raise ValueError("an absent module is named by its path")
+        _module(model, path)
+        parent, _, attr = path.rpartition(".")
+        setattr(_module(model, parent) if parent else model, attr, None)
 
 
 def absent_modules(model: torch.nn.Module, rebuilt: torch.nn.Module) -> list[str]:
