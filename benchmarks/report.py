@@ -1,5 +1,6 @@
 """Run every benchmark and write ``benchmarks/results.json``, ``docs/benchmarks.md`` and the
-README's performance table (between its markers).
+README's performance table (between its markers); then ``benchmarks.coverage`` (every
+supported class: ``benchmarks/coverage.json`` and the README's table of them).
 
     python -m benchmarks.report          # about 10 minutes on 2 cores
     scripts/dev.sh bench                 # the same, in the project's virtualenv
@@ -17,7 +18,7 @@ import json
 import pathlib
 from typing import Any
 
-from benchmarks import engine, llama7b, models, nonlinear
+from benchmarks import coverage, engine, llama7b, models, nonlinear
 from benchmarks.common import machine
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -337,6 +338,8 @@ def main() -> None:
     (ROOT / "docs" / "benchmarks.md").write_text(markdown(results, info))
     update_readme(results)
     print(f"wrote {ROOT / 'benchmarks' / 'results.json'}, {ROOT / 'docs' / 'benchmarks.md'} and the README's table")
+    coverage.run()
+    print(f"wrote {coverage.OUTPUT} and the README's table of supported classes")
 
 
 if __name__ == "__main__":

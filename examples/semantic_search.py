@@ -20,7 +20,7 @@ import torch
 
 import securetorch as puma
 from securetorch.comm.stats import total
-from securetorch.demo import mean_pool, minilm_path
+from securetorch.demo import minilm_path
 
 QUERY = "How can hospitals use AI without exposing patient data?"
 SENTENCES = [
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         plain_out = model(**batch)
 
     mask = batch["attention_mask"]
-    secure_emb = mean_pool(secure_out.last_hidden_state, mask)
-    plain_emb = mean_pool(plain_out.last_hidden_state, mask)
+    secure_emb = puma.mean_pooling(secure_out.last_hidden_state, mask)
+    plain_emb = puma.mean_pooling(plain_out.last_hidden_state, mask)
     secure_scores = (secure_emb[1:] @ secure_emb[0]).tolist()
     plain_scores = (plain_emb[1:] @ plain_emb[0]).tolist()
     secure_rank = sorted(range(len(SENTENCES)), key=lambda i: -secure_scores[i])

@@ -7,12 +7,13 @@ Inside a party (a function run by ``Cluster.run`` or ``puma.simulate``)::
 """
 
 from securetorch import ring
+from securetorch.check import CheckReport, check
 from securetorch.comm.stats import CommStats
 from securetorch.errors import AccessError, InputError, PartyError
 from securetorch.ring import DEFAULT_FRAC_BITS
 from securetorch.runtime.cluster import Cluster, InProcessCluster, LocalCluster, run_local
 from securetorch.runtime.simulator import Simulator, simulate
-from securetorch.secure import SecureModel, load_shares, save_shares, secure
+from securetorch.secure import SecureModel, load_shares, mean_pooling, save_shares, secure
 from securetorch.session.context import rank, stats
 from securetorch.tensor import SharedTensor, share
 from securetorch.tensor.payload import private
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_FRAC_BITS",
     "AccessError",
+    "CheckReport",
     "Cluster",
     "CommStats",
     "InProcessCluster",
@@ -31,7 +33,9 @@ __all__ = [
     "SecureModel",
     "SharedTensor",
     "Simulator",
+    "check",
     "load_shares",
+    "mean_pooling",
     "private",
     "rank",
     "ring",

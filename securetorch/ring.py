@@ -159,4 +159,6 @@ def resolve_kernel(kernel: MatmulKernel | None = None) -> str:
 
 def ring_matmul(a: torch.Tensor, b: torch.Tensor, kernel: MatmulKernel | None = None) -> torch.Tensor:
     """Exact matrix product in Z_2^64 of int64 tensors, with torch.matmul's broadcasting."""
+    if a.is_meta or b.is_meta:  # shapes only (a dry run's stand-in shares): no kernel to choose or run
+        return torch.matmul(a, b)
     return _KERNELS[resolve_kernel(kernel)](a, b)

@@ -12,6 +12,7 @@ declared output comes back, reconstructed by the caller alone.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import secrets
@@ -21,13 +22,28 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import transformers
 import transformers.modeling_outputs
 
+from securetorch.check import check
 from securetorch.comm.stats import total
 from securetorch.errors import InputError, PartyError
 from securetorch.models.families import FamilySpec, spec_for
-from securetorch.models.families.base import base_model, check_public_inputs, get_path, max_positions
-from securetorch.models.service import absent_modules, check_model_name, drop_absent, skeleton, structure_difference
+from securetorch.models.families.base import (
+    base_model,
+    check_pixels_shape,
+    check_public_inputs,
+    generation_inputs,
+    get_path,
+    max_positions,
+)
+from securetorch.models.service import (
+    check_model_name,
+    decoder_start,
+    matching_structure,
+    parameter_bindings,
+    skeleton,
+)
 from securetorch.runtime.cluster import Cluster, InProcessCluster, LocalCluster
 from securetorch.runtime.verbs import Verb
 from securetorch.tensor.payload import private
@@ -48,23 +64,18 @@ def default_cluster(kind: ClusterKind = "local") -> Cluster:
     return cluster
 
 
-def _matching_structure(model: torch.nn.Module, config: dict[str, Any]) -> list[str]:
-    """Check, before anything is sent, that the parties will build exactly this model from
-    its class and config; return the submodules it holds as None (constructor options such
-    as ``add_pooling_layer=False``), which the parties then drop too."""
-    name = type(model).__name__
-    rebuilt, _ = skeleton(name, config, swap=False)
-    absent = absent_modules(model, rebuilt)
-    drop_absent(rebuilt, absent)
-    problems = structure_difference(model, rebuilt)
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ValueError(
-            f"securetorch: this {name} differs from the one its config describes, which is what the parties "
-            f"build: {'; '.join(problems[:5])}{more}. Secure a model its config describes (set the config "
-            "fields that change the structure, or resize_token_embeddings, rather than modules by hand)"
-        )
-    return absent
+UNSUPPORTED_GENERATION: dict[str, Any] = {
+    "do_sample": False, "num_beams": 1, "num_beam_groups": 1, "penalty_alpha": None, "num_return_sequences": 1,
+    "output_scores": False, "output_logits": False, "output_attentions": False, "output_hidden_states": False,
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0, "min_new_tokens": 0,
+    "forced_bos_token_id": None, "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
+    "exponential_decay_length_penalty": None, "guidance_scale": 1.0, "watermarking_config": None,
+    "stop_strings": None, "max_time": None, "prompt_lookup_num_tokens": None,
+}  # fmt: skip
+"""Generation settings that change greedy decoding and that ``generate`` does not build, with
+their neutral values: any other value (None means unset) is refused, naming it, before
+anything is sent."""
 
 
 @dataclass(frozen=True)
@@ -108,25 +119,12 @@ class SecureModel:
             raise TypeError("clients is a list of driver names (as the cluster file names them)")
         key = check_model_name(name) if name is not None else f"model-{secrets.token_hex(8)}"
         config = json.loads(model.config.to_json_string(use_diff=False))
-        absent = _matching_structure(model, config)
-        vocab_size = get_path(base_model(model), spec.embeddings).weight.shape[0]
-        can_generate = spec.causal and hasattr(model, "lm_head")
+        absent = matching_structure(model, config)
+        check(model).raise_for_problems()  # a dry run here: the parties would refuse these
+        vocab_size = get_path(base_model(model), spec.embeddings).weight.shape[0] if spec.tokens else None
+        can_generate = (spec.causal or spec.encoder_decoder) and hasattr(model, "lm_head")
         self._describe_as(type(model).__name__, spec, model.config, vocab_size, can_generate, cluster, key)
-        params: dict[str, Any] = {}
-        keys: dict[int, str] = {}
-        bindings: list[list[str]] = []
-        buffers: list[list[Any]] = []
-        for module_name, module in model.named_modules():
-            for attr, param in module._parameters.items():
-                if param is None:
-                    continue
-                param_key = keys.setdefault(id(param), f"{module_name}.{attr}".lstrip("."))
-                if param_key not in params:
-                    params[param_key] = private(param.detach(), dtype=torch.float32)
-                bindings.append([module_name, attr, param_key])
-            for attr, buffer in module._buffers.items():
-                if buffer is not None:  # derived from the public config (positions, rotary frequencies)
-                    buffers.append([module_name, attr, buffer.detach()])
+        params, bindings, buffers = parameter_bindings(model, lambda p: private(p, dtype=torch.float32))
         self.cluster.call(
             Verb.INSTALL,
             {
@@ -137,19 +135,21 @@ class SecureModel:
                 "check_inputs": bool(check_inputs),
                 "persistent": name is not None,
                 "params": params,
-                "bindings": bindings,
-                "buffers": buffers,
+                "bindings": [list(b) for b in bindings],
+                "buffers": [list(b) for b in buffers],
                 "absent": absent,
             },
         )
         self._installed = True
+        if getattr(model, "generation_config", None) is not None:  # the owner's own settings
+            self.generation_config = copy.deepcopy(model.generation_config)
 
     def _describe_as(
         self,
         class_name: str,
         spec: FamilySpec,
         config: Any,
-        vocab_size: int,
+        vocab_size: int | None,
         can_generate: bool,
         cluster: Cluster | ClusterKind | None,
         key: str,
@@ -159,6 +159,7 @@ class SecureModel:
         self.class_name = class_name
         self.can_generate = can_generate
         self.generation_costs: list[StepCost] = []
+        self.generation_config = transformers.GenerationConfig.from_model_config(config)
         self.cluster = cluster if isinstance(cluster, Cluster) else default_cluster(cluster or "local")
         self.key = key
         self.vocab_size = vocab_size
@@ -180,7 +181,7 @@ class SecureModel:
             described["class"],
             spec,
             skeleton_model.config,
-            int(described["vocab_size"]),
+            None if described["vocab_size"] is None else int(described["vocab_size"]),
             bool(described["can_generate"]),
             cluster,
             name,
@@ -211,52 +212,102 @@ class SecureModel:
         return private(torch.nn.functional.one_hot(input_ids.long(), self.vocab_size), dtype=torch.int64)
 
     def __call__(self, input_ids: torch.Tensor | None = None, **inputs: Any) -> Any:
-        """Call the secure model: ``input_ids`` and the public inputs its family declares
-        (``attention_mask``, ``token_type_ids``, ``position_ids``, ...); returns the model's
-        output type with its declared output only (last hidden state and pooled output, or
-        logits). Any other keyword raises ``InputError`` naming it; nothing is sent."""
+        """Call the secure model: ``input_ids`` (or, for a vision model, ``pixel_values``) and
+        the public inputs its family declares (``attention_mask``, ``token_type_ids``,
+        ``position_ids``, ...); returns the model's output type with its declared output only
+        (last hidden state and pooled output, or logits). Any other keyword raises
+        ``InputError`` naming it; nothing is sent."""
+        if not self.spec.tokens:
+            return self._call_on_pixels(input_ids, **inputs)
         if input_ids is None:
             raise InputError("pass input_ids (token ids are secret-shared by the driver as one-hot rows)")
         self._check_ids(input_ids)
+        request: dict[str, Any] = {"model": self.key}
+        if self.spec.encoder_decoder:
+            decoder_ids = inputs.pop("decoder_input_ids", None)
+            if decoder_ids is None:
+                raise InputError(f"{self.class_name} needs decoder_input_ids (the decoder's tokens, secret too)")
+            self._check_ids(decoder_ids)
+            if decoder_ids.shape[0] != input_ids.shape[0]:
+                raise InputError("decoder_input_ids must have the batch size of input_ids")
+            request["decoder_onehot"] = self.onehot(decoder_ids)
         public = self._public_inputs(input_ids, inputs)
-        results = self.cluster.call(
-            Verb.FORWARD, {"model": self.key, "onehot": self.onehot(input_ids), "inputs": public}
+        return self._forward({**request, "onehot": self.onehot(input_ids), "inputs": public})
+
+    def _call_on_pixels(self, input_ids: Any = None, pixel_values: Any = None, **inputs: Any) -> Any:
+        """A vision model's call: the pixels are the secret (fixed point), nothing else is taken."""
+        if input_ids is not None:
+            raise InputError(f"{self.class_name} takes pixel_values, not input_ids")
+        if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():
+            raise InputError("pixel_values must be a float tensor [batch, channels, height, width]")
+        check_pixels_shape(self.config, tuple(pixel_values.shape))
+        public = check_public_inputs(
+            self.spec, self.config, pixel_values.shape[0], 0, inputs, class_name=self.class_name
         )
+        return self._forward({"model": self.key, "pixel_values": private(pixel_values.float()), "inputs": public})
+
+    def _forward(self, request: dict[str, Any]) -> Any:
+        results = self.cluster.call(Verb.FORWARD, request)
         if any(r["output"] != results[0]["output"] for r in results):
             raise PartyError("the parties returned different output types")
         return _output(results[0]["output"], results[0]["fields"])
 
     forward = __call__
 
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **inputs: Any
+    ) -> torch.Tensor:
+        """Sentence embeddings, as sentence-transformers' encoders make them: the secure
+        forward's last hidden state, mean-pooled over each row's real tokens and L2-normalised
+        on the driver (the parties return the hidden states to the caller only)."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        out = self(input_ids=input_ids, attention_mask=mask, **inputs)
+        return mean_pooling(out.last_hidden_state, mask)
+
     def generate(
         self,
         input_ids: torch.Tensor,
-        max_new_tokens: int = 20,
-        eos_token_id: int | None = None,
+        generation_config: transformers.GenerationConfig | None = None,
         attention_mask: torch.Tensor | None = None,
-        pad_token_id: int | None = None,
-    ) -> torch.Tensor:
-        """Greedy decoding with a secure argmax over the vocabulary and a secret KV cache.
+        streamer: Any = None,
+        stopping_criteria: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Greedy decoding with a secure argmax over the vocabulary and a secret KV cache, called
+        as HF's ``generate`` is: settings from ``generation_config`` (by default the model's)
+        updated by keyword arguments (``max_new_tokens``, ``max_length``, ``eos_token_id``, one
+        id or a list, ``pad_token_id``, ``forced_eos_token_id``, ``return_dict_in_generate``).
 
         Each new token costs one token's pass. The chosen token's one-hot stays secret in the
         parties and feeds the next step; only the driver learns the tokens. Returns prompt +
-        new tokens, as HF's greedy ``generate`` does (left-pad batched prompts; after
-        ``eos_token_id`` a row continues with ``pad_token_id``, or eos when there is none).
-        ``generation_costs`` then holds each step's seconds, bytes (all parties) and rounds.
+        new tokens, as HF does (left-pad batched prompts; after its eos a row continues with the
+        padding token). A sequence-to-sequence model (T5) encodes the prompt once, keeps the
+        encoder's output secret in the parties, and returns the decoder's start token + new
+        tokens. ``streamer`` (``TextStreamer``, ...) gets each token as it arrives;
+        ``stopping_criteria`` run on the tokens so far (the caller's, revealed; ``scores`` is
+        None: the logits stay secret). Settings it cannot honour securely (sampling, beams,
+        penalties, scores, ...) raise ``NotImplementedError`` naming them, before anything is
+        sent. ``generation_costs`` then holds each step's seconds, bytes (all parties) and rounds.
         """
         if not self.can_generate:
             raise NotImplementedError(f"securetorch: {self.class_name} has no language-model head to generate with")
+        config = self._generation_settings(generation_config, kwargs)
         self._check_ids(input_ids)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
         self._public_inputs(input_ids, {"attention_mask": mask})
-        pad = pad_token_id if pad_token_id is not None else eos_token_id
-        unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool)
-        new_tokens: list[torch.Tensor] = []
+        prefix = (
+            torch.full_like(input_ids[:, :1], decoder_start(self.config)) if self.spec.encoder_decoder else input_ids
+        )
+        new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - prefix.shape[1]
+        eos = _token_ids(config.eos_token_id)
+        pad = config.pad_token_id if config.pad_token_id is not None else eos[0] if eos else 0
+        sequences, unfinished = prefix, torch.ones(input_ids.shape[0], dtype=torch.bool)
         self.generation_costs = []
+        if streamer is not None:
+            streamer.put(prefix)
         try:
-            for step in range(max_new_tokens):
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                public = {"attention_mask": mask, "position_ids": positions if step == 0 else positions[:, -1:]}
+            for step in range(max(new, 0)):
+                public = generation_inputs(self.spec, mask, first=step == 0)
                 before, started = total(self.cluster.stats()), time.perf_counter()
                 if step == 0:
                     args = {"model": self.key, "onehot": self.onehot(input_ids), "inputs": public}
@@ -266,17 +317,52 @@ class SecureModel:
                 seconds = time.perf_counter() - started
                 cost = total(self.cluster.stats()) - before
                 self.generation_costs.append(StepCost(seconds, cost.bytes_sent, cost.rounds))
-                if eos_token_id is not None:
-                    token = torch.where(unfinished, token, torch.full_like(token, pad))
-                    unfinished &= token != eos_token_id
-                new_tokens.append(token)
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                if config.forced_eos_token_id is not None and step == new - 1:  # never fed back: forced here
+                    token = torch.full_like(token, _token_ids(config.forced_eos_token_id)[0])
+                token = torch.where(unfinished, token, torch.full_like(token, pad)).to(input_ids.dtype)
+                sequences = torch.cat([sequences, token[:, None]], dim=1)
+                if streamer is not None:
+                    streamer.put(token)
+                if eos:
+                    unfinished &= ~torch.isin(token, torch.tensor(eos, dtype=token.dtype))
+                if stopping_criteria is not None:
+                    unfinished &= ~torch.as_tensor(stopping_criteria(sequences, None), dtype=torch.bool)
+                if not self.spec.encoder_decoder:
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 if not bool(unfinished.any()):
                     break
         finally:
+            if streamer is not None:
+                streamer.end()
             if not self.cluster._closed and not self.cluster._broken:
                 self.cluster.call(Verb.GENERATE_END, {"model": self.key})
-        return torch.cat([input_ids, torch.stack(new_tokens, dim=1).to(input_ids.dtype)], dim=1)
+        if not config.return_dict_in_generate:
+            return sequences
+        output = "GenerateEncoderDecoderOutput" if self.spec.encoder_decoder else "GenerateDecoderOnlyOutput"
+        return getattr(transformers.generation.utils, output)(sequences=sequences)
+
+    def _generation_settings(
+        self, generation_config: transformers.GenerationConfig | None, kwargs: dict[str, Any]
+    ) -> transformers.GenerationConfig:
+        """The generation settings of one call, as HF's ``generate`` makes them (the model's
+        generation config, or the one given, updated by keyword arguments), refused where this
+        greedy secure decoding cannot honour them, before anything is sent."""
+        base = generation_config if generation_config is not None else self.generation_config
+        config = copy.deepcopy(base)
+        unused = config.update(**kwargs)
+        if unused:
+            raise TypeError(f"generate() got unexpected keyword arguments {sorted(unused)}")
+        refused = [
+            f"{name}={value!r}"
+            for name, neutral in UNSUPPORTED_GENERATION.items()
+            if (value := getattr(config, name, None)) is not None and value != neutral
+        ]
+        if refused:
+            raise NotImplementedError(
+                f"securetorch: generate cannot honour {', '.join(refused)} securely: it decodes greedily with a "
+                "secure argmax (set do_sample=False for a model whose generation config samples)"
+            )
+        return config
 
     def close(self) -> None:
         """Drop the parties' copy of a model this object installed (a model attached by name
@@ -284,6 +370,22 @@ class SecureModel:
         if self._installed and not self.cluster._closed and not self.cluster._broken:
             self.cluster.call(Verb.UNINSTALL, {"name": self.key})
             self._installed = False
+
+
+def mean_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """The mean of each row's hidden states over its real tokens (``attention_mask`` 1), then
+    L2-normalised (``normalize``): a sentence embedding, computed by the caller on revealed
+    hidden states."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+
+def _token_ids(value: Any) -> list[int]:
+    """One token id or a list of them, as a list (empty for None)."""
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple, torch.Tensor)) else [int(value)]
 
 
 def secure(
@@ -328,4 +430,4 @@ def load_shares(
     return SecureModel.by_name(names[0], cluster)
 
 
-__all__ = ["SecureModel", "StepCost", "default_cluster", "load_shares", "save_shares", "secure"]
+__all__ = ["SecureModel", "StepCost", "default_cluster", "load_shares", "mean_pooling", "save_shares", "secure"]

@@ -17,7 +17,7 @@ LAYERS = [
     {"tensor"},
     {"models"},
     {"runtime"},
-    {"secure", "cli", "demo", "pytest_plugin", "__init__"},
+    {"secure", "check", "cli", "demo", "pytest_plugin", "__init__"},
 ]
 
 

@@ -21,15 +21,23 @@ import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from transformers import DynamicCache, EncoderDecoderCache
 
 from securetorch.errors import InputError
 from securetorch.models.families import FamilySpec, model_class, spec_for, supported_classes
-from securetorch.models.families.base import DECLARED_OUTPUTS, base_model, check_public_inputs, get_path, max_positions
+from securetorch.models.families.base import (
+    DECLARED_OUTPUTS,
+    base_model,
+    check_pixels_shape,
+    check_public_inputs,
+    get_path,
+    max_positions,
+)
 from securetorch.models.families.generic import refuse_config
 from securetorch.protocols import comparison as pc
 from securetorch.protocols.checks import check_one_hot
@@ -85,11 +93,14 @@ class InstalledModel:
         return get_path(base_model(self.model), self.spec.embeddings).weight
 
     @property
-    def vocab_size(self) -> int:
-        return int(self.table.shape[0])
+    def vocab_size(self) -> int | None:
+        """The one-hot width of a model whose secret input is token ids (None for pixels)."""
+        return int(self.table.shape[0]) if self.spec.tokens else None
 
     @property
     def can_generate(self) -> bool:
+        if self.spec.encoder_decoder:
+            return hasattr(self.model, "lm_head") and getattr(self.config, "decoder_start_token_id", None) is not None
         return self.spec.causal and hasattr(self.model, "lm_head")
 
     def may_call(self, driver: str, role: str) -> bool:
@@ -198,6 +209,49 @@ def structure_difference(model: torch.nn.Module, rebuilt: torch.nn.Module) -> li
         if name in built and built[name] != shape
     ]
     return problems
+
+
+def matching_structure(model: torch.nn.Module, config: dict[str, Any]) -> list[str]:
+    """Check, on the driver and before anything is sent, that the parties will build exactly
+    ``model`` from its class and ``config``; return the submodules it holds as None
+    (constructor options such as ``add_pooling_layer=False``), which the parties drop too. A
+    difference raises ``ValueError`` naming the parameters and buffers that differ."""
+    name = type(model).__name__
+    rebuilt, _ = skeleton(name, config, swap=False)
+    absent = absent_modules(model, rebuilt)
+    drop_absent(rebuilt, absent)
+    problems = structure_difference(model, rebuilt)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(
+            f"securetorch: this {name} differs from the one its config describes, which is what the parties "
+            f"build: {'; '.join(problems[:5])}{more}. Secure a model its config describes (set the config "
+            "fields that change the structure, or resize_token_embeddings, rather than modules by hand)"
+        )
+    return absent
+
+
+def parameter_bindings(
+    model: torch.nn.Module, secret_of: Callable[[torch.Tensor], Any]
+) -> tuple[dict[str, Any], list[Binding], list[Buffer]]:
+    """What installing ``model`` sends: each parameter once as ``secret_of(parameter)`` (tied
+    parameters stay one secret, under the first path that holds it), where every parameter
+    sits, and the buffers (public: derived from the config, such as rotary frequencies)."""
+    params: dict[str, Any] = {}
+    keys: dict[int, str] = {}
+    bindings: list[Binding] = []
+    buffers: list[Buffer] = []
+    for module_name, module in model.named_modules():
+        for attr, param in module._parameters.items():
+            if param is not None:
+                key = keys.setdefault(id(param), f"{module_name}.{attr}".lstrip("."))
+                if key not in params:
+                    params[key] = secret_of(param.detach())
+                bindings.append((module_name, attr, key))
+        for attr, buffer in module._buffers.items():
+            if buffer is not None:
+                buffers.append((module_name, attr, buffer.detach()))
+    return params, bindings, buffers
 
 
 def build(
@@ -345,89 +399,164 @@ def _layer_progress(ctx: PartyContext, installed: InstalledModel) -> Iterator[No
 
 
 def forward(
-    ctx: PartyContext, installed: InstalledModel, onehot: SharedTensor, inputs: dict[str, Any]
+    ctx: PartyContext,
+    installed: InstalledModel,
+    secret: SharedTensor,
+    inputs: dict[str, Any],
+    decoder: SharedTensor | None = None,
 ) -> tuple[str, dict[str, SharedTensor]]:
-    """The model's output class name and its declared outputs on a client's one-hot input and
-    public inputs (checked)."""
+    """The model's output class name and its declared outputs on a client's secret input (the
+    one-hot of its token ids, or its pixels) and public inputs (checked); a
+    sequence-to-sequence model also takes the one-hot of its decoder's token ids."""
+    if installed.spec.encoder_decoder != (decoder is not None):
+        raise InputError(
+            f"{installed.class_name} takes decoder_input_ids"
+            if decoder is None
+            else f"{installed.class_name} has no decoder input"
+        )
+    pooled = None
+    if installed.spec.tokens:
+        batch, length = check_onehot_shape(installed, tuple(secret.shape))
+        public = check_public_inputs(
+            installed.spec, installed.config, batch, length, inputs, class_name=installed.class_name
+        )
+        _checked_onehot(ctx, installed, secret)
+        pooled = public.pop("last_non_pad_token", None)
+        model_inputs = {"inputs_embeds": _embed(installed, secret), "use_cache": False, **public}
+        if decoder is not None:
+            if check_onehot_shape(installed, tuple(decoder.shape))[0] != batch:
+                raise InputError("the decoder's one-hot input must have the encoder's batch size")
+            _checked_onehot(ctx, installed, decoder)
+            model_inputs["decoder_inputs_embeds"] = _embed(installed, decoder)
+    else:
+        if not secret.dtype.is_floating_point:
+            raise InputError("pixel_values must be a fixed-point (float) secret")
+        batch = check_pixels_shape(installed.config, tuple(secret.shape))
+        check_public_inputs(installed.spec, installed.config, batch, 0, inputs, class_name=installed.class_name)
+        model_inputs = {"pixel_values": secret}
+    with torch.no_grad(), _layer_progress(ctx, installed), _pooled_at(installed, pooled):
+        out = installed.model(output_attentions=False, output_hidden_states=False, return_dict=True, **model_inputs)
+    fields = {name: out[name] for name in DECLARED_OUTPUTS if out.get(name) is not None}
+    return type(out).__name__, fields
+
+
+@contextlib.contextmanager
+def _pooled_at(installed: InstalledModel, positions: torch.Tensor | None) -> Iterator[None]:
+    """Make the family's pooled head put each row's output at ``positions`` (public) in the
+    last place, where HF's forward pools when it sees embeddings instead of token ids."""
+    if installed.spec.pooled_head is None:
+        yield
+        return
+
+    def move(module: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+        if out.dim() != 3:
+            raise NotImplementedError(
+                f"securetorch: {installed.spec.pooled_head} returns {out.dim()}-D outputs, not [batch, sequence, labels]"
+            )
+        picked = out[torch.arange(out.shape[0]), positions]
+        return torch.cat([out[:, :-1], picked.unsqueeze(1)], dim=1)
+
+    handle = installed.model.get_submodule(installed.spec.pooled_head).register_forward_hook(move)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@dataclass
+class Generation:
+    """A generation in progress: the secret KV cache, the chosen token's secret one-hot (None
+    before a sequence-to-sequence decoder's first step, which reads its public start token),
+    how many positions the cache holds (public), and for a sequence-to-sequence model the
+    secret encoder output with the encoder's public attention mask."""
+
+    cache: Any
+    onehot: SharedTensor | None
+    batch: int
+    length: int
+    encoded: dict[str, Any] = field(default_factory=dict)
+
+
+def start_generation(
+    ctx: PartyContext, installed: InstalledModel, onehot: SharedTensor, inputs: dict[str, Any]
+) -> tuple[Generation, int, dict[str, Any]]:
+    """A new generation on a client's prompt (checked), with the length and public inputs of
+    its first step. A sequence-to-sequence model encodes the prompt here, once (its output
+    stays secret in the parties), and its decoder starts from its public start token."""
+    if not installed.can_generate:
+        raise NotImplementedError(
+            f"securetorch: {installed.class_name} has no language-model head to generate with"
+            + (" (or no decoder_start_token_id)" if installed.spec.encoder_decoder else "")
+        )
     batch, length = check_onehot_shape(installed, tuple(onehot.shape))
     public = check_public_inputs(
         installed.spec, installed.config, batch, length, inputs, class_name=installed.class_name
     )
     _checked_onehot(ctx, installed, onehot)
-    with torch.no_grad(), _layer_progress(ctx, installed):
-        out = installed.model(
-            inputs_embeds=_embed(installed, onehot),
-            use_cache=False,
-            output_attentions=False,
-            output_hidden_states=False,
-            return_dict=True,
-            **public,
-        )
-    fields = {name: out[name] for name in DECLARED_OUTPUTS if out.get(name) is not None}
-    return type(out).__name__, fields
-
-
-@dataclass
-class Generation:
-    """A generation in progress: the secret KV cache, the chosen token's secret one-hot, and
-    how many positions the cache holds (public)."""
-
-    cache: Any
-    onehot: SharedTensor
-    batch: int
-    length: int
+    if not installed.spec.encoder_decoder:
+        return Generation(DynamicCache(config=installed.config), onehot, batch, 0), length, public
+    with torch.no_grad():
+        encoder = installed.model.get_encoder()
+        encoded = encoder(inputs_embeds=_embed(installed, onehot), return_dict=True, **public)
+    cache = EncoderDecoderCache(DynamicCache(config=installed.config), DynamicCache(config=installed.config))
+    return Generation(cache, None, batch, 0, {"encoder_outputs": encoded, **public}), 1, {}
 
 
 def generate_start(
     ctx: PartyContext, installed: InstalledModel, onehot: SharedTensor, inputs: dict[str, Any]
 ) -> tuple[Generation, SharedTensor]:
     """The first greedy step on a client's prompt: a new generation and the first token."""
-    if not installed.can_generate:
-        raise NotImplementedError(f"securetorch: {installed.class_name} has no language-model head to generate with")
-    batch, length = check_onehot_shape(installed, tuple(onehot.shape))
-    public = check_public_inputs(
-        installed.spec, installed.config, batch, length, inputs, class_name=installed.class_name
-    )
-    _checked_onehot(ctx, installed, onehot)
-    from transformers import DynamicCache
-
-    generation = Generation(DynamicCache(config=installed.config), onehot, batch, 0)
-    return generation, _step(ctx, installed, generation, length, public)
+    generation, length, public = start_generation(ctx, installed, onehot, inputs)
+    return generation, step(ctx, installed, generation, length, public)
 
 
 def generate_step(
     ctx: PartyContext, installed: InstalledModel, generation: Generation, inputs: dict[str, Any]
 ) -> SharedTensor:
-    """One more greedy step on the previous token's secret one-hot."""
+    """One more greedy step on the previous token's secret one-hot (a sequence-to-sequence
+    decoder takes no public inputs: the encoder's mask came with the prompt)."""
     limit = max_positions(installed.config)
     if limit is not None and generation.length + 1 > limit:
         raise InputError(f"generation would exceed the model's {limit} positions")
+    spec = replace(installed.spec, inputs=()) if installed.spec.encoder_decoder else installed.spec
     public = check_public_inputs(
-        installed.spec, installed.config, generation.batch, 1, inputs, past=generation.length,
-        class_name=installed.class_name,
-    )  # fmt: skip
-    return _step(ctx, installed, generation, 1, public)
+        spec, installed.config, generation.batch, 1, inputs, past=generation.length, class_name=installed.class_name
+    )
+    return step(ctx, installed, generation, 1, public)
 
 
-def _step(
+def step(
     ctx: PartyContext, installed: InstalledModel, generation: Generation, length: int, public: dict[str, Any]
 ) -> SharedTensor:
     """Embed the pending one-hot, run the model on the secret KV cache, and pick the next
     token by a secure argmax. Only its index leaves the parties (to the driver); its one-hot
     stays for the next step."""
+    if not installed.spec.encoder_decoder:
+        model_inputs = {"inputs_embeds": _embed(installed, generation.onehot), "logits_to_keep": 1, **public}
+    elif generation.onehot is None:
+        start = torch.full((generation.batch, 1), decoder_start(installed.config), dtype=torch.long)
+        model_inputs = {**generation.encoded, "decoder_input_ids": start}
+    else:
+        model_inputs = {**generation.encoded, "decoder_inputs_embeds": _embed(installed, generation.onehot)}
     with torch.no_grad(), _layer_progress(ctx, installed):
         out = installed.model(
-            inputs_embeds=_embed(installed, generation.onehot),
             cache=generation.cache,
             use_cache=True,
-            logits_to_keep=1,
             output_attentions=False,
             output_hidden_states=False,
             return_dict=True,
-            **public,
+            **model_inputs,
         )
     generation.length += length
     logits = out.logits[:, -1, :]
     index, chosen = costs.measured("argmax", lambda: pc.argmax_onehot_last_dim(ctx, as_fixed(logits).shares))
     generation.onehot = SharedTensor((chosen[0].unsqueeze(1), chosen[1].unsqueeze(1)), torch.int64)
     return SharedTensor(index, torch.int64)
+
+
+def decoder_start(config: Any) -> int:
+    """The public token a sequence-to-sequence decoder starts from."""
+    start = getattr(config, "decoder_start_token_id", None)
+    if start is None:
+        raise NotImplementedError("securetorch: the model's config names no decoder_start_token_id")
+    return int(start)

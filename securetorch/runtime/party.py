@@ -92,6 +92,8 @@ MAX_SESSIONS_PER_DRIVER = 8
 MAX_PENDING_PER_SESSION = 16
 MAX_DEFERRED = 256
 SESSION_IDLE_SECONDS = 3600.0
+FORWARD_ARGS = ("model", "onehot", "pixel_values", "decoder_onehot", "inputs")
+"""What a forward request may carry; which of the secrets it must carry depends on the model."""
 
 
 def _die_with_parent() -> None:
@@ -599,10 +601,13 @@ class PartyServer:
             self._forget_generations(name)
             return None
         if verb is Verb.FORWARD:
-            args = Args(verb, values, ("model", "onehot", "inputs"))
-            installed = self._model(session, args.text("model"))
-            onehot = self._onehot(args)
-            output, fields = forward(ctx, installed, onehot, args.tensors("inputs"))
+            installed = self._model(session, Args(verb, values, FORWARD_ARGS).text("model"))
+            spec = installed.spec
+            secrets_ = ("decoder_onehot",) if spec.encoder_decoder else ()
+            args = Args(verb, values, ("model", "onehot" if spec.tokens else "pixel_values", "inputs", *secrets_))
+            secret = self._onehot(args) if spec.tokens else to_shared(args.secret("pixel_values"))
+            decoder = self._onehot(args, "decoder_onehot") if spec.encoder_decoder else None
+            output, fields = forward(ctx, installed, secret, args.tensors("inputs"), decoder)
             return {"output": output, "fields": {k: from_shared(v) for k, v in fields.items()}}
         if verb is Verb.GENERATE_START:
             args = Args(verb, values, ("model", "onehot", "inputs"))
@@ -643,8 +648,8 @@ class PartyServer:
             return installed.name
         raise _Refused(f"{verb.value} is not a job")  # pragma: no cover
 
-    def _onehot(self, args: Args) -> SharedTensor:
-        onehot = args.secret("onehot")
+    def _onehot(self, args: Args, name: str = "onehot") -> SharedTensor:
+        onehot = args.secret(name)
         if len(onehot.shape) != 3:
             raise ValueError("the one-hot input must have shape [batch, sequence, vocabulary]")
         return to_shared(onehot)

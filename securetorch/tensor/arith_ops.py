@@ -17,6 +17,7 @@ Fixed-point rules (f fractional bits):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -122,9 +123,12 @@ def _matmul(a: Any, b: Any) -> SharedTensor:
     return SharedTensor(pair if exact else pa.truncate(ctx, pair, ctx.frac_bits), dtype)
 
 
-def in_place(self_: Any, result: SharedTensor, func: Any) -> SharedTensor:
+def in_place(self_: Any, compute: Callable[[], SharedTensor], func: Any) -> SharedTensor:
+    """``self_ op= other``: ``compute()`` gives the value, refused (before anything is computed)
+    when ``self_`` is public."""
     if not isinstance(self_, SharedTensor):
         raise NotImplementedError(f"securetorch: {func_name(func)} would write a secret into a public tensor")
+    result = compute()
     if result.shape != self_.shape:
         raise RuntimeError(f"{func_name(func)}: result shape {tuple(result.shape)} differs from {tuple(self_.shape)}")
     self_._shares = result.shares
@@ -155,12 +159,12 @@ def _rsub_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Shared
 
 @implements(_T.__iadd__, _T.add_)
 def _iadd_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    return in_place(args[0], _add_op(func, args, kwargs), func)
+    return in_place(args[0], lambda: _add_op(func, args, kwargs), func)
 
 
 @implements(_T.__isub__, _T.sub_)
 def _isub_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    return in_place(args[0], _sub_op(func, args, kwargs), func)
+    return in_place(args[0], lambda: _sub_op(func, args, kwargs), func)
 
 
 @implements(torch.neg, torch.negative, _T.neg, _T.negative, _T.__neg__)
@@ -180,7 +184,7 @@ def _mul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedT
 
 @implements(_T.__imul__, _T.mul_)
 def _imul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    return in_place(args[0], _mul(args[0], args[1]), func)
+    return in_place(args[0], lambda: _mul(args[0], args[1]), func)
 
 
 @implements(torch.matmul, _T.matmul, _T.__matmul__, torch.bmm, _T.bmm, torch.mm, _T.mm)
@@ -195,8 +199,10 @@ def _rmatmul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Sha
 
 @implements(torch.addmm, _T.addmm, torch.baddbmm, _T.baddbmm)
 def _addmm_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    base, m1, m2 = args[:3]
-    beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
+    names = ("batch1", "batch2") if func in (torch.baddbmm, _T.baddbmm) else ("mat1", "mat2")
+    given = dict(zip(("input", *names, "beta", "alpha"), args, strict=False)) | kwargs
+    base, m1, m2 = given.get("input", given.get("self")), given[names[0]], given[names[1]]
+    beta, alpha = given.get("beta", 1), given.get("alpha", 1)
     product = _scaled(_matmul(m1, m2), alpha)
     if beta == 0:
         return product

@@ -78,7 +78,7 @@ def _div(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTens
 
 @implements(_T.__itruediv__, _T.div_)
 def _idiv(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    return in_place(args[0], _div(func, args, kwargs), func)
+    return in_place(args[0], lambda: _div(func, args, kwargs), func)
 
 
 @implements(_T.__rtruediv__)

@@ -5,6 +5,12 @@ It holds this party's share pair (two int64 tensors of its shape) and a logical 
 through ``__torch_function__`` to the op tables in ``registry``; an op with no table entry
 raises ``NotImplementedError`` naming the function and argument types: nothing ever runs on
 raw shares or reveals silently.
+
+During a dry run (``tensor.dryrun``, ``puma.check``) the current party context is a stand-in
+whose ``recorder`` is the dry run: outermost ops go to its ``dispatch``, which runs the same
+handlers on stand-in shares (meta tensors, which the wrapper presents as CPU tensors) and
+records what they refuse. Outside a dry run this costs nothing: it shares the cost recorder's
+existing check.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from securetorch.session.context import current
 from securetorch.tensor.registry import HANDLERS, func_name, type_names
 
 _T = torch.Tensor
+_CPU = torch.device("cpu")
 # Functions that read metadata only (shape, dtype, …): run on the wrapper itself.
 _METADATA = {
     _T.dim, _T.size, _T.numel, _T.nelement, _T.__len__, _T.stride, _T.is_contiguous,
@@ -57,7 +64,10 @@ class SharedTensor(torch.Tensor):
         first, second = shares
         if first.dtype != torch.int64 or second.dtype != torch.int64 or first.shape != second.shape:
             raise ValueError("shares must be two int64 tensors of one shape")
-        out = torch.Tensor._make_wrapper_subclass(cls, first.shape, dtype=dtype, device=first.device)
+        device = first.device
+        if device.type == "meta":  # a dry run's stand-in shares (tensor.dryrun) pose as CPU tensors
+            device = _CPU
+        out = torch.Tensor._make_wrapper_subclass(cls, first.shape, dtype=dtype, device=device)
         out._shares = (first, second)
         return out
 
@@ -89,14 +99,17 @@ class SharedTensor(torch.Tensor):
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
         handler = HANDLERS.get(func)
+        recorder = costs.active()
+        if recorder is not None and not recorder.depth:
+            if not isinstance(recorder, costs.CostRecorder):  # a dry run (tensor.dryrun): stand-in shares
+                return recorder.dispatch(func, handler, args, kwargs)
+            if handler is not None:
+                return recorder.measure(costs.op_name(func_name(func)), lambda: handler(func, args, kwargs))
         if handler is None:
             raise NotImplementedError(
                 f"securetorch has no secure protocol for {func_name(func)}({type_names(args, kwargs)}); "
                 "it was not run (no fallback on shares, nothing revealed)"
             )
-        recorder = costs.active()
-        if recorder is not None and not recorder.depth:
-            return recorder.measure(costs.op_name(func_name(func)), lambda: handler(func, args, kwargs))
         return handler(func, args, kwargs)
 
     @classmethod

@@ -1,8 +1,10 @@
 """Models without a family file run from their architecture alone (``families.generic``,
-RMSNorm modules recognised by what they compute):
+normalisation and activation modules recognised by what they compute):
 each on a tiny seeded config, two sequences of 12 tokens with padding, against plaintext
 float32; decoders also generate greedily, token-equal to HF's ``generate`` on every step
-whose plaintext top-2 margin is decisive. Mixture-of-experts models are refused."""
+whose plaintext top-2 margin is decisive, and their sequence classifiers pool at the last
+non-padding token. Sentence embeddings are pooled on the driver. Mixture-of-experts models
+are refused."""
 
 from __future__ import annotations
 
@@ -11,73 +13,15 @@ import torch
 import transformers as hf
 
 import securetorch as puma
+from benchmarks import coverage
+from benchmarks.coverage import CLASSIFIERS, DECODERS, ENCODERS, build, classifier_config, output_of, padded
 
-hf.logging.set_verbosity_error()
-
-V = 120
-SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=V)
-DECODER = dict(SMALL, num_key_value_heads=2, pad_token_id=0)
-
-ENCODERS = {
-    "DistilBertModel": hf.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, vocab_size=V),
-    "XLMRobertaModel": hf.XLMRobertaConfig(**SMALL),
-    "MPNetModel": hf.MPNetConfig(**SMALL),
-    "AlbertModel": hf.AlbertConfig(**SMALL, embedding_size=16),
-    "BertForMaskedLM": hf.BertConfig(**SMALL),
-    "BertForTokenClassification": hf.BertConfig(**SMALL, num_labels=5),
-    "BertForQuestionAnswering": hf.BertConfig(**SMALL),
-    "ElectraModel": hf.ElectraConfig(**SMALL, embedding_size=16),
-    "DebertaV2Model": hf.DebertaV2Config(**SMALL),
-    "ModernBertModel": hf.ModernBertConfig(**SMALL),
-}
-DECODERS = {
-    "Qwen2ForCausalLM": hf.Qwen2Config(**DECODER),
-    "MistralForCausalLM": hf.MistralConfig(**DECODER),
-    "Phi3ForCausalLM": hf.Phi3Config(**dict(DECODER, num_key_value_heads=4)),
-    "Qwen3ForCausalLM": hf.Qwen3Config(**DECODER, head_dim=8),
-    "PhiForCausalLM": hf.PhiConfig(**SMALL, pad_token_id=0),
-    "FalconForCausalLM": hf.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=V),
-    "GemmaForCausalLM": hf.GemmaConfig(**DECODER, head_dim=8),
-    "Gemma2ForCausalLM": hf.Gemma2Config(**DECODER, head_dim=8),  # soft-capping, post-norms
-    "Gemma3ForCausalLM": hf.Gemma3TextConfig(**DECODER, head_dim=8),  # q/k norms, sliding windows
-    "GPTNeoXForCausalLM": hf.GPTNeoXConfig(**SMALL, pad_token_id=0),
-    "OPTForCausalLM": hf.OPTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, vocab_size=V, word_embed_proj_dim=32
-    ),
-}
-
-
-# Seeds (default 2) whose five greedy steps all have plaintext top-2 margins above 0.05.
-SEEDS = {"PhiForCausalLM": 3, "Gemma3ForCausalLM": 3}
-
-
-def build(name: str, config, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return getattr(hf, name)(config).eval()
-
-
-def padded(left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two sequences of 12 tokens, the second with 4 padding positions."""
-    ids = torch.randint(3, V, (2, 12), generator=torch.Generator().manual_seed(5))
-    mask = torch.ones(2, 12, dtype=torch.long)
-    pad = slice(0, 4) if left else slice(8, 12)
-    mask[1, pad] = 0
-    ids[1, pad] = 1  # the padding token of these configs
-    return ids, mask
-
-
-def output_of(out) -> torch.Tensor:
-    if getattr(out, "start_logits", None) is not None:  # a question-answering head
-        return torch.stack([out.start_logits, out.end_logits], dim=-1)
-    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+DECODER = coverage.DECODER
 
 
 @pytest.mark.parametrize("name", [*ENCODERS, *DECODERS])
 def test_a_model_without_a_family_file_matches_plaintext(cluster, name) -> None:
-    config = {**ENCODERS, **DECODERS}[name]
-    if name in ENCODERS:
-        config.pad_token_id = 1
-    model = build(name, config)
+    model = build(name, {**ENCODERS, **DECODERS}[name])
     ids, mask = padded(left=name in DECODERS)
     secure_model = puma.secure(model, cluster=cluster)
     try:
@@ -86,16 +30,79 @@ def test_a_model_without_a_family_file_matches_plaintext(cluster, name) -> None:
         secure_model.close()
     with torch.no_grad():
         want = output_of(model(input_ids=ids, attention_mask=mask))
-    real = mask.bool()  # padding positions attend to nothing in a decoder: compare real tokens
     assert got.shape == want.shape
-    assert float((got - want).abs()[real].max()) <= 0.02
+    error = (got - want).abs()
+    if error.shape[:2] == mask.shape:  # per-token outputs: padding positions attend to nothing in a decoder
+        error = error[mask.bool()]
+    assert float(error.max()) <= 0.02
+
+
+@pytest.mark.parametrize("name", list(CLASSIFIERS))
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_a_decoder_sequence_classifier_pools_at_the_last_real_token(cluster, name, padding) -> None:
+    """HF finds that position from the token ids; the parties see embeddings, so the driver
+    sends it (public, as the padding pattern is)."""
+    model = build(name, classifier_config(name))
+    ids, mask = padded(left=padding == "left")
+    secure_model = puma.secure(model, cluster=cluster)
+    try:
+        got = secure_model(input_ids=ids, attention_mask=mask).logits
+    finally:
+        secure_model.close()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+    assert got.shape == want.shape == (2, 3)
+    assert float((got - want).abs().max()) <= 0.02
+    # what a right-padded row would give if pooled at the last position instead: a real difference
+    if padding == "right":
+        with torch.no_grad():
+            last = model.score(model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state)[1, -1]
+        assert float((last - want[1]).abs().max()) > 0.02
+
+
+def test_a_public_pooling_position_out_of_range_is_refused(cluster) -> None:
+    from securetorch.runtime.verbs import Verb
+
+    model = build("Qwen2ForSequenceClassification", classifier_config("Qwen2ForSequenceClassification"))
+    secure_model = puma.secure(model, cluster=cluster)
+    ids, mask = padded(left=False)
+    onehot = secure_model.onehot(ids)
+    try:
+        for bad in (torch.tensor([12, 3]), torch.tensor([-1, 3]), torch.tensor([[3, 3]])):
+            with pytest.raises(puma.InputError, match="last_non_pad_token must"):
+                cluster.call(
+                    Verb.FORWARD,
+                    {"model": secure_model.key, "onehot": onehot, "inputs": {"attention_mask": mask, "last_non_pad_token": bad}},
+                )  # fmt: skip
+    finally:
+        secure_model.close()
+
+
+def test_sentence_embeddings_of_an_mpnet_shaped_encoder_are_pooled_on_the_driver(cluster) -> None:
+    model = build("MPNetModel", ENCODERS["MPNetModel"])
+    ids, mask = padded(left=False)
+    secure_model = puma.secure(model, cluster=cluster)
+    try:
+        got = secure_model.encode(ids, attention_mask=mask)
+    finally:
+        secure_model.close()
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    want = puma.mean_pooling(hidden, mask)
+    by_hand = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # the sentence-transformers recipe
+    assert torch.allclose(want, torch.nn.functional.normalize(by_hand, dim=-1), atol=1e-6)
+    assert float(want.norm(dim=-1).sub(1).abs().max()) < 1e-5
+    assert float((got - want).abs().max()) <= 0.02
+    assert float(torch.nn.functional.cosine_similarity(got, want).min()) >= 0.9999
 
 
 @pytest.mark.parametrize("name", list(DECODERS))
 def test_a_decoder_without_a_family_file_generates_like_hf(cluster, name) -> None:
     config = DECODERS[name].__class__.from_dict({**DECODERS[name].to_dict(), "initializer_range": 0.3})
-    model = build(name, config, seed=SEEDS.get(name, 2))  # larger weights, a seed whose every step is decisive
-    ids = torch.randint(3, V, (1, 6), generator=torch.Generator().manual_seed(2))
+    model = build(
+        name, config, seed=coverage.GENERATION_SEEDS.get(name, 2)
+    )  # larger weights, a seed whose every step is decisive
+    ids = torch.randint(3, coverage.V, (1, 6), generator=torch.Generator().manual_seed(2))
     plain = model.generate(
         ids, max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0
     )
@@ -147,3 +154,92 @@ def test_a_driver_cannot_make_a_party_build_anything_but_a_transformers_model(cl
                 {"name": "bad", "class": name, "config": {}, "clients": [], "check_inputs": True,
                  "persistent": False, "params": {}, "bindings": [], "buffers": [], "absent": []},
             )  # fmt: skip
+
+
+def test_a_family_file_is_one_register_call_that_the_parties_follow(cluster) -> None:
+    """An exception to the generic spec: one ``register(FamilySpec(...))`` (what a file in
+    ``models/families/`` holds). The in-process parties share this registry, so the swap it
+    declares is seen running in them; the generic spec returns when it is removed."""
+    from securetorch.models import families
+    from securetorch.models.families.base import FamilySpec
+
+    ran: list[tuple[int, ...]] = []
+
+    class Traced(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            ran.append(tuple(x.shape))
+            return torch.nn.functional.gelu(x, approximate="tanh")
+
+    spec = families.register(
+        FamilySpec(
+            name="traced-gpt2",
+            classes=("GPT2LMHeadModel",),
+            embeddings="wte",
+            blocks="h",
+            swaps={"NewGELUActivation": lambda module: Traced()},
+            causal=True,
+            token_types="vocab_size",
+        )
+    )
+    try:
+        with pytest.raises(ValueError, match="already belong to a registered family"):
+            families.register(spec)
+        model = build("GPT2LMHeadModel", DECODERS["GPT2LMHeadModel"])
+        assert families.spec_for(model) is spec
+        ids, mask = padded(left=True)
+        secure_model = puma.secure(model, cluster=cluster)
+        try:
+            got = secure_model(input_ids=ids, attention_mask=mask).logits
+        finally:
+            secure_model.close()
+    finally:
+        families.FAMILIES.remove(spec)
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+    assert ran.count((2, 12, 128)) == 3 * 2  # each party ran the family's swap in both blocks
+    assert float((got - want).abs()[mask.bool()].max()) <= 0.02
+    assert families.spec_for(model).name == "GPT2LMHeadModel"  # generic again
+
+
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("Gemma2ForCausalLM", {"sliding_window": 4}),
+        ("MistralForCausalLM", {"sliding_window": 4}),
+        ("LlamaForCausalLM", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8}}),
+    ],
+    ids=["gemma2-sliding-window", "mistral-sliding-window", "llama3-rope-scaling"],
+)  # fmt: skip
+def test_public_position_variants_run_as_in_plaintext(cluster, name, extra) -> None:
+    """Sliding windows and scaled rotary positions are public masks and tables: the secure
+    model follows them (and they change the output, so the test sees them)."""
+    config = DECODERS[name].__class__.from_dict({**DECODERS[name].to_dict(), **extra})
+    model, plain = build(name, config), build(name, DECODERS[name])
+    ids, mask = padded(left=True)
+    secure_model = puma.secure(model, cluster=cluster)
+    try:
+        got = secure_model(input_ids=ids, attention_mask=mask).logits
+    finally:
+        secure_model.close()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+        without = plain(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert float((got - want).abs()[real].max()) <= 0.02
+    assert float((want - without).abs()[real].max()) > 5e-4
+
+
+def test_activation_modules_are_recognised_by_what_they_compute() -> None:
+    """GPT-2's gelu_new (the tanh form in pow and tanh) becomes the one-protocol tanh-GeLU; a
+    GeLU clipped to [-10, 10] equals GeLU near zero but is not GeLU, so it stays as it is."""
+    from securetorch.models.families.generic import Activation
+    from securetorch.models.service import skeleton
+
+    gpt2, _ = skeleton("GPT2LMHeadModel", DECODERS["GPT2LMHeadModel"].to_dict())
+    assert all(
+        isinstance(block.mlp.act, Activation) and block.mlp.act.function == "gelu_tanh" for block in gpt2.transformer.h
+    )
+    clipped = hf.BertConfig.from_dict({**ENCODERS["BertModel"].to_dict(), "hidden_act": "gelu_10"})
+    bert, _ = skeleton("BertModel", clipped.to_dict())
+    assert type(bert.encoder.layer[0].intermediate.intermediate_act_fn).__name__ == "ClippedGELUActivation"

@@ -52,6 +52,16 @@ def test_a_gpt2_with_resized_embeddings_matches_plaintext(cluster) -> None:
     secure_model.close()
 
 
+def _prune_two_heads(model: torch.nn.Module) -> None:
+    """Heads pruned by hand (transformers 5 has no ``prune_heads``): two of layer 0's four
+    heads dropped from its query, key, value and output projections."""
+    attention = model.encoder.layer[0].attention
+    for name in ("query", "key", "value"):
+        setattr(attention.self, name, torch.nn.Linear(16, 8))
+    attention.output.dense = torch.nn.Linear(8, 16)
+    attention.self.num_attention_heads, attention.self.all_head_size = 2, 8
+
+
 @pytest.mark.parametrize(
     "change, named",
     [
@@ -59,6 +69,7 @@ def test_a_gpt2_with_resized_embeddings_matches_plaintext(cluster) -> None:
         (lambda m: m.encoder.layer[1].output.register_buffer("scale", torch.ones(3)), "buffer encoder.layer.1"),
         (lambda m: setattr(m.embeddings, "extra", torch.nn.Linear(2, 2)), "embeddings.extra.weight [2, 2]"),
         (lambda m: delattr(m.encoder.layer[1].attention.output, "LayerNorm"), "missing from this model"),
+        (_prune_two_heads, "encoder.layer.0.attention.self.query.weight: [8, 16] here, [16, 16] from the config"),
     ],
 )
 def test_a_model_its_config_does_not_describe_is_refused_before_anything_is_sent(cluster, change, named) -> None:

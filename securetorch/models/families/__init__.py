@@ -37,9 +37,11 @@ def supported_classes() -> list[str]:
 
 
 def _unsupported(name: str) -> NotImplementedError:
+    families = supported_classes()
+    listed = f" (family files add {', '.join(families)})" if families else ""
     return NotImplementedError(
         f"securetorch: {name} is not a Hugging Face transformers model class; any transformers model "
-        f"built from supported torch functions runs, with family files for {', '.join(supported_classes())}"
+        f"built from supported torch functions runs{listed}"
     )
 
 

@@ -30,7 +30,16 @@ class FamilySpec:
     class name -> factory of its secure replacement; ``inputs``: the public keyword inputs a
     call accepts besides ``input_ids``; ``derived_inputs``: driver-side derivation of public
     inputs from the call's (token ids stay with the driver); ``causal``: decoder models that
-    ``generate``; ``token_types``: the config field bounding ``token_type_ids``.
+    ``generate``; ``token_types``: the config field bounding ``token_type_ids`` (a model
+    without a token-type table, GPT-2, embeds them with its token table: ``vocab_size``);
+    ``secret_input``: the caller's secret, ``input_ids`` (one-hot rows through the token
+    embedding) or ``pixel_values`` (fixed-point pixels, vision models); ``pooled_head``: path
+    of a head whose per-position outputs are pooled at each row's last non-padding token
+    (decoder sequence classifiers: the parties get that position as a public input, since
+    they see only embeddings, never the token ids HF's forward would find it from);
+    ``encoder_decoder``: a sequence-to-sequence model (T5): the secret encoder output stays
+    in the parties, the decoder reads it through cross-attention, and a call also takes the
+    decoder's secret token ids.
     """
 
     name: str
@@ -42,6 +51,14 @@ class FamilySpec:
     derived_inputs: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
     causal: bool = False
     token_types: str = "type_vocab_size"
+    secret_input: str = "input_ids"
+    pooled_head: str | None = None
+    encoder_decoder: bool = False
+
+    @property
+    def tokens(self) -> bool:
+        """Whether the secret input is token ids (entering as a one-hot matrix)."""
+        return self.secret_input == "input_ids"
 
 
 class SecureRMSNorm(torch.nn.Module):
@@ -97,6 +114,64 @@ def padding_positions(config: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     return {"position_ids": (torch.cumsum(not_pad, dim=1) * not_pad + padding_idx).long()}
 
 
+def last_non_pad_token(config: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Where a decoder's sequence classifier pools each row: its rightmost token that is not
+    the padding token, as HF finds it from the token ids (the last position without a padding
+    token). The position becomes public, as the padding pattern already is through the
+    attention mask; the driver derives it, the parties see only embeddings."""
+    ids = inputs["input_ids"]
+    pad = config.get_text_config().pad_token_id
+    if pad is None:
+        if ids.shape[0] != 1:
+            raise InputError("a batch of more than one sequence needs a padding token (config.pad_token_id)")
+        return {"last_non_pad_token": torch.full((1,), ids.shape[1] - 1, dtype=torch.long)}
+    positions = torch.arange(ids.shape[1]) * (ids != pad).long()
+    return {"last_non_pad_token": positions.argmax(-1)}
+
+
+def derive_all(*derivations: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """One derivation of public inputs that runs each of ``derivations`` on the call's inputs."""
+
+    def derive(config: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        derived: dict[str, Any] = {}
+        for derivation in derivations:
+            derived |= derivation(config, {**inputs, **derived})
+        return derived
+
+    return derive
+
+
+def pixels_shape(config: Any) -> tuple[int, int, int]:
+    """[channels, height, width] of a vision model's images (its config fixes them)."""
+    size = getattr(config, "image_size", None)
+    height, width = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (size, size)
+    return getattr(config, "num_channels", 3), height, width
+
+
+def generation_inputs(spec: FamilySpec, mask: torch.Tensor, first: bool) -> dict[str, torch.Tensor]:
+    """The public inputs of a generation step, as the driver sends them: the attention mask of
+    every position so far and, where the family takes them, positions counted over the real
+    tokens (the prompt's on the first step, the new token's after). An encoder-decoder model
+    takes its encoder's mask with the prompt and nothing after (its decoder's cache is its own)."""
+    if spec.encoder_decoder:
+        return {"attention_mask": mask} if first else {}
+    inputs = {"attention_mask": mask}
+    if "position_ids" in spec.inputs:  # else positions follow from the mask (ALiBi)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        inputs["position_ids"] = positions if first else positions[:, -1:]
+    return inputs
+
+
+def check_pixels_shape(config: Any, shape: tuple[int, ...]) -> int:
+    """The batch size of secret pixels [batch, channels, height, width], checked against a
+    vision model's config (its positions are learned per patch: the size is fixed). The driver
+    runs this before sending, and each party again on what it received."""
+    expected = pixels_shape(config)
+    if len(shape) != 4 or shape[0] < 1 or tuple(shape[1:]) != expected:
+        raise InputError(f"pixel_values must have shape [batch, {', '.join(map(str, expected))}], got {list(shape)}")
+    return shape[0]
+
+
 def max_positions(config: Any) -> int | None:
     """The longest sequence the model's positions allow (None when unbounded)."""
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -121,29 +196,34 @@ def check_public_inputs(
         if value is None:
             continue
         if name not in spec.inputs:
-            accepted = ", ".join(spec.inputs)
+            accepted = f"the public inputs {', '.join(spec.inputs)}" if spec.inputs else "no public inputs"
             raise InputError(
-                f"{name} is not accepted by {who}: it takes input_ids and the public inputs {accepted}, "
+                f"{name} is not accepted by {who}: it takes its secret input and {accepted}, "
                 "and returns only its declared output"
             )
         if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.is_complex():
             raise InputError(f"{name} must be an integer or bool tensor, got {_describe(value)}")
         width = past + length if name == "attention_mask" else length
-        if tuple(value.shape) != (batch, width):
-            raise InputError(f"{name} must have shape [{batch}, {width}], got {list(value.shape)}")
+        shape = (batch,) if name == "last_non_pad_token" else (batch, width)
+        if tuple(value.shape) != shape:
+            raise InputError(f"{name} must have shape {list(shape)}, got {list(value.shape)}")
         value = value.long()
-        low, high = _bounds(spec, config, name)
+        low, high = _bounds(spec, config, name, length)
         if value.numel() and (int(value.min()) < low or (high is not None and int(value.max()) >= high)):
             raise InputError(f"{name} must lie in [{low}, {high}), got {int(value.min())}..{int(value.max())}")
         checked[name] = value
+    if spec.pooled_head is not None and "last_non_pad_token" not in checked:
+        raise InputError(f"{who} pools at each row's last non-padding token: last_non_pad_token is needed")
     return checked
 
 
-def _bounds(spec: FamilySpec, config: Any, name: str) -> tuple[int, int | None]:
+def _bounds(spec: FamilySpec, config: Any, name: str, length: int) -> tuple[int, int | None]:
     if name == "attention_mask":
         return 0, 2
     if name == "token_type_ids":
         return 0, getattr(config, spec.token_types, None) or 1
+    if name == "last_non_pad_token":
+        return 0, length
     return 0, max_positions(config)
 
 

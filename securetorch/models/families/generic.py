@@ -8,15 +8,21 @@ derived on the driver from the padding pattern. A causal LM head makes a decoder
 generates. Attention runs eagerly and normalisation and activations run through the op
 tables, so a model built only from supported torch functions needs no code here.
 
+Vision models whose forward takes ``pixel_values`` get the pixels as their secret input;
+decoder sequence classifiers pool at a public last non-padding position; an encoder-decoder
+model whose forward takes embeddings for both halves and the encoder's output (T5) keeps its
+encoder output secret in the parties and decodes from it.
+
 Refused with an error that says why: mixture-of-experts models (their router's top-k would
-have to run inside MPC, which is not built), encoder-decoder models, and configs that would
-make a party load weights of its own (pretrained backbones).
+have to run inside MPC, which is not built), other encoder-decoder models, and configs that
+would make a party load weights of its own (pretrained backbones).
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,11 +33,14 @@ from securetorch.models.families.base import (
     FamilySpec,
     SecureRMSNorm,
     base_model,
+    derive_all,
+    last_non_pad_token,
     padding_positions,
     rms_eps,
 )
 
 MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts")
+SEQ2SEQ_INPUTS = ("inputs_embeds", "decoder_inputs_embeds", "encoder_outputs", "attention_mask")
 
 
 def _path(root: torch.nn.Module, module: torch.nn.Module) -> str | None:
@@ -48,8 +57,6 @@ def refuse_config(name: str, config: Any) -> None:
             "routing each token to its top-k experts inside MPC is not built, and routing in the clear "
             "would reveal the router's choices; it is refused"
         )
-    if getattr(config, "is_encoder_decoder", False):
-        raise NotImplementedError(f"securetorch: {name} is an encoder-decoder model; those are not supported yet")
     if getattr(config, "use_pretrained_backbone", False) or getattr(config, "use_timm_backbone", False):
         raise NotImplementedError(
             f"securetorch: {name}'s config asks for a pretrained backbone, which a party would load"
@@ -68,10 +75,12 @@ def _numbers_from_padding(embeddings: torch.nn.Module) -> bool:
 
 def _rms_offset(module: torch.nn.Module) -> int | None:
     """Whether ``module`` computes RMSNorm, found by running a copy on known numbers:
-    x / rms(x) * w (offset 0, LLaMA, Qwen, Mistral) or x / rms(x) * (1 + w) (offset 1,
+    x / rms(x) * w (offset 0, LLaMA, Qwen, Mistral, T5) or x / rms(x) * (1 + w) (offset 1,
     Gemma); None for anything else."""
     eps, weight = rms_eps(module), getattr(module, "weight", None)
-    if eps is None or not isinstance(weight, torch.nn.Parameter) or weight.dim() != 1 or module._buffers:
+    if eps is None or set(module._parameters) != {"weight"} or weight is None or weight.dim() != 1:
+        return None
+    if module._buffers:
         return None
     probe = copy.deepcopy(module).to_empty(device="cpu").float()
     with torch.no_grad():
@@ -85,16 +94,59 @@ def _rms_offset(module: torch.nn.Module) -> int | None:
     return None
 
 
-def _norm_swaps(model: torch.nn.Module) -> dict[str, Any]:
-    """RMSNorm modules, recognised by what they compute, become the secure RMSNorm."""
-    swaps: dict[str, Any] = {}
+class Activation(torch.nn.Module):
+    """An activation module recognised by what it computes, run as the torch function that
+    has a secure protocol (``F.gelu`` exact or tanh form, ``F.silu``, ``F.relu``)."""
+
+    def __init__(self, function: str) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ACTIVATIONS[self.function](x)
+
+
+F = torch.nn.functional
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "relu": F.relu,
+}
+
+
+def _activation(module: torch.nn.Module) -> str | None:
+    """Which of ``ACTIVATIONS`` a parameter-free module from ``transformers.activations``
+    computes, found by running it on inputs from -1000 to 1000 (wide enough that a clipped
+    GeLU does not pass for GeLU). GPT-2's ``gelu_new`` is the tanh form written with pow and
+    tanh, which would cost several protocols instead of one."""
+    if type(module).__module__ != "transformers.activations" or any(True for _ in module.parameters()):
+        return None
+    x = torch.cat([torch.linspace(-8.0, 8.0, 321), torch.tensor([-1000.0, -50.0, -12.0, 12.0, 50.0, 1000.0])]).double()
+    with torch.no_grad():
+        out = module(x.float()).double()
+    return next((n for n, f in ACTIVATIONS.items() if torch.allclose(out, f(x), rtol=1e-6, atol=1e-6)), None)
+
+
+def _recognised_swaps(model: torch.nn.Module) -> dict[str, Any]:
+    """Normalisation and activation modules recognised by what they compute: RMSNorm-like
+    modules (any name) become the secure RMSNorm, activation modules the torch function with a
+    secure protocol. Swaps go by class, so a class is swapped only when every instance of it
+    computes the same thing (instances of one class may differ, e.g. in their bounds)."""
+    found: dict[str, set[Any]] = {}
     for module in model.modules():
-        name = type(module).__name__
-        if name in swaps or not name.endswith("RMSNorm"):
+        offset, activation = _rms_offset(module), _activation(module)
+        kind = ("rms", offset) if offset is not None else ("activation", activation) if activation else None
+        found.setdefault(type(module).__name__, set()).add(kind)
+    swaps: dict[str, Any] = {}
+    for name, kinds in found.items():
+        if len(kinds) != 1 or None in kinds:
             continue
-        offset = _rms_offset(module)
-        if offset is not None:
-            swaps[name] = lambda original, offset=offset: SecureRMSNorm(original, offset)
+        what, value = next(iter(kinds))
+        if what == "rms":
+            swaps[name] = lambda original, offset=value: SecureRMSNorm(original, offset)
+        else:
+            swaps[name] = lambda original, activation=value: Activation(activation)
     return swaps
 
 
@@ -106,27 +158,77 @@ def generic_spec(model: torch.nn.Module) -> FamilySpec:
         raise NotImplementedError(f"securetorch: {name} is not a Hugging Face transformers model")
     refuse_config(name, config)
     base = base_model(model)
-    embedding = model.get_input_embeddings()
-    path = _path(base, embedding) if isinstance(embedding, torch.nn.Embedding) else None
+    accepted = inspect.signature(model.forward).parameters
+    encoder_decoder = "decoder_inputs_embeds" in accepted  # (T5's encoder alone, T5EncoderModel, is an encoder)
+    if encoder_decoder and not all(a in accepted for a in SEQ2SEQ_INPUTS):
+        raise NotImplementedError(
+            f"securetorch: {name} is an encoder-decoder model whose forward does not take "
+            f"{', '.join(a for a in SEQ2SEQ_INPUTS if a not in accepted)}; it is not supported"
+        )
+    vision = "pixel_values" in accepted and "input_ids" not in accepted
+    try:
+        embedding = model.get_input_embeddings()
+    except NotImplementedError:  # HF's own refusal: a model without input embeddings (ResNet, ConvNeXt)
+        embedding = None
+    path = (
+        _path(base, embedding)
+        if embedding is not None and (vision or isinstance(embedding, torch.nn.Embedding))
+        else None
+    )
     if path is None:
-        raise NotImplementedError(f"securetorch: {name} has no token embedding table (get_input_embeddings)")
-    lists = [(len(m), n) for n, m in base.named_modules() if isinstance(m, torch.nn.ModuleList)]
+        what = (
+            "no input embeddings (get_input_embeddings)"
+            if vision
+            else "no token embedding table (get_input_embeddings)"
+        )
+        raise NotImplementedError(f"securetorch: {name} has {what}; it is not supported")
+    lists = [(_size(m), n) for n, m in base.named_modules() if isinstance(m, torch.nn.ModuleList)]
     if not lists:
         raise NotImplementedError(f"securetorch: {name} has no list of blocks (a ModuleList)")
-    accepted = inspect.signature(model.forward).parameters
-    inputs = tuple(i for i in ENCODER_INPUTS if i in accepted)
+    inputs = (
+        () if vision else ("attention_mask",) if encoder_decoder else tuple(i for i in ENCODER_INPUTS if i in accepted)
+    )
     container = base.get_submodule(path.rpartition(".")[0]) if "." in path else base
-    derived = padding_positions if _numbers_from_padding(container) else None
+    derived = [padding_positions] if "position_ids" in inputs and _numbers_from_padding(container) else []
+    pooled = _last_token_head(model)
+    if pooled is not None:
+        derived.append(last_non_pad_token)
+        inputs += ("last_non_pad_token",)
     return FamilySpec(
         name=name,
         classes=(name,),
         embeddings=path,
         blocks=max(lists, key=lambda item: item[0])[1],
-        swaps=_norm_swaps(model),
+        swaps=_recognised_swaps(model),
         inputs=inputs,
-        derived_inputs=derived if "position_ids" in inputs else None,
-        causal=name.endswith("ForCausalLM") or bool(getattr(config, "is_decoder", False)),
+        derived_inputs=derive_all(*derived) if derived else None,
+        causal=not encoder_decoder and (name in _causal_lm_classes() or bool(getattr(config, "is_decoder", False))),
+        token_types="type_vocab_size" if hasattr(config, "type_vocab_size") else "vocab_size",
+        secret_input="pixel_values" if vision else "input_ids",
+        pooled_head=pooled,
+        encoder_decoder=encoder_decoder,
     )
+
+
+def _causal_lm_classes() -> set[str]:
+    """The classes transformers itself lists as causal language models (``AutoModelForCausalLM``:
+    ``*ForCausalLM``, ``GPT2LMHeadModel``, ...)."""
+    names = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    return {n for value in names for n in ((value,) if isinstance(value, str) else value)}
+
+
+def _size(blocks: torch.nn.ModuleList) -> int:
+    """What a list of blocks weighs: its parameter count (the model's main stack holds the most)."""
+    return sum(p.numel() for p in blocks.parameters())
+
+
+def _last_token_head(model: torch.nn.Module) -> str | None:
+    """A decoder's sequence-classification head (HF's ``score``, pooled at each row's last
+    non-padding token, which HF's forward finds from token ids the parties never see)."""
+    head = getattr(model, "score", None)
+    if type(model).__name__.endswith("ForSequenceClassification") and isinstance(head, torch.nn.Linear):
+        return "score"
+    return None
 
 
 def generic_class(name: Any) -> type | None:
