@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import platform
 import statistics
 import sys
@@ -14,6 +15,9 @@ import torch
 
 import securetorch as puma
 from securetorch.comm.stats import total
+
+ROOT_RESULTS = pathlib.Path(__file__).resolve().parent / "results.json"
+"""Where ``benchmarks.report`` stores every benchmark's rows (the README and docs read it)."""
 
 
 def measured(op: Callable[[], Any], repeat: int = 5) -> tuple[Any, float, puma.CommStats]:

@@ -18,8 +18,8 @@ import json
 import pathlib
 from typing import Any
 
-from benchmarks import coverage, engine, llama7b, models, nonlinear
-from benchmarks.common import machine
+from benchmarks import coverage, engine, llama7b, models, nonlinear, sampling
+from benchmarks.common import ROOT_RESULTS, machine
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -38,6 +38,7 @@ COMMANDS = {
     "nonlinear": "python -m benchmarks.nonlinear",
     "models": "python -m benchmarks.models",
     "llama7b": "python -m benchmarks.llama7b",
+    "sampling": "python -m benchmarks.sampling",
 }
 
 
@@ -109,6 +110,32 @@ def _generation_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
                 )
             lines.append("")
     return lines
+
+
+def _sampling_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Choosing a token: the secure argmax against sampling inside MPC (``benchmarks.sampling``)."""
+    if not results.get("sampling"):
+        return []
+    lines = [
+        f"## Choosing the next token: argmax or sampling (`{COMMANDS['sampling']}`)",
+        "",
+        "| op | seconds | MB | rounds |",
+        "|---|---|---|---|",
+    ]
+    ops = [r for r in results["sampling"] if "op" in r]
+    lines += [f"| {r['op']} | {r['seconds']} | {_mb(r['bytes'])} | {r['rounds']} |" for r in ops]
+    steps = [r for r in results["sampling"] if "per_token" in r]
+    if steps:
+        lines += [
+            "",
+            "| decode step (mean of steps 2 onwards) | seconds | MB | rounds | vs greedy: s / bytes / rounds |",
+        ]
+        lines.append("|---|---|---|---|---|")
+        for r in steps:
+            t, ratio = r["per_token"], r.get("per_token_vs_greedy")
+            versus = f"{ratio['seconds']} / {ratio['bytes']} / {ratio['rounds']}" if ratio else ""
+            lines.append(f"| {r['workload']} | {t['seconds']} | {_mb(t['bytes'])} | {t['rounds']} | {versus} |")
+    return [*lines, ""]
 
 
 def _profile_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -185,6 +212,7 @@ def markdown(results: dict[str, list[dict[str, Any]]], info: dict[str, Any]) -> 
         "## Secure generation, per token (`python -m benchmarks.models`)",
         "",
         *_generation_lines(results),
+        *_sampling_lines(results),
         "## Where the time goes",
         "",
         *_profile_lines(results),
@@ -323,21 +351,27 @@ def update_readme(results: dict[str, list[dict[str, Any]]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readme", action="store_true", help="only rewrite the README's table from results.json")
+    parser.add_argument(
+        "--readme", action="store_true", help="only rewrite the README's table and docs/benchmarks.md from results.json"
+    )
     if parser.parse_args().readme:
-        update_readme(json.loads((ROOT / "benchmarks" / "results.json").read_text())["results"])
+        stored = json.loads(ROOT_RESULTS.read_text())
+        info = {key: value for key, value in stored.items() if key != "results"}
+        (ROOT / "docs" / "benchmarks.md").write_text(markdown(stored["results"], info))
+        update_readme(stored["results"])
         return
     results = {
         "engine": engine.rows(),
         "nonlinear": nonlinear.rows(),
         "models": models.rows(),
         "llama7b": llama7b.rows(),
+        "sampling": sampling.rows() + sampling.generation_rows(),
     }
     info = {"date": datetime.date.today().isoformat(), "machine": machine()}
-    (ROOT / "benchmarks" / "results.json").write_text(json.dumps({**info, "results": results}, indent=1) + "\n")
+    ROOT_RESULTS.write_text(json.dumps({**info, "results": results}, indent=1) + "\n")
     (ROOT / "docs" / "benchmarks.md").write_text(markdown(results, info))
     update_readme(results)
-    print(f"wrote {ROOT / 'benchmarks' / 'results.json'}, {ROOT / 'docs' / 'benchmarks.md'} and the README's table")
+    print(f"wrote {ROOT_RESULTS}, {ROOT / 'docs' / 'benchmarks.md'} and the README's table")
     coverage.run()
     print(f"wrote {coverage.OUTPUT} and the README's table of supported classes")
 

@@ -44,6 +44,7 @@ from securetorch.models.service import (
     parameter_bindings,
     skeleton,
 )
+from securetorch.protocols.sampling import SamplingSettings
 from securetorch.runtime.cluster import Cluster, InProcessCluster, LocalCluster
 from securetorch.runtime.verbs import Verb
 from securetorch.tensor.payload import private
@@ -65,7 +66,7 @@ def default_cluster(kind: ClusterKind = "local") -> Cluster:
 
 
 UNSUPPORTED_GENERATION: dict[str, Any] = {
-    "do_sample": False, "num_beams": 1, "num_beam_groups": 1, "penalty_alpha": None, "num_return_sequences": 1,
+    "num_beams": 1, "num_beam_groups": 1, "penalty_alpha": None, "num_return_sequences": 1,
     "output_scores": False, "output_logits": False, "output_attentions": False, "output_hidden_states": False,
     "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
     "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0, "min_new_tokens": 0,
@@ -273,10 +274,15 @@ class SecureModel:
         stopping_criteria: Any = None,
         **kwargs: Any,
     ) -> Any:
-        """Greedy decoding with a secure argmax over the vocabulary and a secret KV cache, called
-        as HF's ``generate`` is: settings from ``generation_config`` (by default the model's)
-        updated by keyword arguments (``max_new_tokens``, ``max_length``, ``eos_token_id``, one
-        id or a list, ``pad_token_id``, ``forced_eos_token_id``, ``return_dict_in_generate``).
+        """Decoding over a secret KV cache, called as HF's ``generate`` is: settings from
+        ``generation_config`` (by default the model's) updated by keyword arguments
+        (``max_new_tokens``, ``max_length``, ``eos_token_id``, one id or a list,
+        ``pad_token_id``, ``forced_eos_token_id``, ``return_dict_in_generate``). Greedy by a
+        secure argmax; with ``do_sample=True`` each token is drawn inside MPC from the softmax
+        of the logits / ``temperature`` with ``top_k`` and ``top_p`` applied
+        (``protocols.sampling``): no party learns the distribution, the draw or the token;
+        ``seed=`` makes the draws reproducible (for tests: the parties then know the uniform
+        draws, never the distribution or the tokens).
 
         Each new token costs one token's pass. The chosen token's one-hot stays secret in the
         parties and feeds the next step; only the driver learns the tokens. Returns prompt +
@@ -285,12 +291,13 @@ class SecureModel:
         encoder's output secret in the parties, and returns the decoder's start token + new
         tokens. ``streamer`` (``TextStreamer``, ...) gets each token as it arrives;
         ``stopping_criteria`` run on the tokens so far (the caller's, revealed; ``scores`` is
-        None: the logits stay secret). Settings it cannot honour securely (sampling, beams,
-        penalties, scores, ...) raise ``NotImplementedError`` naming them, before anything is
+        None: the logits stay secret). Settings it cannot honour securely (beams, penalties,
+        scores, ...) raise ``NotImplementedError`` naming them, before anything is
         sent. ``generation_costs`` then holds each step's seconds, bytes (all parties) and rounds.
         """
         if not self.can_generate:
             raise NotImplementedError(f"securetorch: {self.class_name} has no language-model head to generate with")
+        seed = kwargs.pop("seed", None)
         config = self._generation_settings(generation_config, kwargs)
         self._check_ids(input_ids)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
@@ -299,6 +306,7 @@ class SecureModel:
             torch.full_like(input_ids[:, :1], decoder_start(self.config)) if self.spec.encoder_decoder else input_ids
         )
         new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - prefix.shape[1]
+        sampling = _sampling(config, seed)
         eos = _token_ids(config.eos_token_id)
         pad = config.pad_token_id if config.pad_token_id is not None else eos[0] if eos else 0
         sequences, unfinished = prefix, torch.ones(input_ids.shape[0], dtype=torch.bool)
@@ -311,7 +319,7 @@ class SecureModel:
                 before, started = total(self.cluster.stats()), time.perf_counter()
                 if step == 0:
                     args = {"model": self.key, "onehot": self.onehot(input_ids), "inputs": public}
-                    token = self.cluster.call(Verb.GENERATE_START, args)[0]
+                    token = self.cluster.call(Verb.GENERATE_START, {**args, "sampling": sampling})[0]
                 else:
                     token = self.cluster.call(Verb.GENERATE_STEP, {"model": self.key, "inputs": public})[0]
                 seconds = time.perf_counter() - started
@@ -359,8 +367,8 @@ class SecureModel:
         ]
         if refused:
             raise NotImplementedError(
-                f"securetorch: generate cannot honour {', '.join(refused)} securely: it decodes greedily with a "
-                "secure argmax (set do_sample=False for a model whose generation config samples)"
+                f"securetorch: generate cannot honour {', '.join(refused)} securely: it decodes by a secure "
+                "argmax, or draws inside MPC with temperature, top_k and top_p"
             )
         return config
 
@@ -379,6 +387,23 @@ def mean_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor, normalize: 
     weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+
+def _sampling(config: transformers.GenerationConfig, seed: int | None) -> dict[str, Any] | None:
+    """The public sampling settings a generation sends (None: greedy), as HF reads them from
+    its generation config: temperature, top_k (0 or None: off), top_p (1.0 or None: off);
+    checked here as the parties check them. A ``seed`` makes the draws reproducible."""
+    if not config.do_sample:
+        if seed is not None:
+            raise ValueError("seed is for sampled generation (do_sample=True)")
+        return None
+    settings = SamplingSettings(
+        temperature=1.0 if config.temperature is None else float(config.temperature),
+        top_k=config.top_k or None,
+        top_p=None if config.top_p is None or config.top_p >= 1 else float(config.top_p),
+        seed=seed,
+    )
+    return {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p, "seed": seed}
 
 
 def _token_ids(value: Any) -> list[int]:

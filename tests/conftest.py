@@ -28,15 +28,20 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def chi_square_critical(df: int, z: float = 2.326) -> float:
+    """The chi-square critical value with ``df`` degrees of freedom at the upper-tail
+    probability whose normal quantile is ``z`` (2.326: p = 0.01; 4.753: p = 1e-6), by the
+    Wilson-Hilferty approximation."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
 def chi_square_uniform_bytes(data: bytes) -> tuple[float, float]:
     """Chi-square statistic of byte frequencies vs uniform, and the critical value at p = 1e-6
-    (Wilson-Hilferty approximation, 255 degrees of freedom)."""
+    (255 degrees of freedom)."""
     counts = torch.bincount(torch.frombuffer(bytearray(data), dtype=torch.uint8).long(), minlength=256).double()
     expected = len(data) / 256
     stat = float(((counts - expected) ** 2 / expected).sum())
-    k, z = 255, 4.753  # z for upper tail 1e-6
-    critical = k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
-    return stat, critical
+    return stat, chi_square_critical(255, z=4.753)
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ from securetorch.models.families.base import (
 from securetorch.models.families.generic import refuse_config
 from securetorch.protocols import comparison as pc
 from securetorch.protocols.checks import check_one_hot
+from securetorch.protocols.sampling import SamplingSettings, sample
 from securetorch.session import costs
 from securetorch.session.context import PartyContext
 from securetorch.tensor import SharedTensor
@@ -467,22 +468,45 @@ def _pooled_at(installed: InstalledModel, positions: torch.Tensor | None) -> Ite
 class Generation:
     """A generation in progress: the secret KV cache, the chosen token's secret one-hot (None
     before a sequence-to-sequence decoder's first step, which reads its public start token),
-    how many positions the cache holds (public), and for a sequence-to-sequence model the
-    secret encoder output with the encoder's public attention mask."""
+    how many positions the cache holds (public), for a sequence-to-sequence model the
+    secret encoder output with the encoder's public attention mask, and the public sampling
+    settings (None: greedy, a secure argmax) fixed for the whole generation."""
 
     cache: Any
     onehot: SharedTensor | None
     batch: int
     length: int
     encoded: dict[str, Any] = field(default_factory=dict)
+    sampling: SamplingSettings | None = None
+
+
+def sampling_settings(value: Any) -> SamplingSettings | None:
+    """A request's sampling settings (None: greedy): a JSON object of temperature, top_k,
+    top_p and seed, each checked (``SamplingSettings``); anything else is refused."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= {"temperature", "top_k", "top_p", "seed"}:
+        raise ValueError("sampling: an object of temperature, top_k, top_p and seed")
+    temperature, top_p = value.get("temperature", 1.0), value.get("top_p")
+    top_k, seed = value.get("top_k"), value.get("seed")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (temperature, top_p or 1.0)):
+        raise ValueError("sampling: temperature and top_p are numbers")
+    if any(v is not None and (isinstance(v, bool) or not isinstance(v, int)) for v in (top_k, seed)):
+        raise ValueError("sampling: top_k and seed are integers")
+    return SamplingSettings(float(temperature), top_k, None if top_p is None else float(top_p), seed)
 
 
 def start_generation(
-    ctx: PartyContext, installed: InstalledModel, onehot: SharedTensor, inputs: dict[str, Any]
+    ctx: PartyContext,
+    installed: InstalledModel,
+    onehot: SharedTensor,
+    inputs: dict[str, Any],
+    sampling: SamplingSettings | None = None,
 ) -> tuple[Generation, int, dict[str, Any]]:
     """A new generation on a client's prompt (checked), with the length and public inputs of
-    its first step. A sequence-to-sequence model encodes the prompt here, once (its output
-    stays secret in the parties), and its decoder starts from its public start token."""
+    its first step; ``sampling`` draws each token inside MPC instead of the argmax. A
+    sequence-to-sequence model encodes the prompt here, once (its output stays secret in the
+    parties), and its decoder starts from its public start token."""
     if not installed.can_generate:
         raise NotImplementedError(
             f"securetorch: {installed.class_name} has no language-model head to generate with"
@@ -494,19 +518,23 @@ def start_generation(
     )
     _checked_onehot(ctx, installed, onehot)
     if not installed.spec.encoder_decoder:
-        return Generation(DynamicCache(config=installed.config), onehot, batch, 0), length, public
+        return Generation(DynamicCache(config=installed.config), onehot, batch, 0, sampling=sampling), length, public
     with torch.no_grad():
         encoder = installed.model.get_encoder()
         encoded = encoder(inputs_embeds=_embed(installed, onehot), return_dict=True, **public)
     cache = EncoderDecoderCache(DynamicCache(config=installed.config), DynamicCache(config=installed.config))
-    return Generation(cache, None, batch, 0, {"encoder_outputs": encoded, **public}), 1, {}
+    return Generation(cache, None, batch, 0, {"encoder_outputs": encoded, **public}, sampling), 1, {}
 
 
 def generate_start(
-    ctx: PartyContext, installed: InstalledModel, onehot: SharedTensor, inputs: dict[str, Any]
+    ctx: PartyContext,
+    installed: InstalledModel,
+    onehot: SharedTensor,
+    inputs: dict[str, Any],
+    sampling: SamplingSettings | None = None,
 ) -> tuple[Generation, SharedTensor]:
-    """The first greedy step on a client's prompt: a new generation and the first token."""
-    generation, length, public = start_generation(ctx, installed, onehot, inputs)
+    """The first step on a client's prompt: a new generation and the first token."""
+    generation, length, public = start_generation(ctx, installed, onehot, inputs, sampling)
     return generation, step(ctx, installed, generation, length, public)
 
 
@@ -529,8 +557,8 @@ def step(
     ctx: PartyContext, installed: InstalledModel, generation: Generation, length: int, public: dict[str, Any]
 ) -> SharedTensor:
     """Embed the pending one-hot, run the model on the secret KV cache, and pick the next
-    token by a secure argmax. Only its index leaves the parties (to the driver); its one-hot
-    stays for the next step."""
+    token by a secure argmax, or draw it inside MPC (``protocols.sampling``). Only its index
+    leaves the parties (to the driver); its one-hot stays for the next step."""
     if not installed.spec.encoder_decoder:
         model_inputs = {"inputs_embeds": _embed(installed, generation.onehot), "logits_to_keep": 1, **public}
     elif generation.onehot is None:
@@ -549,7 +577,12 @@ def step(
         )
     generation.length += length
     logits = out.logits[:, -1, :]
-    index, chosen = costs.measured("argmax", lambda: pc.argmax_onehot_last_dim(ctx, as_fixed(logits).shares))
+    if generation.sampling is None:
+        index, chosen = costs.measured("argmax", lambda: pc.argmax_onehot_last_dim(ctx, as_fixed(logits).shares))
+    else:
+        settings = generation.sampling
+        draw = generation.length
+        index, chosen = costs.measured("sample", lambda: sample(ctx, as_fixed(logits).shares, settings, draw))
     generation.onehot = SharedTensor((chosen[0].unsqueeze(1), chosen[1].unsqueeze(1)), torch.int64)
     return SharedTensor(index, torch.int64)
 

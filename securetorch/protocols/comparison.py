@@ -209,9 +209,11 @@ def bits_to_arith_word(ctx: PartyContext, planes: BitPair, n: int) -> Pair:
     return (arith[0] * weights).sum(0), (arith[1] * weights).sum(0)
 
 
-def less_than_zero(ctx: PartyContext, x: Pair) -> Pair:
-    """[x < 0] as arithmetic 0/1 (for |x| < 2^(l-1)). Cost: msb + 1 round."""
-    bits = bit_to_arith(ctx, msb(ctx, x, ctx.compare_bits), (x[0].numel(),))
+def less_than_zero(ctx: PartyContext, x: Pair, bits: int | None = None) -> Pair:
+    """[x < 0] as arithmetic 0/1 (for |x| < 2^(l-1), l = ``bits``, by default the context's
+    ``compare_bits``; a caller that bounds x more tightly passes a smaller l and pays for l
+    bits only). Cost: msb on l bits + ``bit_to_arith``."""
+    bits = bit_to_arith(ctx, msb(ctx, x, bits or ctx.compare_bits), (x[0].numel(),))
     return bits[0].reshape(x[0].shape), bits[1].reshape(x[0].shape)
 
 

@@ -73,6 +73,7 @@ from securetorch.models.service import (
     forward,
     generate_start,
     generate_step,
+    sampling_settings,
 )
 from securetorch.prg import new_key
 from securetorch.runtime.deployment import (
@@ -610,11 +611,12 @@ class PartyServer:
             output, fields = forward(ctx, installed, secret, args.tensors("inputs"), decoder)
             return {"output": output, "fields": {k: from_shared(v) for k, v in fields.items()}}
         if verb is Verb.GENERATE_START:
-            args = Args(verb, values, ("model", "onehot", "inputs"))
+            args = Args(verb, values, ("model", "onehot", "inputs", "sampling"))
             name = args.text("model")
             installed = self._model(session, name)
             session.generations.pop(name, None)
-            generation, token = generate_start(ctx, installed, self._onehot(args), args.tensors("inputs"))
+            sampling = sampling_settings(args.raw("sampling"))
+            generation, token = generate_start(ctx, installed, self._onehot(args), args.tensors("inputs"), sampling)
             session.generations[name] = generation
             return from_shared(token)
         if verb is Verb.GENERATE_STEP:

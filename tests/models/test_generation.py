@@ -1,6 +1,7 @@
 """``SecureModel.generate`` as HF's ``generate`` is called: settings from the model's
 generation config updated by keyword arguments, a streamer, stopping criteria on the
-revealed tokens, ``return_dict_in_generate``; settings it cannot honour are refused, naming
+revealed tokens, ``return_dict_in_generate``; sampling inside MPC whose first tokens follow
+HF's distribution (chi-square, p = 0.01); settings it cannot honour are refused, naming
 them, before anything is sent."""
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import transformers as hf
 
 import securetorch as puma
 from benchmarks.coverage import DECODERS, GENERATION_SEEDS, SEQ2SEQ, V, build
+
+from ..conftest import chi_square_critical
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def test_a_streamer_gets_the_prompt_then_each_token_and_stopping_criteria_stop(q
 @pytest.mark.parametrize(
     "settings, named",
     [
-        ({"do_sample": True}, "do_sample=True"),
+        ({"no_repeat_ngram_size": 2}, "no_repeat_ngram_size=2"),
         ({"num_beams": 2}, "num_beams=2"),
         ({"output_scores": True}, "output_scores=True"),
         ({"repetition_penalty": 1.2}, "repetition_penalty=1.2"),
@@ -107,3 +110,36 @@ def test_a_bart_with_its_default_forced_eos_generates_like_hf(cluster) -> None:
         secure_model.close()
     assert bool((plain[:, -1] == 1).all())  # forced
     assert torch.equal(got, plain)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"temperature": 1.0}, {"temperature": 0.8, "top_k": 50, "top_p": 0.9}, {"temperature": 0.7, "top_k": 3}],
+    ids=["t=1.0", "t=0.8,top-k=50,top-p=0.9", "t=0.7,top-k=3"],
+)
+def test_sampled_first_tokens_follow_hf_distribution(qwen, settings) -> None:
+    """400 copies of one prompt in one batch: 400 independent secure draws of the first token,
+    against the plaintext model's softmax with HF's own warpers (seeded: reproducible)."""
+    model, secure_model = qwen
+    rows = 400
+    ids = prompt().repeat(rows, 1)
+    got = secure_model.generate(ids, max_new_tokens=2, do_sample=True, seed=7, **settings)
+    assert got.shape == (rows, 8) and torch.equal(got[:, :6], ids)
+    with torch.no_grad():
+        scores = model(input_ids=prompt()).logits[:, -1, :] / settings["temperature"]
+    if "top_k" in settings:
+        scores = hf.TopKLogitsWarper(settings["top_k"])(None, scores)
+    if "top_p" in settings:
+        scores = hf.TopPLogitsWarper(settings["top_p"])(None, scores)
+    want = torch.softmax(scores.double(), dim=-1)[0]
+    counts = torch.bincount(got[:, 6], minlength=V).double()
+    assert float(counts[want == 0].sum()) == 0  # never a token the warpers drop
+    expected = want * rows
+    big = expected >= 5  # cells expected below 5 are pooled into one
+    observed = torch.cat([counts[big], counts[~big].sum().reshape(1)])
+    expected = torch.cat([expected[big], expected[~big].sum().reshape(1)])
+    keep = expected > 0
+    stat = float(((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+    assert int(keep.sum()) >= 3, "too few cells for a test"
+    assert stat < chi_square_critical(int(keep.sum()) - 1)
+    assert len(secure_model.generation_costs) == 2  # the second token was drawn from the secret cache
