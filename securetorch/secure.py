@@ -69,8 +69,7 @@ UNSUPPORTED_GENERATION: dict[str, Any] = {
     "num_beams": 1, "num_beam_groups": 1, "penalty_alpha": None, "num_return_sequences": 1,
     "output_scores": False, "output_logits": False, "output_attentions": False, "output_hidden_states": False,
     "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0, "min_new_tokens": 0,
-    "forced_bos_token_id": None, "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "forced_bos_token_id": None, "sequence_bias": None,
     "exponential_decay_length_penalty": None, "guidance_scale": 1.0, "watermarking_config": None,
     "stop_strings": None, "max_time": None, "prompt_lookup_num_tokens": None,
 }  # fmt: skip
@@ -87,6 +86,21 @@ class StepCost:
     seconds: float
     bytes: int
     rounds: int
+
+
+@dataclass
+class SecureDecoderOnlyOutput(transformers.generation.utils.GenerateDecoderOnlyOutput):
+    """HF's ``GenerateDecoderOnlyOutput`` (its ``sequences``; scores, logits, attentions and
+    caches stay secret) with each step's ``costs``."""
+
+    costs: list[StepCost] | None = None
+
+
+@dataclass
+class SecureEncoderDecoderOutput(transformers.generation.utils.GenerateEncoderDecoderOutput):
+    """HF's ``GenerateEncoderDecoderOutput`` (its ``sequences``) with each step's ``costs``."""
+
+    costs: list[StepCost] | None = None
 
 
 def _output(name: Any, fields: dict[str, torch.Tensor]) -> Any:
@@ -277,7 +291,8 @@ class SecureModel:
         """Decoding over a secret KV cache, called as HF's ``generate`` is: settings from
         ``generation_config`` (by default the model's) updated by keyword arguments
         (``max_new_tokens``, ``max_length``, ``eos_token_id``, one id or a list,
-        ``pad_token_id``, ``forced_eos_token_id``, ``return_dict_in_generate``). Greedy by a
+        ``pad_token_id``, ``forced_eos_token_id``, ``min_new_tokens``, ``min_length``,
+        ``suppress_tokens``, ``begin_suppress_tokens``, ``return_dict_in_generate``). Greedy by a
         secure argmax; with ``do_sample=True`` each token is drawn inside MPC from the softmax
         of the logits / ``temperature`` with ``top_k`` and ``top_p`` applied
         (``protocols.sampling``): no party learns the distribution, the draw or the token;
@@ -317,11 +332,15 @@ class SecureModel:
             for step in range(max(new, 0)):
                 public = generation_inputs(self.spec, mask, first=step == 0)
                 before, started = total(self.cluster.stats()), time.perf_counter()
+                suppress = _suppressed(config, step, prefix.shape[1])
                 if step == 0:
                     args = {"model": self.key, "onehot": self.onehot(input_ids), "inputs": public}
-                    token = self.cluster.call(Verb.GENERATE_START, {**args, "sampling": sampling})[0]
+                    token = self.cluster.call(
+                        Verb.GENERATE_START, {**args, "sampling": sampling, "suppress": suppress}
+                    )[0]
                 else:
-                    token = self.cluster.call(Verb.GENERATE_STEP, {"model": self.key, "inputs": public})[0]
+                    args = {"model": self.key, "inputs": public, "suppress": suppress}
+                    token = self.cluster.call(Verb.GENERATE_STEP, args)[0]
                 seconds = time.perf_counter() - started
                 cost = total(self.cluster.stats()) - before
                 self.generation_costs.append(StepCost(seconds, cost.bytes_sent, cost.rounds))
@@ -346,8 +365,8 @@ class SecureModel:
                 self.cluster.call(Verb.GENERATE_END, {"model": self.key})
         if not config.return_dict_in_generate:
             return sequences
-        output = "GenerateEncoderDecoderOutput" if self.spec.encoder_decoder else "GenerateDecoderOnlyOutput"
-        return getattr(transformers.generation.utils, output)(sequences=sequences)
+        output = SecureEncoderDecoderOutput if self.spec.encoder_decoder else SecureDecoderOnlyOutput
+        return output(sequences=sequences, costs=list(self.generation_costs))
 
     def _generation_settings(
         self, generation_config: transformers.GenerationConfig | None, kwargs: dict[str, Any]
@@ -387,6 +406,20 @@ def mean_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor, normalize: 
     weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+
+def _suppressed(config: transformers.GenerationConfig, step: int, prefix: int) -> list[int]:
+    """The public token ids a step may not choose, as HF's logits processors decide them: eos
+    before ``min_new_tokens`` new tokens or a sequence of ``min_length`` (``prefix`` tokens
+    before the first new one), ``suppress_tokens`` always, ``begin_suppress_tokens`` first."""
+    ids: set[int] = set()
+    eos = _token_ids(config.eos_token_id)
+    if step < (config.min_new_tokens or 0) or prefix + step < (config.min_length or 0):
+        ids |= set(eos)
+    ids |= set(_token_ids(config.suppress_tokens))
+    if step == 0:
+        ids |= set(_token_ids(config.begin_suppress_tokens))
+    return sorted(ids)
 
 
 def _sampling(config: transformers.GenerationConfig, seed: int | None) -> dict[str, Any] | None:
@@ -455,4 +488,14 @@ def load_shares(
     return SecureModel.by_name(names[0], cluster)
 
 
-__all__ = ["SecureModel", "StepCost", "default_cluster", "load_shares", "mean_pooling", "save_shares", "secure"]
+__all__ = [
+    "SecureDecoderOnlyOutput",
+    "SecureEncoderDecoderOutput",
+    "SecureModel",
+    "StepCost",
+    "default_cluster",
+    "load_shares",
+    "mean_pooling",
+    "save_shares",
+    "secure",
+]

@@ -480,6 +480,21 @@ class Generation:
     sampling: SamplingSettings | None = None
 
 
+SUPPRESSED = 1 << 12
+"""What a suppressed token's logit loses: it is never the argmax, and its probability is 0."""
+
+
+def suppressed_tokens(installed: InstalledModel, value: Any) -> list[int]:
+    """A step's public token ids to suppress, checked: distinct ids of the vocabulary, not all
+    of them."""
+    vocab = installed.vocab_size or 0
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError("suppress: a list of token ids")
+    if len(set(value)) != len(value) or any(not 0 <= v < vocab for v in value) or len(value) >= vocab:
+        raise InputError(f"suppress: distinct token ids in [0, {vocab}), fewer than all of them")
+    return list(value)
+
+
 def sampling_settings(value: Any) -> SamplingSettings | None:
     """A request's sampling settings (None: greedy): a JSON object of temperature, top_k,
     top_p and seed, each checked (``SamplingSettings``); anything else is refused."""
@@ -532,14 +547,19 @@ def generate_start(
     onehot: SharedTensor,
     inputs: dict[str, Any],
     sampling: SamplingSettings | None = None,
+    suppress: Sequence[int] = (),
 ) -> tuple[Generation, SharedTensor]:
     """The first step on a client's prompt: a new generation and the first token."""
     generation, length, public = start_generation(ctx, installed, onehot, inputs, sampling)
-    return generation, step(ctx, installed, generation, length, public)
+    return generation, step(ctx, installed, generation, length, public, suppressed_tokens(installed, suppress))
 
 
 def generate_step(
-    ctx: PartyContext, installed: InstalledModel, generation: Generation, inputs: dict[str, Any]
+    ctx: PartyContext,
+    installed: InstalledModel,
+    generation: Generation,
+    inputs: dict[str, Any],
+    suppress: Sequence[int] = (),
 ) -> SharedTensor:
     """One more greedy step on the previous token's secret one-hot (a sequence-to-sequence
     decoder takes no public inputs: the encoder's mask came with the prompt)."""
@@ -550,15 +570,22 @@ def generate_step(
     public = check_public_inputs(
         spec, installed.config, generation.batch, 1, inputs, past=generation.length, class_name=installed.class_name
     )
-    return step(ctx, installed, generation, 1, public)
+    return step(ctx, installed, generation, 1, public, suppressed_tokens(installed, suppress))
 
 
 def step(
-    ctx: PartyContext, installed: InstalledModel, generation: Generation, length: int, public: dict[str, Any]
+    ctx: PartyContext,
+    installed: InstalledModel,
+    generation: Generation,
+    length: int,
+    public: dict[str, Any],
+    suppress: Sequence[int] = (),
 ) -> SharedTensor:
     """Embed the pending one-hot, run the model on the secret KV cache, and pick the next
-    token by a secure argmax, or draw it inside MPC (``protocols.sampling``). Only its index
-    leaves the parties (to the driver); its one-hot stays for the next step."""
+    token by a secure argmax, or draw it inside MPC (``protocols.sampling``), never one of the
+    public token ids in ``suppress`` (their logits lose 2^12: HF's minimum lengths and
+    suppressed tokens). Only its index leaves the parties (to the driver); its one-hot stays
+    for the next step."""
     if not installed.spec.encoder_decoder:
         model_inputs = {"inputs_embeds": _embed(installed, generation.onehot), "logits_to_keep": 1, **public}
     elif generation.onehot is None:
@@ -577,6 +604,10 @@ def step(
         )
     generation.length += length
     logits = out.logits[:, -1, :]
+    if suppress:
+        bias = torch.zeros(logits.shape[-1])
+        bias[list(suppress)] = -SUPPRESSED
+        logits = logits + bias  # public: local
     if generation.sampling is None:
         index, chosen = costs.measured("argmax", lambda: pc.argmax_onehot_last_dim(ctx, as_fixed(logits).shares))
     else:

@@ -611,22 +611,25 @@ class PartyServer:
             output, fields = forward(ctx, installed, secret, args.tensors("inputs"), decoder)
             return {"output": output, "fields": {k: from_shared(v) for k, v in fields.items()}}
         if verb is Verb.GENERATE_START:
-            args = Args(verb, values, ("model", "onehot", "inputs", "sampling"))
+            args = Args(verb, values, ("model", "onehot", "inputs", "sampling", "suppress"))
             name = args.text("model")
             installed = self._model(session, name)
             session.generations.pop(name, None)
             sampling = sampling_settings(args.raw("sampling"))
-            generation, token = generate_start(ctx, installed, self._onehot(args), args.tensors("inputs"), sampling)
+            generation, token = generate_start(
+                ctx, installed, self._onehot(args), args.tensors("inputs"), sampling, args.raw("suppress") or []
+            )
             session.generations[name] = generation
             return from_shared(token)
         if verb is Verb.GENERATE_STEP:
-            args = Args(verb, values, ("model", "inputs"))
+            args = Args(verb, values, ("model", "inputs", "suppress"))
             name = args.text("model")
             installed = self._model(session, name)
             generation = session.generations.get(name)
             if generation is None:
                 raise ValueError(f"no generation of {name!r} in progress in this session: start one first")
-            return from_shared(generate_step(ctx, installed, generation, args.tensors("inputs")))
+            suppress = args.raw("suppress") or []
+            return from_shared(generate_step(ctx, installed, generation, args.tensors("inputs"), suppress))
         if verb is Verb.GENERATE_END:
             session.generations.pop(Args(verb, values, ("model",)).text("model"), None)
             return None

@@ -34,8 +34,9 @@ def test_hf_keyword_arguments_give_hf_tokens_and_outputs(qwen) -> None:
     model, secure_model = qwen
     plain = model.generate(prompt(), max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
     got = secure_model.generate(prompt(), max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
-    assert type(got).__name__ == type(plain).__name__ == "GenerateDecoderOnlyOutput"
+    assert isinstance(got, type(plain)) and type(plain).__name__ == "GenerateDecoderOnlyOutput"
     assert torch.equal(got.sequences, plain.sequences)
+    assert got.costs == secure_model.generation_costs and len(got.costs) == 4 and got.costs[1].rounds > 0
     config = hf.GenerationConfig(max_new_tokens=3, do_sample=False)
     assert torch.equal(secure_model.generate(prompt(), generation_config=config), plain.sequences[:, :-1])
 
@@ -76,21 +77,29 @@ def test_a_streamer_gets_the_prompt_then_each_token_and_stopping_criteria_stop(q
     assert streamer.chunks == [prompt()[0].tolist(), [int(got[0, 6])], [int(got[0, 7])]] and streamer.ended
 
 
-@pytest.mark.parametrize(
-    "settings, named",
-    [
-        ({"no_repeat_ngram_size": 2}, "no_repeat_ngram_size=2"),
-        ({"num_beams": 2}, "num_beams=2"),
-        ({"output_scores": True}, "output_scores=True"),
-        ({"repetition_penalty": 1.2}, "repetition_penalty=1.2"),
-        ({"min_new_tokens": 2}, "min_new_tokens=2"),
-    ],
-)
-def test_settings_it_cannot_honour_are_refused_before_sending(cluster, qwen, settings, named) -> None:
+REFUSED = {  # a value for every setting generate refuses (UNSUPPORTED_GENERATION)
+    "num_beams": 2, "num_beam_groups": 2, "penalty_alpha": 0.6, "num_return_sequences": 2, "output_scores": True,
+    "output_logits": True, "output_attentions": True, "output_hidden_states": True, "repetition_penalty": 1.3,
+    "encoder_repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "encoder_no_repeat_ngram_size": 2,
+    "bad_words_ids": [[5]], "forced_bos_token_id": 5, "sequence_bias": {(5,): -1.0},
+    "exponential_decay_length_penalty": (2, 1.5), "guidance_scale": 1.5, "watermarking_config": {"greenlist_ratio": 0.25},
+    "stop_strings": ["x"], "max_time": 5.0, "prompt_lookup_num_tokens": 3,
+}  # fmt: skip
+
+
+def test_every_refused_setting_has_a_value_here() -> None:
+    from securetorch.secure import UNSUPPORTED_GENERATION
+
+    assert set(REFUSED) == set(UNSUPPORTED_GENERATION)
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_settings_it_cannot_honour_are_refused_before_sending(cluster, qwen, name) -> None:
     _, secure_model = qwen
+    extra = {"do_sample": True} if name == "num_return_sequences" else {}  # HF refuses it for greedy itself
     before = sum(s.messages for s in cluster.stats())
-    with pytest.raises(NotImplementedError, match=f"cannot honour {named}"):
-        secure_model.generate(prompt(), max_new_tokens=2, **settings)
+    with pytest.raises(NotImplementedError, match=f"cannot honour {name}="):
+        secure_model.generate(prompt(), max_new_tokens=2, **{name: REFUSED[name]}, **extra)
     with pytest.raises(TypeError, match="unexpected keyword arguments"):
         secure_model.generate(prompt(), max_new_tokens=2, no_such_setting=1)
     assert sum(s.messages for s in cluster.stats()) == before
@@ -143,3 +152,52 @@ def test_sampled_first_tokens_follow_hf_distribution(qwen, settings) -> None:
     assert int(keep.sum()) >= 3, "too few cells for a test"
     assert stat < chi_square_critical(int(keep.sum()) - 1)
     assert len(secure_model.generation_costs) == 2  # the second token was drawn from the secret cache
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"min_new_tokens": 3}, {"suppress_tokens": "first"}, {"begin_suppress_tokens": "first"}],
+    ids=["min_new_tokens", "suppress_tokens", "begin_suppress_tokens"],
+)
+def test_minimum_lengths_and_suppressed_tokens_are_public_masks_as_in_hf(qwen, settings) -> None:
+    """HF's logits processors that only mask public token ids: eos before a minimum length,
+    suppressed tokens always or at the first step. The parties take the ids as public inputs."""
+    model, secure_model = qwen
+    free = secure_model.generate(prompt(), max_new_tokens=4)
+    first = int(free[0, 6])
+    name, value = next(iter(settings.items()))
+    kwargs = {name: [first] if value == "first" else value, "eos_token_id": first, "pad_token_id": 0}
+    plain = model.generate(
+        prompt(), max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True, **kwargs
+    )
+    top2 = torch.stack(plain.scores, dim=1).topk(2, dim=-1).values
+    assert bool(((top2[..., 0] - top2[..., 1]) > 0.05).all()), "an indecisive step"
+    assert int(plain.sequences[0, 6]) != first  # the mask changed the first token
+    got = secure_model.generate(prompt(), max_new_tokens=4, **kwargs)
+    assert torch.equal(got, plain.sequences)
+
+
+def test_a_suppress_list_that_is_not_token_ids_is_refused_by_the_parties(cluster, qwen) -> None:
+    from securetorch.runtime.verbs import Verb
+
+    _, secure_model = qwen
+    request = {"model": secure_model.key, "onehot": secure_model.onehot(prompt()), "inputs": {}}
+    for bad, error in ([V], puma.InputError), ([3, 3], puma.InputError), (list(range(V)), puma.InputError), (["1"], ValueError):  # fmt: skip
+        with pytest.raises(error, match="suppress"):
+            cluster.call(Verb.GENERATE_START, {**request, "suppress": bad})
+
+
+def test_sampling_a_left_padded_batch_is_reproducible_and_each_row_stops_at_its_eos(qwen) -> None:
+    _, secure_model = qwen
+    ids = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    ids[1, :2], mask[1, :2] = 0, 0  # left padding
+    settings = {"do_sample": True, "temperature": 0.9, "top_k": 20, "seed": 11, "attention_mask": mask}
+    first = secure_model.generate(ids, max_new_tokens=4, **settings)
+    assert torch.equal(secure_model.generate(ids, max_new_tokens=4, **settings), first)
+    eos = int(first[0, 6])  # row 0's first sampled token
+    stopped = secure_model.generate(ids, max_new_tokens=4, eos_token_id=eos, pad_token_id=0, **settings)
+    assert torch.equal(stopped[0, 6:], torch.tensor([eos, 0, 0, 0]))  # row 0 padded after its eos
+    row1 = first[1, 6:].tolist()
+    cut = row1.index(eos) + 1 if eos in row1 else 4
+    assert stopped[1, 6 : 6 + cut].tolist() == row1[:cut]  # row 1 draws as before, until its own eos
