@@ -18,7 +18,7 @@ import json
 import pathlib
 from typing import Any
 
-from benchmarks import coverage, engine, llama7b, models, nonlinear, sampling
+from benchmarks import coverage, engine, llama7b, models, network, nonlinear, sampling
 from benchmarks.common import ROOT_RESULTS, machine
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -39,6 +39,7 @@ COMMANDS = {
     "models": "python -m benchmarks.models",
     "llama7b": "python -m benchmarks.llama7b",
     "sampling": "python -m benchmarks.sampling",
+    "network": "python -m benchmarks.network",
 }
 
 
@@ -138,6 +139,34 @@ def _sampling_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     return [*lines, ""]
 
 
+def _network_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Time on a link: played by the emulator against projected, and decode steps projected."""
+    if not results.get("network"):
+        return []
+    lines = [
+        f"## Time on a link (`{COMMANDS['network']}`)",
+        "",
+        "| workload | seconds | rounds | busiest party MB | projected seconds | played / projected |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["network"]:
+        projected = r.get("projected_seconds", "")
+        ratio = r.get("played_vs_projected", "")
+        lines.append(
+            f"| {r['workload']} | {r['seconds']} | {r['rounds']} | {_mb(r['busiest_party_bytes'])} | {projected} | {ratio} |"
+        )
+    decode = network.decode_projections(results)
+    if decode:
+        names = [n for n in decode[0] if n != "workload"]
+        lines += [
+            "",
+            f"| GPT-2 base, projected seconds per token | {' | '.join(names)} |",
+            "|---" * (len(names) + 1) + "|",
+        ]
+        lines += [f"| {d['workload']} | {' | '.join(str(d[n]) for n in names)} |" for d in decode]
+    return [*lines, ""]
+
+
 def _profile_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     row = next((r for r in results["models"] if "profile_by_op" in r), None)
     if row is None:
@@ -213,6 +242,7 @@ def markdown(results: dict[str, list[dict[str, Any]]], info: dict[str, Any]) -> 
         "",
         *_generation_lines(results),
         *_sampling_lines(results),
+        *_network_lines(results),
         "## Where the time goes",
         "",
         *_profile_lines(results),
@@ -366,6 +396,7 @@ def main() -> None:
         "models": models.rows(),
         "llama7b": llama7b.rows(),
         "sampling": sampling.rows() + sampling.generation_rows(),
+        "network": network.rows(),
     }
     info = {"date": datetime.date.today().isoformat(), "machine": machine()}
     ROOT_RESULTS.write_text(json.dumps({**info, "results": results}, indent=1) + "\n")

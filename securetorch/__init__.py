@@ -8,6 +8,7 @@ Inside a party (a function run by ``Cluster.run`` or ``puma.simulate``)::
 
 from securetorch import ring
 from securetorch.check import CheckReport, check
+from securetorch.comm.profile import NetworkProfile
 from securetorch.comm.stats import CommStats
 from securetorch.errors import AccessError, InputError, PartyError
 from securetorch.ring import DEFAULT_FRAC_BITS
@@ -29,6 +30,7 @@ __all__ = [
     "InProcessCluster",
     "InputError",
     "LocalCluster",
+    "NetworkProfile",
     "PartyError",
     "SecureModel",
     "SharedTensor",

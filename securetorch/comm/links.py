@@ -8,6 +8,12 @@ same protocol, because they count here.
 
 Receive hooks (``add_receive_hook``) see every message a party receives, after the counters:
 view tests use them to check that what a party receives is uniform.
+
+The link emulator: with ``emulated`` set to a ``NetworkProfile``, every round takes the
+profile's RTT plus the bytes this party sends in it at the profile's bandwidth on top of
+its time on loopback, so a run plays compute + rounds x RTT + bytes / bandwidth, the model
+``NetworkProfile.projected_seconds`` computes (an upper bound on a real link, where a
+round's latency partly overlaps the peers' compute).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from securetorch.comm.frames import payload_bytes
+from securetorch.comm.profile import NetworkProfile
 from securetorch.comm.stats import CommStats
 from securetorch.errors import PartyError
 
@@ -40,6 +47,7 @@ class Links:
         self.job = 0
         self.step = 0
         self._hooks: list[ReceiveHook] = []
+        self.emulated: NetworkProfile | None = None
 
     def begin_job(self, job: int) -> None:
         """Job ``job`` starts: steps count from zero again."""
@@ -57,11 +65,13 @@ class Links:
         started = time.perf_counter()
         self.step += 1
         self.stats.rounds += 1
+        sent = 0
         for peer, tensors in sends.items():
             tensors = list(tensors)
             self._deliver(peer, tensors)
-            self.stats.bytes_sent += payload_bytes(tensors)
+            sent += payload_bytes(tensors)
             self.stats.messages += 1
+        self.stats.bytes_sent += sent
         received = {}
         for peer in recv_from:
             tensors = self._take(peer)
@@ -69,6 +79,8 @@ class Links:
             for hook in list(self._hooks):
                 hook(peer, tensors)
             received[peer] = tensors
+        if self.emulated is not None:
+            time.sleep(self.emulated.round_seconds(sent))
         self.stats.seconds += time.perf_counter() - started
         return received
 

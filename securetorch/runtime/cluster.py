@@ -32,6 +32,7 @@ import torch
 import zmq
 
 from securetorch.comm.frames import FrameError
+from securetorch.comm.profile import NetworkProfile, network_profile
 from securetorch.comm.security import Credential, CurveKeys, PlainPassword, party_identity
 from securetorch.comm.stats import CommStats
 from securetorch.errors import AccessError, InputError, PartyError, ProtocolError
@@ -121,7 +122,9 @@ class Cluster:
         party_keys: list[bytes | None] | None = None,
         name: str | None = None,
         on_queue: Callable[[int], None] | None = None,
+        network: NetworkProfile | None = None,
     ) -> None:
+        self.network = network  # the link the parties are on (declared, or played by local parties)
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
         self.frac_bits = frac_bits
@@ -220,6 +223,7 @@ class Cluster:
             progress,
             credential=keys,
             party_keys=[p.public_key for p in config.parties],
+            network=config.network,
             name=name,
             on_queue=on_queue,
         )
@@ -453,22 +457,28 @@ def _close_all() -> None:
 
 
 def _private_parties(
-    directory: str, transport: str, frac_bits: int, compare_bits: int, timeout: float
+    directory: str,
+    transport: str,
+    frac_bits: int,
+    compare_bits: int,
+    timeout: float,
+    network: NetworkProfile | None,
 ) -> tuple[ClusterConfig, list[Credential], Credential]:
     """The configuration of three parties private to one driver, their credentials and the
     driver's: ipc sockets in ``directory`` (mode 0700) with random PLAIN passwords, or
-    loopback tcp with ephemeral CURVE keys."""
+    loopback tcp with ephemeral CURVE keys; the network profile they play."""
     names = [party_identity(r) for r in RANKS]
     credentials: list[Credential]
     if transport == "ipc":
         passwords = {name: PlainPassword(name) for name in [*names, LOCAL_DRIVER]}
-        config = local_config(frac_bits, compare_bits, timeout, None, {n: p.digest() for n, p in passwords.items()})
+        digests = {n: p.digest() for n, p in passwords.items()}
+        config = local_config(frac_bits, compare_bits, timeout, None, digests, network)
         credentials, driver = [passwords[n] for n in names], passwords[LOCAL_DRIVER]
         addresses = [(f"ipc://{directory}/p{r}-control", f"ipc://{directory}/p{r}-peer") for r in RANKS]
     else:
         keys = [CurveKeys.generate() for _ in RANKS]
         driver_keys = CurveKeys.generate()
-        config = local_config(frac_bits, compare_bits, timeout, driver_keys.public, {})
+        config = local_config(frac_bits, compare_bits, timeout, driver_keys.public, {}, network)
         credentials, driver = list(keys), driver_keys
         addresses = [("tcp://127.0.0.1:*", "tcp://127.0.0.1:*") for _ in RANKS]
     parties = tuple(
@@ -493,7 +503,9 @@ class LocalCluster(Cluster):
     ``timeout``: seconds a party waits for a peer before raising PartyError;
     ``threads``: torch threads per party (default cores / 3); ``progress``: a per-layer
     progress bar on calls longer than 2 s (default: in a terminal or notebook, not under
-    pytest).
+    pytest); ``network``: a profile the parties' links play (``"lan"``, ``"puma"``,
+    ``"wan"`` or a ``NetworkProfile``: every round lasts at least its RTT plus the bytes sent
+    at its bandwidth; ``comm/profile.py``), default none (loopback as it is).
     """
 
     def __init__(
@@ -504,24 +516,35 @@ class LocalCluster(Cluster):
         transport: Literal["ipc", "tcp"] = "ipc",
         compare_bits: int = DEFAULT_COMPARE_BITS,
         progress: bool | None = None,
+        network: str | NetworkProfile | None = None,
     ) -> None:
         if transport not in ("ipc", "tcp"):
             raise ValueError(f"transport is 'ipc' or 'tcp', not {transport!r}")
+        profile = network_profile(network)
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
         self._procs: list[subprocess.Popen[bytes]] = []
         self._closed = True  # until the session is open
         self._tmpdir = tempfile.mkdtemp(prefix="securetorch-")  # mode 0700
         try:
-            self._start(frac_bits, timeout, threads, transport, compare_bits, progress)
+            self._start(frac_bits, timeout, threads, transport, compare_bits, progress, profile)
         except BaseException:
             self._kill()
             raise
 
     def _start(
-        self, frac_bits: int, timeout: float, threads: int, transport: str, compare_bits: int, progress: bool | None
+        self,
+        frac_bits: int,
+        timeout: float,
+        threads: int,
+        transport: str,
+        compare_bits: int,
+        progress: bool | None,
+        network: NetworkProfile | None,
     ) -> None:
-        config, credentials, driver = _private_parties(self._tmpdir, transport, frac_bits, compare_bits, timeout)
+        config, credentials, driver = _private_parties(
+            self._tmpdir, transport, frac_bits, compare_bits, timeout, network
+        )
         keys = [c for c in credentials if isinstance(c, CurveKeys)] or None
         secrets_ = [
             {"public": c.public.decode(), "secret": c.secret.decode()}
@@ -564,6 +587,7 @@ class LocalCluster(Cluster):
             progress,
             credential=driver,
             party_keys=None if keys is None else [k.public for k in keys],
+            network=network,
         )
         _LIVE.add(self)
         self._open()
@@ -644,15 +668,19 @@ class InProcessCluster(Cluster):
         timeout: float = 60.0,
         compare_bits: int = DEFAULT_COMPARE_BITS,
         progress: bool | None = None,
+        network: str | NetworkProfile | None = None,
     ) -> None:
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
+        profile = network_profile(network)
         self._closed = True  # until the session is open
         self._servers: list[PartyServer] = []
         self._threads: list[threading.Thread] = []
         self._tmpdir = tempfile.mkdtemp(prefix="securetorch-")  # mode 0700
         try:
-            config, credentials, driver = _private_parties(self._tmpdir, "ipc", frac_bits, compare_bits, timeout)
+            config, credentials, driver = _private_parties(
+                self._tmpdir, "ipc", frac_bits, compare_bits, timeout, profile
+            )
             self._servers = [PartyServer(r, config, credentials[r]) for r in RANKS]
             parties = tuple(
                 PartyAddress(r, server.control_address, server.net.address, None)
@@ -674,6 +702,7 @@ class InProcessCluster(Cluster):
                 compare_bits,
                 progress,
                 credential=driver,
+                network=profile,
             )
             _LIVE.add(self)
             self._open()

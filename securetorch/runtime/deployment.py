@@ -49,6 +49,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from securetorch.comm.network import DEFAULT_MAX_MESSAGE_BYTES
+from securetorch.comm.profile import NetworkProfile, network_profile
 from securetorch.comm.security import CurveKeys, KeyFileError, load_keypair
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
 
@@ -97,6 +98,7 @@ class ClusterConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     password_digests: dict[str, str] = field(default_factory=dict)  # local ipc clusters (PLAIN)
     local: bool = False
+    network: NetworkProfile | None = None  # declared; a local cluster's parties play it
 
     @property
     def encrypted(self) -> bool:
@@ -149,6 +151,7 @@ class ClusterConfig:
             "max_message_bytes": self.max_message_bytes,
             "password_digests": self.password_digests,
             "local": self.local,
+            "network": None if self.network is None else self.network.to_dict(),
         }
         return json.dumps(doc)
 
@@ -166,6 +169,7 @@ class ClusterConfig:
             max_message_bytes=int(doc["max_message_bytes"]),
             password_digests=dict(doc["password_digests"]),
             local=bool(doc["local"]),
+            network=network_profile(doc.get("network")),
         )
 
     # ------------------------------------------------------------------ cluster files
@@ -255,6 +259,10 @@ def _parse(doc: dict[str, Any], source: str) -> ClusterConfig:
         )
     if len({p.public_key is None for p in parties.values()}) != 1:
         raise ConfigError(f"{source}: give every party a public_key, or none (unencrypted, for tests only)")
+    try:
+        network = network_profile(doc.get("network"))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: network: {exc}") from None
     config = ClusterConfig(
         parties=(parties[0], parties[1], parties[2]),
         drivers=_drivers(doc.get("drivers"), source),
@@ -262,6 +270,7 @@ def _parse(doc: dict[str, Any], source: str) -> ClusterConfig:
         compare_bits=compare_bits,
         timeout=timeout,
         max_message_bytes=max_mb << 20,
+        network=network,
     )
     if not config.drivers:
         raise ConfigError(
@@ -309,10 +318,16 @@ def settings_mismatch(party: dict[str, Any], driver: dict[str, Any]) -> str | No
 
 
 def local_config(
-    frac_bits: int, compare_bits: int, timeout: float, driver_key: bytes | None, password_digests: dict[str, str]
+    frac_bits: int,
+    compare_bits: int,
+    timeout: float,
+    driver_key: bytes | None,
+    password_digests: dict[str, str],
+    network: NetworkProfile | None = None,
 ) -> ClusterConfig:
     """A ``LocalCluster``'s configuration before its parties bind: one admin driver, and
-    either CURVE keys (tcp) or PLAIN password digests (ipc) for every endpoint."""
+    either CURVE keys (tcp) or PLAIN password digests (ipc) for every endpoint; the network
+    profile its parties play."""
     pending = PartyAddress(0, "", "", None)
     return ClusterConfig(
         parties=(pending, replace(pending, rank=1), replace(pending, rank=2)),
@@ -322,4 +337,5 @@ def local_config(
         timeout=timeout,
         password_digests=password_digests,
         local=True,
+        network=network,
     )

@@ -161,6 +161,8 @@ class PartyServer:
             credential,
             config.max_message_bytes,
         )
+        if config.local:  # a local cluster plays its network; a deployment's is real
+            self.net.emulated = config.network
         self.models: dict[str, InstalledModel] = {}
         self.sessions: dict[int, Session] = {}
         self.queue: deque[tuple[int, int]] = deque()  # party 0: (session, request) in arrival order

@@ -23,6 +23,7 @@ from typing import Any
 
 from securetorch.comm.links import PeerAbort
 from securetorch.comm.memory import MemoryHub
+from securetorch.comm.profile import NetworkProfile, network_profile
 from securetorch.comm.stats import CommStats
 from securetorch.prg import new_key
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
@@ -45,15 +46,21 @@ class Simulator:
 
     ``frac_bits`` and ``compare_bits`` as for ``LocalCluster``; ``timeout``: seconds a party
     waits for a peer's message before raising ``PartyError`` (a party that took another
-    path through the code). State a function keeps in ``current().store`` lasts until
+    path through the code); ``network``: a profile (``"lan"``, ``"puma"``, ``"wan"`` or a
+    ``NetworkProfile``) the links play. State a function keeps in ``current().store`` lasts until
     ``close()``, as in a cluster session.
     """
 
     def __init__(
-        self, frac_bits: int = DEFAULT_FRAC_BITS, compare_bits: int = DEFAULT_COMPARE_BITS, timeout: float = 60.0
+        self,
+        frac_bits: int = DEFAULT_FRAC_BITS,
+        compare_bits: int = DEFAULT_COMPARE_BITS,
+        timeout: float = 60.0,
+        network: str | NetworkProfile | None = None,
     ) -> None:
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
+        self.network = network_profile(network)
         self.frac_bits = frac_bits
         self.compare_bits = compare_bits
         self.hub = MemoryHub()
@@ -68,6 +75,8 @@ class Simulator:
             )
             for r in RANKS
         ]
+        for ctx in self.contexts:
+            ctx.net.emulated = self.network
         self._jobs = itertools.count(1)
         self._threads = ThreadPoolExecutor(3, thread_name_prefix="securetorch-party")
         self._closed = False

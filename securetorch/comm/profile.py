@@ -1,0 +1,83 @@
+"""Network profiles: the link between the parties, as bandwidth and round-trip time.
+
+A profile says what a network costs: ``projected_seconds`` is compute + rounds x RTT + bytes
+/ bandwidth, the model by which a protocol's rounds and bytes become time on a link. A
+``LocalCluster``, an ``InProcessCluster`` or a ``Simulator`` given a profile plays it: every
+protocol round takes RTT + (the bytes this party sends in it) / bandwidth on top of its time
+on loopback (``Links.exchange``), so a run takes what the projection says, which is an upper
+bound on a real link (there a round's latency partly overlaps the peers' compute). A deployment's cluster file declares its
+profile (``network = "wan"`` or a ``[network]`` table); nothing is played there.
+
+Presets: ``lan`` (10 Gbps, 0.2 ms), ``puma`` (5 Gbps, 1 ms: PUMA's setting) and ``wan``
+(100 Mbps, 40 ms).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    """A link: ``bandwidth_bps`` (bits per second) and ``rtt_s`` (round-trip seconds)."""
+
+    bandwidth_bps: float
+    rtt_s: float
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        bandwidth, rtt = float(self.bandwidth_bps), float(self.rtt_s)
+        if not math.isfinite(bandwidth) or bandwidth <= 0:
+            raise ValueError(f"a network's bandwidth_bps must be a positive number, got {self.bandwidth_bps!r}")
+        if not math.isfinite(rtt) or not 0 <= rtt <= 10:
+            raise ValueError(f"a network's rtt_s must lie in [0, 10] seconds, got {self.rtt_s!r}")
+
+    def round_seconds(self, sent_bytes: int) -> float:
+        """What one protocol round adds on this link: a round trip, plus the bytes a party
+        sends in it at the link's bandwidth."""
+        return self.rtt_s + sent_bytes * 8 / self.bandwidth_bps
+
+    def projected_seconds(self, compute_seconds: float, rounds: int, nbytes: int) -> float:
+        """compute + rounds x RTT + bytes / bandwidth: a workload measured on loopback (its
+        compute seconds, rounds and bytes), moved onto this link."""
+        return compute_seconds + rounds * self.rtt_s + nbytes * 8 / self.bandwidth_bps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bandwidth_bps": self.bandwidth_bps, "rtt_s": self.rtt_s, "name": self.name}
+
+    def __str__(self) -> str:
+        label = f"{self.name}: " if self.name else ""
+        return f"{label}{self.bandwidth_bps / 1e9:g} Gbps, {self.rtt_s * 1e3:g} ms RTT"
+
+
+PRESETS: dict[str, NetworkProfile] = {
+    "lan": NetworkProfile(10e9, 0.2e-3, "lan"),
+    "puma": NetworkProfile(5e9, 1e-3, "puma"),
+    "wan": NetworkProfile(100e6, 40e-3, "wan"),
+}
+
+
+def network_profile(value: str | NetworkProfile | Mapping[str, Any] | None) -> NetworkProfile | None:
+    """A profile from a preset's name, a ``NetworkProfile``, or a mapping of
+    ``bandwidth_bps`` and ``rtt_s`` (a cluster file's ``[network]`` table); None stays None."""
+    if value is None or isinstance(value, NetworkProfile):
+        return value
+    if isinstance(value, str):
+        if value not in PRESETS:
+            raise ValueError(f"unknown network preset {value!r}: use one of {', '.join(PRESETS)} or a NetworkProfile")
+        return PRESETS[value]
+    if isinstance(value, Mapping):
+        extra = set(value) - {"bandwidth_bps", "rtt_s", "name"}
+        if extra or not {"bandwidth_bps", "rtt_s"} <= set(value):
+            raise ValueError("a network is given by bandwidth_bps and rtt_s (and optionally a name)")
+        numbers = (value["bandwidth_bps"], value["rtt_s"])
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):
+            raise ValueError("a network's bandwidth_bps and rtt_s are numbers")
+        return NetworkProfile(float(numbers[0]), float(numbers[1]), str(value.get("name", "")))
+    raise ValueError(f"a network is a preset name, a NetworkProfile or a mapping, not {type(value).__name__}")
+
+
+__all__ = ["PRESETS", "NetworkProfile", "network_profile"]

@@ -1,0 +1,99 @@
+"""Network profiles (``comm/profile.py``): presets and custom links, the projection of a
+loopback measurement onto a link, and the link emulator: a workload played on a profile takes
+at least rounds x RTT plus its bytes at the bandwidth, with the same outputs, bytes and
+rounds as on loopback. Local clusters play their profile; a cluster file declares one."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import securetorch as puma
+from securetorch.comm.profile import PRESETS, NetworkProfile, network_profile
+from securetorch.runtime.deployment import ClusterConfig, ConfigError
+
+
+def test_presets_and_custom_profiles() -> None:
+    assert network_profile("wan") == NetworkProfile(100e6, 40e-3, "wan") == PRESETS["wan"]
+    assert (PRESETS["lan"].bandwidth_bps, PRESETS["lan"].rtt_s) == (10e9, 0.2e-3)
+    assert (PRESETS["puma"].bandwidth_bps, PRESETS["puma"].rtt_s) == (5e9, 1e-3)
+    custom = network_profile({"bandwidth_bps": 1e9, "rtt_s": 0.005})
+    assert custom == NetworkProfile(1e9, 0.005)
+    assert network_profile(None) is None and network_profile(custom) is custom
+    for bad in ("moon", {"bandwidth_bps": 1e9}, {"bandwidth_bps": -1, "rtt_s": 0}, {"bandwidth_bps": 1e9, "rtt_s": 60},
+                {"bandwidth_bps": True, "rtt_s": 0}, {"bandwidth_bps": 1e9, "rtt_s": 0, "loss": 0.1}, 5):  # fmt: skip
+        with pytest.raises(ValueError):
+            network_profile(bad)
+
+
+def test_the_projection_is_compute_plus_rounds_times_rtt_plus_bytes_over_bandwidth() -> None:
+    wan = PRESETS["wan"]
+    assert wan.projected_seconds(1.5, 2100, 60_000_000) == pytest.approx(1.5 + 2100 * 0.04 + 60e6 * 8 / 100e6)
+    assert wan.round_seconds(1_000_000) == pytest.approx(0.04 + 0.08)
+
+
+def _products(x: torch.Tensor, times: int):
+    s = puma.share(x if puma.rank() == 0 else None, owner=0)
+    before = puma.stats()
+    for _ in range(times):
+        s = s * s
+    return s.reveal(), puma.stats() - before
+
+
+def test_a_played_link_takes_its_rounds_and_bytes_and_changes_nothing_else() -> None:
+    x = torch.rand(20_000) * 0.5 + 0.5
+    slow = NetworkProfile(bandwidth_bps=80e6, rtt_s=0.03)
+    with puma.Simulator() as sim:
+        plain = sim.run(_products, x, 3)
+    with puma.Simulator(network=slow) as sim:
+        started = time.perf_counter()
+        played = sim.run(_products, x, 3)
+        seconds = time.perf_counter() - started
+    assert [(c.rounds, c.bytes_sent) for _, c in played] == [(c.rounds, c.bytes_sent) for _, c in plain]
+    assert torch.allclose(played[0][0], plain[0][0], atol=1e-3)
+    cost = max((c for _, c in played), key=lambda c: c.bytes_sent)
+    assert seconds >= cost.rounds * slow.rtt_s + cost.bytes_sent * 8 / slow.bandwidth_bps  # every round paid the link
+
+
+def test_local_clusters_play_their_profile() -> None:
+    with puma.InProcessCluster(network="wan") as cluster:
+        assert cluster.network == PRESETS["wan"]
+        started = time.perf_counter()
+        (_, cost), *_ = cluster.run(_products, torch.ones(10), 2)
+        assert time.perf_counter() - started >= cost.rounds * 0.04
+    with puma.LocalCluster(network=NetworkProfile(1e9, 0.02)) as cluster:  # the party processes play it
+        started = time.perf_counter()
+        (_, cost), *_ = cluster.run(_products, torch.ones(10), 2)
+        assert time.perf_counter() - started >= cost.rounds * 0.02
+
+
+PARTIES = "".join(
+    f'[[parties]]\nrank = {r}\ncontrol = "tcp://127.0.0.1:{7000 + r}"\npeer = "tcp://127.0.0.1:{7100 + r}"\n'
+    for r in range(3)
+)
+DRIVER = '[[drivers]]\nname = "alice"\nrole = "owner"\n'
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('network = "wan"\n', PRESETS["wan"]),
+        ("[network]\nbandwidth_bps = 1e9\nrtt_s = 0.002\n", NetworkProfile(1e9, 0.002)),
+        ("", None),
+    ],
+)
+def test_a_cluster_file_declares_its_network(tmp_path, text, expected) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text(text + PARTIES + DRIVER)
+    config = ClusterConfig.load(path)
+    assert config.network == expected
+    assert ClusterConfig.from_json(config.to_json()).network == expected
+
+
+def test_a_cluster_file_with_an_unknown_network_names_it(tmp_path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text('network = "moon"\n' + PARTIES + DRIVER)
+    with pytest.raises(ConfigError, match="network: unknown network preset 'moon'"):
+        ClusterConfig.load(path)
