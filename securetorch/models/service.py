@@ -372,6 +372,20 @@ def _checked_onehot(ctx: PartyContext, installed: InstalledModel, onehot: Shared
         costs.measured("one_hot_check", lambda: check_one_hot(ctx, onehot.shares))
 
 
+def _checked_prompt(
+    ctx: PartyContext, installed: InstalledModel, onehot: SharedTensor, inputs: dict[str, Any]
+) -> tuple[int, int, dict[str, torch.Tensor]]:
+    """A client's token input, checked as every call checks it: the one-hot's shape, the
+    public inputs for that batch and length, then the one-hot itself in MPC. Its batch,
+    length and checked public inputs."""
+    batch, length = check_onehot_shape(installed, tuple(onehot.shape))
+    public = check_public_inputs(
+        installed.spec, installed.config, batch, length, inputs, class_name=installed.class_name
+    )
+    _checked_onehot(ctx, installed, onehot)
+    return batch, length, public
+
+
 def _embed(installed: InstalledModel, onehot: SharedTensor) -> SharedTensor:
     """The model's own token-embedding module on the secret one-hot: its lookup is the
     one-hot x table product (exact, 1 round), and whatever else the module does (a scale)
@@ -417,11 +431,7 @@ def forward(
         )
     pooled = None
     if installed.spec.tokens:
-        batch, length = check_onehot_shape(installed, tuple(secret.shape))
-        public = check_public_inputs(
-            installed.spec, installed.config, batch, length, inputs, class_name=installed.class_name
-        )
-        _checked_onehot(ctx, installed, secret)
+        batch, _, public = _checked_prompt(ctx, installed, secret, inputs)
         pooled = public.pop("last_non_pad_token", None)
         model_inputs = {"inputs_embeds": _embed(installed, secret), "use_cache": False, **public}
         if decoder is not None:
@@ -527,11 +537,7 @@ def start_generation(
             f"securetorch: {installed.class_name} has no language-model head to generate with"
             + (" (or no decoder_start_token_id)" if installed.spec.encoder_decoder else "")
         )
-    batch, length = check_onehot_shape(installed, tuple(onehot.shape))
-    public = check_public_inputs(
-        installed.spec, installed.config, batch, length, inputs, class_name=installed.class_name
-    )
-    _checked_onehot(ctx, installed, onehot)
+    batch, length, public = _checked_prompt(ctx, installed, onehot, inputs)
     if not installed.spec.encoder_decoder:
         return Generation(DynamicCache(config=installed.config), onehot, batch, 0, sampling=sampling), length, public
     with torch.no_grad():
