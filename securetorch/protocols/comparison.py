@@ -24,8 +24,10 @@ from securetorch.protocols.boolean import (
     and_,
     bit_planes,
     pack_bits,
+    pack_uint,
     reshare_bits,
     unpack_bits,
+    unpack_uint,
     xor,
     xor_public,
 )
@@ -99,29 +101,52 @@ def msb(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
     return xor(xor(top_s, top_c), carry)
 
 
-def bit_to_arith(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, ...]) -> Pair:
+def bit_to_arith(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, ...], ring_bits: int = 64) -> Pair:
     """Arithmetic shares of packed XOR-shared bits b (as integers 0/1 of ``shape``).
 
     ``b`` is packed along its last dim; ``shape`` is b's leading dims plus the bit count.
-    Below ``BYTES_BOUND_ELEMENTS`` bits: a three-party OT (1 round, 48 B per bit); from there
-    on, a dealer-assisted product (2 rounds, 24.125 B per bit). ``bit_to_arith_cost`` gives
-    the exact rounds and bytes.
+    Below ``BYTES_BOUND_ELEMENTS`` bits: a three-party OT (1 round, 6m/8 B per bit); from there
+    on, a dealer-assisted product (2 rounds, 3m/8 + 1/8 B per bit). With ``ring_bits`` m < 64
+    the shares are right modulo 2^m only (their high bits are noise) and every ring value
+    crosses the wire in m bits: for bits that are only counted or compared in a small range.
+    ``bit_to_arith_cost`` gives the exact rounds and bytes.
     """
+    if not 1 <= ring_bits <= 64:
+        raise ValueError(f"ring_bits must lie in [1, 64], got {ring_bits}")
     if math.prod(shape) < pa.BYTES_BOUND_ELEMENTS:
-        return _bit_to_arith_ot(ctx, b, shape)
-    return _bit_to_arith_dealer(ctx, b, shape)
+        return _bit_to_arith_ot(ctx, b, shape, ring_bits)
+    return _bit_to_arith_dealer(ctx, b, shape, ring_bits)
 
 
-def bit_to_arith_cost(n: int) -> tuple[int, int]:
+def bit_to_arith_cost(n: int, ring_bits: int = 64) -> tuple[int, int]:
     """Exact (rounds, bytes of all parties) of ``bit_to_arith`` on n bits in one packed row
     (several rows each pad their bits to whole bytes)."""
+    values = _wire_bytes(n, ring_bits)
     if n < pa.BYTES_BOUND_ELEMENTS:
-        return 1, 48 * n
-    return 2, 24 * n + (n + 7) // 8
+        return 1, 6 * values
+    return 2, 3 * values + (n + 7) // 8
 
 
-def _bit_to_arith_ot(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, ...]) -> Pair:
-    """Bit injection by three-party OT: 1 round, 48 bytes per bit.
+def _wire_bytes(n: int, ring_bits: int) -> int:
+    """Bytes of n ring values sent modulo 2^``ring_bits`` (``_to_wire``)."""
+    return 8 * n if ring_bits == 64 else (n * ring_bits + 7) // 8
+
+
+def _to_wire(v: torch.Tensor, ring_bits: int) -> torch.Tensor:
+    """Ring values as they cross the wire when only their value modulo 2^``ring_bits``
+    matters: ``ring_bits`` bits each (int64 as it is for the full ring)."""
+    if ring_bits == 64:
+        return v
+    return pack_uint(v & ((1 << ring_bits) - 1), ring_bits)
+
+
+def _from_wire(t: torch.Tensor, ring_bits: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of ``_to_wire`` (the values modulo 2^``ring_bits``)."""
+    return t if ring_bits == 64 else unpack_uint(t, ring_bits, shape)
+
+
+def _bit_to_arith_ot(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, ...], ring_bits: int) -> Pair:
+    """Bit injection by three-party OT: 1 round, 6 ring values (48 bytes at 64 bits) per bit.
 
     b = c xor b_2 with c = b_0 xor b_1 known to P_0 and b_2 known to P_1 and P_2. P_0 sends each
     of P_1, P_2 both candidates m_j = (c xor j) - s_0 - s_1, masked with pads it shares with the
@@ -136,29 +161,34 @@ def _bit_to_arith_ot(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[in
         s1, qad0, qad1 = (ctx.prg_next.int64(size) for _ in range(3))  # key k_1 (with P_1)
         c = unpack_bits(b[0] ^ b[1], n)
         m0, m1 = c - s0 - s1, (1 - c) - s0 - s1
-        ctx.net.exchange({1: [m0 + pad0, m1 + pad1], 2: [m0 + qad0, m1 + qad1]}, [])
+        to_1 = [_to_wire(m0 + pad0, ring_bits), _to_wire(m1 + pad1, ring_bits)]
+        to_2 = [_to_wire(m0 + qad0, ring_bits), _to_wire(m1 + qad1, ring_bits)]
+        ctx.net.exchange({1: to_1, 2: to_2}, [])
         return s0, s1
     if ctx.rank == 1:  # holds (b_1, b_2); shares k_1 with P_0
-        s1, s2 = _choose(ctx, ctx.prg_prev, unpack_bits(b[1], n).bool(), size, other=2)
+        s1, s2 = _choose(ctx, ctx.prg_prev, unpack_bits(b[1], n).bool(), size, other=2, ring_bits=ring_bits)
         return s1, s2
-    s0, s2 = _choose(ctx, ctx.prg_next, unpack_bits(b[0], n).bool(), size, other=1)  # P_2: (b_2, b_0), k_0
+    s0, s2 = _choose(
+        ctx, ctx.prg_next, unpack_bits(b[0], n).bool(), size, other=1, ring_bits=ring_bits
+    )  # P_2: (b_2, b_0), k_0
     return s2, s0
 
 
 def _choose(
-    ctx: PartyContext, stream: Any, b2: torch.Tensor, size: tuple[int, ...], other: int
+    ctx: PartyContext, stream: Any, b2: torch.Tensor, size: tuple[int, ...], other: int, ring_bits: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A receiver's side of ``bit_to_arith``: draw its key share and the other receiver's
     pads (from the key it shares with P_0), send that receiver the pad for b_2, and open
     m_{b_2} from P_0's two masked candidates."""
     own, pad0, pad1 = (stream.int64(size) for _ in range(3))
-    got = ctx.net.exchange({other: [torch.where(b2, pad1, pad0)]}, [0, other])
-    masked0, masked1 = got[0]
-    return own, torch.where(b2, masked1, masked0) - got[other][0]
+    got = ctx.net.exchange({other: [_to_wire(torch.where(b2, pad1, pad0), ring_bits)]}, [0, other])
+    masked0, masked1 = (_from_wire(t, ring_bits, size) for t in got[0])
+    return own, torch.where(b2, masked1, masked0) - _from_wire(got[other][0], ring_bits, size)
 
 
-def _bit_to_arith_dealer(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, ...]) -> Pair:
-    """Bit injection by a dealer-assisted product: 2 rounds, 24 + 1/8 bytes per bit.
+def _bit_to_arith_dealer(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, ...], ring_bits: int) -> Pair:
+    """Bit injection by a dealer-assisted product: 2 rounds, 3 ring values (24 bytes at 64
+    bits) + 1/8 byte per bit.
 
     With a rotating dealer D, A = D+1, B = D+2: b = x xor y where x = b_A xor b_B is known
     to A and y = b_D to B and D, so b = x + y - 2xy. D deals r (a bit, D-A key) and, since
@@ -178,7 +208,7 @@ def _bit_to_arith_dealer(ctx: PartyContext, b: BitPair, shape: torch.Size | tupl
         r = with_a.bits(y.numel()).reshape(size)
         h_a, c_a = with_a.int64(size), with_a.int64(size)
         c_d = with_b.int64(size)
-        ctx.net.exchange({rank_b: [r * y - h_a]}, [])
+        ctx.net.exchange({rank_b: [_to_wire(r * y - h_a, ring_bits)]}, [])
         ctx.net.exchange({}, [])
         return c_d, c_a
     if ctx.rank == rank_a:  # holds (b_A, b_B)
@@ -189,15 +219,58 @@ def _bit_to_arith_dealer(ctx: PartyContext, b: BitPair, shape: torch.Size | tupl
         e = x ^ r
         ctx.net.exchange({rank_b: [pack_bits(e)]}, [])
         mine = x - 2 * (1 - 2 * e) * h_a - c_a
-        theirs = ctx.net.exchange({rank_b: [mine]}, [rank_b])[rank_b][0]
-        return c_a, mine + theirs
+        theirs = ctx.net.exchange({rank_b: [_to_wire(mine, ring_bits)]}, [rank_b])[rank_b][0]
+        return c_a, mine + _from_wire(theirs, ring_bits, size)
     y = unpack_bits(b[1], count)  # B holds (b_B, b_D)
     c_d = ctx.prg_with(dealer).int64(size)
     got = ctx.net.exchange({}, [dealer, rank_a])
-    h_b, e = got[dealer][0], unpack_bits(got[rank_a][0], count)
+    h_b, e = _from_wire(got[dealer][0], ring_bits, size), unpack_bits(got[rank_a][0], count)
     mine = y - 2 * e * y - 2 * (1 - 2 * e) * h_b - c_d
-    theirs = ctx.net.exchange({rank_a: [mine]}, [rank_a])[rank_a][0]
-    return mine + theirs, c_d
+    theirs = ctx.net.exchange({rank_a: [_to_wire(mine, ring_bits)]}, [rank_a])[rank_a][0]
+    return mine + _from_wire(theirs, ring_bits, size), c_d
+
+
+def bit_sum(ctx: PartyContext, b: BitPair, shape: tuple[int, int], ring_bits: int) -> Pair:
+    """Per-row counts of XOR-shared bits b, packed over the flattened ``shape`` [rows, cols]
+    (row-major), as integer shares [rows] right modulo 2^``ring_bits`` (m: counts below 2^m).
+
+    The dealer-assisted injection (``_bit_to_arith_dealer``) up to its additive shares, which
+    A and B sum over each row, so that only round 1 is per bit. Round 1: A -> B e = x xor r
+    (packed), D -> B h_B = r y - h_A (m bits each); A holds sum_j x_j - 2(1 - 2e_j) h_A,j and
+    B sum_j y_j - 2 e_j y_j - 2(1 - 2e_j) h_B,j, D holds 0: additive shares of the count.
+    Round 2: the [rows] sums are reshared (``reshare``). B sees e (r is uniform to it) and
+    h_B (h_A is uniform to it); A and D see nothing. ``bit_sum_cost``: 2 rounds, (m + 1)/8
+    bytes per bit and 24 per row.
+    """
+    rows, cols = shape
+    n = rows * cols
+    dealer = ctx.next_dealer()
+    rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
+    if ctx.rank == dealer:  # holds (b_D, b_A)
+        with_a = ctx.prg_with(rank_a)
+        y = unpack_bits(b[0], n)
+        r, h_a = with_a.bits(n), with_a.int64((n,))
+        ctx.net.exchange({rank_b: [_to_wire(r * y - h_a, ring_bits)]}, [])
+        total = torch.zeros(rows, dtype=torch.int64)
+    elif ctx.rank == rank_a:  # holds (b_A, b_B)
+        with_d = ctx.prg_with(dealer)
+        x = unpack_bits(b[0] ^ b[1], n)
+        r, h_a = with_d.bits(n), with_d.int64((n,))
+        e = x ^ r
+        ctx.net.exchange({rank_b: [pack_bits(e)]}, [])
+        total = (x - 2 * (1 - 2 * e) * h_a).view(rows, cols).sum(-1)
+    else:  # B holds (b_B, b_D)
+        y = unpack_bits(b[1], n)
+        got = ctx.net.exchange({}, [dealer, rank_a])
+        h_b, e = _from_wire(got[dealer][0], ring_bits, (n,)), unpack_bits(got[rank_a][0], n)
+        total = (y - 2 * e * y - 2 * (1 - 2 * e) * h_b).view(rows, cols).sum(-1)
+    return pa.reshare(ctx, total)
+
+
+def bit_sum_cost(rows: int, cols: int, ring_bits: int) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``bit_sum`` on [rows, cols] bits."""
+    n = rows * cols
+    return 2, (n + 7) // 8 + _wire_bytes(n, ring_bits) + 24 * rows
 
 
 def bits_to_arith_word(ctx: PartyContext, planes: BitPair, n: int) -> Pair:

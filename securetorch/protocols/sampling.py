@@ -6,19 +6,21 @@ For secret logits x [rows, V] and public settings (temperature T, top-k k, top-p
 1. **Temperature**: y = x / T, a public scaling (one truncation), then y - max(y) per row
    (``max_last_dim``).
 2. **Top-k** (HF's ``TopKLogitsWarper``: keep every logit at least the k-th largest): a
-   secret threshold found by bisection. Logits below -2^6 are first raised to -2^6 (one
-   comparison and one product each: they are never kept), so that every later comparison
-   reads f + 9 bits only. With t = -2^6 to start, for each step s = 2^5, ..., 2^-8:
-   t += s * [#{j: y_j >= t + s} >= k]. Each step is V comparisons and one more; the bit
-   times the public step is local. Kept: y_j >= t, the k largest and any within 2^-8
-   below the k-th (its resolution); logits more than 2^6 below the row max have
-   probability below e^-64 and are never kept. The others get -2^12 (probability 0).
-3. **Softmax** over the kept logits (``approx.softmax_last_dim``): probabilities q >= 0.
+   secret threshold t, the largest multiple of 2^-8 in [-2^6, 0] with #{j: y_j >= t} >= k,
+   found bit by bit from the top (``radix_threshold``) on one bit decomposition of
+   z = y + 2^6 (``bit_decompose`` on ``compare_bits`` bits: logits more than 2^6 below the row
+   max, negative z, have probability below e^-64 and are never kept). Each of the 15 bits
+   costs one AND, one count of bits per row (``bit_sum``, in a ring of log2 V + 1 bits), one
+   comparison per row and one AND to update. Kept: y_j >= t (the k largest and any within
+   2^-8 below the k-th: its resolution); the others get -2^12 (probability 0).
+3. **Softmax** over the kept logits (``approx.softmax_last_dim``): probabilities q.
 4. **Top-p** (HF's ``TopPLogitsWarper``: the smallest set of most likely tokens whose mass
-   reaches p): bisection on a probability threshold. With t = 0, for s = 2^-1, ..., 2^-14:
-   t += s * [sum_j q_j [q_j >= t + s] >= p]; kept q_j >= t (ties and probabilities within
-   2^-14 of the boundary are kept too). Each step is V comparisons, V exact ring products
-   (a 0/1 bit times a probability) and one comparison.
+   reaches p): the largest probability threshold t, a multiple of 2^-14 in [0, 1], with
+   sum_j q_j [q_j >= t] >= p, bit by bit on one bit decomposition of q (f + 3 bits; negative
+   q, an approximation's rounding, is never kept). Each of the 15 bits costs one AND, one
+   bit injection into a ring of f + 3 bits, one exact product per row (the mass
+   sum_j q_j [q_j >= t'], local products summed before one resharing), one comparison per
+   row and one AND. Kept: q_j >= t (ties and probabilities within 2^-14 of the boundary too).
 5. **The draw** (inverse transform, as ``torch.multinomial``): u uniform in [0, 1) with f
    random bits, each an XOR-sharing drawn from the parties' pairwise PRG streams (no party
    knows u) and injected into the ring together (``bits_to_arith_word``); the cumulative
@@ -28,9 +30,10 @@ For secret logits x [rows, V] and public settings (temperature T, top-k k, top-p
 
 Comparisons between probabilities (top-p, the draw) read f + 3 bits of the ring instead of
 ``compare_bits``: their operands lie in [0, 1]. The settings are public (they come with the
-caller's request); every intermediate is secret. Cost (V = vocabulary, r = rows): the row max, one truncation, the softmax, V r + r
-comparisons per bisection step (14 steps for top-k, 14 for top-p with V r products each),
-f r bit injections, one product and V r comparisons for the draw.
+caller's request); every intermediate is secret. ``top_k_mask_cost`` and ``top_p_mask_cost``
+give the exact rounds and bytes of the two selections: a top-k threshold bit moves
+(m + 10)/8 bytes per logit (m = log2 V + 1), where comparing every logit with a bisection
+candidate would move an msb and a 64-bit injection per logit.
 """
 
 from __future__ import annotations
@@ -43,9 +46,20 @@ import torch
 
 from securetorch.prg import KEY_BYTES, AesPrg
 from securetorch.protocols import arithmetic as pa
-from securetorch.protocols.approx import softmax_last_dim
+from securetorch.protocols.approx import bit_decompose, bit_decompose_cost, softmax_last_dim
 from securetorch.protocols.arithmetic import Pair
-from securetorch.protocols.comparison import bits_to_arith_word, less_than_zero, max_last_dim
+from securetorch.protocols.boolean import BitPair, and_, pack_bits, unpack_bits, xor, xor_public
+from securetorch.protocols.comparison import (
+    bit_sum,
+    bit_sum_cost,
+    bit_to_arith,
+    bit_to_arith_cost,
+    bits_to_arith_word,
+    less_than_zero,
+    max_last_dim,
+    msb,
+    msb_cost,
+)
 from securetorch.session.context import PartyContext
 
 TOP_K_RANGE_BITS = 6  # logits more than 2^6 below the row max are never among the top k
@@ -82,60 +96,123 @@ def _rows(x: Pair) -> Pair:
     return x[0].unsqueeze(-1), x[1].unsqueeze(-1)
 
 
-def _greater_equal(ctx: PartyContext, x: Pair, threshold: Pair, bits: int | None = None) -> Pair:
-    """[x >= threshold] (arithmetic 0/1, an integer), per row: 1 - [x - t < 0], the
-    comparison on ``bits`` bits where the caller bounds x - t (``less_than_zero``)."""
-    below = less_than_zero(ctx, pa.sub(x, threshold), bits)
-    return pa.add_public(ctx, pa.neg(below), torch.ones((), dtype=torch.int64))
+def _per_element(bits: BitPair, rows: int, vocab: int) -> BitPair:
+    """Per-row XOR-shared bits (packed over rows) repeated over their row's ``vocab``
+    positions, packed over the flattened [rows, vocab] (local)."""
+    first, second = (pack_bits(unpack_bits(share, rows).repeat_interleave(vocab)) for share in bits)
+    return first, second
 
 
-def _bisect(ctx: PartyContext, start: Pair, steps: list[float], holds: Callable[[Pair], Pair]) -> Pair:
-    """The largest t = start + sum of some ``steps`` for which ``holds(t)`` (a 0/1 integer
-    secret per row) is 1, found greedily from the largest step: t += s * holds(t + s)."""
-    f = ctx.frac_bits
-    t = start
-    for s in steps:
-        step = torch.tensor(round(s * (1 << f)), dtype=torch.int64)
-        ok = holds(pa.add_public(ctx, t, step))
-        t = pa.add(t, pa.mul_public(ok, step))
-    return t
+def radix_threshold(
+    ctx: PartyContext,
+    planes: BitPair,
+    sign: int,
+    levels: range,
+    shape: tuple[int, int],
+    short: Callable[[BitPair], BitPair],
+) -> BitPair:
+    """Which elements reach a secret per-row threshold t found bit by bit from the top.
+
+    ``planes`` are the XOR-shared bits of the values (``bit_decompose``), packed over the
+    flattened ``shape`` [rows, V]; elements whose ``sign`` bit is set are never counted or
+    kept. t has its bits in ``levels`` (descending) and zeros below. For each level i the
+    candidate is t + 2^i: per element, ``greater`` (the bits above i exceed t's) or ``equal``
+    and bit i set marks z_j >= t + 2^i (one AND), and ``short`` of those marks says, per row
+    (XOR-shared, packed over rows), that they fall short of what the threshold must keep;
+    where they do not, the candidate bit is taken. The update is one AND of "short" with
+    (equal, equal and bit i): equal' = (equal and bit i) xor (short and equal), greater' =
+    greater xor (short and equal and bit i). The result: z_j >= t, packed like the planes.
+    Cost per level: two AND rounds (3 and 6 bits per element) plus ``short``.
+    """
+    rows, vocab = shape
+    equal = xor_public(ctx, (planes[0][sign], planes[1][sign]), torch.full_like(planes[0][sign], 255))
+    greater = (torch.zeros_like(equal[0]), torch.zeros_like(equal[1]))
+    for i in levels:
+        above = and_(ctx, equal, (planes[0][i], planes[1][i]))
+        fall_short = _per_element(short(xor(greater, above)), rows, vocab)
+        both = tuple(torch.stack([s, s]) for s in fall_short)
+        update = and_(ctx, (both[0], both[1]), (torch.stack([equal[0], above[0]]), torch.stack([equal[1], above[1]])))
+        equal = (above[0] ^ update[0][0], above[1] ^ update[1][0])
+        greater = (greater[0] ^ update[0][1], greater[1] ^ update[1][1])
+    return xor(greater, equal)
+
+
+def _top_k_layout(vocab: int, frac_bits: int) -> tuple[int, range]:
+    """(count ring bits, threshold bit levels) of ``top_k_mask``."""
+    return max(4, vocab.bit_length() + 1), range(
+        frac_bits + TOP_K_RANGE_BITS, max(frac_bits - TOP_K_RESOLUTION_BITS, 0) - 1, -1
+    )
 
 
 def top_k_mask(ctx: PartyContext, y: Pair, k: int) -> Pair:
-    """0/1 integers marking, per row of ``y`` (row max 0), the logits kept by top-k."""
+    """0/1 integers marking, per row of ``y`` [rows, V] (row max 0), the logits kept by top-k:
+    y_j >= t for the largest t (a multiple of 2^-8 in [-2^6, 0]) that keeps at least k."""
+    rows, vocab = y[0].shape
     f = ctx.frac_bits
-    count_k = torch.tensor(k, dtype=torch.int64)
-    start = pa.public_shares(ctx, torch.full(y[0].shape[:-1], -(1 << (TOP_K_RANGE_BITS + f)), dtype=torch.int64))
+    count_bits, levels = _top_k_layout(vocab, f)
+    z = pa.add_public(ctx, y, torch.tensor(1 << (f + TOP_K_RANGE_BITS)))
+    planes = bit_decompose(ctx, z, ctx.compare_bits)
+    minus_k = torch.tensor(-k, dtype=torch.int64)
 
-    floor = pa.public_shares(ctx, torch.full(y[0].shape, -(1 << (TOP_K_RANGE_BITS + f)), dtype=torch.int64))
-    below = less_than_zero(ctx, pa.sub(y, floor))  # y_j < -2^6: raised to -2^6, never kept
-    y = pa.add(y, pa.mul(ctx, below, pa.sub(floor, y)))
-    bits = f + TOP_K_RANGE_BITS + 3  # now |y - t| <= 2^7
+    def short(marked: BitPair) -> BitPair:  # [#marked < k]
+        count = bit_sum(ctx, marked, (rows, vocab), count_bits)
+        return msb(ctx, pa.add_public(ctx, count, minus_k), count_bits)
 
-    def enough(t: Pair) -> Pair:
-        kept = _greater_equal(ctx, y, _rows(t), bits)
-        count = (kept[0].sum(-1), kept[1].sum(-1))
-        return _greater_equal(ctx, count, pa.public_shares(ctx, count_k.expand_as(t[0])))
+    kept = radix_threshold(ctx, planes, ctx.compare_bits - 1, levels, (rows, vocab), short)
+    arith = bit_to_arith(ctx, kept, (rows * vocab,))
+    return arith[0].view(rows, vocab), arith[1].view(rows, vocab)
 
-    steps = [2.0**e for e in range(TOP_K_RANGE_BITS - 1, -TOP_K_RESOLUTION_BITS - 1, -1)]
-    return _greater_equal(ctx, y, _rows(_bisect(ctx, start, steps, enough)), bits)
+
+def top_k_mask_cost(rows: int, vocab: int, frac_bits: int, compare_bits: int) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``top_k_mask`` on [rows, vocab]."""
+    count_bits, levels = _top_k_layout(vocab, frac_bits)
+    per_level = [bit_sum_cost(rows, vocab, count_bits), msb_cost(rows, count_bits)]
+    return _total(
+        [bit_decompose_cost(rows * vocab, compare_bits), bit_to_arith_cost(rows * vocab)]
+        + _radix_cost(rows * vocab, per_level) * len(levels)
+    )
+
+
+def _top_p_layout(frac_bits: int) -> tuple[int, range]:
+    """(ring bits of the mass and of the decomposition of q, threshold bit levels) of ``top_p_mask``."""
+    return frac_bits + PROBABILITY_BITS, range(frac_bits, max(frac_bits - TOP_P_RESOLUTION_BITS, 0) - 1, -1)
 
 
 def top_p_mask(ctx: PartyContext, q: Pair, p: float) -> Pair:
-    """0/1 integers marking, per row of probabilities ``q``, those kept by top-p."""
-    f = ctx.frac_bits
-    mass = torch.tensor(round(p * (1 << f)), dtype=torch.int64)
-    start = pa.public_shares(ctx, torch.zeros(q[0].shape[:-1], dtype=torch.int64))
+    """0/1 integers marking, per row of probabilities ``q`` [rows, V], those kept by top-p:
+    q_j >= t for the largest t (a multiple of 2^-14 in [0, 1]) whose kept mass reaches p."""
+    rows, vocab = q[0].shape
+    bits, levels = _top_p_layout(ctx.frac_bits)
+    planes = bit_decompose(ctx, q, bits)
+    minus_p = torch.tensor(-round(p * (1 << ctx.frac_bits)), dtype=torch.int64)
+    columns = (q[0].unsqueeze(-1), q[1].unsqueeze(-1))
 
-    bits = f + PROBABILITY_BITS  # q and t lie in [0, 1]: |q - t| < 2
+    def short(marked: BitPair) -> BitPair:  # [sum of marked q < p]
+        picked = bit_to_arith(ctx, marked, (rows * vocab,), bits)
+        mass = pa.matmul(ctx, (picked[0].view(rows, 1, vocab), picked[1].view(rows, 1, vocab)), columns)
+        return msb(ctx, pa.add_public(ctx, (mass[0].view(rows), mass[1].view(rows)), minus_p), bits)
 
-    def enough(t: Pair) -> Pair:
-        kept = pa.mul(ctx, _greater_equal(ctx, q, _rows(t), bits), q)  # exact: a 0/1 integer times q
-        total = (kept[0].sum(-1), kept[1].sum(-1))
-        return _greater_equal(ctx, total, pa.public_shares(ctx, mass.expand_as(t[0])), bits)
+    kept = radix_threshold(ctx, planes, bits - 1, levels, (rows, vocab), short)
+    arith = bit_to_arith(ctx, kept, (rows * vocab,))
+    return arith[0].view(rows, vocab), arith[1].view(rows, vocab)
 
-    steps = [2.0**-e for e in range(1, TOP_P_RESOLUTION_BITS + 1)]
-    return _greater_equal(ctx, q, _rows(_bisect(ctx, start, steps, enough)), bits)
+
+def top_p_mask_cost(rows: int, vocab: int, frac_bits: int) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``top_p_mask`` on [rows, vocab]."""
+    bits, levels = _top_p_layout(frac_bits)
+    n = rows * vocab
+    per_level = [bit_to_arith_cost(n, bits), (1, 24 * rows), msb_cost(rows, bits)]
+    return _total([bit_decompose_cost(n, bits), bit_to_arith_cost(n)] + _radix_cost(n, per_level) * len(levels))
+
+
+def _radix_cost(n: int, short: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The costs of one level of ``radix_threshold`` on n elements whose ``short`` costs these."""
+    packed = (n + 7) // 8
+    return [(1, 3 * packed), *short, (1, 6 * packed)]
+
+
+def _total(costs: list[tuple[int, int]]) -> tuple[int, int]:
+    return sum(c[0] for c in costs), sum(c[1] for c in costs)
 
 
 def uniform(ctx: PartyContext, rows: int, seed: int | None = None, draw: int = 0) -> Pair:
@@ -184,4 +261,13 @@ def sample(ctx: PartyContext, logits: Pair, settings: SamplingSettings, draw: in
     return index, onehot
 
 
-__all__ = ["SamplingSettings", "sample", "top_k_mask", "top_p_mask", "uniform"]
+__all__ = [
+    "SamplingSettings",
+    "radix_threshold",
+    "sample",
+    "top_k_mask",
+    "top_k_mask_cost",
+    "top_p_mask",
+    "top_p_mask_cost",
+    "uniform",
+]

@@ -50,19 +50,22 @@ def test_eos_lists_pad_the_finished_row_and_stop(qwen) -> None:
     assert torch.equal(got, plain) and got.shape[1] == 8  # stopped after the eos
 
 
+class Recorder:
+    """A streamer (HF's interface) that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.chunks: list[list[int]] = []
+        self.ended = False
+
+    def put(self, value: torch.Tensor) -> None:
+        self.chunks.append(value.flatten().tolist())
+
+    def end(self) -> None:
+        self.ended = True
+
+
 def test_a_streamer_gets_the_prompt_then_each_token_and_stopping_criteria_stop(qwen) -> None:
     _, secure_model = qwen
-
-    class Recorder:
-        def __init__(self) -> None:
-            self.chunks: list[list[int]] = []
-            self.ended = False
-
-        def put(self, value: torch.Tensor) -> None:
-            self.chunks.append(value.flatten().tolist())
-
-        def end(self) -> None:
-            self.ended = True
 
     class AfterTwo(hf.StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None, **kwargs) -> torch.Tensor:
@@ -75,6 +78,23 @@ def test_a_streamer_gets_the_prompt_then_each_token_and_stopping_criteria_stop(q
     )
     assert got.shape == (1, 8)
     assert streamer.chunks == [prompt()[0].tolist(), [int(got[0, 6])], [int(got[0, 7])]] and streamer.ended
+
+
+def test_sampling_with_hf_usual_settings_streams_each_drawn_token(qwen) -> None:
+    """HF's usual chat settings (temperature 0.8, top-k 50, top-p 0.9) with a streamer on a
+    LLaMA-family model: each drawn token streams as it comes, and the drawn tokens are ones
+    the plaintext warpers keep."""
+    model, secure_model = qwen
+    streamer = Recorder()
+    got = secure_model.generate(
+        prompt(), max_new_tokens=3, do_sample=True, temperature=0.8, top_k=50, top_p=0.9, streamer=streamer
+    )
+    assert got.shape == (1, 9) and streamer.ended
+    assert streamer.chunks == [prompt()[0].tolist()] + [[int(t)] for t in got[0, 6:]]
+    with torch.no_grad():
+        scores = model(input_ids=prompt()).logits[:, -1, :] / 0.8
+    kept = hf.TopPLogitsWarper(0.9)(None, hf.TopKLogitsWarper(50)(None, scores)) > -float("inf")
+    assert bool(kept[0, got[0, 6]])
 
 
 REFUSED = {  # a value for every setting generate refuses (UNSUPPORTED_GENERATION)

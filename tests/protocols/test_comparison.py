@@ -153,6 +153,63 @@ def _share_bits(ctx, bits):
     return xor_public(ctx, (zeros, zeros.clone()), pack_bits(bits))
 
 
+def _random_bits_sharing(ctx, bits):
+    """Packed XOR shares of public bits [rows, cols], packed over the flattened bits and
+    re-randomised (every share uniform): one resharing round."""
+    from securetorch.protocols.boolean import pack_bits, reshare_bits
+
+    packed = pack_bits(bits.reshape(-1))
+    return reshare_bits(ctx, packed if ctx.rank == 0 else torch.zeros_like(packed))
+
+
+def _per_dealer(bits, protocol):
+    """``protocol(ctx, planes)`` once per dealer, each on a fresh sharing of ``bits``: its
+    opened result and its cost."""
+    ctx = current()
+    out = []
+    for _ in range(3):
+        planes = _random_bits_sharing(ctx, bits)
+        before = puma.stats()
+        result = protocol(ctx, planes)
+        cost = puma.stats() - before
+        out.append((puma.SharedTensor(result, torch.int64).reveal(), cost))
+    return out
+
+
+@pytest.mark.parametrize("n", [1000, (1 << 17) + 5])
+def test_bit_injection_into_a_small_ring(sim, n) -> None:
+    """With ``ring_bits`` m < 64 the shares are exact modulo 2^m and each ring value crosses
+    the wire in m bits, in both protocols (OT below 2^17 bits, the dealer's product from
+    there on, each party dealing once): 6 values per bit, or 3 values and the bit of e."""
+    m = 17
+    bits = torch.randint(0, 2, (n,), generator=seeded(n))
+    results = sim.run(_per_dealer, bits, lambda ctx, planes: pc.bit_to_arith(ctx, planes, (n,), ring_bits=m))
+    for k in range(3):
+        assert torch.equal(results[0][k][0] & ((1 << m) - 1), bits)
+        cost = total([r[k][1] for r in results])
+        assert (cost.rounds, cost.bytes_sent) == pc.bit_to_arith_cost(n, m)
+    expected = {1000: (1, 6 * 2125), (1 << 17) + 5: (2, 3 * 278539 + 16385)}[n]  # ceil(17 n / 8) bytes per value set
+    assert pc.bit_to_arith_cost(n, m) == expected
+    with pytest.raises(ValueError, match="ring_bits"):
+        pc.bit_to_arith(None, (torch.zeros(1), torch.zeros(1)), (8,), ring_bits=65)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(1, 1000), (5, 203), (3, 1)])
+def test_bit_sums_count_each_row_with_exact_cost(sim, rows, cols) -> None:
+    """``bit_sum``: per-row counts, right modulo 2^m for every dealer; 2 rounds, the packed e
+    and m bits per bit, then 24 bytes per row."""
+    m = 12
+    bits = torch.randint(0, 2, (rows, cols), generator=seeded(rows * cols))
+    bits[0] = 1  # a full row: the largest count
+    results = sim.run(_per_dealer, bits, lambda ctx, planes: pc.bit_sum(ctx, planes, (rows, cols), m))
+    n = rows * cols
+    for k in range(3):
+        assert torch.equal(results[0][k][0] & ((1 << m) - 1), bits.sum(-1))
+        cost = total([r[k][1] for r in results])
+        assert (cost.rounds, cost.bytes_sent) == pc.bit_sum_cost(rows, cols, m)
+        assert cost.bytes_sent == (n + 7) // 8 + (n * m + 7) // 8 + 24 * rows
+
+
 def test_bit_decomposition_exact_costs_and_values(sim) -> None:
     n = 500
     values = torch.arange(n, dtype=torch.float64) * 37.25 - 4000.0

@@ -12,10 +12,20 @@ import torch
 import transformers as hf
 
 import securetorch as puma
-from securetorch.protocols.sampling import SamplingSettings, sample
+from securetorch.comm.stats import total
+from securetorch.protocols import approx as ap
+from securetorch.protocols import comparison as pc
+from securetorch.protocols.sampling import (
+    SamplingSettings,
+    sample,
+    top_k_mask,
+    top_k_mask_cost,
+    top_p_mask,
+    top_p_mask_cost,
+)
 from securetorch.session.context import current
 
-from ..conftest import chi_square_critical
+from ..conftest import chi_square_critical, seeded
 
 LOGITS = torch.tensor([2.0, 1.5, 0.3, -0.5, 1.0, -2.0, 0.0, 1.2, -0.2, 0.7])
 ROWS = 3000
@@ -84,6 +94,86 @@ def test_the_costs_are_exact_and_grow_with_what_is_asked(sim) -> None:
     again = sim.run(_draw, torch.randn(4, 10), SamplingSettings())  # shapes decide the cost, not values
     assert (sum(r[2].bytes_sent for r in again), again[0][2].rounds) == costs["plain"]
     assert costs["plain"][1] < costs["top_k"][1] and costs["plain"][1] < costs["top_p"][1]
+
+
+F = 18
+
+
+def _masks(y: torch.Tensor, q: torch.Tensor, k: int, p: float):
+    ctx = current()
+    ys = puma.share(y if puma.rank() == 0 else None, owner=0, dtype=torch.float64)
+    qs = puma.share(q if puma.rank() == 1 else None, owner=1, dtype=torch.float64)
+    before = puma.stats()
+    kept_k = top_k_mask(ctx, ys.shares, k)
+    middle = puma.stats()
+    kept_p = top_p_mask(ctx, qs.shares, p)
+    after = puma.stats()
+    reveal = [puma.SharedTensor(m, torch.int64).reveal() for m in (kept_k, kept_p)]
+    return reveal[0], reveal[1], middle - before, after - middle
+
+
+def reference_top_k(y: torch.Tensor, k: int) -> torch.Tensor:
+    """y_j >= t for the largest multiple t of 2^-8 in [-2^6, 0] with #{y_j >= t} >= k, on
+    the fixed-point values (logits more than 2^6 below the max are never kept)."""
+    yi = puma.ring.encode(y, F)
+    step, low = 1 << (F - 8), -(1 << (F + 6))
+    kth = yi.sort(-1, descending=True).values[:, k - 1 : k]
+    t = torch.clamp(torch.div(kth - low, step, rounding_mode="floor") * step + low, min=low)
+    return (yi >= t).long()
+
+
+def reference_top_p(q: torch.Tensor, p: float) -> torch.Tensor:
+    """q_j >= t for the largest multiple t of 2^-14 in [0, 1] whose kept mass reaches p."""
+    qi = puma.ring.encode(q, F)
+    step, need = 1 << (F - 14), round(p * (1 << F))
+    ordered = qi.sort(-1, descending=True).values
+    reach = (ordered.clamp(min=0).cumsum(-1) >= need).long().argmax(-1, keepdim=True)  # first index reaching p
+    value = ordered.gather(-1, reach)
+    t = torch.clamp(torch.div(value, step, rounding_mode="floor") * step, min=0, max=1 << F)
+    reached = ordered.clamp(min=0).sum(-1, keepdim=True) >= need
+    return (qi >= torch.where(reached, t, torch.zeros_like(t))).long()
+
+
+@pytest.mark.parametrize(("k", "p"), [(1, 0.5), (5, 0.9), (37, 0.999), (300, 1e-4)])
+def test_top_k_and_top_p_keep_what_their_thresholds_define(sim, k, p) -> None:
+    """The kept sets equal the plaintext definition exactly, on rows with ties at the k-th
+    logit, logits far below the max (never kept), a certain token, exact threshold values and
+    a probability an approximation rounded below 0; the costs equal the cost functions."""
+    vocab = 300
+    g = seeded(k)
+    y = torch.randn(5, vocab, generator=g, dtype=torch.float64) * 4
+    y[1, :40] = 30.0  # 40 ties at the top
+    y[2, 10:] = -100.0  # far below: only 10 candidates
+    y[3] = torch.round(y[3] * 256) / 256  # values on the threshold grid
+    y[4, ::3] = -(2.0**14)
+    y = y - y.max(-1, keepdim=True).values
+    q = torch.softmax(torch.randn(5, vocab, generator=g, dtype=torch.float64) * 3, -1)
+    q[1] = 0.0
+    q[1, 7] = 1.0  # a certain token
+    q[2] = torch.round(q[2] * 2**14) / 2**14  # probabilities on the threshold grid
+    q[3, 0] = -(2.0**-F)  # rounded below zero: never kept
+    q[4] = 1.0 / vocab  # all tied
+    results = sim.run(_masks, y, q, k, p)
+    kept_k, kept_p = results[0][:2]
+    assert torch.equal(kept_k, reference_top_k(y, k))
+    assert torch.equal(kept_p, reference_top_p(q, p))
+    assert int(kept_p[3, 0]) == 0
+    assert bool((kept_k.sum(-1) >= torch.clamp((y > -64).sum(-1), max=k)).all())
+    for index, fn in ((2, lambda: top_k_mask_cost(5, vocab, F, 44)), (3, lambda: top_p_mask_cost(5, vocab, F))):
+        measured = total([r[index] for r in results])
+        assert (measured.rounds, measured.bytes_sent) == fn()
+
+
+def test_a_top_k_threshold_bit_costs_a_few_bits_per_logit() -> None:
+    """At GPT-2's vocabulary each of the 15 threshold bits of a top-k moves (m + 10)/8 bytes
+    per logit (two ANDs, e and a count share of m = 17 bits) beyond the one bit decomposition
+    and injection, plus a comparison per row; rounds: the decomposition, 15 levels of an
+    AND, a bit count, a comparison of the count and an AND, and the injection."""
+    vocab = 50257
+    rounds, nbytes = top_k_mask_cost(1, vocab, F, 44)
+    fixed = ap.bit_decompose_cost(vocab, 44)[1] + pc.bit_to_arith_cost(vocab)[1]
+    assert abs((nbytes - fixed) / (15 * vocab) - 27 / 8) < 0.01
+    assert rounds == 8 + 15 * (1 + 2 + pc.msb_cost(1, 17)[0] + 1) + 1
 
 
 @pytest.mark.parametrize(

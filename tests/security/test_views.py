@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 import securetorch as puma
+from securetorch.protocols.sampling import SamplingSettings, sample
+from securetorch.session.context import current
 
 from ..conftest import chi_square_uniform_bytes, received_tensors
 
@@ -66,6 +68,23 @@ def test_every_message_of_comparisons_is_uniform(cluster) -> None:
         x = puma.share(torch.full((n,), 3.0) if puma.rank() == 0 else None, owner=0)
         # each party takes the dealer role once, then one small batch
         return [x < 1.0 for _ in range(3)] + [x[:1000] < 1.0]
+
+    for r, tensors in enumerate(cluster.run(recording(fn))):
+        assert tensors
+        stat, critical = chi_square_uniform_bytes(uniform_payload(tensors))
+        assert stat < critical, (r, stat, critical)
+
+
+def test_every_message_of_sampling_is_uniform(cluster) -> None:
+    """A sampled token with temperature, top-k and top-p from constant logits: every received
+    payload (bit decompositions, per-row bit counts, small-ring injections, the draw) looks
+    uniform, so nothing about the logits, the thresholds or the token leaks to any party."""
+
+    def fn():
+        logits = torch.zeros(2, 2000)
+        logits[:, :10] = 3.0
+        x = puma.share(logits if puma.rank() == 0 else None, owner=0)
+        sample(current(), x.shares, SamplingSettings(0.8, top_k=50, top_p=0.9))
 
     for r, tensors in enumerate(cluster.run(recording(fn))):
         assert tensors
