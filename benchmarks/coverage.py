@@ -196,7 +196,7 @@ def catalogue() -> list[Entry]:
     return entries
 
 
-def _inputs(entry: Entry, batch: int) -> dict[str, torch.Tensor]:
+def inputs_for(entry: Entry, batch: int) -> dict[str, torch.Tensor]:
     if entry.kind == "vision":
         return {"pixel_values": images(batch)}
     ids, mask = padded(left=entry.kind == "decoder")
@@ -206,7 +206,7 @@ def _inputs(entry: Entry, batch: int) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def _error(entry: Entry, got: Any, want: Any, mask: torch.Tensor | None) -> float:
+def error_against(entry: Entry, got: Any, want: Any, mask: torch.Tensor | None) -> float:
     error = (output_of(got) - output_of(want)).abs()
     if mask is not None and entry.kind != "seq2seq" and error.shape[:2] == mask.shape:
         error = error[mask.bool()]  # padding positions of a decoder attend to nothing
@@ -218,7 +218,7 @@ def measure(cluster: puma.Cluster, entry: Entry) -> dict[str, Any]:
     model = build(entry.name, entry.config)
     secure_model = puma.secure(model, cluster=cluster)
     try:
-        inputs = _inputs(entry, 2)
+        inputs = inputs_for(entry, 2)
         got = secure_model(**inputs)
         with torch.no_grad():
             want = model(**inputs)
@@ -226,9 +226,9 @@ def measure(cluster: puma.Cluster, entry: Entry) -> dict[str, Any]:
             "class": entry.name,
             "kind": entry.kind,
             "variant": entry.label,
-            "max_error": _error(entry, got, want, inputs.get("attention_mask")),
+            "max_error": error_against(entry, got, want, inputs.get("attention_mask")),
         }
-        one = _inputs(entry, 1)
+        one = inputs_for(entry, 1)
         cluster.reset_stats()
         secure_model(**one)
         cost = total(cluster.stats())

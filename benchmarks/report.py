@@ -18,7 +18,7 @@ import json
 import pathlib
 from typing import Any
 
-from benchmarks import coverage, engine, llama7b, models, network, nonlinear, sampling
+from benchmarks import coverage, engine, llama7b, models, network, nonlinear, public_weights, sampling
 from benchmarks.common import ROOT_RESULTS, machine
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -40,6 +40,7 @@ COMMANDS = {
     "llama7b": "python -m benchmarks.llama7b",
     "sampling": "python -m benchmarks.sampling",
     "network": "python -m benchmarks.network",
+    "public_weights": "python -m benchmarks.public_weights",
 }
 
 
@@ -136,6 +137,73 @@ def _sampling_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
             t, ratio = r["per_token"], r.get("per_token_vs_greedy")
             versus = f"{ratio['seconds']} / {ratio['bytes']} / {ratio['rounds']}" if ratio else ""
             lines.append(f"| {r['workload']} | {t['seconds']} | {_mb(t['bytes'])} | {t['rounds']} | {versus} |")
+    return [*lines, ""]
+
+
+def _profiles(projected: dict[str, float]) -> str:
+    return " / ".join(f"{projected[name]}" for name in ("lan", "puma", "wan"))
+
+
+def _public_weights_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Secret against public weights, the 1B-class run and the 8B projection
+    (``benchmarks.public_weights``)."""
+    rows = results.get("public_weights", [])
+    if not rows:
+        return []
+    gpt2 = [r for r in rows if "weights" in r]
+    lines = [
+        f"## Secret or public weights (`{COMMANDS['public_weights']}`)",
+        "",
+        "| workload | seconds | MB | rounds | peak RSS per party (MB) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in gpt2:
+        rss = ", ".join(f"{m:,.0f}" for m in r["peak_rss_mb_per_party"])
+        lines.append(f"| {r['workload']} | {r['seconds']} | {_mb(r['bytes'])} | {r['rounds']} | {rss} |")
+    if len(gpt2) == 2:
+        secret, public = gpt2
+        lines += [
+            "",
+            "| layer | secret weights: MB / rounds | public weights: MB / rounds |",
+            "|---|---|---|",
+        ]
+        by_public = {r["layer"]: r for r in public["by_layer"]}
+        for r in secret["by_layer"]:
+            other = by_public.get(r["layer"], {"bytes": 0, "rounds": 0})
+            lines.append(
+                f"| {r['layer']} | {_mb(r['bytes'])} / {r['rounds']} | {_mb(other['bytes'])} / {other['rounds']} |"
+            )
+    for r in results.get("llama1b_public", []):
+        rss = ", ".join(f"{m:,.0f}" for m in r["peak_rss_mb_per_party"])
+        lines += [
+            "",
+            f"**{r['workload']}** (checkpoint {r['checkpoint_mb']:,.0f} MB, mapped by each party; peak RSS per party "
+            f"{rss} MB; install {r['install_seconds']} s):",
+            "",
+            "| step | seconds here | MB | rounds | projected s: lan / puma / wan |",
+            "|---|---|---|---|---|",
+            f"| prefill, 32 tokens | {r['prefill']['seconds']} | {_mb(r['prefill']['bytes'])} | {r['prefill']['rounds']} "
+            f"| {_profiles(r['prefill_projected_seconds'])} |",
+            f"| each later token | {r['per_token']['seconds']} | {_mb(r['per_token']['bytes'])} | "
+            f"{r['per_token']['rounds']} | {_profiles(r['per_token_projected_seconds'])} |",
+            "",
+            f"Tokens equal plaintext float32 greedy decoding: {'all' if r['tokens_equal_plaintext'] else 'not all'} "
+            f"(differing steps {r['steps_differing']}; plaintext top-2 margins {r['plaintext_top2_margins']}; "
+            f"decisive steps, margin > 0.05, {r['decisive_steps']}, all equal: {r['decisive_steps_equal']}).",
+        ]
+    for r in rows:
+        if "layer" not in r:
+            continue
+        layer, rest, token = r["layer"], r["rest"], r["per_token"]
+        lines += [
+            "",
+            f"**{r['workload']}** ({r['parameters'] / 1e9:.2f} B parameters): one layer {layer['seconds']} s, "
+            f"{_mb(layer['bytes'])} MB, {layer['rounds']} rounds; embedding, head and argmax {rest['seconds']} s, "
+            f"{_mb(rest['bytes'])} MB, {rest['rounds']} rounds; a token {token['seconds']} s here, "
+            f"{_mb(token['bytes'])} MB, {token['rounds']} rounds, projected {_profiles(r['per_token_projected_seconds'])} s "
+            f"on lan / puma / wan; memory per party about {r['memory_mb_per_party'] / 1e3:.1f} GB (the bf16 weights, "
+            "mapped once, and the working set).",
+        ]
     return [*lines, ""]
 
 
@@ -243,6 +311,7 @@ def markdown(results: dict[str, list[dict[str, Any]]], info: dict[str, Any]) -> 
         *_generation_lines(results),
         *_sampling_lines(results),
         *_network_lines(results),
+        *_public_weights_lines(results),
         "## Where the time goes",
         "",
         *_profile_lines(results),
@@ -355,6 +424,7 @@ def readme_table(results: dict[str, list[dict[str, Any]]]) -> str:
         f"({projected['local_compute_seconds']:.0f} s local compute + {projected['rounds']} rounds + "
         f"{projected['bytes'] / 1e9:.2f} GB) | PUMA reports {projected['puma_seconds']:.0f} s |"
     )
+    rows += _public_weights_rows(results)
     checks = [r for r in results["models"] if r.get("one_hot_check_bytes")]
     ring = next(r for r in results["engine"] if r["op"].endswith("(native)"))
     summary = (
@@ -370,6 +440,37 @@ def readme_table(results: dict[str, list[dict[str, Any]]]) -> str:
         summary += f" Each forward call includes the parties' check of the client's one-hot input ({spent})."
     lines = [*rows, "", summary]
     return "\n".join(lines)
+
+
+def _public_weights_rows(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The README's rows of public-weight mode: GPT-2 base with either kind of weights, the
+    1B-class run, the 8B projection."""
+    rows, command = [], f"`{COMMANDS['public_weights']}`"
+    for r in results.get("public_weights", []):
+        if "weights" in r:
+            rss = _span([m / 1e3 for m in r["peak_rss_mb_per_party"]], "{:.1f}")
+            rows.append(
+                f"| {_workload(r['workload'])} ({command}) | {_cells(r['seconds'], r['bytes'], r['rounds'], digits=1)}; "
+                f"peak RSS per party {rss} GB | — |"
+            )
+            command = "same"
+    for r in results.get("llama1b_public", []):
+        rss = _span([m / 1e3 for m in r["peak_rss_mb_per_party"]], "{:.1f}")
+        rows.append(
+            f"| {_workload(r['workload'])} (same, `--llama-1b`) | prefill {r['prefill']['seconds']:.0f} s, then "
+            f"{r['per_token']['seconds']:.1f} s / {_short_mb(r['per_token']['bytes'])} MB / {r['per_token']['rounds']} "
+            f"rounds per token; peak RSS per party {rss} GB; decisive steps equal plaintext: "
+            f"{'yes' if r['decisive_steps_equal'] else '**no**'} | — |"
+        )
+    for r in results.get("public_weights", []):
+        if "layer" in r:
+            projected = r["per_token_projected_seconds"]
+            rows.append(
+                f"| {_workload(r['workload'])} (same) | {r['per_token']['seconds']:.0f} s per token here, "
+                f"{projected['puma']:.0f} s on puma, {projected['wan']:.0f} s on wan; about "
+                f"{r['memory_mb_per_party'] / 1e3:.0f} GB per party | — |"
+            )
+    return rows
 
 
 def update_readme(results: dict[str, list[dict[str, Any]]]) -> None:
@@ -397,6 +498,8 @@ def main() -> None:
         "llama7b": llama7b.rows(),
         "sampling": sampling.rows() + sampling.generation_rows(),
         "network": network.rows(),
+        "public_weights": public_weights.gpt2_rows() + public_weights.llama_8b_rows(),
+        "llama1b_public": public_weights.llama_1b_rows(),
     }
     info = {"date": datetime.date.today().isoformat(), "machine": machine()}
     ROOT_RESULTS.write_text(json.dumps({**info, "results": results}, indent=1) + "\n")

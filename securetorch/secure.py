@@ -3,7 +3,9 @@
 The model owner's driver sends the architecture (its class name, which the parties resolve
 in securetorch's family registry, and its config as JSON) and deals every parameter as
 secret shares (each party receives only its pair); the parties build their copy
-(``models.service``). A client's driver calls it: token ids become a secret one-hot matrix
+(``models.service``). With ``weights="public"`` it deals nothing: each party opens the
+owner's safetensors checkpoint itself and checks it against the SHA-256 the owner sends
+(``models.checkpoint``); on one machine the driver writes that checkpoint for them. A client's driver calls it: token ids become a secret one-hot matrix
 built by the driver (checked by the parties, so no equality tests over the vocabulary are
 needed); the public inputs the family declares (masks, token types, positions) are checked
 here and again by every party; anything else is refused before a message is sent. Only the
@@ -16,6 +18,8 @@ import copy
 import json
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +32,7 @@ import transformers.modeling_outputs
 from securetorch.check import check
 from securetorch.comm.stats import total
 from securetorch.errors import InputError, PartyError
+from securetorch.models import checkpoint as checkpoints
 from securetorch.models.families import FamilySpec, spec_for
 from securetorch.models.families.base import (
     base_model,
@@ -50,6 +55,7 @@ from securetorch.runtime.verbs import Verb
 from securetorch.tensor.payload import private
 
 ClusterKind = Literal["local", "inprocess"]
+Weights = Literal["secret", "public"]
 _DEFAULTS: dict[str, Cluster] = {}
 
 
@@ -126,7 +132,14 @@ class SecureModel:
         name: str | None = None,
         clients: Sequence[str] = (),
         check_inputs: bool = True,
+        weights: Weights = "secret",
+        checkpoint: str | os.PathLike[str] | None = None,
+        sha256: str | None = None,
     ) -> None:
+        if weights not in ("secret", "public"):
+            raise ValueError(f"weights is 'secret' (secret-shared) or 'public' (open weights), not {weights!r}")
+        if weights == "secret" and (checkpoint is not None or sha256 is not None):
+            raise ValueError("checkpoint= and sha256= name the public weights of weights='public'")
         if model.training:
             raise ValueError("secure() needs a model in eval mode: call model.eval() first")
         spec = spec_for(model)
@@ -139,25 +152,59 @@ class SecureModel:
         vocab_size = get_path(base_model(model), spec.embeddings).weight.shape[0] if spec.tokens else None
         can_generate = (spec.causal or spec.encoder_decoder) and hasattr(model, "lm_head")
         self._describe_as(type(model).__name__, spec, model.config, vocab_size, can_generate, cluster, key)
-        params, bindings, buffers = parameter_bindings(model, lambda p: private(p, dtype=torch.float32))
-        self.cluster.call(
-            Verb.INSTALL,
-            {
-                "name": key,
-                "class": self.class_name,
-                "config": config,
-                "clients": list(clients),
-                "check_inputs": bool(check_inputs),
-                "persistent": name is not None,
-                "params": params,
-                "bindings": [list(b) for b in bindings],
-                "buffers": [list(b) for b in buffers],
-                "absent": absent,
-            },
-        )
+        self.weights = weights
+        request: dict[str, Any] = {
+            "name": key,
+            "class": self.class_name,
+            "config": config,
+            "clients": list(clients),
+            "check_inputs": bool(check_inputs),
+            "persistent": name is not None,
+            "absent": absent,
+        }
+        temporary = None
+        if weights == "secret":
+            params, bindings, buffers = parameter_bindings(model, lambda p: private(p, dtype=torch.float32))
+            request["params"] = params
+        else:
+            public, bindings, buffers = parameter_bindings(model, lambda p: p)
+            source, digest, temporary = self._public_checkpoint(public, checkpoint, sha256)
+            request |= {"weights": "public", "checkpoint": source, "sha256": digest}
+        request |= {"bindings": [list(b) for b in bindings], "buffers": [list(b) for b in buffers]}
+        try:
+            self.cluster.call(Verb.INSTALL, request)
+        finally:
+            if temporary is not None:  # the parties hold it mapped: their copies outlive the file
+                shutil.rmtree(temporary, ignore_errors=True)
         self._installed = True
         if getattr(model, "generation_config", None) is not None:  # the owner's own settings
             self.generation_config = copy.deepcopy(model.generation_config)
+
+    def _public_checkpoint(
+        self, params: dict[str, torch.Tensor], checkpoint: str | os.PathLike[str] | None, sha256: str | None
+    ) -> tuple[str, str, str | None]:
+        """(what the parties open, its SHA-256, a temporary directory to remove after the
+        install). Without a ``checkpoint``, on a cluster of this machine, the driver writes one
+        (the parameters as they are, a tied one once) and the parties map it before it is
+        removed. With one, on a cluster of this machine the parties open that path; on a
+        deployment each party opens the file of that name in the ``checkpoints_dir`` of its
+        own cluster file. ``sha256`` is given, or read here from a local copy."""
+        local = isinstance(self.cluster, (LocalCluster, InProcessCluster))
+        if checkpoint is None:
+            if not local:
+                raise ValueError(
+                    "weights='public' on a deployment: pass checkpoint= the checkpoint file (each party opens the "
+                    "file of that name in its checkpoints_dir)"
+                )
+            directory = tempfile.mkdtemp(prefix="securetorch-weights-")
+            path = os.path.join(directory, "weights.safetensors")
+            return path, checkpoints.write(params, path), directory
+        source = os.fspath(checkpoint)
+        if sha256 is None:
+            if not os.path.isfile(source):
+                raise ValueError(f"sha256= is needed: no local copy of {source!r} to read its digest from")
+            sha256 = checkpoints.sha256(source)
+        return os.path.abspath(source) if local else os.path.basename(source), sha256.lower(), None
 
     def _describe_as(
         self,
@@ -201,6 +248,7 @@ class SecureModel:
             cluster,
             name,
         )
+        model.weights = described["weights"]
         return model
 
     def _check_ids(self, input_ids: Any) -> None:
@@ -452,6 +500,9 @@ def secure(
     name: str | None = None,
     clients: Sequence[str] = (),
     check_inputs: bool = True,
+    weights: Weights = "secret",
+    checkpoint: str | os.PathLike[str] | None = None,
+    sha256: str | None = None,
 ) -> SecureModel:
     """Secret-share ``model``'s weights to three parties and return a drop-in secure module.
 
@@ -461,8 +512,16 @@ def secure(
     listed in ``clients`` (by their cluster-file names) may call it with
     ``SecureModel.by_name``; without one it lives as long as this driver's session.
     ``check_inputs=False`` skips the parties' check that each client input is a one-hot
-    matrix (for clients the owner trusts; it saves the check's bytes and two rounds)."""
-    return SecureModel(model, cluster, name, clients, check_inputs)
+    matrix (for clients the owner trusts; it saves the check's bytes and two rounds).
+
+    ``weights="public"``: the model's weights are open (an open-weight LLM); only the input,
+    every activation, the KV cache and the output stay secret. Nothing is dealt: each party
+    opens the safetensors ``checkpoint`` itself and checks its ``sha256`` (read from the file
+    when this driver has it): on a deployment the file of that name in the party's
+    ``checkpoints_dir``, on a cluster of this machine the file itself, or by default a
+    checkpoint the driver writes from ``model``. A public weight times a secret activation
+    is then local. See the README's "Secret or public weights"."""
+    return SecureModel(model, cluster, name, clients, check_inputs, weights, checkpoint, sha256)
 
 
 def save_shares(model: SecureModel, directory: str | os.PathLike[str] | None = None) -> list[str]:

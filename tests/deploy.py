@@ -26,11 +26,15 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def cluster_file(path: Path, ports, party_keys, drivers, frac_bits=18, shares_dir=None, extra="") -> str:
+def cluster_file(
+    path: Path, ports, party_keys, drivers, frac_bits=18, shares_dir=None, extra="", checkpoints_dir=None
+) -> str:
     """A cluster file; ``drivers`` maps a name to (public key, role)."""
     lines = [f"[settings]\nfrac_bits = {frac_bits}\ncompare_bits = 44\ntimeout = {TIMEOUT}\n{extra}"]
     for r in range(3):
         shares = f'shares_dir = "{shares_dir}/party{r}"\n' if shares_dir else ""
+        if checkpoints_dir:
+            shares += f'checkpoints_dir = "{checkpoints_dir}/party{r}"\n'
         lines.append(
             f'[[parties]]\nrank = {r}\ncontrol = "tcp://127.0.0.1:{ports[2 * r]}"\n'
             f'peer = "tcp://127.0.0.1:{ports[2 * r + 1]}"\npublic_key = "{party_keys[r]}"\n{shares}'
@@ -63,6 +67,7 @@ class Deployment:
     intruder: Path
     ports: list[int]
     shares: Path
+    checkpoints: Path  # party r opens public-weight checkpoints in checkpoints/party<r>
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def restart(self, rank: int, *shares) -> None:
@@ -80,9 +85,19 @@ def start_deployment(keys: Path, shares: Path) -> Deployment:
     made = {name: keygen(keys, name) for name in ROLES}
     drivers = {n: (d[2], ROLES[n]) for n, d in made.items()}
     ports = free_ports(6)
-    config = cluster_file(keys / "cluster.toml", ports, [p[2] for p in party], drivers, shares_dir=shares)
+    checkpoints = shares / "checkpoints"
+    config = cluster_file(
+        keys / "cluster.toml", ports, [p[2] for p in party], drivers, shares_dir=shares, checkpoints_dir=checkpoints
+    )
     deployment = Deployment(
-        config, {n: d[1] for n, d in made.items()}, drivers, party, keygen(keys, "intruder")[1], ports, shares
+        config,
+        {n: d[1] for n, d in made.items()},
+        drivers,
+        party,
+        keygen(keys, "intruder")[1],
+        ports,
+        shares,
+        checkpoints,
     )
     deployment.procs = [start_party(config, r, party[r][1]) for r in range(3)]
     return deployment

@@ -11,6 +11,12 @@ the client (checked by the parties before use, unless the owner switched the che
 multiplied by the secret embedding table. A call returns only the declared outputs
 (``families.base.DECLARED_OUTPUTS``).
 
+In public-weight mode (``weights="public"``) the parameters are no secret: each party
+opens the owner's safetensors checkpoint itself (``models.checkpoint``, checked against the
+SHA-256 the owner publishes) and binds its tensors, in their own dtype, where the shares
+would go; a public weight times a secret activation is then local on each share
+(``tensor.arith_ops``). Input, activations, KV cache and output stay secret.
+
 Who may do what with a model (its owner, its clients) is recorded here and enforced by the
 party server (``runtime.party``).
 """
@@ -64,6 +70,15 @@ def check_model_name(name: Any) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class PublicCheckpoint:
+    """Where a public-weight model's parameters come from: a safetensors file this party
+    opened (its path on this party's host) and the SHA-256 the owner published for it."""
+
+    path: str
+    sha256: str
+
+
 @dataclass
 class InstalledModel:
     """A secure model in a party: its copy (shares in place of weights), where each
@@ -80,6 +95,7 @@ class InstalledModel:
     buffers: list[Buffer]
     session: int | None = None  # unnamed models end with the session that installed them
     absent: tuple[str, ...] = ()  # submodules the owner's model holds as None
+    checkpoint: PublicCheckpoint | None = None  # public-weight mode: where the weights come from
     fingerprint: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
@@ -90,7 +106,12 @@ class InstalledModel:
         return self.model.config
 
     @property
-    def table(self) -> SharedTensor:
+    def weights(self) -> str:
+        """ "public" when the parameters are public tensors from a checkpoint, else "secret"."""
+        return "secret" if self.checkpoint is None else "public"
+
+    @property
+    def table(self) -> torch.Tensor:
         return get_path(base_model(self.model), self.spec.embeddings).weight
 
     @property
@@ -118,6 +139,7 @@ class InstalledModel:
             "inputs": list(self.spec.inputs),
             "check_inputs": self.check_inputs,
             "owner": self.owner,
+            "weights": self.weights,
         }
 
 
@@ -138,6 +160,7 @@ def _fingerprint(installed: InstalledModel) -> str:
         "buffers": [[m, a, list(b.shape), str(b.dtype)] for m, a, b in installed.buffers],
         "check_inputs": installed.check_inputs,
         "absent": list(installed.absent),
+        "checkpoint": None if installed.checkpoint is None else installed.checkpoint.sha256,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -255,15 +278,34 @@ def parameter_bindings(
     return params, bindings, buffers
 
 
+def public_parameters(tensors: dict[str, torch.Tensor], bindings: list[Binding]) -> dict[str, torch.Tensor]:
+    """The public weight of every parameter key from a checkpoint's ``tensors``: under the key
+    or under any path the key is bound to (a checkpoint saved by HF keeps a tied parameter
+    under one of its names). Other tensors in the file are not used."""
+    names: dict[str, list[str]] = {}
+    for module_name, attr, key in bindings:
+        names.setdefault(key, [key]).append(f"{module_name}.{attr}".lstrip("."))
+    params = {}
+    for key, candidates in names.items():
+        found = next((name for name in candidates if name in tensors), None)
+        if found is None:
+            raise ValueError(
+                f"the checkpoint holds no tensor for parameter {key!r} (looked for {sorted(set(candidates))})"
+            )
+        params[key] = tensors[found]
+    return params
+
+
 def build(
     class_name: str,
     config: dict[str, Any],
-    params: dict[str, SharedTensor],
+    params: dict[str, SharedTensor] | dict[str, torch.Tensor],
     bindings: list[Binding],
     buffers: list[Buffer],
     absent: Sequence[str] = (),
 ) -> tuple[torch.nn.Module, FamilySpec]:
-    """Build the model without weights, swap modules, check and put the shares in place."""
+    """Build the model without weights, swap modules, check and put the shares (or, in
+    public-weight mode, the public tensors) in place."""
     model, spec = skeleton(class_name, config, absent)
     _check_bindings(model, params, bindings)
     _check_buffers(model, buffers)
@@ -273,7 +315,8 @@ def build(
     }
     untied_linear = {key for key in params if all(linear_weight[m, a] for m, a, k in bindings if k == key)}
     for param_key in untied_linear:
-        params[param_key] = _transposed_storage(params.pop(param_key))
+        if isinstance(params[param_key], SharedTensor):  # public weights stay as the checkpoint maps them
+            params[param_key] = _transposed_storage(params.pop(param_key))  # type: ignore[arg-type]
     for module_name, attr, param_key in bindings:
         module = model.get_submodule(module_name)
         module._parameters.pop(attr, None)
@@ -296,7 +339,7 @@ def _module(model: torch.nn.Module, path: Any) -> torch.nn.Module:
         raise ValueError(f"the model has no module {path!r}") from None
 
 
-def _check_bindings(model: torch.nn.Module, params: dict[str, SharedTensor], bindings: list[Binding]) -> None:
+def _check_bindings(model: torch.nn.Module, params: dict[str, Any], bindings: list[Binding]) -> None:
     """Every parameter of the architecture gets exactly one share pair of its own shape."""
     needed = {(m, a) for m, module in model.named_modules() for a, p in module._parameters.items() if p is not None}
     bound: set[tuple[str, str]] = set()

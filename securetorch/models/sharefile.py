@@ -6,6 +6,9 @@ restart without the model owner.
 metadata the format, the model's name, owner, clients and input-check setting, the party's
 rank and fixed-point setting, the class name (resolved through the family registry when
 loaded) and the config as JSON. The file is created with mode 600.
+
+A public-weight model's file holds no weights: its metadata names the checkpoint the party
+opened (path and SHA-256), which ``load`` opens and checks again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any
 
 import torch
 
-from securetorch.models.service import InstalledModel, build, check_model_name
+from securetorch.models import checkpoint
+from securetorch.models.service import InstalledModel, PublicCheckpoint, build, check_model_name, public_parameters
 from securetorch.tensor import SharedTensor
 from securetorch.tensor.payload import dtype_from_name, dtype_name
 
@@ -34,7 +38,13 @@ def save(installed: InstalledModel, path: pathlib.Path, rank: int, frac_bits: in
 
     tensors: dict[str, torch.Tensor] = {}
     dtypes: dict[str, str] = {}
-    for module_name, attr, param_key in installed.bindings:
+    public = installed.checkpoint
+    if public is not None and not os.path.isfile(public.path):
+        raise ValueError(
+            f"{installed.name!r} was installed from a checkpoint that is gone ({public.path}, a temporary one): "
+            "install it with checkpoint= a file the parties keep, then save it"
+        )
+    for module_name, attr, param_key in [] if public is not None else installed.bindings:
         if param_key in dtypes:
             continue  # a tied parameter is stored once
         value: SharedTensor = getattr(installed.model.get_submodule(module_name), attr)
@@ -55,6 +65,7 @@ def save(installed: InstalledModel, path: pathlib.Path, rank: int, frac_bits: in
         "bindings": json.dumps(installed.bindings),
         "dtypes": json.dumps(dtypes),
         "absent": json.dumps(list(installed.absent)),
+        "checkpoint": json.dumps(None if public is None else [public.path, public.sha256]),
     }
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -96,7 +107,7 @@ def load(path: str | os.PathLike[str], rank: int, frac_bits: int) -> InstalledMo
         if int(meta["frac_bits"]) != frac_bits:
             raise ValueError(f"{path} was written with frac_bits = {meta['frac_bits']}, this party uses {frac_bits}")
         dtypes = json.loads(meta["dtypes"])
-        params = {
+        params: dict[str, Any] = {
             key: SharedTensor((handle.get_tensor(f"{key}/0"), handle.get_tensor(f"{key}/1")), dtype_from_name(dtype))
             for key, dtype in dtypes.items()
         }
@@ -107,6 +118,10 @@ def load(path: str | os.PathLike[str], rank: int, frac_bits: int) -> InstalledMo
         ]
     bindings = [tuple(b) for b in json.loads(meta["bindings"])]
     absent = tuple(json.loads(meta.get("absent", "[]")))
+    source = json.loads(meta.get("checkpoint", "null"))
+    public = None if source is None else PublicCheckpoint(str(source[0]), str(source[1]))
+    if public is not None:
+        params = public_parameters(checkpoint.open_checkpoint(public.path, public.sha256), bindings)  # type: ignore[arg-type]
     model, spec = build(meta["class"], json.loads(meta["config"]), params, bindings, buffers, absent)  # type: ignore[arg-type]
     return InstalledModel(
         name=check_model_name(meta["name"]),
@@ -119,4 +134,5 @@ def load(path: str | os.PathLike[str], rank: int, frac_bits: int) -> InstalledMo
         bindings=bindings,  # type: ignore[arg-type]
         buffers=buffers,  # type: ignore[arg-type]
         absent=absent,
+        checkpoint=public,
     )

@@ -14,6 +14,7 @@ may connect with their roles, and the fixed-point setting every party and driver
     peer = "tcp://10.0.0.1:7101"      # the other parties connect here
     public_key = "Z85 public key of party 0 (securetorch keygen)"
     shares_dir = "/var/lib/securetorch"   # optional: where this party saves and loads shares
+    checkpoints_dir = "/srv/models"       # optional: public-weight checkpoints this party opens
     # ... ranks 1 and 2
 
     [[drivers]]
@@ -77,6 +78,7 @@ class PartyAddress:
     peer: str
     public_key: bytes | None
     shares_dir: str | None = None
+    checkpoints_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class ClusterConfig:
                     "peer": p.peer,
                     "public_key": _text(p.public_key),
                     "shares_dir": p.shares_dir,
+                    "checkpoints_dir": p.checkpoints_dir,
                 }
                 for p in self.parties
             ],
@@ -252,7 +255,8 @@ def _parse(doc: dict[str, Any], source: str) -> ClusterConfig:
         control = fields.string("control", ("tcp://", "ipc://"))
         peer = fields.string("peer", ("tcp://", "ipc://"))
         shares_dir = fields.string("shares_dir", optional=True)
-        parties[rank] = PartyAddress(rank, control, peer, fields.key("public_key"), shares_dir)  # type: ignore[arg-type]
+        checkpoints_dir = fields.string("checkpoints_dir", optional=True)
+        parties[rank] = PartyAddress(rank, control, peer, fields.key("public_key"), shares_dir, checkpoints_dir)  # type: ignore[arg-type]
     if sorted(parties) != [0, 1, 2]:
         raise ConfigError(
             f"{source}: need exactly three [[parties]] with ranks 0, 1, 2 (found ranks {sorted(parties)})"

@@ -36,6 +36,8 @@ import hashlib
 import json
 import logging
 import os
+import pathlib
+import re
 import secrets
 import signal
 import sys
@@ -64,15 +66,18 @@ from securetorch.comm.security import (
 )
 from securetorch.comm.stats import CommStats
 from securetorch.errors import AccessError, PartyError
-from securetorch.models import sharefile
+from securetorch.models import checkpoint, sharefile
 from securetorch.models.service import (
+    NAME_PATTERN,
     Generation,
     InstalledModel,
+    PublicCheckpoint,
     build,
     check_model_name,
     forward,
     generate_start,
     generate_step,
+    public_parameters,
     sampling_settings,
 )
 from securetorch.prg import new_key
@@ -95,6 +100,8 @@ MAX_DEFERRED = 256
 SESSION_IDLE_SECONDS = 3600.0
 FORWARD_ARGS = ("model", "onehot", "pixel_values", "decoder_onehot", "inputs")
 """What a forward request may carry; which of the secrets it must carry depends on the model."""
+
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
 def _die_with_parent() -> None:
@@ -594,6 +601,9 @@ class PartyServer:
                         "bindings",
                         "buffers",
                         "absent",
+                        "weights",
+                        "checkpoint",
+                        "sha256",
                     ),
                 ),
             )
@@ -697,12 +707,7 @@ class PartyServer:
     def _install(self, session: Session, args: Args) -> str:
         name = check_model_name(args.text("name"))
         self._replaceable(session, name)
-        params = args.raw("params")
         bindings, buffers = args.raw("bindings"), args.raw("buffers")
-        if not isinstance(params, dict) or not all(
-            isinstance(k, str) and isinstance(v, SharePayload) for k, v in params.items()
-        ):
-            raise ValueError("install: params must map names to secrets")
         if not isinstance(bindings, list) or not all(
             isinstance(b, list) and len(b) == 3 and all(isinstance(x, str) for x in b) for b in bindings
         ):
@@ -716,12 +721,32 @@ class PartyServer:
             for b in buffers
         ):
             raise ValueError("install: buffers must be [module, attribute, tensor] lists")
-        shared = {key: to_shared(value) for key, value in params.items()}
-        del params
         binding_tuples = [tuple(b) for b in bindings]
         buffer_tuples = [tuple(b) for b in buffers]
+        weights = args.optional_text("weights") or "secret"
+        public = None
+        if weights == "public":
+            if args.raw("params") is not None:
+                raise ValueError("install: a public-weight model comes from a checkpoint, not from params")
+            digest = args.text("sha256")
+            if not SHA256_PATTERN.fullmatch(digest):
+                raise ValueError("install: sha256 is the checkpoint's SHA-256 as 64 lowercase hex digits")
+            public = PublicCheckpoint(str(self._checkpoint_path(session, args.text("checkpoint"))), digest)
+            tensors = checkpoint.open_checkpoint(public.path, public.sha256)
+            params: dict[str, Any] = public_parameters(tensors, binding_tuples)  # type: ignore[arg-type]
+            del tensors
+        elif weights == "secret":
+            raw = args.raw("params")
+            if not isinstance(raw, dict) or not all(
+                isinstance(k, str) and isinstance(v, SharePayload) for k, v in raw.items()
+            ):
+                raise ValueError("install: params must map names to secrets")
+            params = {key: to_shared(value) for key, value in raw.items()}
+            del raw
+        else:
+            raise ValueError(f"install: weights is 'secret' or 'public', not {weights!r}")
         absent = args.names("absent")
-        model, spec = build(args.text("class"), args.raw("config"), shared, binding_tuples, buffer_tuples, absent)  # type: ignore[arg-type]
+        model, spec = build(args.text("class"), args.raw("config"), params, binding_tuples, buffer_tuples, absent)  # type: ignore[arg-type]
         self._put(
             InstalledModel(
                 name=name,
@@ -735,9 +760,27 @@ class PartyServer:
                 buffers=buffer_tuples,  # type: ignore[arg-type]
                 session=None if args.flag("persistent", False) else session.id,
                 absent=absent,
+                checkpoint=public,
             )
         )
         return name
+
+    def _checkpoint_path(self, session: Session, value: str) -> pathlib.Path:
+        """A public-weight checkpoint: a file name in this party's ``checkpoints_dir`` (from its
+        own cluster file), or, for an admin driver only, an absolute path."""
+        base = self.config.parties[self.rank].checkpoints_dir
+        if NAME_PATTERN.fullmatch(value) and ".." not in value:
+            if base is None:
+                raise ValueError(f"party {self.rank} has no checkpoints_dir in its cluster file")
+            return pathlib.Path(base) / value
+        if session.role != "admin":
+            raise AccessError(
+                "only an admin driver names a checkpoint by its path; other drivers name a file in the party's "
+                "checkpoints_dir"
+            )
+        if not os.path.isabs(value):
+            raise ValueError(f"a checkpoint is a file name in checkpoints_dir or an absolute path, not {value!r}")
+        return pathlib.Path(value)
 
     def _agree_keys(self, session: Session) -> dict[str, Any]:
         """Fresh PRG keys for a session (ABY3 §2.2), agreed with the peers in this job."""

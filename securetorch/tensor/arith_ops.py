@@ -12,6 +12,12 @@ Fixed-point rules (f fractional bits):
   when it is small (its largest magnitude keeps 24 significant bits, so x * 0.001 is as
   precise as x * 1), e = f for matmul; then truncated by e (one truncation).
   Division by a public p multiplies by 1/p this way.
+* secret integer (one-hot) @ public float: the public operand encoded with f bits is the
+  fixed-point result: exact, local, no truncation (a one-hot times a public embedding table).
+
+A public matmul operand (a public weight, possibly in bf16) is widened to the ring
+``PUBLIC_BLOCK_ELEMENTS`` elements at a time, along the product's output columns (rows when
+it is the left operand), so a compact weight is never copied whole at 8 bytes an element.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 import torch
 
 from securetorch.protocols import arithmetic as pa
-from securetorch.ring import encode
+from securetorch.ring import encode, ring_matmul
 from securetorch.session.context import current
 from securetorch.tensor.registry import func_name, implements
 from securetorch.tensor.shape_ops import masked_public, public_tensor, share_wise
@@ -33,6 +39,7 @@ _T = torch.Tensor
 F = torch.nn.functional
 _EXACT_INTEGER_LIMIT = 2**20
 _PUBLIC_FACTOR_BITS = 24
+PUBLIC_BLOCK_ELEMENTS = 1 << 21
 
 
 def _dtype_of(*values: Any) -> torch.dtype:
@@ -112,15 +119,50 @@ def _matmul(a: Any, b: Any) -> SharedTensor:
         # e.g. a secret one-hot matrix times a secret embedding table: exact, 1 round
         fixed = b if _integer_secret(a) else a
         return SharedTensor(pa.matmul(current(), a.shares, b.shares), fixed.dtype)
-    a, b = _fixed(a), _fixed(b)
-    ctx, dtype = current(), _dtype_of(a, b)
-    if isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
-        return SharedTensor(pa.matmul_fixed(ctx, a.shares, b.shares, ctx.frac_bits), dtype)
-    public = public_tensor(b if isinstance(a, SharedTensor) else a)
-    exact = _is_exact_integer(public)
-    ring = public.to(torch.int64) if exact else encode(public, ctx.frac_bits)
-    pair = pa.matmul_public(a.shares, ring) if isinstance(a, SharedTensor) else pa.matmul_public(ring, b.shares)
-    return SharedTensor(pair if exact else pa.truncate(ctx, pair, ctx.frac_bits), dtype)
+    if not isinstance(a, SharedTensor) or not isinstance(b, SharedTensor):
+        secret_first = isinstance(a, SharedTensor)
+        return _public_matmul(a if secret_first else b, public_tensor(b if secret_first else a), secret_first)
+    a, b = as_fixed(a), as_fixed(b)
+    ctx = current()
+    return SharedTensor(pa.matmul_fixed(ctx, a.shares, b.shares, ctx.frac_bits), _dtype_of(a, b))
+
+
+def _public_blocks(public: torch.Tensor, secret_first: bool) -> list[torch.Tensor]:
+    """The public operand in blocks of about ``PUBLIC_BLOCK_ELEMENTS`` along the dim that
+    indexes the product's output (its columns when it is the right operand, its rows when
+    it is the left one); views: nothing is copied."""
+    if public.dim() < 2:
+        return [public]
+    dim = -1 if secret_first else -2
+    width = public.shape[dim]
+    step = max(1, PUBLIC_BLOCK_ELEMENTS * width // max(public.numel(), 1))
+    return [public.narrow(dim, start, min(step, width - start)) for start in range(0, width, step)]
+
+
+def _public_matmul(x: SharedTensor, public: torch.Tensor, secret_first: bool) -> SharedTensor:
+    """x @ public (or public @ x), local on each share: public integers as they are (no
+    truncation); public floats encoded with f bits, then one truncation, unless x is a
+    secret integer (a one-hot), whose product with them is already fixed point. A product to
+    be truncated is computed on the first share only: x_i @ public are 3-out-of-3 shares of
+    it, which the truncation takes (``truncate_additive``), half the local work."""
+    ctx = current()
+    blocks = _public_blocks(public, secret_first)
+    exact = all(_is_exact_integer(block) for block in blocks)
+    if exact or x.dtype.is_floating_point:
+        x = as_fixed(x)
+    truncated = x.dtype.is_floating_point and not exact
+    shares = x.shares[:1] if truncated else x.shares
+    out_dim = -1 if secret_first else (-2 if x.dim() > 1 else -1)
+    parts: list[list[torch.Tensor]] = [[] for _ in shares]
+    for block in blocks:
+        ring = block.to(torch.int64) if exact else encode(block, ctx.frac_bits)
+        for share, part in zip(shares, parts, strict=True):
+            part.append(ring_matmul(share, ring) if secret_first else ring_matmul(ring, share))
+    products = [part[0] if len(part) == 1 else torch.cat(part, out_dim) for part in parts]
+    dtype = x.dtype if x.dtype.is_floating_point else torch.get_default_dtype()
+    if truncated:
+        return SharedTensor(pa.truncate_additive(ctx, products[0], ctx.frac_bits), dtype)
+    return SharedTensor((products[0], products[1]), dtype)
 
 
 def in_place(self_: Any, compute: Callable[[], SharedTensor], func: Any) -> SharedTensor:
