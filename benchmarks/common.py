@@ -42,6 +42,17 @@ def summarise(results: list[tuple[Any, float, puma.CommStats]]) -> dict[str, Any
     return {"seconds": round(max(r[1] for r in results), 4), "bytes": cost.bytes_sent, "rounds": cost.rounds}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set (MB): Linux's VmHWM, the high-water mark of its own
+    memory map. (``ru_maxrss`` would not do for a party: a process started by fork and exec
+    keeps the larger of its own peak and its parent's resident set at the fork.)"""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (peak RSS is read on Linux)")
+
+
 def machine() -> dict[str, Any]:
     import os
 

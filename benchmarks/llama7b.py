@@ -21,14 +21,13 @@ LLaMA-7B, 8 -> 1 tokens, on that network. Peak RSS of each party is reported per
 from __future__ import annotations
 
 import gc
-import resource
 
 import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
 import securetorch as puma
-from benchmarks.common import emit
+from benchmarks.common import emit, peak_rss_mb
 
 transformers.logging.set_verbosity_error()
 
@@ -39,10 +38,6 @@ TOKENS = 8
 BANDWIDTH_BITS = 5e9
 RTT = 1e-3
 PUMA_SECONDS = 200.0
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _cost(rows: list[dict]) -> dict:
@@ -59,7 +54,7 @@ def layer_run(ids: torch.Tensor) -> dict:
             out = secure_model(input_ids=ids % 256)
         with torch.no_grad():
             ref = model(input_ids=ids % 256)
-        rss = cluster.run(_peak_rss_mb)
+        rss = cluster.run(peak_rss_mb)
     layer = _cost([r for r in report.by("layer") if r["layer"] == "layers.0"])
     error = float((out.last_hidden_state - ref.last_hidden_state).abs().max())
     return {**layer, "max_error_last_hidden_state": error, "peak_rss_mb_per_party": [round(r) for r in rss]}
@@ -73,7 +68,7 @@ def head_run(ids: torch.Tensor) -> dict:
         with cluster.cost_report() as report:
             tokens = secure_model.generate(ids, max_new_tokens=1)
         plain = model.generate(ids, max_new_tokens=1, do_sample=False, pad_token_id=0)
-        rss = cluster.run(_peak_rss_mb)
+        rss = cluster.run(peak_rss_mb)
     return {
         **_cost(report.by()),
         "token_equals_plaintext": bool(torch.equal(tokens, plain)),

@@ -13,7 +13,6 @@ cost report: its cost per layer and per op. ``--quick`` runs 4-layer models inst
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import torch
@@ -21,7 +20,7 @@ import transformers
 from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
 import securetorch as puma
-from benchmarks.common import emit
+from benchmarks.common import emit, peak_rss_mb
 from securetorch.comm.stats import total
 
 transformers.logging.set_verbosity_error()
@@ -34,10 +33,6 @@ def _timed(cluster: puma.LocalCluster, call):
     result = call()
     seconds = time.perf_counter() - start
     return result, round(seconds, 2), total(cluster.stats())
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _forward_row(
@@ -129,7 +124,7 @@ def rows(quick: bool = False) -> list[dict]:
     for name, build in (("BERT-base", bert_rows), ("GPT-2 base", gpt2_rows)):
         with puma.LocalCluster() as cluster:
             out.extend(build(cluster, layers))
-            rss = cluster.run(_peak_rss_mb)
+            rss = cluster.run(peak_rss_mb)
         out.append(
             {
                 "workload": f"{name} ({layers} layers): peak RSS per party",

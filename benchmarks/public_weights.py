@@ -28,7 +28,6 @@ import argparse
 import gc
 import json
 import pathlib
-import resource
 import time
 
 import torch
@@ -37,7 +36,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from transformers.initialization import no_init_weights
 
 import securetorch as puma
-from benchmarks.common import ROOT_RESULTS, emit
+from benchmarks.common import ROOT_RESULTS, emit, peak_rss_mb
 from securetorch.comm.profile import PRESETS
 from securetorch.comm.stats import total
 from securetorch.models import checkpoint
@@ -56,10 +55,6 @@ LLAMA_8B = dict(
     max_position_embeddings=131072, pad_token_id=0,
 )  # fmt: skip
 PROMPT = 32
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _prompt(vocab: int) -> torch.Tensor:
@@ -88,7 +83,7 @@ def gpt2_rows(layers: int = 12) -> list[dict]:
                 tokens = secure_model.generate(ids, max_new_tokens=1)
                 seconds = time.perf_counter() - started
             cost = total(cluster.stats())
-            rss = cluster.run(_peak_rss_mb)
+            rss = cluster.run(peak_rss_mb)
             secure_model.close()
         rows.append({
             "workload": f"GPT-2 base ({layers} layers), 32 -> 1 token, {weights} weights",
@@ -163,7 +158,7 @@ def llama_1b_rows(new_tokens: int = 8) -> list[dict]:
         install = time.perf_counter() - started
         tokens = secure_model.generate(ids, max_new_tokens=new_tokens)
         steps = secure_model.generation_costs
-        rss = cluster.run(_peak_rss_mb)
+        rss = cluster.run(peak_rss_mb)
         secure_model.close()
     later = steps[1:]
     per_token = {
@@ -199,7 +194,7 @@ def _decode_step(layers: int) -> tuple[dict, float, float]:
         secure_model = puma.secure(model, cluster=cluster, weights="public", checkpoint=path, sha256=digest)
         secure_model.generate(_prompt(config.vocab_size), max_new_tokens=2)
         step = secure_model.generation_costs[1]
-        rss = cluster.run(_peak_rss_mb)
+        rss = cluster.run(peak_rss_mb)
         secure_model.close()
     return {"seconds": step.seconds, "bytes": step.bytes, "rounds": step.rounds}, max(rss), path.stat().st_size / 1e6
 

@@ -58,6 +58,29 @@ def encode(x: torch.Tensor | float, frac_bits: int) -> torch.Tensor:
     return scaled.to(torch.int64)
 
 
+COMPACT_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+"""Public operands in these dtypes are encoded in float32 (``encode_into``)."""
+
+
+def encode_into(x: torch.Tensor, frac_bits: int, out: torch.Tensor, scratch: torch.Tensor | None) -> torch.Tensor:
+    """``encode(x)`` written into the int64 tensor ``out`` (x's shape), for x in a compact
+    float dtype (``COMPACT_FLOATS``): x * 2^f and its rounding are exact in float32 (a power-of-two
+    scaling; rounding a float to an integer), so no float64 copy is made; ``scratch`` is a
+    float32 tensor of x's shape. Other dtypes go through ``encode`` (``scratch`` unused). The
+    same range check."""
+    if x.dtype not in COMPACT_FLOATS or scratch is None:
+        return out.copy_(encode(x, frac_bits))
+    low, high = x.aminmax() if x.numel() else (torch.zeros(()), torch.zeros(()))
+    largest = max(-float(low), float(high))
+    if not largest < 2.0 ** (63 - frac_bits):  # as encode; also catches inf and nan
+        raise ValueError(
+            f"value out of the fixed-point range: |x| must be below 2^{63 - frac_bits} "
+            f"with {frac_bits} fractional bits, and finite"
+        )
+    scratch.copy_(x).mul_(float(1 << frac_bits)).round_()
+    return out.copy_(scratch)
+
+
 def decode(x: torch.Tensor, frac_bits: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Fixed-point decode: the signed int64 value divided by 2^f, as ``dtype``."""
     return (x.to(torch.float64) / float(1 << frac_bits)).to(dtype)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from securetorch.protocols import arithmetic as pa
-from securetorch.ring import encode, ring_matmul
+from securetorch.ring import COMPACT_FLOATS, encode, encode_into, ring_matmul
 from securetorch.session.context import current
 from securetorch.tensor.registry import func_name, implements
 from securetorch.tensor.shape_ops import masked_public, public_tensor, share_wise
@@ -127,16 +127,19 @@ def _matmul(a: Any, b: Any) -> SharedTensor:
     return SharedTensor(pa.matmul_fixed(ctx, a.shares, b.shares, ctx.frac_bits), _dtype_of(a, b))
 
 
-def _public_blocks(public: torch.Tensor, secret_first: bool) -> list[torch.Tensor]:
-    """The public operand in blocks of about ``PUBLIC_BLOCK_ELEMENTS`` along the dim that
-    indexes the product's output (its columns when it is the right operand, its rows when
-    it is the left one); views: nothing is copied."""
+def _public_blocks(public: torch.Tensor, secret_first: bool) -> tuple[int, bool, list[tuple[int, int]]]:
+    """How to cut the public operand into blocks of about ``PUBLIC_BLOCK_ELEMENTS``, each a
+    stretch of memory: (its dim to cut, whether that dim is summed over (the product's inner
+    dim: partial products add up) or indexes the output (they are concatenated), and the
+    (start, length) of each block). A row-major matrix is cut into rows, a transposed one
+    (an [out, in] weight under ``F.linear``) into columns."""
     if public.dim() < 2:
-        return [public]
-    dim = -1 if secret_first else -2
+        return -1, False, [(0, public.shape[-1] if public.dim() else 1)]
+    dim = -2 if public.stride(-1) == 1 else -1
+    inner = (dim == -2) == secret_first
     width = public.shape[dim]
     step = max(1, PUBLIC_BLOCK_ELEMENTS * width // max(public.numel(), 1))
-    return [public.narrow(dim, start, min(step, width - start)) for start in range(0, width, step)]
+    return dim, inner, [(start, min(step, width - start)) for start in range(0, width, step)]
 
 
 def _public_matmul(x: SharedTensor, public: torch.Tensor, secret_first: bool) -> SharedTensor:
@@ -144,20 +147,36 @@ def _public_matmul(x: SharedTensor, public: torch.Tensor, secret_first: bool) ->
     truncation); public floats encoded with f bits, then one truncation, unless x is a
     secret integer (a one-hot), whose product with them is already fixed point. A product to
     be truncated is computed on the first share only: x_i @ public are 3-out-of-3 shares of
-    it, which the truncation takes (``truncate_additive``), half the local work."""
+    it, which the truncation takes (``truncate_additive``), half the local work. Each block
+    (``_public_blocks``) is widened into the same two buffers (``encode_into``)."""
     ctx = current()
-    blocks = _public_blocks(public, secret_first)
+    dim, inner, spans = _public_blocks(public, secret_first)
+    blocks = [public.narrow(dim, start, length) if public.dim() >= 2 else public for start, length in spans]
     exact = all(_is_exact_integer(block) for block in blocks)
     if exact or x.dtype.is_floating_point:
         x = as_fixed(x)
     truncated = x.dtype.is_floating_point and not exact
     shares = x.shares[:1] if truncated else x.shares
+    largest = max(block.numel() for block in blocks)
+    wide = torch.empty(largest, dtype=torch.int64)
+    compact = not exact and public.dtype in COMPACT_FLOATS
+    scratch = torch.empty(largest if compact else 0, dtype=torch.float32)
+    secret_dim = -1 if secret_first or x.dim() == 1 else -2  # the secret's inner dim
     out_dim = -1 if secret_first else (-2 if x.dim() > 1 else -1)
     parts: list[list[torch.Tensor]] = [[] for _ in shares]
-    for block in blocks:
-        ring = block.to(torch.int64) if exact else encode(block, ctx.frac_bits)
+    for (start, length), block in zip(spans, blocks, strict=True):
+        ring = wide[: block.numel()].view(block.shape)
+        if exact:
+            ring.copy_(block)
+        else:
+            encode_into(block, ctx.frac_bits, ring, scratch[: block.numel()].view(block.shape) if compact else None)
         for share, part in zip(shares, parts, strict=True):
-            part.append(ring_matmul(share, ring) if secret_first else ring_matmul(ring, share))
+            operand = share.narrow(secret_dim, start, length) if inner else share
+            product = ring_matmul(operand, ring) if secret_first else ring_matmul(ring, operand)
+            if inner and part:
+                part[0] += product
+            else:
+                part.append(product)
     products = [part[0] if len(part) == 1 else torch.cat(part, out_dim) for part in parts]
     dtype = x.dtype if x.dtype.is_floating_point else torch.get_default_dtype()
     if truncated:

@@ -102,3 +102,23 @@ def test_ring_matmul_hypothesis_shapes(m: int, k: int, n: int, seed: int) -> Non
     expected = python_matmul(a, b)
     assert torch.equal(ring.limb_matmul(a, b), expected)
     assert torch.equal(ring.native_matmul(a, b), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_compact_floats_encode_exactly_in_float32(dtype) -> None:
+    """``encode_into`` (float32 arithmetic for compact dtypes) gives ``encode``'s exact
+    fixed-point values: random weights, halves to round, the largest magnitudes of each
+    dtype in range, and zero; a value out of range, inf or nan is refused."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(2000, generator=g) * 3, torch.tensor([0.0, -0.0, 2.0**-19, -(2.0**-19), 1000.5])])
+    if dtype != torch.float16:
+        x = torch.cat([x, torch.tensor([2.0**40, -(2.0**43) + 2.0**20])])
+    x = x.to(dtype)
+    out = torch.empty(x.shape, dtype=torch.int64)
+    scratch = torch.empty(x.shape, dtype=torch.float32)
+    assert torch.equal(ring.encode_into(x, 18, out, scratch), ring.encode(x, 18))
+    for bad in (float("inf"), float("nan"), 2.0**46):
+        if dtype == torch.float16 and bad == 2.0**46:
+            continue  # beyond float16's range: it is inf
+        with pytest.raises(ValueError, match="fixed-point range"):
+            ring.encode_into(torch.tensor([1.0, bad]).to(dtype), 18, out[:2], scratch[:2])

@@ -118,15 +118,17 @@ def _public_products(x: torch.Tensor, w: torch.Tensor, table: torch.Tensor, ids:
     middle = puma.stats()
     rows = onehot @ table
     after = puma.stats()
-    return right.reveal(), left.reveal(), rows.reveal(), middle - before, after - middle
+    linear = torch.nn.functional.linear(xs, w.T.contiguous())  # an [out, in] weight: cut into its rows
+    return right.reveal(), left.reveal(), rows.reveal(), middle - before, after - middle, linear.reveal()
 
 
 @pytest.mark.parametrize("block", [1 << 21, 7, 300])
 def test_public_weights_are_widened_block_by_block_with_the_same_result(sim, monkeypatch, block) -> None:
-    """A public bf16 weight on either side of a secret matrix, widened to the ring a block at
-    a time (also in blocks that split it unevenly): the product within the truncation's error,
-    one truncation (2 rounds) per product; a secret one-hot times a public float table is
-    exact (the table's fixed-point rows) and local."""
+    """A public bf16 weight on either side of a secret matrix, row-major (cut into rows of the
+    inner dim: partial products summed) or transposed (cut into output columns), widened to the
+    ring a block at a time (also in blocks that split it unevenly): the product within the
+    truncation's error, one truncation (2 rounds) per product; a secret one-hot times a public
+    float table is exact (the table's fixed-point rows) and local."""
     from securetorch.tensor import arith_ops
 
     monkeypatch.setattr(arith_ops, "PUBLIC_BLOCK_ELEMENTS", block)
@@ -135,9 +137,10 @@ def test_public_weights_are_widened_block_by_block_with_the_same_result(sim, mon
     w = (torch.randn(48, 40, generator=g) / 7).to(torch.bfloat16)
     table = torch.randn(30, 16, generator=g, dtype=torch.float64)
     ids = torch.tensor([3, 0, 29, 3])
-    right, left, rows, product_cost, lookup_cost = sim.run(_public_products, x, w, table, ids)[0]
+    right, left, rows, product_cost, lookup_cost, linear = sim.run(_public_products, x, w, table, ids)[0]
     want = x @ w.double()
-    assert float((right - want).abs().max()) < 48 * 2 * U and float((left - want.T).abs().max()) < 48 * 2 * U
+    for got in (right, left.T, linear):
+        assert float((got - want).abs().max()) < 48 * 2 * U
     assert torch.equal(rows, puma.ring.decode(puma.ring.encode(table[ids], 18), 18).to(rows.dtype))
     assert product_cost.rounds == 4  # two products, one truncation each
     assert lookup_cost.rounds == 0 and lookup_cost.bytes_sent == 0
