@@ -170,9 +170,8 @@ def _public_weights_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]
         by_public = {r["layer"]: r for r in public["by_layer"]}
         for r in secret["by_layer"]:
             other = by_public.get(r["layer"], {"bytes": 0, "rounds": 0})
-            lines.append(
-                f"| {r['layer']} | {_mb(r['bytes'])} / {r['rounds']} | {_mb(other['bytes'])} / {other['rounds']} |"
-            )
+            name = r["layer"] or "(top level: one-hot check, token embedding, argmax)"
+            lines.append(f"| {name} | {_mb(r['bytes'])} / {r['rounds']} | {_mb(other['bytes'])} / {other['rounds']} |")
     for r in results.get("llama1b_public", []):
         rss = ", ".join(f"{m:,.0f}" for m in r["peak_rss_mb_per_party"])
         lines += [
@@ -448,7 +447,7 @@ def _public_weights_rows(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     rows, command = [], f"`{COMMANDS['public_weights']}`"
     for r in results.get("public_weights", []):
         if "weights" in r:
-            rss = _span([m / 1e3 for m in r["peak_rss_mb_per_party"]], "{:.1f}")
+            rss = _span([m / 1e3 for m in r["peak_rss_mb_per_party"]], "{:.2f}")
             rows.append(
                 f"| {_workload(r['workload'])} ({command}) | {_cells(r['seconds'], r['bytes'], r['rounds'], digits=1)}; "
                 f"peak RSS per party {rss} GB | — |"
