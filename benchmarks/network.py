@@ -1,7 +1,8 @@
 """Time on a link: a BERT-base forward (16 tokens, 12 layers, seeded random weights) on
 loopback and played on the ``lan`` and ``puma`` profiles by the link emulator, beside the
-projection compute + rounds x RTT + bytes / bandwidth (bytes: the busiest party's, as each
-party sends on its own links); and GPT-2 base decode steps (from the generation rows of
+projection compute + rounds x RTT + bytes / bandwidth (compute: the loopback run's seconds;
+rounds and bytes: the played run's, whose parties pick protocol variants for the profile;
+bytes: the busiest party's, as each party sends on its own links); and GPT-2 base decode steps (from the generation rows of
 ``benchmarks.sampling``) projected onto ``lan``, ``puma`` and ``wan`` with the bytes of all
 parties (an upper bound: each party sends about a third of them, on its own links).
 
@@ -45,7 +46,8 @@ def rows() -> list[dict]:
     for name in ("lan", "puma"):
         profile = PRESETS[name]
         played = _forward(name)
-        projected = profile.projected_seconds(loopback["seconds"], loopback["rounds"], loopback["busiest_party_bytes"])
+        # the parties pick protocol variants for the profile: its rounds and bytes, loopback's compute
+        projected = profile.projected_seconds(loopback["seconds"], played["rounds"], played["busiest_party_bytes"])
         out.append({
             "workload": f"BERT-base, {TOKENS} tokens, played on {profile}",
             **_rounded(played),

@@ -60,6 +60,22 @@ PRESETS: dict[str, NetworkProfile] = {
 }
 
 
+def cheapest(network: NetworkProfile | None, variants: Mapping[str, tuple[int, int]], fallback: str) -> str:
+    """The protocol variant to run: of ``variants`` (name -> exact (rounds, bytes of all
+    parties)), the one with the least time on ``network``, rounds x RTT + a party's bytes
+    (a third of all: each party sends on its own links) / bandwidth, fewer bytes on a tie;
+    without a network, ``fallback`` (the size rules tuned on loopback). A pure function of
+    public facts, so every party picks the same."""
+    if network is None:
+        return fallback
+
+    def seconds(name: str) -> tuple[float, int]:
+        rounds, nbytes = variants[name]
+        return rounds * network.rtt_s + nbytes / 3 * 8 / network.bandwidth_bps, nbytes
+
+    return min(variants, key=seconds)
+
+
 def network_profile(value: str | NetworkProfile | Mapping[str, Any] | None) -> NetworkProfile | None:
     """A profile from a preset's name, a ``NetworkProfile``, or a mapping of
     ``bandwidth_bps`` and ``rtt_s`` (a cluster file's ``[network]`` table); None stays None."""

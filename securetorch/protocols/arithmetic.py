@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from securetorch.comm.profile import NetworkProfile, cheapest
 from securetorch.protocols.boolean import pack_bits, pack_uint, unpack_bits, unpack_uint
 from securetorch.ring import logical_shift_right, ring_matmul
 from securetorch.session.context import PartyContext
@@ -173,15 +174,16 @@ def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
     """Replicated shares of floor(z / 2^bits) (or one more) from 3-out-of-3 shares z_i of z.
 
     Requires |z| < 2^62 as a signed ring element; then the result is always within one unit
-    in the last place (no failure probability). Two exact protocols, chosen by size (the
-    same on all parties): below ``BYTES_BOUND_ELEMENTS`` elements a truncation is
-    bound by latency and takes the 2-round one (``_truncate_masked_open``, 41 B per element
-    at d = 18); from there on, by bandwidth, and takes the 3-round one
-    (``_truncate_wrap_bits``, 26.5 B per element at d = 18; also less local work). ``truncation_cost`` gives the exact rounds and bytes.
+    in the last place (no failure probability). Two exact protocols: the 2-round one
+    (``_truncate_masked_open``, 41 B per element at d = 18) and the 3-round one
+    (``_truncate_wrap_bits``, 26.5 B per element at d = 18; also less local work), the one
+    faster on the context's network (``comm.profile.cheapest``); without a network, the
+    2-round one below ``BYTES_BOUND_ELEMENTS`` elements and the 3-round one from there on.
+    ``truncation_cost`` gives the exact rounds and bytes.
     """
     if not 0 < bits < 63:
         raise ValueError("truncation by 1..62 bits")
-    if z.numel() < BYTES_BOUND_ELEMENTS:
+    if _truncation_variant(z.numel(), bits, ctx.network) == "masked_open":
         return _truncate_masked_open(ctx, z, bits)
     return _truncate_wrap_bits(ctx, z, bits)
 
@@ -323,16 +325,30 @@ def _truncate_wrap_bits(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
     return t - x_d + from_a, x_d
 
 
-def truncation_cost(n: int, bits: int) -> tuple[int, int]:
-    """Exact (rounds, bytes of all parties) of ``truncate_additive`` on n elements."""
-    if n < BYTES_BOUND_ELEMENTS:
-        return 2, 32 * n + (2 * n * bits + 7) // 8 + 2 * ((n * bits + 7) // 8)
-    return 3, 24 * n + (n * bits + 7) // 8 + 2 * ((n + 7) // 8)
+def _truncation_variants(n: int, bits: int) -> dict[str, tuple[int, int]]:
+    """Exact (rounds, bytes of all parties) of each truncation protocol on n elements."""
+    return {
+        "masked_open": (2, 32 * n + (2 * n * bits + 7) // 8 + 2 * ((n * bits + 7) // 8)),
+        "wrap_bits": (3, 24 * n + (n * bits + 7) // 8 + 2 * ((n + 7) // 8)),
+    }
 
 
-def truncation_bytes(n: int, bits: int) -> int:
+def _truncation_variant(n: int, bits: int, network: NetworkProfile | None) -> str:
+    """The truncation protocol for n elements: the faster on ``network``; without one, the
+    round-optimal one below ``BYTES_BOUND_ELEMENTS`` and the byte-optimal one from there on."""
+    fallback = "masked_open" if n < BYTES_BOUND_ELEMENTS else "wrap_bits"
+    return cheapest(network, _truncation_variants(n, bits), fallback)
+
+
+def truncation_cost(n: int, bits: int, network: NetworkProfile | None = None) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``truncate_additive`` on n elements, on
+    parties whose context declares ``network``."""
+    return _truncation_variants(n, bits)[_truncation_variant(n, bits, network)]
+
+
+def truncation_bytes(n: int, bits: int, network: NetworkProfile | None = None) -> int:
     """Exact bytes (all parties) that ``truncate_additive`` sends for n elements."""
-    return truncation_cost(n, bits)[1]
+    return truncation_cost(n, bits, network)[1]
 
 
 def truncate(ctx: PartyContext, x: Pair, bits: int) -> Pair:

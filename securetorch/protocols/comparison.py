@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from securetorch.comm.profile import NetworkProfile, cheapest
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols.arithmetic import Pair, mul
 from securetorch.protocols.boolean import (
@@ -105,26 +106,40 @@ def bit_to_arith(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, .
     """Arithmetic shares of packed XOR-shared bits b (as integers 0/1 of ``shape``).
 
     ``b`` is packed along its last dim; ``shape`` is b's leading dims plus the bit count.
-    Below ``BYTES_BOUND_ELEMENTS`` bits: a three-party OT (1 round, 6m/8 B per bit); from there
-    on, a dealer-assisted product (2 rounds, 3m/8 + 1/8 B per bit). With ``ring_bits`` m < 64
+    Two protocols: a three-party OT (1 round, 6m/8 B per bit) and a dealer-assisted product
+    (2 rounds, 3m/8 + 1/8 B per bit), the one faster on the context's network
+    (``comm.profile.cheapest``); without a network, the OT below ``BYTES_BOUND_ELEMENTS`` bits
+    and the dealer's product from there on. With ``ring_bits`` m < 64
     the shares are right modulo 2^m only (their high bits are noise) and every ring value
     crosses the wire in m bits: for bits that are only counted or compared in a small range.
     ``bit_to_arith_cost`` gives the exact rounds and bytes.
     """
     if not 1 <= ring_bits <= 64:
         raise ValueError(f"ring_bits must lie in [1, 64], got {ring_bits}")
-    if math.prod(shape) < pa.BYTES_BOUND_ELEMENTS:
+    if _injection_variant(math.prod(shape), ring_bits, ctx.network) == "ot":
         return _bit_to_arith_ot(ctx, b, shape, ring_bits)
     return _bit_to_arith_dealer(ctx, b, shape, ring_bits)
 
 
-def bit_to_arith_cost(n: int, ring_bits: int = 64) -> tuple[int, int]:
-    """Exact (rounds, bytes of all parties) of ``bit_to_arith`` on n bits in one packed row
-    (several rows each pad their bits to whole bytes)."""
+def _injection_variants(n: int, ring_bits: int) -> dict[str, tuple[int, int]]:
+    """Exact (rounds, bytes of all parties) of each bit injection protocol on n bits in one
+    packed row (several rows each pad their bits to whole bytes)."""
     values = _wire_bytes(n, ring_bits)
-    if n < pa.BYTES_BOUND_ELEMENTS:
-        return 1, 6 * values
-    return 2, 3 * values + (n + 7) // 8
+    return {"ot": (1, 6 * values), "dealer": (2, 3 * values + (n + 7) // 8)}
+
+
+def _injection_variant(n: int, ring_bits: int, network: NetworkProfile | None) -> str:
+    """The bit injection for n bits: the faster on ``network``; without one, the OT below
+    ``BYTES_BOUND_ELEMENTS`` bits and the dealer's product from there on."""
+    fallback = "ot" if n < pa.BYTES_BOUND_ELEMENTS else "dealer"
+    return cheapest(network, _injection_variants(n, ring_bits), fallback)
+
+
+def bit_to_arith_cost(n: int, ring_bits: int = 64, network: NetworkProfile | None = None) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``bit_to_arith`` on n bits in one packed row
+    (several rows each pad their bits to whole bytes), on parties whose context declares
+    ``network``."""
+    return _injection_variants(n, ring_bits)[_injection_variant(n, ring_bits, network)]
 
 
 def _wire_bytes(n: int, ring_bits: int) -> int:

@@ -102,6 +102,14 @@ def _remote_exception(rank: int, error: dict[str, Any]) -> BaseException:
     return exc
 
 
+_UNREACHABLE_HINT = (
+    "are the parties running at these addresses, and is this driver's public key listed under [[drivers]] in "
+    "their cluster file?"
+)
+"""Why a driver hears nothing: a party that is not there and one that refuses its key (a CURVE
+handshake that fails) look alike, the one or the other by timing."""
+
+
 class Cluster:
     """A driver's session with three parties (ranks 0, 1, 2) at their control addresses.
 
@@ -163,7 +171,9 @@ class Cluster:
         try:
             self._sockets[rank].send_multipart(frames, flags=0 if block else zmq.NOBLOCK, copy=False)
         except zmq.Again as exc:
-            raise PartyError(f"party {rank} is not reachable (no connection within {self.timeout:.1f} s)") from exc
+            raise PartyError(
+                f"party {rank} is not reachable (no connection within {self.timeout:.1f} s): {_UNREACHABLE_HINT}"
+            ) from exc
 
     def _show_progress(self, request: int, done: int, total: int) -> None:
         if not self.progress:
@@ -252,10 +262,7 @@ class Cluster:
             results = self._exchange(Verb.OPEN, per_party)
         except PartyError as exc:
             if "no reply from" in str(exc):
-                raise PartyError(
-                    f"{exc}: are the parties running at these addresses, and is this driver's public key "
-                    "listed under [[drivers]] in their cluster file?"
-                ) from None
+                raise PartyError(f"{exc}: {_UNREACHABLE_HINT}") from None
             raise
         self.role = results[0]["role"]
         self.driver = results[0]["driver"]

@@ -800,7 +800,9 @@ class PartyServer:
         parts = {self.rank: common_part, nxt: bytes(got[nxt][1].numpy()), prev: bytes(got[prev][0].numpy())}
         common = hashlib.sha256(b"".join(parts[r] for r in range(3))).digest()[:16]
         keys = PartyKeys(prev=own_key, next=next_key, common=common, private=new_key())
-        ctx = PartyContext(self.rank, self.config.frac_bits, self.config.compare_bits, self.net, keys)
+        ctx = PartyContext(
+            self.rank, self.config.frac_bits, self.config.compare_bits, self.net, keys, self.config.network
+        )
         ctx.models = self.models
         session.ctx = ctx
         session.stats = CommStats()

@@ -72,6 +72,7 @@ class Simulator:
                 compare_bits,
                 self.hub.links(r, timeout),
                 PartyKeys(prev=pairwise[r], next=pairwise[(r + 1) % 3], common=common, private=new_key()),
+                self.network,
             )
             for r in RANKS
         ]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from securetorch.comm.links import Links
+from securetorch.comm.profile import NetworkProfile
 from securetorch.comm.stats import CommStats
 from securetorch.prg import AesPrg
 
@@ -42,13 +43,26 @@ class PartyContext:
     rotation, so each job starts from the same state on all parties. Job numbers come from
     the party that orders the jobs (party 0) and only grow, so no stream is ever drawn twice.
 
+    ``network`` is the link the parties are on (declared in the cluster file, or played by
+    local parties), for which protocols with variants pick theirs (``comm.profile.cheapest``);
+    None keeps the size rules tuned on loopback.
+
     ``store`` keeps a session's state across its jobs (functions run by ``Cluster.run`` may
     use it); ``models`` is the party's model store (set by the server); ``recorder`` the
     session's ``CostRecorder`` while a cost report runs.
     """
 
-    def __init__(self, rank: int, frac_bits: int, compare_bits: int, net: Links, keys: PartyKeys) -> None:
+    def __init__(
+        self,
+        rank: int,
+        frac_bits: int,
+        compare_bits: int,
+        net: Links,
+        keys: PartyKeys,
+        network: NetworkProfile | None = None,
+    ) -> None:
         self.rank = rank
+        self.network = network  # the link protocol variants are chosen for (comm.profile.cheapest)
         self.frac_bits = frac_bits
         self.compare_bits = compare_bits
         self.net = net

@@ -90,6 +90,7 @@ class _StandInContext:
         self.rank = 0
         self.frac_bits = DEFAULT_FRAC_BITS
         self.compare_bits = DEFAULT_COMPARE_BITS
+        self.network = None
         self.recorder = run
         self.progress = None
 

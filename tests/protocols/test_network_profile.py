@@ -12,7 +12,12 @@ import torch
 
 import securetorch as puma
 from securetorch.comm.profile import PRESETS, NetworkProfile, network_profile
+from securetorch.comm.stats import total
+from securetorch.protocols import arithmetic as pa
+from securetorch.protocols import comparison as pc
+from securetorch.protocols.boolean import pack_bits, xor_public
 from securetorch.runtime.deployment import ClusterConfig, ConfigError
+from securetorch.session.context import current
 
 
 def test_presets_and_custom_profiles() -> None:
@@ -97,3 +102,45 @@ def test_a_cluster_file_with_an_unknown_network_names_it(tmp_path) -> None:
     path.write_text('network = "moon"\n' + PARTIES + DRIVER)
     with pytest.raises(ConfigError, match="network: unknown network preset 'moon'"):
         ClusterConfig.load(path)
+
+
+def _truncate_and_inject(x: torch.Tensor, n_bits: int):
+    """A truncation of x's product by 2^-18 and a bit injection of n_bits bits, with the
+    cost of each."""
+    ctx = current()
+    xs = puma.share(x if puma.rank() == 0 else None, owner=0, dtype=torch.float64)
+    before = puma.stats()
+    truncated = pa.truncate(ctx, pa.mul_public(xs.shares, torch.tensor(3 << 18)), 18)
+    middle = puma.stats()
+    bits = torch.arange(n_bits) % 3 == 0
+    zeros = torch.zeros((n_bits + 7) // 8, dtype=torch.uint8)
+    arith = pc.bit_to_arith(ctx, xor_public(ctx, (zeros, zeros.clone()), pack_bits(bits)), (n_bits,))
+    after = puma.stats()
+    return (
+        puma.SharedTensor(truncated, torch.float64).reveal(),
+        puma.SharedTensor(arith, torch.int64).reveal(),
+        middle - before,
+        after - middle,
+    )
+
+
+def test_the_network_picks_each_protocol_variant_and_both_give_the_same_result() -> None:
+    """Truncation (2 rounds, 41 B per element, or 3 rounds, 26.5 B) and bit injection (1 round,
+    48 B per bit, or 2 rounds, 24.1 B): on a lan link the extra round costs less than the
+    bytes it saves, on a wan link more, so the parties pick differently for the same sizes,
+    get the same values, and spend exactly what the cost functions say for their network."""
+    n, n_bits = 80_000, 50_000
+    x = torch.linspace(-100, 100, n, dtype=torch.float64)
+    seen = {}
+    for name in ("lan", "wan"):
+        profile = PRESETS[name]
+        with puma.Simulator(network=profile) as sim:
+            results = sim.run(_truncate_and_inject, x, n_bits)
+        truncated, arith = results[0][:2]
+        assert float((truncated - 3 * x).abs().max()) <= 2**-17
+        assert torch.equal(arith, (torch.arange(n_bits) % 3 == 0).long())
+        measured = (total([r[2] for r in results]), total([r[3] for r in results]))
+        assert (measured[0].rounds, measured[0].bytes_sent) == pa.truncation_cost(n, 18, profile)
+        assert (measured[1].rounds, measured[1].bytes_sent) == pc.bit_to_arith_cost(n_bits, 64, profile)
+        seen[name] = (measured[0].rounds, measured[1].rounds)
+    assert seen == {"lan": (3, 2), "wan": (2, 1)}  # lan: the byte-optimal ones; wan: the round-optimal ones
