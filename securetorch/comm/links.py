@@ -13,12 +13,14 @@ The link emulator: with ``emulated`` set to a ``NetworkProfile``, every round ta
 profile's RTT plus the bytes this party sends in it at the profile's bandwidth on top of
 its time on loopback, so a run plays compute + rounds x RTT + bytes / bandwidth, the model
 ``NetworkProfile.projected_seconds`` computes (an upper bound on a real link, where a
-round's latency partly overlaps the peers' compute).
+round's latency partly overlaps the peers' compute). ``measure`` times the links the other
+way round: what a round trip and a bulk round take (``securetorch netcheck``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -31,6 +33,8 @@ from securetorch.errors import PartyError
 
 ReceiveHook = Callable[[int, list[torch.Tensor]], None]
 """Called with (sender rank, tensors) for every message this party receives."""
+NETCHECK_MAX_BYTES = 64 << 20
+NETCHECK_MAX_ROUNDS = 1000
 
 
 class PeerAbort(PartyError):
@@ -83,6 +87,28 @@ class Links:
             time.sleep(self.emulated.round_seconds(sent))
         self.stats.seconds += time.perf_counter() - started
         return received
+
+    def measure(self, payload: torch.Tensor, rounds: int) -> dict[str, float]:
+        """This party's view of its links, as the cost model reads them
+        (``NetworkProfile.round_seconds``): the median seconds of ``rounds`` rounds in which it
+        sends one byte to each peer (the RTT), and of three rounds in which it sends
+        ``payload`` (random bytes) to each peer, less that RTT, for the bandwidth (twice the
+        payload sent per round). Every party calls it in the same job (``Cluster.netcheck``)."""
+        if not 1 <= rounds <= NETCHECK_MAX_ROUNDS or not 1 <= payload.numel() <= NETCHECK_MAX_BYTES:
+            raise ValueError(f"netcheck: 1..{NETCHECK_MAX_ROUNDS} rounds and 1..{NETCHECK_MAX_BYTES} bytes")
+        peers = [r for r in range(3) if r != self.rank]
+
+        def median_round(tensor: torch.Tensor, count: int) -> float:
+            times = []
+            for _ in range(count):
+                started = time.perf_counter()
+                self.exchange({peer: [tensor] for peer in peers}, peers)
+                times.append(time.perf_counter() - started)
+            return statistics.median(times)
+
+        rtt = median_round(payload[:1], rounds)
+        bulk = median_round(payload, 3)
+        return {"rtt_s": rtt, "bandwidth_bps": 2 * payload.numel() * 8 / max(bulk - rtt, 1e-9)}
 
     def add_receive_hook(self, hook: ReceiveHook) -> Callable[[], None]:
         """Call ``hook(sender, tensors)`` on every message received from now on; returns a

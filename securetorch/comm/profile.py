@@ -15,7 +15,7 @@ Presets: ``lan`` (10 Gbps, 0.2 ms), ``puma`` (5 Gbps, 1 ms: PUMA's setting) and 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,3 +97,9 @@ def network_profile(value: str | NetworkProfile | Mapping[str, Any] | None) -> N
 
 
 __all__ = ["PRESETS", "NetworkProfile", "network_profile"]
+
+
+def measured_profile(views: Sequence[Mapping[str, float]]) -> NetworkProfile:
+    """The parties' views of their links (``Links.measure``) combined: the slowest round
+    trip and the narrowest bandwidth, as the "measured" profile."""
+    return NetworkProfile(min(v["bandwidth_bps"] for v in views), min(10.0, max(v["rtt_s"] for v in views)), "measured")

@@ -32,7 +32,7 @@ import torch
 import zmq
 
 from securetorch.comm.frames import FrameError
-from securetorch.comm.profile import NetworkProfile, network_profile
+from securetorch.comm.profile import NetworkProfile, measured_profile, network_profile
 from securetorch.comm.security import Credential, CurveKeys, PlainPassword, party_identity
 from securetorch.comm.stats import CommStats
 from securetorch.errors import AccessError, InputError, PartyError, ProtocolError
@@ -407,6 +407,15 @@ class Cluster:
 
     def reset_stats(self) -> None:
         self.call(Verb.RESET_STATS, {})
+
+    def netcheck(self, rounds: int = 20, megabytes: float = 8.0) -> NetworkProfile:
+        """Measure the links between the running parties: each times ``rounds`` round trips
+        and three rounds that send ``megabytes`` of random bytes to each peer; the slowest
+        round trip and the narrowest bandwidth make the profile to declare in the cluster
+        file (``network``), for which the parties then pick protocol variants. Owners and
+        admins may ask (``securetorch netcheck``)."""
+        views = self.call(Verb.NETCHECK, {"rounds": int(rounds), "bytes": max(1, round(megabytes * 1e6))})
+        return measured_profile(views)
 
     @contextlib.contextmanager
     def cost_report(self) -> Iterator[costs.CostReport]:

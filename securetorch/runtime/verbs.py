@@ -48,6 +48,7 @@ class Verb(str, enum.Enum):
     SAVE_SHARES = "save_shares"  # owner: write this party's share file
     LOAD_SHARES = "load_shares"  # owner: read it back
     RUN = "run"  # admin: a shipped function (Cluster.run)
+    NETCHECK = "netcheck"  # owner, admin: time round trips and a bulk transfer between the parties
     ABORT = "abort"  # abandon a request of this session
     STOP = "stop"  # a local cluster's driver stops its parties
 
@@ -73,6 +74,7 @@ _JOBS = frozenset(
         Verb.SAVE_SHARES,
         Verb.LOAD_SHARES,
         Verb.RUN,
+        Verb.NETCHECK,
     }
 )
 _EVERYONE = frozenset({"owner", "client", "admin"})
@@ -82,6 +84,7 @@ _ROLES = {
     Verb.SAVE_SHARES: frozenset({"owner", "admin"}),
     Verb.LOAD_SHARES: frozenset({"owner", "admin"}),
     Verb.RUN: frozenset({"admin"}),
+    Verb.NETCHECK: frozenset({"owner", "admin"}),
     Verb.STOP: frozenset({"admin"}),
 }
 

@@ -144,3 +144,13 @@ def test_the_network_picks_each_protocol_variant_and_both_give_the_same_result()
         assert (measured[1].rounds, measured[1].bytes_sent) == pc.bit_to_arith_cost(n_bits, 64, profile)
         seen[name] = (measured[0].rounds, measured[1].rounds)
     assert seen == {"lan": (3, 2), "wan": (2, 1)}  # lan: the byte-optimal ones; wan: the round-optimal ones
+
+
+def test_netcheck_measures_the_link_the_parties_play() -> None:
+    """``Cluster.netcheck`` on parties playing 1 Gbps and 20 ms: the round trip and the
+    bandwidth it reports are those of the link (the bounds leave room for a loaded machine)."""
+    with puma.InProcessCluster(network=NetworkProfile(1e9, 0.02)) as cluster:
+        measured = cluster.netcheck(rounds=5, megabytes=2)
+    assert measured.name == "measured"
+    assert 0.02 <= measured.rtt_s < 0.035
+    assert 0.3e9 < measured.bandwidth_bps <= 1.05e9
