@@ -133,7 +133,7 @@ def _public_blocks(public: torch.Tensor, secret_first: bool) -> tuple[int, bool,
     dim: partial products add up) or indexes the output (they are concatenated), and the
     (start, length) of each block). A row-major matrix is cut into rows, a transposed one
     (an [out, in] weight under ``F.linear``) into columns."""
-    if public.dim() < 2:
+    if public.dim() < 2 or public.numel() == 0:  # one block: a vector, or nothing to widen
         return -1, False, [(0, public.shape[-1] if public.dim() else 1)]
     dim = -2 if public.stride(-1) == 1 else -1
     inner = (dim == -2) == secret_first
