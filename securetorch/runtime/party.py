@@ -102,6 +102,9 @@ FORWARD_ARGS = ("model", "onehot", "pixel_values", "decoder_onehot", "inputs")
 """What a forward request may carry; which of the secrets it must carry depends on the model."""
 
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+CLOSED_SESSIONS = 1024
+"""How many ended sessions a party remembers: a schedule party 0 sent for one of them is
+dropped at once instead of waiting the timeout for a request that will not come."""
 
 
 def _die_with_parent() -> None:
@@ -172,6 +175,7 @@ class PartyServer:
             self.net.emulated = config.network
         self.models: dict[str, InstalledModel] = {}
         self.sessions: dict[int, Session] = {}
+        self.closed: deque[int] = deque(maxlen=CLOSED_SESSIONS)  # ids of sessions this party ended
         self.queue: deque[tuple[int, int]] = deque()  # party 0: (session, request) in arrival order
         self.epoch = secrets.randbits(31) + 1
         self.jobs = 0  # party 0's counter
@@ -404,6 +408,7 @@ class PartyServer:
 
     def _close_session(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+        self.closed.append(session.id)
         for request_id, pending in list(session.pending.items()):
             self._drop_queued(session.id, request_id)
             self._reply(
@@ -454,7 +459,11 @@ class PartyServer:
                 continue
             if pending is None:
                 request_id = body.get("request")
-                gone = session is not None and isinstance(request_id, int) and request_id <= session.last_request
+                # gone: received and since abandoned, or of a session this party has closed (a driver
+                # that aborts a job and closes its session before this party got to it)
+                gone = (session is None and body.get("session") in self.closed) or (
+                    session is not None and isinstance(request_id, int) and request_id <= session.last_request
+                )
                 first = self.waiting_since.setdefault(notice.job, time.monotonic())
                 if not gone and time.monotonic() - first < self.config.timeout:
                     return  # the driver's request may still be on its way
