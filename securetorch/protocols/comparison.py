@@ -201,84 +201,75 @@ def _choose(
     return own, torch.where(b2, masked1, masked0) - _from_wire(got[other][0], ring_bits, size)
 
 
-def _bit_to_arith_dealer(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, ...], ring_bits: int) -> Pair:
-    """Bit injection by a dealer-assisted product: 2 rounds, 3 ring values (24 bytes at 64
-    bits) + 1/8 byte per bit.
+def _dealer_additive(
+    ctx: PartyContext, b: BitPair, size: tuple[int, ...], ring_bits: int
+) -> tuple[int, int, int, torch.Tensor | None]:
+    """Round 1 of the dealer-assisted bit injection: (D, A, B, this party's additive share of
+    the bits b as integers of ``size``, right modulo 2^``ring_bits``; None for D, who holds 0).
 
     With a rotating dealer D, A = D+1, B = D+2: b = x xor y where x = b_A xor b_B is known
     to A and y = b_D to B and D, so b = x + y - 2xy. D deals r (a bit, D-A key) and, since
     it knows y, additive shares h_A + h_B = r y (h_A from the D-A key, h_B sent to B). A sends
     e = x xor r to B; with x = e + (1 - 2e) r, xy = e y + (1 - 2e)(h_A + h_B), so A holds
-    x - 2(1 - 2e) h_A and B holds y - 2 e y - 2(1 - 2e) h_B. Round 2 reshares these two
-    shares with c_A (D-A key) and c_D (D-B key): A and B swap their share less its mask.
-    Round 1: A -> B e (packed), D -> B h_B. Round 2: A <-> B. D receives nothing.
-    """
-    size = tuple(shape)
+    x - 2(1 - 2e) h_A and B holds y - 2 e y - 2(1 - 2e) h_B. One round: A -> B e (packed),
+    D -> B h_B (m bits each). B sees e (r is uniform to it) and h_B (h_A is uniform to it);
+    A and D see nothing."""
     count = size[-1]
     dealer = ctx.next_dealer()
     rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
     if ctx.rank == dealer:  # holds (b_D, b_A)
-        with_a, with_b = ctx.prg_with(rank_a), ctx.prg_with(rank_b)
+        with_a = ctx.prg_with(rank_a)
         y = unpack_bits(b[0], count)
-        r = with_a.bits(y.numel()).reshape(size)
-        h_a, c_a = with_a.int64(size), with_a.int64(size)
-        c_d = with_b.int64(size)
+        r, h_a = with_a.bits(y.numel()).reshape(size), with_a.int64(size)
         ctx.net.exchange({rank_b: [_to_wire(r * y - h_a, ring_bits)]}, [])
-        ctx.net.exchange({}, [])
-        return c_d, c_a
+        return dealer, rank_a, rank_b, None
     if ctx.rank == rank_a:  # holds (b_A, b_B)
         with_d = ctx.prg_with(dealer)
         x = unpack_bits(b[0] ^ b[1], count)
-        r = with_d.bits(x.numel()).reshape(size)
-        h_a, c_a = with_d.int64(size), with_d.int64(size)
+        r, h_a = with_d.bits(x.numel()).reshape(size), with_d.int64(size)
         e = x ^ r
         ctx.net.exchange({rank_b: [pack_bits(e)]}, [])
-        mine = x - 2 * (1 - 2 * e) * h_a - c_a
-        theirs = ctx.net.exchange({rank_b: [_to_wire(mine, ring_bits)]}, [rank_b])[rank_b][0]
-        return c_a, mine + _from_wire(theirs, ring_bits, size)
+        return dealer, rank_a, rank_b, x - 2 * (1 - 2 * e) * h_a
     y = unpack_bits(b[1], count)  # B holds (b_B, b_D)
-    c_d = ctx.prg_with(dealer).int64(size)
     got = ctx.net.exchange({}, [dealer, rank_a])
     h_b, e = _from_wire(got[dealer][0], ring_bits, size), unpack_bits(got[rank_a][0], count)
-    mine = y - 2 * e * y - 2 * (1 - 2 * e) * h_b - c_d
-    theirs = ctx.net.exchange({rank_a: [_to_wire(mine, ring_bits)]}, [rank_a])[rank_a][0]
-    return mine + _from_wire(theirs, ring_bits, size), c_d
+    return dealer, rank_a, rank_b, y - 2 * e * y - 2 * (1 - 2 * e) * h_b
+
+
+def _bit_to_arith_dealer(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, ...], ring_bits: int) -> Pair:
+    """Bit injection by a dealer-assisted product: 2 rounds, 3 ring values (24 bytes at 64
+    bits) + 1/8 byte per bit.
+
+    Round 1 (``_dealer_additive``) leaves A and B additive shares of the bits. Round 2
+    reshares them with c_A (D-A key) and c_D (D-B key): A and B swap their share less its
+    mask. D receives nothing.
+    """
+    size = tuple(shape)
+    dealer, rank_a, rank_b, mine = _dealer_additive(ctx, b, size, ring_bits)
+    if mine is None:  # the dealer
+        c_a, c_d = ctx.prg_with(rank_a).int64(size), ctx.prg_with(rank_b).int64(size)
+        ctx.net.exchange({}, [])
+        return c_d, c_a
+    other = rank_b if ctx.rank == rank_a else rank_a
+    mask = ctx.prg_with(dealer).int64(size)  # c_A for A, c_D for B
+    mine = mine - mask
+    theirs = ctx.net.exchange({other: [_to_wire(mine, ring_bits)]}, [other])[other][0]
+    total = mine + _from_wire(theirs, ring_bits, size)
+    return (mask, total) if ctx.rank == rank_a else (total, mask)
 
 
 def bit_sum(ctx: PartyContext, b: BitPair, shape: tuple[int, int], ring_bits: int) -> Pair:
     """Per-row counts of XOR-shared bits b, packed over the flattened ``shape`` [rows, cols]
     (row-major), as integer shares [rows] right modulo 2^``ring_bits`` (m: counts below 2^m).
 
-    The dealer-assisted injection (``_bit_to_arith_dealer``) up to its additive shares, which
-    A and B sum over each row, so that only round 1 is per bit. Round 1: A -> B e = x xor r
-    (packed), D -> B h_B = r y - h_A (m bits each); A holds sum_j x_j - 2(1 - 2e_j) h_A,j and
-    B sum_j y_j - 2 e_j y_j - 2(1 - 2e_j) h_B,j, D holds 0: additive shares of the count.
-    Round 2: the [rows] sums are reshared (``reshare``). B sees e (r is uniform to it) and
-    h_B (h_A is uniform to it); A and D see nothing. ``bit_sum_cost``: 2 rounds, (m + 1)/8
+    Round 1 of the dealer-assisted injection (``_dealer_additive``) leaves A and B additive
+    shares of every bit, which they sum over each row, so that only that round is per bit;
+    round 2 reshares the [rows] sums (``reshare``). ``bit_sum_cost``: 2 rounds, (m + 1)/8
     bytes per bit and 24 per row.
     """
     rows, cols = shape
-    n = rows * cols
-    dealer = ctx.next_dealer()
-    rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
-    if ctx.rank == dealer:  # holds (b_D, b_A)
-        with_a = ctx.prg_with(rank_a)
-        y = unpack_bits(b[0], n)
-        r, h_a = with_a.bits(n), with_a.int64((n,))
-        ctx.net.exchange({rank_b: [_to_wire(r * y - h_a, ring_bits)]}, [])
-        total = torch.zeros(rows, dtype=torch.int64)
-    elif ctx.rank == rank_a:  # holds (b_A, b_B)
-        with_d = ctx.prg_with(dealer)
-        x = unpack_bits(b[0] ^ b[1], n)
-        r, h_a = with_d.bits(n), with_d.int64((n,))
-        e = x ^ r
-        ctx.net.exchange({rank_b: [pack_bits(e)]}, [])
-        total = (x - 2 * (1 - 2 * e) * h_a).view(rows, cols).sum(-1)
-    else:  # B holds (b_B, b_D)
-        y = unpack_bits(b[1], n)
-        got = ctx.net.exchange({}, [dealer, rank_a])
-        h_b, e = _from_wire(got[dealer][0], ring_bits, (n,)), unpack_bits(got[rank_a][0], n)
-        total = (y - 2 * e * y - 2 * (1 - 2 * e) * h_b).view(rows, cols).sum(-1)
+    mine = _dealer_additive(ctx, b, (rows * cols,), ring_bits)[3]
+    total = torch.zeros(rows, dtype=torch.int64) if mine is None else mine.view(rows, cols).sum(-1)
     return pa.reshare(ctx, total)
 
 

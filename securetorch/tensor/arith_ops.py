@@ -16,8 +16,9 @@ Fixed-point rules (f fractional bits):
   fixed-point result: exact, local, no truncation (a one-hot times a public embedding table).
 
 A public matmul operand (a public weight, possibly in bf16) is widened to the ring
-``PUBLIC_BLOCK_ELEMENTS`` elements at a time, along the product's output columns (rows when
-it is the left operand), so a compact weight is never copied whole at 8 bytes an element.
+``PUBLIC_BLOCK_ELEMENTS`` elements at a time, in blocks that are stretches of its memory
+(rows of a row-major matrix, columns of a transposed one: ``_public_blocks``), so a compact
+weight is never copied whole at 8 bytes an element.
 """
 
 from __future__ import annotations
