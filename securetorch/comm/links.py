@@ -88,14 +88,15 @@ class Links:
         self.stats.seconds += time.perf_counter() - started
         return received
 
-    def measure(self, payload: torch.Tensor, rounds: int) -> dict[str, float]:
+    def measure(self, random_bytes: Callable[[int], torch.Tensor], nbytes: int, rounds: int) -> dict[str, float]:
         """This party's view of its links, as the cost model reads them
         (``NetworkProfile.round_seconds``): the median seconds of ``rounds`` rounds in which it
-        sends one byte to each peer (the RTT), and of three rounds in which it sends
-        ``payload`` (random bytes) to each peer, less that RTT, for the bandwidth (twice the
-        payload sent per round). Every party calls it in the same job (``Cluster.netcheck``)."""
-        if not 1 <= rounds <= NETCHECK_MAX_ROUNDS or not 1 <= payload.numel() <= NETCHECK_MAX_BYTES:
+        sends one byte to each peer (the RTT), and of three rounds in which it sends ``nbytes``
+        from ``random_bytes`` to each peer, less that RTT, for the bandwidth (twice the payload
+        sent per round). Every party calls it in the same job (``Cluster.netcheck``)."""
+        if not 1 <= rounds <= NETCHECK_MAX_ROUNDS or not 1 <= nbytes <= NETCHECK_MAX_BYTES:
             raise ValueError(f"netcheck: 1..{NETCHECK_MAX_ROUNDS} rounds and 1..{NETCHECK_MAX_BYTES} bytes")
+        payload = random_bytes(nbytes)
         peers = [r for r in range(3) if r != self.rank]
 
         def median_round(tensor: torch.Tensor, count: int) -> float:

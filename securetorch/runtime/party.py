@@ -51,7 +51,7 @@ import torch
 import zmq
 
 from securetorch.comm.frames import Buffer, FrameError
-from securetorch.comm.links import NETCHECK_MAX_BYTES, PeerAbort
+from securetorch.comm.links import PeerAbort
 from securetorch.comm.network import EPOCH_SHIFT, PeerNetwork, bind_any
 from securetorch.comm.security import (
     DRIVERS_DOMAIN,
@@ -595,10 +595,7 @@ class PartyServer:
             )
         if verb is Verb.NETCHECK:
             args = Args(verb, values, ("rounds", "bytes"))
-            nbytes = args.integer("bytes")
-            if not 1 <= nbytes <= NETCHECK_MAX_BYTES:
-                raise ValueError(f"netcheck: 1..{NETCHECK_MAX_BYTES} bytes")
-            return ctx.net.measure(ctx.prg_private.uint8((nbytes,)), args.integer("rounds"))
+            return ctx.net.measure(lambda n: ctx.prg_private.uint8((n,)), args.integer("bytes"), args.integer("rounds"))
         if verb is Verb.INSTALL:
             return self._install(
                 session,

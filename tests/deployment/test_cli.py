@@ -51,3 +51,4 @@ def test_a_client_may_not_run_netcheck(deployment) -> None:
     with puma.Cluster.from_config(deployment.config, key=deployment.keys["client"]) as client:
         with pytest.raises(puma.AccessError, match="netcheck is not allowed for a driver whose role is client"):
             client.netcheck(rounds=2, megabytes=0.01)
+        assert all(s.bytes_sent == 0 for s in client.stats())  # refused before the parties exchanged a byte

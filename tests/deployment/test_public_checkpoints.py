@@ -64,6 +64,7 @@ def test_only_a_file_name_in_checkpoints_dir_is_opened_for_an_owner(deployment, 
     with connect(deployment, "owner") as owner:
         with pytest.raises(puma.AccessError, match="only an admin driver names a checkpoint by its path"):
             puma.secure(model, cluster=owner, weights="public", checkpoint=own)
+        assert all(s.bytes_sent == 0 for s in owner.stats())  # refused before the parties exchanged a byte
 
 
 def test_a_party_whose_copy_differs_refuses_and_nothing_is_installed(deployment, published) -> None:
@@ -80,6 +81,7 @@ def test_a_party_whose_copy_differs_refuses_and_nothing_is_installed(deployment,
                 model, cluster=owner, name="altered", weights="public", checkpoint=altered,
                 sha256=checkpoint.sha256(own),
             )  # fmt: skip
+        assert all(s.bytes_sent == 0 for s in owner.stats())
     with connect(deployment, "owner") as owner:
         with pytest.raises(Exception, match="altered"):
             puma.SecureModel.by_name("altered", owner)

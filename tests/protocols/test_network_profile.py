@@ -154,3 +154,12 @@ def test_netcheck_measures_the_link_the_parties_play() -> None:
     assert measured.name == "measured"
     assert 0.02 <= measured.rtt_s < 0.035
     assert 0.3e9 < measured.bandwidth_bps <= 1.05e9
+
+
+@pytest.mark.parametrize(("rounds", "megabytes"), [(0, 1.0), (1001, 1.0), (5, 100.0)])
+def test_netcheck_refuses_sizes_out_of_bounds_before_anything_is_sent(rounds, megabytes) -> None:
+    with puma.InProcessCluster() as cluster:
+        cluster.reset_stats()
+        with pytest.raises(ValueError, match=r"netcheck: 1\.\.1000 rounds and 1\.\.67108864 bytes"):
+            cluster.netcheck(rounds=rounds, megabytes=megabytes)
+        assert all(s.bytes_sent == 0 and s.rounds == 0 for s in cluster.stats())
