@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -70,15 +71,15 @@ def _tree_planes(m: int) -> tuple[int, int]:
     return levels, planes
 
 
-def msb_cost(n: int, bits: int) -> tuple[int, int]:
-    """Exact (rounds, bytes of all parties) of ``msb`` on n elements."""
+def _msb_prefix_cost(n: int, bits: int) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``_msb_prefix`` on n elements."""
     levels, tree = _tree_planes(bits - 2)
     planes = (bits - 1) + (bits - 2) + tree
     return 2 + levels, 3 * planes * ((n + 7) // 8)
 
 
-def msb(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
-    """XOR-shared top bit of x mod 2^bits, packed over the flattened x.
+def _msb_prefix(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
+    """XOR-shared top bit of x mod 2^bits, packed over the flattened x, by a bit circuit.
 
     x = x_0 + x_1 + x_2 is first carry-saved into s + c (s = x_0 xor x_1 xor x_2 is the share
     pair itself; c = 2 maj(x_0, x_1, x_2), whose terms x_i and x_{i+1} each party computes
@@ -87,8 +88,6 @@ def msb(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
     Cost: 2 + ceil(log2(l-2)) rounds; about 3(2l + 2l)/8 bytes per element (l = 44: 8 rounds,
     ~66 bytes).
     """
-    if bits < 4:
-        raise ValueError("comparisons need at least 4 bits")
     first, second = x[0].reshape(-1), x[1].reshape(-1)
     s = (bit_planes(first, bits), bit_planes(second, bits))
     maj = reshare_bits(ctx, bit_planes(first & second, bits - 1))  # maj_j for j < l-1
@@ -242,11 +241,21 @@ def _bit_to_arith_dealer(ctx: PartyContext, b: BitPair, shape: torch.Size | tupl
 
     Round 1 (``_dealer_additive``) leaves A and B additive shares of the bits. Round 2
     reshares them with c_A (D-A key) and c_D (D-B key): A and B swap their share less its
-    mask. D receives nothing.
+    mask (``_replicate_additive``). D receives nothing.
     """
     size = tuple(shape)
-    dealer, rank_a, rank_b, mine = _dealer_additive(ctx, b, size, ring_bits)
-    if mine is None:  # the dealer
+    dealer, _, _, mine = _dealer_additive(ctx, b, size, ring_bits)
+    return _replicate_additive(ctx, dealer, mine, size, ring_bits)
+
+
+def _replicate_additive(
+    ctx: PartyContext, dealer: int, mine: torch.Tensor | None, size: tuple[int, ...], ring_bits: int
+) -> Pair:
+    """Additive shares held by A = D+1 and B = D+2 (``mine``; None for the dealer D) to
+    replicated shares, in one round: with c_A (D-A key) and c_D (D-B key), A and B swap their
+    share less its mask. D receives nothing."""
+    rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
+    if mine is None:
         c_a, c_d = ctx.prg_with(rank_a).int64(size), ctx.prg_with(rank_b).int64(size)
         ctx.net.exchange({}, [])
         return c_d, c_a
@@ -255,6 +264,22 @@ def _bit_to_arith_dealer(ctx: PartyContext, b: BitPair, shape: torch.Size | tupl
     mine = mine - mask
     theirs = ctx.net.exchange({other: [_to_wire(mine, ring_bits)]}, [other])[other][0]
     total = mine + _from_wire(theirs, ring_bits, size)
+    return (mask, total) if ctx.rank == rank_a else (total, mask)
+
+
+def _replicate_xor(ctx: PartyContext, dealer: int, mine: torch.Tensor | None, nbytes: int) -> BitPair:
+    """Packed XOR shares (``nbytes`` bytes) held by A and B (``mine``; None for the dealer) to
+    replicated XOR shares in one round, as ``_replicate_additive`` does for additive shares."""
+    rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
+    if mine is None:
+        s_a, s_d = ctx.prg_with(rank_a).uint8((nbytes,)), ctx.prg_with(rank_b).uint8((nbytes,))
+        ctx.net.exchange({}, [])
+        return s_d, s_a
+    other = rank_b if ctx.rank == rank_a else rank_a
+    mask = ctx.prg_with(dealer).uint8((nbytes,))  # s_A for A, s_D for B
+    mine = mine ^ mask
+    theirs = ctx.net.exchange({other: [mine]}, [other])[other][0]
+    total = mine ^ theirs
     return (mask, total) if ctx.rank == rank_a else (total, mask)
 
 
@@ -291,9 +316,307 @@ def bits_to_arith_word(ctx: PartyContext, planes: BitPair, n: int) -> Pair:
 def less_than_zero(ctx: PartyContext, x: Pair, bits: int | None = None) -> Pair:
     """[x < 0] as arithmetic 0/1 (for |x| < 2^(l-1), l = ``bits``, by default the context's
     ``compare_bits``; a caller that bounds x more tightly passes a smaller l and pays for l
-    bits only). Cost: msb on l bits + ``bit_to_arith``."""
-    bits = bit_to_arith(ctx, msb(ctx, x, bits or ctx.compare_bits), (x[0].numel(),))
-    return bits[0].reshape(x[0].shape), bits[1].reshape(x[0].shape)
+    bits only): the dealt tables' sign with integer outputs, or ``msb`` by the bit circuit
+    and a ``bit_to_arith``, whichever ``less_than_zero_cost`` finds faster on the context's
+    network."""
+    bits = bits or ctx.compare_bits
+    _check_bits(bits)
+    variant = _sign_variant(x[0].numel(), bits, 64, ctx.network)
+    if variant == "circuit":
+        out = bit_to_arith(ctx, _msb_prefix(ctx, x, bits), (x[0].numel(),))
+    else:
+        out = _dealt_sign(ctx, x, bits, _TABLE_PLANS[variant](bits, 64), 64)
+    return out[0].reshape(x[0].shape), out[1].reshape(x[0].shape)
+
+
+def less_than_zero_cost(n: int, bits: int, network: NetworkProfile | None = None) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``less_than_zero`` on n elements of ``bits``
+    bits, on parties whose context declares ``network``."""
+    return _sign_variants(n, bits, 64, network)[_sign_variant(n, bits, 64, network)]
+
+
+def msb(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
+    """XOR-shared top bit of x mod 2^bits, packed over the flattened x: by the dealt tables
+    (``_dealt_sign``) or by the bit circuit (``_msb_prefix``), whichever ``msb_cost`` finds
+    faster on the context's network."""
+    _check_bits(bits)
+    variant = _sign_variant(x[0].numel(), bits, None, ctx.network)
+    if variant == "circuit":
+        return _msb_prefix(ctx, x, bits)
+    return _dealt_sign(ctx, x, bits, _TABLE_PLANS[variant](bits, None), None)
+
+
+def msb_cost(n: int, bits: int, network: NetworkProfile | None = None) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``msb`` on n elements of ``bits`` bits, on
+    parties whose context declares ``network``."""
+    return _sign_variants(n, bits, None, network)[_sign_variant(n, bits, None, network)]
+
+
+def _check_bits(bits: int) -> None:
+    if not 4 <= bits <= 64:
+        raise ValueError(f"comparisons work on 4 to 64 bits, got {bits}")
+
+
+# ----------------------------------------------------------------------------- sign by dealt tables
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """How ``_dealt_sign`` splits the l - 1 low bits of c = x + r: block ``widths`` (low to
+    high), then for each level above the blocks the sizes of its groups (children per node,
+    low to high); the last level is one group, the root."""
+
+    widths: tuple[int, ...]
+    levels: tuple[tuple[int, ...], ...]
+
+    @property
+    def symbol_entries(self) -> int:
+        """Table entries of 2 bits per element, of the blocks and of the levels below the root."""
+        return sum(1 << w for w in self.widths) + sum(4**g for level in self.levels[:-1] for g in level)
+
+    @property
+    def root_entries(self) -> int:
+        return 4 ** self.levels[-1][0]
+
+    def cost(self, n: int, bits: int, ring_bits: int | None) -> tuple[int, int]:
+        """Exact (rounds, bytes of all parties) of ``_dealt_sign`` on n elements; ``ring_bits``
+        None: the sign as XOR-shared bits, else as integers sent in that many bits."""
+        roots = self.root_entries
+        dealt = (n * self.symbol_entries + 3) // 4
+        dealt += (n * roots + 7) // 8 if ring_bits is None else _wire_bytes(n * roots, ring_bits)
+        opened = [len(self.widths)] + [len(level) for level in self.levels[:-1]]
+        result = (n + 7) // 8 if ring_bits is None else _wire_bytes(n, ring_bits)
+        nbytes = 2 * _wire_bytes(n, bits) + dealt + sum(2 * ((2 * n * nodes + 7) // 8) for nodes in opened)
+        return len(self.levels) + 2, nbytes + 2 * result
+
+
+def _even_split(total: int, parts: int) -> tuple[int, ...]:
+    return tuple(total // parts + (1 if i < total % parts else 0) for i in range(parts))
+
+
+# A root table has 4^g entries per element: at most this many children (4096 entries).
+ROOT_FAN_IN = 6
+
+
+def _table_plan(depth: int, bits: int, ring_bits: int | None) -> TablePlan | None:
+    """Of the plans with ``depth`` levels above the blocks, the one that deals the fewest
+    bytes per element (every block count and inner fan-in is tried); None if l - 1 bits
+    cannot fill one."""
+    best: tuple[int, TablePlan] | None = None
+    for blocks in range(2, bits):
+        for fan_in in range(2, ROOT_FAN_IN + 1):
+            nodes, levels = blocks, []
+            for _ in range(depth - 1):
+                groups = -(-nodes // fan_in)
+                levels.append(_even_split(nodes, groups))
+                nodes = groups
+            if not 2 <= nodes <= ROOT_FAN_IN:
+                continue
+            plan = TablePlan(_even_split(bits - 1, blocks), (*levels, (nodes,)))
+            size = plan.cost(1 << 10, bits, ring_bits)[1]
+            if best is None or size < best[0]:
+                best = (size, plan)
+    return None if best is None else best[1]
+
+
+_TABLE_PLANS = {f"tables{depth}": functools.cache(functools.partial(_table_plan, depth)) for depth in (1, 2, 3)}
+# Without a network: the tables (4 rounds for a comparison at depth 2, against 8 or 9) up to
+# this many elements, the bit circuit (a fifth of the bytes) beyond.
+TABLE_ELEMENTS = 2048
+
+
+def _sign_variants(
+    n: int, bits: int, ring_bits: int | None, network: NetworkProfile | None
+) -> dict[str, tuple[int, int]]:
+    """Exact (rounds, bytes of all parties) of each way to the sign of n elements: the bit
+    circuit (followed by a ``bit_to_arith`` for integer outputs) and each table depth."""
+    circuit = _msb_prefix_cost(n, bits)
+    if ring_bits is not None:
+        inject = bit_to_arith_cost(n, ring_bits, network)
+        circuit = (circuit[0] + inject[0], circuit[1] + inject[1])
+    variants = {"circuit": circuit}
+    for name, plan_for in _TABLE_PLANS.items():
+        plan = plan_for(bits, ring_bits)
+        if plan is not None:
+            variants[name] = plan.cost(n, bits, ring_bits)
+    return variants
+
+
+def _sign_variant(n: int, bits: int, ring_bits: int | None, network: NetworkProfile | None) -> str:
+    variants = _sign_variants(n, bits, ring_bits, network)
+    fallback = "tables2" if n <= TABLE_ELEMENTS and "tables2" in variants else "circuit"
+    return cheapest(network, variants, fallback)
+
+
+@functools.cache
+def _table_offsets(plan: TablePlan) -> tuple[torch.Tensor, ...]:
+    """Where each node's table starts among the symbol entries, per level below the root."""
+    sizes = [[1 << w for w in plan.widths]] + [[4**g for g in level] for level in plan.levels[:-1]]
+    out, start = [], 0
+    for level in sizes:
+        out.append(torch.tensor([start + sum(level[:i]) for i in range(len(level))], dtype=torch.int64))
+        start += sum(level)
+    return tuple(out)
+
+
+def _pack_symbols(symbols: torch.Tensor) -> torch.Tensor:
+    """2-bit values (uint8, any shape) packed four to a byte, in order (value i in bits
+    2(i mod 4) and up of byte i // 4: the layout of ``pack_bits`` on their bits)."""
+    flat = symbols.reshape(-1)
+    pad = (-flat.numel()) % 4
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    quads = flat.view(-1, 4)
+    return quads[:, 0] | (quads[:, 1] << 2) | (quads[:, 2] << 4) | (quads[:, 3] << 6)
+
+
+def _unpack_symbols(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """Inverse of ``_pack_symbols``: the first ``count`` 2-bit values (uint8)."""
+    return ((packed.unsqueeze(1) >> _SYMBOL_SHIFTS) & 3).reshape(-1)[:count]
+
+
+_SYMBOL_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
+
+
+def _symbol_at(packed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The 2-bit values at flat positions ``index`` of a ``_pack_symbols`` array."""
+    return (packed[index >> 2] >> ((index & 3) << 1).to(torch.uint8)) & 3
+
+
+def _bit_at(packed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The bits at flat positions ``index`` of a ``pack_bits`` array."""
+    return (packed[index >> 3] >> (index & 7).to(torch.uint8)) & 1
+
+
+def _combine(children: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lt, eq) of a range from its sub-ranges' (lt, eq), low to high: the highest sub-range
+    that differs decides."""
+    lt, eq = children[0]
+    for lt_t, eq_t in children[1:]:
+        lt, eq = lt_t | (eq_t & lt), eq & eq_t
+    return lt, eq
+
+
+def _deal_tables(
+    ctx: PartyContext, rank_a: int, rank_b: int, n: int, bits: int, plan: TablePlan
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dealer's tables for one comparison: symbol entries [n, E] (2-bit, uint8) and root
+    entries [n, R] (0/1, int64).
+
+    r = r_A + r_B mod 2^l (r_A from the D-A key, r_B from the D-B key). A block r_j of r's
+    low bits gives, for every value v of c's block, the symbol [v < r_j] + 2 [v = r_j]; a
+    group's table gives, for every opened (masked) symbol of its children, their combination;
+    every symbol below the root is XOR-masked with 2 bits of the dealer's own stream, and the
+    root's entry is [c_low < r_low] xor r's top bit."""
+    r_a, r_b = ctx.prg_with(rank_a).int64((n,)), ctx.prg_with(rank_b).int64((n,))
+    low = bits - 1
+    r = r_a + r_b
+    r_low, r_top = r & ((1 << low) - 1), ((r >> low) & 1).to(torch.uint8)
+    nodes = [len(plan.widths)] + [len(level) for level in plan.levels[:-1]]
+    count = n * sum(nodes)
+    masks = _unpack_symbols(ctx.prg_private.uint8(((count + 3) // 4,)), count).view(n, -1).split(nodes, 1)
+    tables, start = [], 0
+    for j, width in enumerate(plan.widths):
+        r_j = ((r_low >> start) & ((1 << width) - 1)).unsqueeze(1)
+        start += width
+        v = torch.arange(1 << width, dtype=torch.int64)
+        symbol = (v < r_j).to(torch.uint8) | ((v == r_j).to(torch.uint8) << 1)
+        tables.append(symbol ^ masks[0][:, j : j + 1])
+    root = torch.empty(0)
+    for i, level in enumerate(plan.levels):
+        child = 0
+        for k, group in enumerate(level):
+            w = torch.arange(4**group, dtype=torch.int64)
+            opened = [((w >> (2 * t)) & 3).to(torch.uint8) for t in range(group)]
+            symbols = [o ^ masks[i][:, child + t : child + t + 1] for t, o in enumerate(opened)]
+            lt, eq = _combine([(s & 1, s >> 1) for s in symbols])
+            child += group
+            if i == len(plan.levels) - 1:
+                root = (lt ^ r_top.unsqueeze(1)).long()
+            else:
+                tables.append((lt | (eq << 1)) ^ masks[i + 1][:, k : k + 1])
+    return torch.cat(tables, 1), root
+
+
+def _dealt_sign(ctx: PartyContext, x: Pair, bits: int, plan: TablePlan, ring_bits: int | None) -> Any:
+    """The top bit of x mod 2^l (l = ``bits``) from tables dealt by the third party: packed
+    XOR shares (``ring_bits`` None) or integer shares right modulo 2^``ring_bits``.
+
+    With a rotating dealer D, A = D+1, B = D+2 (the masked opening of FSS-style comparisons
+    with a dealer, Boyle et al. EUROCRYPT 2021, evaluated by one-time truth tables, Ishai et
+    al. TCC 2013): round 1: A and B open c = x + r mod 2^l to each other (A sends x_A + r_A,
+    B sends x_B + x_D + r_B, l bits each), while D sends B its share of every table
+    (``_deal_tables``; A's share comes from the D-A key). Then top(x) = top(c) xor top(r)
+    xor [c_low < r_low]: A and B look up their shares of each block's masked symbol at c's
+    block, and per level above the blocks open the masked symbols to each other (2 bits per
+    node, 1 round) and look up the group's table at them; the root's table holds the answer
+    (xor top(r)), and A adds top(c). A last round makes the A-B shares replicated
+    (``_replicate_xor`` or ``_replicate_additive``). Rounds: levels + 2 (4 at depth 2);
+    bytes: ``TablePlan.cost``. Views: B's table shares are masked by the D-A key, c by r,
+    each opened symbol by D's own mask; D receives nothing.
+    """
+    n = x[0].numel()
+    dealer = ctx.next_dealer()
+    rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
+    entries, roots = plan.symbol_entries, plan.root_entries
+    symbol_bytes, root_bytes = (n * entries + 3) // 4, (n * roots + 7) // 8
+    packed_out = (n + 7) // 8
+    if ctx.rank == dealer:
+        symbols, root = _deal_tables(ctx, rank_a, rank_b, n, bits, plan)
+        with_a = ctx.prg_with(rank_a)
+        message = [_pack_symbols(symbols) ^ with_a.uint8((symbol_bytes,))]
+        if ring_bits is None:
+            message.append(pack_bits(root.reshape(-1)) ^ with_a.uint8((root_bytes,)))
+        else:
+            message.append(_to_wire(root - with_a.int64((n, roots)), ring_bits))
+        ctx.net.exchange({rank_b: message}, [])
+        for _ in plan.levels:
+            ctx.net.exchange({}, [])
+        if ring_bits is None:
+            return _replicate_xor(ctx, dealer, None, packed_out)
+        return _replicate_additive(ctx, dealer, None, (n,), ring_bits)
+    first, second = x[0].reshape(-1), x[1].reshape(-1)
+    is_a = ctx.rank == rank_a
+    other = rank_b if is_a else rank_a
+    with_d = ctx.prg_with(dealer)
+    blind = with_d.int64((n,))  # r_A for A, r_B for B
+    mine = first + blind if is_a else first + second + blind
+    if is_a:
+        symbols = with_d.uint8((symbol_bytes,))
+        root = with_d.uint8((root_bytes,)) if ring_bits is None else with_d.int64((n, roots))
+        got = ctx.net.exchange({other: [_to_wire(mine, bits)]}, [other])
+    else:
+        got = ctx.net.exchange({other: [_to_wire(mine, bits)]}, [dealer, other])
+        symbols, root = got[dealer]
+        if ring_bits is not None:
+            root = _from_wire(root, ring_bits, (n, roots))
+    c = mine + _from_wire(got[other][0], bits, (n,))
+    low = bits - 1
+    c_low, c_top = c & ((1 << low) - 1), (c >> low) & 1
+    offsets = _table_offsets(plan)
+    rows = torch.arange(n, dtype=torch.int64).unsqueeze(1)
+    shifts = torch.tensor([sum(plan.widths[:j]) for j in range(len(plan.widths))], dtype=torch.int64)
+    block_masks = torch.tensor([(1 << w) - 1 for w in plan.widths], dtype=torch.int64)
+    held = _symbol_at(symbols, rows * entries + offsets[0] + ((c_low.unsqueeze(1) >> shifts) & block_masks))
+    for i, level in enumerate(plan.levels):
+        theirs = ctx.net.exchange({other: [_pack_symbols(held)]}, [other])[other][0]
+        opened = (held ^ _unpack_symbols(theirs, held.numel()).view(held.shape)).long()
+        starts = [sum(level[:k]) for k in range(len(level))]
+        index = torch.stack(
+            [sum(opened[:, s + t] << (2 * t) for t in range(g)) for s, g in zip(starts, level, strict=True)], 1
+        )
+        if i < len(plan.levels) - 1:
+            held = _symbol_at(symbols, rows * entries + offsets[i + 1] + index)
+        elif ring_bits is None:
+            held = _bit_at(root, rows[:, 0] * roots + index[:, 0]).long()
+        else:
+            held = root.gather(1, index)[:, 0]
+    if ring_bits is None:
+        out = pack_bits(held ^ c_top if is_a else held)
+        return _replicate_xor(ctx, dealer, out, packed_out)
+    flip = 1 - 2 * c_top  # top(c) xor t = top(c) + (1 - 2 top(c)) t
+    share = c_top + flip * held if is_a else flip * held
+    return _replicate_additive(ctx, dealer, share, (n,), ring_bits)
 
 
 def select(ctx: PartyContext, bit: Pair, if_true: Pair, if_false: Pair) -> Pair:

@@ -141,12 +141,16 @@ def test_kv_cache_cost_per_token_is_flat_and_small(cluster) -> None:
     try:
         secure_model.generate(ids, max_new_tokens=8)
         costs = [c.bytes for c in secure_model.generation_costs]
+        rounds = [c.rounds for c in secure_model.generation_costs]
         cluster.reset_stats()
         secure_model(input_ids=torch.cat([ids, ids[:, :8]], dim=1))  # a full pass over 24 tokens
         full = sum(s.bytes_sent for s in cluster.stats())
     finally:
         secure_model.close()
-    assert abs(costs[7] - costs[1]) <= 0.10 * costs[1]  # token 2 vs token 8
+    # token 2 vs token 8 (17 and 23 keys): the row max compares all pairs of keys, whose
+    # bytes grow with the square of the cache (by dealt tables: 137 B per pair)
+    assert abs(costs[7] - costs[1]) <= 0.15 * costs[1]
+    assert 0 <= rounds[7] - rounds[1] <= model.config.n_layer  # one AND level more per layer at most
     assert max(costs[1:]) < 0.25 * full
 
 

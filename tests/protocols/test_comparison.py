@@ -8,8 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import securetorch as puma
+from securetorch.comm.profile import PRESETS
 from securetorch.comm.stats import total
 from securetorch.protocols import approx as ap
+from securetorch.protocols import arithmetic as pa
 from securetorch.protocols import comparison as pc
 from securetorch.protocols.boolean import reveal_bits, unpack_bits
 from securetorch.session.context import current
@@ -89,8 +91,10 @@ def test_compare_bits_boundary() -> None:
 
 
 def test_msb_and_bit_injection_exact_costs(sim) -> None:
-    """Comparison (MSB) and B2A of its bit: exact rounds and bytes on 1000 elements."""
-    n = 1000
+    """Comparison (MSB) by the bit circuit (beyond ``TABLE_ELEMENTS`` on loopback) and B2A of
+    its bit: exact rounds and bytes on 3000 elements."""
+    n = 3000
+    assert n > pc.TABLE_ELEMENTS
     values = torch.linspace(-3000, 3000, n, dtype=torch.float64)
 
     results = sim.run(lambda v: _msb_job(v, n), values)
@@ -100,8 +104,8 @@ def test_msb_and_bit_injection_exact_costs(sim) -> None:
     msb_cost = total([r[2] for r in results])
     inject_cost = total([r[3] for r in results])
     rounds, nbytes = pc.msb_cost(n, 44)
-    # 43 carry-save + 42 generate + 76 tree AND-planes of 125 bytes, three parties
-    assert (msb_cost.rounds, msb_cost.bytes_sent) == (rounds, nbytes) == (8, 3 * 161 * 125)
+    # 43 carry-save + 42 generate + 76 tree AND-planes of 375 bytes, three parties
+    assert (msb_cost.rounds, msb_cost.bytes_sent) == (rounds, nbytes) == (8, 3 * 161 * 375)
     assert (inject_cost.rounds, inject_cost.bytes_sent) == pc.bit_to_arith_cost(n) == (1, 48 * n)
 
 
@@ -287,10 +291,11 @@ def test_argmax_over_a_vocabulary(sim) -> None:
     assert torch.equal(got, logits.argmax(-1))
 
 
-@pytest.mark.parametrize(("shape", "rounds"), [((12, 1, 5), 12), ((12, 1, 8), 13), ((12, 1, 48), 16), ((4, 100), 17)])
+@pytest.mark.parametrize(("shape", "rounds"), [((12, 1, 5), 8), ((12, 1, 8), 9), ((12, 1, 48), 16), ((4, 100), 17)])
 def test_all_pairs_max_for_small_tensors(sim, shape, rounds) -> None:
-    """Small tensors compare all pairs of a row in one batch: 8 (msb) + ceil(log2(n-1)) + 2
-    rounds; ties and masked logits give the exact max."""
+    """Small tensors compare all pairs of a row in one batch: msb (on loopback 4 rounds by
+    the dealt tables up to ``TABLE_ELEMENTS`` pairs, else 8 by the bit circuit) +
+    ceil(log2(n-1)) + 2 rounds; ties and masked logits give the exact max."""
     g = seeded(sum(shape))
     values = torch.randn(shape, generator=g, dtype=torch.float64) * 10
     values.view(-1, shape[-1])[0, :2] = 50.0
@@ -319,3 +324,58 @@ def test_grouped_max_beyond_the_all_pairs_budget(sim) -> None:
         return puma.SharedTensor(value, torch.float64)
 
     assert float((sim.run(fn, values)[0] - values.amax(-1)).abs().max()) <= U
+
+
+def _dealt_sign_job(values, bits, depth, ring_bits):
+    ctx = current()
+    x = pa.share_from_party(ctx, values if ctx.rank == 0 else None, 0)
+    plan = pc._TABLE_PLANS[f"tables{depth}"](bits, ring_bits)
+    outs = []
+    for _ in range(3):  # every party deals once
+        before = puma.stats()
+        out = pc._dealt_sign(ctx, x, bits, plan, ring_bits)
+        cost = puma.stats() - before
+        if ring_bits is None:
+            opened = unpack_bits(reveal_bits(ctx, out), values.numel())
+        else:
+            opened = pa.reveal(ctx, out) & ((1 << ring_bits) - 1)
+        outs.append((opened, cost))
+    return outs, plan.cost(values.numel(), bits, ring_bits)
+
+
+@pytest.mark.parametrize("bits", [44, 13, 64])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_dealt_sign_is_the_top_bit_exactly_at_its_cost(sim, bits, depth) -> None:
+    """The sign from dealt tables: the top bit of x mod 2^l for any ring value (random,
+    0, +-1, the edges +-2^(l-1)), as packed bits and as integers (full ring and a small
+    one), for every dealer, at exactly ``TablePlan.cost``'s rounds and bytes."""
+    g = torch.Generator().manual_seed(bits * 10 + depth)
+    edge = 1 << (bits - 1)
+    edges = [0, 1, -1, edge - 1, -edge, edge, 2**63 - 1, -(2**63)]
+    values = torch.cat([
+        torch.randint(-(2**63), 2**63 - 1, (500,), generator=g, dtype=torch.int64),
+        torch.randint(-min(edge, 2**62), min(edge, 2**62), (500,), generator=g, dtype=torch.int64),
+        torch.tensor([(v + 2**63) % 2**64 - 2**63 for v in edges], dtype=torch.int64),
+    ])  # fmt: skip
+    want = (values >> (bits - 1)) & 1
+    for ring_bits in (None, 64, 20):
+        results = sim.run(_dealt_sign_job, values, bits, depth, ring_bits)
+        for k in range(3):
+            assert torch.equal(results[0][0][k][0], want), (ring_bits, k)
+            cost = total([r[0][k][1] for r in results])
+            assert (cost.rounds, cost.bytes_sent) == results[0][1]
+        assert results[0][1][0] == depth + 2
+
+
+def test_the_network_picks_tables_or_the_circuit_for_a_comparison() -> None:
+    """Without a network, the tables up to ``TABLE_ELEMENTS`` elements; on a network, the
+    least projected time: tables for rounds on wan, the circuit's fewer bytes for large
+    tensors on lan; deeper tables where bytes matter more than a round."""
+    wan, lan = PRESETS["wan"], PRESETS["lan"]
+    assert pc.less_than_zero_cost(1000, 44) == pc._TABLE_PLANS["tables2"](44, 64).cost(1000, 44, 64)
+    assert pc.msb_cost(3000, 44) == pc._msb_prefix_cost(3000, 44)
+    assert pc.less_than_zero_cost(20_000, 44, wan)[0] < 9
+    circuit, inject = pc._msb_prefix_cost(200_000, 44), pc.bit_to_arith_cost(200_000, 64, lan)
+    assert pc.less_than_zero_cost(200_000, 44, lan) == (circuit[0] + inject[0], circuit[1] + inject[1])
+    picks = {pc._sign_variant(n, 44, 64, PRESETS[name]) for n in (1, 10_000, 40_000) for name in PRESETS}
+    assert {"circuit", "tables2", "tables3"} <= picks

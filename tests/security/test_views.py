@@ -60,14 +60,17 @@ def test_every_message_of_products_is_uniform(cluster) -> None:
 
 
 def test_every_message_of_comparisons_is_uniform(cluster) -> None:
-    """Comparisons of constants, with both bit injections (small and large batches): all
-    received payloads (packed bits and ring elements) look uniform."""
+    """Comparisons of constants by the bit circuit with both bit injections (large and small
+    batches) and by the dealt tables (small batches, integer and bit outputs): all received
+    payloads (packed bits, 2-bit table entries, small and full ring elements) look uniform."""
 
     def fn():
         n = 1 << 17  # from here on the bit injection takes the dealer-assisted product
         x = puma.share(torch.full((n,), 3.0) if puma.rank() == 0 else None, owner=0)
-        # each party takes the dealer role once, then one small batch
-        return [x < 1.0 for _ in range(3)] + [x[:1000] < 1.0]
+        # each party takes the dealer role once in each protocol
+        large = [x < 1.0 for _ in range(3)] + [x[:4000] < 1.0]
+        tables = [x[:2000] < 1.0 for _ in range(3)] + [x[:600].reshape(100, 6).amax(-1) for _ in range(3)]
+        return large + tables
 
     for r, tensors in enumerate(cluster.run(recording(fn))):
         assert tensors
