@@ -21,19 +21,18 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from securetorch.comm.profile import NetworkProfile, cheapest
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols.arithmetic import Pair
 from securetorch.protocols.boolean import (
     BitPair,
     and_,
     bit_planes,
-    pack_bits,
     reshare_bits,
-    unpack_bits,
     xor,
     xor_public,
 )
-from securetorch.protocols.comparison import SMALL_ELEMENTS, bit_to_arith, less_than_zero, msb
+from securetorch.protocols.comparison import SMALL_ELEMENTS, bit_to_arith, less_than_zero, less_than_zero_cost
 from securetorch.session.context import PartyContext
 
 # --------------------------------------------------------------------------- helpers
@@ -182,21 +181,53 @@ def _fitted_tail(ctx: PartyContext, x: Pair, name: str) -> tuple[Pair, Pair, Pai
     """What GeLU, SiLU and sigmoid share: [x < 0], [x < 0] x, [|x| <= T] and the fitted tail
     at |x| (at f bits).
 
-    Two comparisons in sequence: the sign gives |x| = x - 2[x < 0] x, then [|x| > T] is one
-    comparison (instead of x > T and x < -T batched with the sign: one comparison and one
-    bit injection fewer, for 10 more rounds). u = 2|x|/T - 1 is |x| read at scale
-    f + log2(T) - 1, less 1: free."""
+    The sign gives |x| = x - 2[x < 0] x. [|x| > T] is either one comparison after it
+    ("sequential") or [x > T] + [x < -T] batched with the sign ("batched": one comparison's
+    rounds fewer, half again the comparisons' bytes), the one ``tail_signs_cost`` finds
+    faster on the context's network (without one: batched up to ``SMALL_ELEMENTS``).
+    u = 2|x|/T - 1 is |x| read at scale f + log2(T) - 1, less 1: free."""
     f = ctx.frac_bits
     upper, degree = TAIL_FITS[name]
-    negative = less_than_zero(ctx, x)
-    neg_x = ring_mul_many(ctx, [negative], [x])[0]
-    absolute = pa.sub(pa.sub(x, neg_x), neg_x)
-    outside = less_than_zero(ctx, pa.add_public(ctx, pa.neg(absolute), torch.tensor(round(upper * 2**f))))
+    bound = torch.tensor(round(upper * 2**f))
+    if _tail_signs_variant(x[0].numel(), ctx.compare_bits, ctx.network) == "batched":
+        batch = _stack([x, pa.add_public(ctx, pa.neg(x), bound), pa.add_public(ctx, x, bound)])
+        negative, above, below = _unstack(less_than_zero(ctx, batch))
+        outside = pa.add(above, below)
+        neg_x = ring_mul_many(ctx, [negative], [x])[0]
+        absolute = pa.sub(pa.sub(x, neg_x), neg_x)
+    else:
+        negative = less_than_zero(ctx, x)
+        neg_x = ring_mul_many(ctx, [negative], [x])[0]
+        absolute = pa.sub(pa.sub(x, neg_x), neg_x)
+        outside = less_than_zero(ctx, pa.add_public(ctx, pa.neg(absolute), bound))
     scale = f + int(math.log2(upper)) - 1
     u = add_constant(ctx, absolute, -1.0, scale)
     tail = polynomial(ctx, u, chebyshev_fit(name, upper, degree), scale, f, work_scale=TAIL_SCALE)
     inside = pa.add_public(ctx, pa.neg(outside), torch.ones((), dtype=torch.int64))
     return negative, neg_x, inside, tail
+
+
+def _tail_signs_variants(n: int, bits: int, network: NetworkProfile | None) -> dict[str, tuple[int, int]]:
+    """Exact (rounds, bytes of all parties) of the comparisons of ``_fitted_tail`` on n
+    elements, and of the product between them."""
+    one, product = less_than_zero_cost(n, bits, network), (1, 24 * n)
+    three = less_than_zero_cost(3 * n, bits, network)
+    return {
+        "sequential": (2 * one[0] + product[0], 2 * one[1] + product[1]),
+        "batched": (three[0] + product[0], three[1] + product[1]),
+    }
+
+
+def _tail_signs_variant(n: int, bits: int, network: NetworkProfile | None) -> str:
+    fallback = "batched" if n <= SMALL_ELEMENTS else "sequential"
+    return cheapest(network, _tail_signs_variants(n, bits, network), fallback)
+
+
+def tail_signs_cost(n: int, bits: int, network: NetworkProfile | None = None) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of the signs, [|x| > T] and [x < 0] x in GeLU,
+    SiLU and sigmoid on n elements (``bits``: the comparisons' ring bits), on parties whose
+    context declares ``network``."""
+    return _tail_signs_variants(n, bits, network)[_tail_signs_variant(n, bits, network)]
 
 
 def _relu_minus_tail(ctx: PartyContext, x: Pair, name: str) -> Pair:
@@ -331,42 +362,45 @@ def highest_bit(ctx: PartyContext, planes: BitPair) -> BitPair:
     flipped = (complement[0].flip(0), complement[1].flip(0))
     all_clear = _prefix(ctx, flipped, None)  # A_j = AND_{i >= j} not b_i, top first
     a = (all_clear[0].flip(0), all_clear[1].flip(0))
-    above = _with_constant_plane(ctx, (a[0][1:], a[1][1:]), ones=True, at_top=True)  # A_{j+1}; A_l = 1
-    return xor(a, above)
+    zero = torch.zeros_like(a[0][:1])
+    above = tuple(torch.cat([share[1:], zero]) for share in a)  # A_{j+1}, with A_l = 1 below
+    top = torch.zeros_like(above[0])
+    top[-1] = 255
+    return xor(a, xor_public(ctx, above, top))
 
 
-def _with_constant_plane(ctx: PartyContext, planes: BitPair, ones: bool, at_top: bool) -> BitPair:
-    """``planes`` with one public plane (all ones or all zeros) added below or above."""
-    zero = torch.zeros_like(planes[0][:1])
-    extended = tuple(torch.cat([share, zero] if at_top else [zero, share]) for share in planes)
-    mask = torch.zeros_like(extended[0])
-    if ones:
-        mask[-1 if at_top else 0] = 255
-    return xor_public(ctx, extended, mask)
-
-
-def _thresholds_onehot(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
-    """Highest-bit one-hot of positive X < 2^(bits-1) from all comparisons X >= 2^j in one
-    batch (h_j = not msb(X - 2^j); e_j = h_j xor h_{j+1}): 8 rounds instead of the 14 of
-    A2B + prefix, at ~60 bytes per threshold and element (for small tensors)."""
+def _threshold_powers(ctx: PartyContext, x: Pair, bits: int, exponent_lists: list[list[int]]) -> list[Pair]:
+    """2^v(p) for positive X < 2^(bits-1) with highest set bit p, for each exponent list v,
+    from all comparisons X >= 2^j in one batch (``less_than_zero`` with integer outputs):
+    h_j = [X >= 2^j] (h_0 = 1, h_{bits-1} = 0), the one-hot e_j = h_j - h_{j+1} and
+    2^v(p) = sum_j e_j 2^v(j) are local. The comparisons' rounds only (4 by dealt tables,
+    9 by the bit circuit), instead of the 14 of A2B, a prefix AND and an injection."""
     n = x[0].numel()
     flat = (x[0].reshape(1, -1), x[1].reshape(1, -1))
     thresholds = torch.ones(bits - 2, 1, dtype=torch.int64) << torch.arange(1, bits - 1).unsqueeze(1)
     diffs = pa.add_public(ctx, (flat[0].expand(bits - 2, n), flat[1].expand(bits - 2, n)), -thresholds)
-    below = msb(ctx, (diffs[0].reshape(-1), diffs[1].reshape(-1)), bits)  # [X < 2^j], packed over (j, n)
-    planes = tuple(pack_bits(unpack_bits(share, (bits - 2) * n).reshape(bits - 2, n)) for share in below)
-    at_least = xor_public(ctx, planes, torch.full_like(planes[0], 255))  # h_j, j = 1..bits-2
-    h = _with_constant_plane(ctx, at_least, ones=True, at_top=False)  # h_0 = 1 (X >= 1)
-    h = _with_constant_plane(ctx, h, ones=False, at_top=True)  # h_{bits-1} = 0
-    return (h[0][:-1] ^ h[0][1:], h[1][:-1] ^ h[1][1:])
+    below = less_than_zero(ctx, (diffs[0].reshape(bits - 2, n), diffs[1].reshape(bits - 2, n)), bits)
+    out = []
+    for exponents in exponent_lists:
+        # sum_j (h_j - h_{j+1}) 2^v(j) = 2^v(0) + sum_{j>=1} h_j (2^v(j) - 2^v(j-1)), h_j = 1 - below_j
+        steps = torch.tensor([(1 << exponents[j]) - (1 << exponents[j - 1]) for j in range(1, bits - 1)])
+        weights = steps.unsqueeze(1)
+        base = (1 << exponents[0]) + int(steps.sum())
+        acc = pa.neg(((below[0] * weights).sum(0), (below[1] * weights).sum(0)))
+        out.append(pa.add_public(ctx, acc, torch.tensor(base, dtype=torch.int64)))
+    return out
 
 
-def highest_bit_onehot(ctx: PartyContext, x: Pair, bits: int) -> BitPair:
-    """One-hot planes [bits, ceil(n/8)] of positive X's highest set bit: by thresholds for
-    small tensors (fewer rounds), by A2B and a prefix AND otherwise (fewer bytes)."""
-    if x[0].numel() <= SMALL_ELEMENTS:
-        return _thresholds_onehot(ctx, x, bits)
-    return highest_bit(ctx, bit_decompose(ctx, x, bits))
+def powers_of_highest_bit(ctx: PartyContext, x: Pair, bits: int, exponent_lists: list[list[int]]) -> list[Pair]:
+    """Integer shares of 2^v(p) (shaped as x) for positive X < 2^(bits-1) with highest set bit
+    p, for each exponent list v: by thresholds for small tensors (fewer rounds), by A2B, a
+    prefix AND and ``powers_of_two`` otherwise (fewer bytes)."""
+    n = x[0].numel()
+    if n <= SMALL_ELEMENTS:
+        powers = _threshold_powers(ctx, x, bits, exponent_lists)
+    else:
+        powers = powers_of_two(ctx, highest_bit(ctx, bit_decompose(ctx, x, bits)), exponent_lists, n)
+    return [(p[0].reshape(x[0].shape), p[1].reshape(x[0].shape)) for p in powers]
 
 
 def _function_bits(onehot: BitPair, values: list[int], nbits: int) -> BitPair:
@@ -385,22 +419,12 @@ def _function_bits(onehot: BitPair, values: list[int], nbits: int) -> BitPair:
 
 
 def powers_of_two(ctx: PartyContext, onehot: BitPair, exponent_lists: list[list[int]], n: int) -> list[Pair]:
-    """Integer shares of 2^v(j), for each exponent list v, at the secret one-hot position j.
-
-    Small tensors (round-bound): the one-hot planes enter the arithmetic world in one bit
-    injection and each 2^v = sum_j e_j 2^v(j) is local (1 round, 48 bytes per plane).
-    Large tensors (byte-bound): the bits of v(j) are local XORs of the one-hot planes, one bit
-    injection brings them over, and 2^v = prod_i (1 + v_i (2^(2^i) - 1)) by a tree of exact
-    products (1 + ceil(log2 bits) rounds, far fewer bytes)."""
+    """Integer shares of 2^v(j), for each exponent list v, at the secret one-hot position j
+    (packed planes over n elements), for large tensors (byte-bound): the bits of v(j) are
+    local XORs of the one-hot planes, one bit injection brings them over, and 2^v =
+    prod_i (1 + v_i (2^(2^i) - 1)) by a tree of exact products (1 + ceil(log2 bits) rounds)."""
     planes = onehot[0].shape[0]
     exponent_lists = [v[:planes] for v in exponent_lists]  # positions past the planes cannot occur
-    if n <= SMALL_ELEMENTS:
-        e = bit_to_arith(ctx, onehot, (planes, n))
-        out = []
-        for exponents in exponent_lists:
-            weights = torch.tensor([1 << v for v in exponents], dtype=torch.int64).unsqueeze(1)
-            out.append(((e[0] * weights).sum(0), (e[1] * weights).sum(0)))
-        return out
     results = []
     for exponents in exponent_lists:
         nbits = max(1, max(exponents).bit_length())
@@ -434,14 +458,12 @@ def reciprocal(ctx: PartyContext, x: Pair) -> Pair:
 
     Normalise: X = x 2^f has highest bit p; G = 2^(T-p) (T = l-1) from p's one-hot; c = X G /
     2^(T+1) in [1/2, 1) at 20 fractional bits. Then y = 1/c by a degree-7 polynomial in
-    t = 4c - 3 (at f bits) and 1/x = y G / 2^(T+1-f). Rounds: one-hot + 1 + 2 + 8 + 2 (21 for small tensors).
+    t = 4c - 3 (at f bits) and 1/x = y G / 2^(T+1-f). Rounds: G (``powers_of_highest_bit``) +
+    2 + 6 + 2 (14 for small tensors on loopback).
     """
     f, bits = ctx.frac_bits, ctx.compare_bits
-    shape, n = x[0].shape, x[0].numel()
     top = bits - 1
-    onehot = highest_bit_onehot(ctx, x, bits)
-    (g,) = powers_of_two(ctx, onehot, [[top - j for j in range(bits)]], n)
-    g = (g[0].reshape(shape), g[1].reshape(shape))
+    (g,) = powers_of_highest_bit(ctx, x, bits, [[top - j for j in range(bits)]])
     s = RECIPROCAL_SCALE
     c = pa.truncate_additive(ctx, pa.mul_local(x, g), top + 1 - s)
     t = pa.add_public(ctx, pa.mul_public(c, torch.tensor(4)), torch.tensor(-3 << s))  # 4c - 3
@@ -463,24 +485,22 @@ def rsqrt(
     Normalise to u = X / 2^(2r) in [1/4, 1) with r = ceil((p+1)/2) (p: X's highest bit):
     G2 = 2^(T2 - r) and G1 = 2^(2(T2 - r)) from p's one-hot; then a degree-4 initial guess w
     and one Newton step w (3 - u w^2) / 2 = 1.5 w - 0.5 (u w) w^2, with u w and w^2 in one
-    batch (4 rounds); 1/sqrt(x) = w G2 2^(in/2 - T2), at ``out_scale``. Rounds: one-hot + 1 +
-    2 + 6 + 4 + 2 (23 for small tensors).
+    batch (4 rounds); 1/sqrt(x) = w G2 2^(in/2 - T2), at ``out_scale``. Rounds: G2 and G1
+    (``powers_of_highest_bit``; for large tensors one more, G1 = G2^2) + 2 + 4 + 4 + 2 (16
+    for small tensors on loopback).
     """
     f, bits = ctx.frac_bits, ctx.compare_bits
     in_scale = f if in_scale is None else in_scale
     out_scale = f if out_scale is None else out_scale
     if in_scale % 2:
         raise ValueError("rsqrt needs an even input scale")
-    shape, n = x[0].shape, x[0].numel()
     half_top = (bits - 1 + 1) // 2  # T2 >= max r
-    onehot = highest_bit_onehot(ctx, x, bits)
     exponents = [half_top - (j + 2) // 2 for j in range(bits)]
-    if n <= SMALL_ELEMENTS:
-        g2, g1 = powers_of_two(ctx, onehot, [exponents, [2 * v for v in exponents]], n)
+    if x[0].numel() <= SMALL_ELEMENTS:
+        g2, g1 = powers_of_highest_bit(ctx, x, bits, [exponents, [2 * v for v in exponents]])
     else:
-        (g2,) = powers_of_two(ctx, onehot, [exponents], n)
+        (g2,) = powers_of_highest_bit(ctx, x, bits, [exponents])
         (g1,) = ring_mul_many(ctx, [g2], [g2])
-    g2, g1 = ((g[0].reshape(shape), g[1].reshape(shape)) for g in (g2, g1))
     s = RSQRT_SCALE
     u = pa.truncate_additive(ctx, pa.mul_local(x, g1), 2 * half_top - s)
     w = polynomial(ctx, u, _RSQRT_INIT, s, s)

@@ -421,8 +421,10 @@ def _table_plan(depth: int, bits: int, ring_bits: int | None) -> TablePlan | Non
 
 _TABLE_PLANS = {f"tables{depth}": functools.cache(functools.partial(_table_plan, depth)) for depth in (1, 2, 3)}
 # Without a network: the tables (4 rounds for a comparison at depth 2, against 8 or 9) up to
-# this many elements, the bit circuit (a fifth of the bytes) beyond.
-TABLE_ELEMENTS = 2048
+# this many elements, the bit circuit (a third of the bytes, less local work) beyond. On
+# loopback, GPT-2 base decode steps took a median 1.9-2.1 s with 512, 1.9-2.4 s with 2048
+# and 2.2-2.8 s without tables (two runs each, 5 steps).
+TABLE_ELEMENTS = 1024
 
 
 def _sign_variants(

@@ -69,7 +69,7 @@ def test_every_message_of_comparisons_is_uniform(cluster) -> None:
         x = puma.share(torch.full((n,), 3.0) if puma.rank() == 0 else None, owner=0)
         # each party takes the dealer role once in each protocol
         large = [x < 1.0 for _ in range(3)] + [x[:4000] < 1.0]
-        tables = [x[:2000] < 1.0 for _ in range(3)] + [x[:600].reshape(100, 6).amax(-1) for _ in range(3)]
+        tables = [x[:1000] < 1.0 for _ in range(3)] + [x[:600].reshape(100, 6).amax(-1) for _ in range(3)]
         return large + tables
 
     for r, tensors in enumerate(cluster.run(recording(fn))):
