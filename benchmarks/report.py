@@ -1,6 +1,7 @@
 """Run every benchmark and write ``benchmarks/results.json``, ``docs/benchmarks.md`` and the
 README's performance table (between its markers); then ``benchmarks.coverage`` (every
-supported class: ``benchmarks/coverage.json`` and the README's table of them).
+supported class: ``benchmarks/coverage.json`` and the README's table of them) and
+``benchmarks.costs`` (the cost table of the README and ``docs/protocols.md``).
 
     python -m benchmarks.report          # about 10 minutes on 2 cores
     scripts/dev.sh bench                 # the same, in the project's virtualenv
@@ -18,7 +19,7 @@ import json
 import pathlib
 from typing import Any
 
-from benchmarks import coverage, engine, llama7b, models, network, nonlinear, public_weights, sampling
+from benchmarks import costs, coverage, engine, llama7b, models, network, nonlinear, public_weights, sampling
 from benchmarks.common import ROOT_RESULTS, machine
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -489,6 +490,7 @@ def main() -> None:
         info = {key: value for key, value in stored.items() if key != "results"}
         (ROOT / "docs" / "benchmarks.md").write_text(markdown(stored["results"], info))
         update_readme(stored["results"])
+        costs.update()
         return
     results = {
         "engine": engine.rows(),
@@ -507,6 +509,8 @@ def main() -> None:
     print(f"wrote {ROOT_RESULTS}, {ROOT / 'docs' / 'benchmarks.md'} and the README's table")
     coverage.run()
     print(f"wrote {coverage.OUTPUT} and the README's table of supported classes")
+    costs.update()
+    print("wrote the cost table (README, docs/protocols.md) from the protocols' cost functions")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""The README's numbers come from benchmark output, never typed by hand: its performance table
-is what ``benchmarks.report`` writes from ``benchmarks/results.json``, its table of supported
-classes what ``benchmarks.coverage`` writes from ``benchmarks/coverage.json``, which lists
-every class of the catalogue the model tests run."""
+"""The README's numbers come from benchmark output or cost functions, never typed by hand: its
+performance table is what ``benchmarks.report`` writes from ``benchmarks/results.json``, its
+table of supported classes what ``benchmarks.coverage`` writes from
+``benchmarks/coverage.json``, which lists every class of the catalogue the model tests run,
+and its cost table (also in ``docs/protocols.md``) what ``benchmarks.costs`` computes from
+the protocols' exact cost functions."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from benchmarks import coverage
+from benchmarks import costs, coverage
 from benchmarks.report import README_BEGIN, README_END, readme_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,3 +32,10 @@ def test_the_supported_classes_table_is_generated_and_covers_the_catalogue() -> 
     measured = [(r["class"], r["kind"], r["variant"]) for r in rows]
     assert measured == [(e.name, e.kind, e.label) for e in coverage.catalogue()]
     assert all(r["max_error"] <= 0.02 for r in rows)
+
+
+def test_the_cost_tables_are_generated_from_the_cost_functions() -> None:
+    for path in costs.TARGETS:
+        text = path.read_text()
+        between = text[text.index(costs.BEGIN) + len(costs.BEGIN) : text.index(costs.END)]
+        assert between.strip() == costs.table().strip(), path

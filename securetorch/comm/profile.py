@@ -15,7 +15,7 @@ Presets: ``lan`` (10 Gbps, 0.2 ms), ``puma`` (5 Gbps, 1 ms: PUMA's setting) and 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,17 @@ def cheapest(network: NetworkProfile | None, variants: Mapping[str, tuple[int, i
     return min(variants, key=seconds)
 
 
+Cost = tuple[int, int]  # exact (rounds, bytes of all parties) of a protocol run
+
+
+def total_cost(costs: Iterable[Cost]) -> Cost:
+    """The cost of protocols run one after the other: rounds and bytes add up."""
+    rounds = nbytes = 0
+    for r, b in costs:
+        rounds, nbytes = rounds + r, nbytes + b
+    return rounds, nbytes
+
+
 def network_profile(value: str | NetworkProfile | Mapping[str, Any] | None) -> NetworkProfile | None:
     """A profile from a preset's name, a ``NetworkProfile``, or a mapping of
     ``bandwidth_bps`` and ``rtt_s`` (a cluster file's ``[network]`` table); None stays None."""
@@ -96,7 +107,7 @@ def network_profile(value: str | NetworkProfile | Mapping[str, Any] | None) -> N
     raise ValueError(f"a network is a preset name, a NetworkProfile or a mapping, not {type(value).__name__}")
 
 
-__all__ = ["PRESETS", "NetworkProfile", "network_profile"]
+__all__ = ["PRESETS", "Cost", "NetworkProfile", "network_profile", "total_cost"]
 
 
 def measured_profile(views: Sequence[Mapping[str, float]]) -> NetworkProfile:

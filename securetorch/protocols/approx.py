@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from securetorch.comm.profile import NetworkProfile, cheapest
+from securetorch.comm.profile import Cost, NetworkProfile, cheapest, total_cost
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols.arithmetic import Pair
 from securetorch.protocols.boolean import (
@@ -32,7 +32,15 @@ from securetorch.protocols.boolean import (
     xor,
     xor_public,
 )
-from securetorch.protocols.comparison import SMALL_ELEMENTS, bit_to_arith, less_than_zero, less_than_zero_cost
+from securetorch.protocols.comparison import (
+    SMALL_ELEMENTS,
+    bit_to_arith,
+    bit_to_arith_cost,
+    less_than_zero,
+    less_than_zero_cost,
+    max_last_dim_cost,
+)
+from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
 from securetorch.session.context import PartyContext
 
 # --------------------------------------------------------------------------- helpers
@@ -65,13 +73,24 @@ def powers(ctx: PartyContext, t: Pair, degree: int, scale: int) -> list[Pair]:
     """[t, t^2, ..., t^degree] at ``scale``; t^k = t^(2^j) t^(k-2^j), all products of one
     depth in one batch: 2 ceil(log2 degree) rounds, degree - 1 products."""
     result: dict[int, Pair] = {1: t}
-    level = 1
-    while level < degree:
-        todo = [k for k in range(level + 1, min(2 * level, degree) + 1)]
+    for level, todo in _power_levels(degree):
         products = mul_many(ctx, [result[level] for _ in todo], [result[k - level] for k in todo], scale)
         result.update(zip(todo, products, strict=True))
-        level *= 2
     return [result[k] for k in range(1, degree + 1)]
+
+
+def _power_levels(degree: int) -> list[tuple[int, list[int]]]:
+    """The batches of ``powers``: (2^j, the powers k in (2^j, 2^(j+1)] made as t^(2^j) t^(k-2^j))."""
+    levels, level = [], 1
+    while level < degree:
+        levels.append((level, list(range(level + 1, min(2 * level, degree) + 1))))
+        level *= 2
+    return levels
+
+
+def powers_cost(n: int, degree: int, scale: int, network: NetworkProfile | None = None) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``powers`` on n elements."""
+    return total_cost(pa.truncation_cost(len(todo) * n, scale, network) for _, todo in _power_levels(degree))
 
 
 POLY_SCALE = 30
@@ -104,23 +123,47 @@ def polynomial(
     Direct otherwise: the powers t..t^d (d - 1 truncations), summed with the coefficients at
     as many bits as sum_k |c_k| leaves below 2^61, truncated once: 2 ceil(log2 d) + 2 rounds.
     """
+    scale_up, split, count, coef_bits, shift = _polynomial_plan(coeffs, scale, out_scale, work_scale)
+    if scale_up:
+        t = pa.mul_public(t, torch.tensor(1 << scale_up))
+        scale += scale_up
+    if split:
+        pows = powers(ctx, t, count, scale)
+        low = _linear_combination(ctx, pows, coeffs[:count], coef_bits, scale)
+        high = _linear_combination(ctx, pows, coeffs[count:], coef_bits, scale)
+        total = pa.mul_local(pows[count - 1], high) + pa.mul_public(low, torch.tensor(1 << scale))[0]
+        return pa.truncate_additive(ctx, total, shift)
+    pows = powers(ctx, t, count, scale) if count else [t]
+    return pa.truncate(ctx, _linear_combination(ctx, pows, coeffs, coef_bits, scale), shift)
+
+
+def _polynomial_plan(
+    coeffs: np.ndarray, scale: int, out_scale: int, work_scale: int
+) -> tuple[int, bool, int, int, int]:
+    """How ``polynomial`` evaluates: (bits t moves up, split or not, the highest power made,
+    coefficient bits, the final truncation's bits)."""
     degree = len(coeffs) - 1
-    if scale < work_scale:
-        t = pa.mul_public(t, torch.tensor(1 << (work_scale - scale)))
-        scale = work_scale
+    scale_up = max(0, work_scale - scale)
+    scale += scale_up
     size_bits = max(0, math.ceil(math.log2(float(np.abs(coeffs).sum()))))
     if degree >= 3 and 2 * scale + SPLIT_COEF_BITS + size_bits <= 61:
-        m = -(-degree // 2)
-        pows = powers(ctx, t, m, scale)
         coef_bits = 61 - 2 * scale - size_bits
-        low = _linear_combination(ctx, pows, coeffs[:m], coef_bits, scale)
-        high = _linear_combination(ctx, pows, coeffs[m:], coef_bits, scale)
-        total = pa.mul_local(pows[m - 1], high) + pa.mul_public(low, torch.tensor(1 << scale))[0]
-        return pa.truncate_additive(ctx, total, 2 * scale + coef_bits - out_scale)
-    pows = powers(ctx, t, degree, scale) if degree else [t]
+        return scale_up, True, -(-degree // 2), coef_bits, 2 * scale + coef_bits - out_scale
     coef_bits = 61 - scale - size_bits
-    acc = _linear_combination(ctx, pows, coeffs, coef_bits, scale)
-    return pa.truncate(ctx, acc, scale + coef_bits - out_scale)
+    return scale_up, False, degree, coef_bits, scale + coef_bits - out_scale
+
+
+def polynomial_cost(
+    n: int,
+    coeffs: np.ndarray,
+    scale: int,
+    out_scale: int,
+    work_scale: int = POLY_SCALE,
+    network: NetworkProfile | None = None,
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``polynomial`` on n elements."""
+    scale_up, _, count, _, shift = _polynomial_plan(coeffs, scale, out_scale, work_scale)
+    return total_cost([powers_cost(n, count, scale + scale_up, network), pa.truncation_cost(n, shift, network)])
 
 
 @functools.cache
@@ -200,7 +243,7 @@ def _fitted_tail(ctx: PartyContext, x: Pair, name: str) -> tuple[Pair, Pair, Pai
         neg_x = ring_mul_many(ctx, [negative], [x])[0]
         absolute = pa.sub(pa.sub(x, neg_x), neg_x)
         outside = less_than_zero(ctx, pa.add_public(ctx, pa.neg(absolute), bound))
-    scale = f + int(math.log2(upper)) - 1
+    scale = _tail_scale(f, name)
     u = add_constant(ctx, absolute, -1.0, scale)
     tail = polynomial(ctx, u, chebyshev_fit(name, upper, degree), scale, f, work_scale=TAIL_SCALE)
     inside = pa.add_public(ctx, pa.neg(outside), torch.ones((), dtype=torch.int64))
@@ -228,6 +271,32 @@ def tail_signs_cost(n: int, bits: int, network: NetworkProfile | None = None) ->
     SiLU and sigmoid on n elements (``bits``: the comparisons' ring bits), on parties whose
     context declares ``network``."""
     return _tail_signs_variants(n, bits, network)[_tail_signs_variant(n, bits, network)]
+
+
+def _tail_scale(frac_bits: int, name: str) -> int:
+    """The scale at which |x| reads as u + 1, u = 2|x|/T - 1."""
+    return frac_bits + int(math.log2(TAIL_FITS[name][0])) - 1
+
+
+def activation_cost(
+    name: str,
+    n: int,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    compare_bits: int = DEFAULT_COMPARE_BITS,
+    network: NetworkProfile | None = None,
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``gelu`` (name "gelu" or "gelu_tanh"),
+    ``silu``, ``sigmoid`` or ``tanh`` on n elements, on parties whose context declares
+    ``network``."""
+    tail = "sigmoid" if name == "tanh" else name
+    upper, degree = TAIL_FITS[tail]
+    fit = chebyshev_fit(tail, upper, degree)
+    products = 2 if tail == "sigmoid" else 1
+    return total_cost([
+        tail_signs_cost(n, compare_bits, network),
+        polynomial_cost(n, fit, _tail_scale(frac_bits, tail), frac_bits, TAIL_SCALE, network),
+        (products, 24 * products * n),
+    ])  # fmt: skip
 
 
 def _relu_minus_tail(ctx: PartyContext, x: Pair, name: str) -> Pair:
@@ -289,6 +358,13 @@ def exp(ctx: PartyContext, x: Pair) -> Pair:
         last = i == EXP_SQUARINGS - 1
         p = pa.mul_fixed(ctx, p, p, scale + (EXP_SQUARINGS if last else 0))
     return p
+
+
+def exp_cost(n: int, frac_bits: int = DEFAULT_FRAC_BITS, network: NetworkProfile | None = None) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``exp`` on n elements."""
+    scale = frac_bits + EXP_SQUARINGS
+    shifts = [scale + 1] + [scale] * (EXP_SQUARINGS - 1) + [scale + EXP_SQUARINGS]
+    return total_cost(pa.truncation_cost(n, bits, network) for bits in shifts)
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -440,6 +516,23 @@ def powers_of_two(ctx: PartyContext, onehot: BitPair, exponent_lists: list[list[
     return results
 
 
+def powers_of_highest_bit_cost(
+    n: int, bits: int, exponent_lists: list[list[int]], network: NetworkProfile | None = None
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``powers_of_highest_bit`` on n elements."""
+    if n <= SMALL_ELEMENTS:
+        return less_than_zero_cost((bits - 2) * n, bits, network)
+    packed = (n + 7) // 8
+    costs = [bit_decompose_cost(n, bits)] + [(1, 3 * len(targets) * packed) for targets, _ in _prefix_plan(bits)]
+    for exponents in exponent_lists:
+        nbits = max(1, max(exponents[:bits]).bit_length())
+        costs.append(bit_to_arith_cost(n, 64, network, rows=nbits))
+        while nbits > 1:
+            costs.append((1, 24 * (nbits // 2) * n))
+            nbits -= nbits // 2
+    return total_cost(costs)
+
+
 def _monomial_fit(fn: Callable[[np.ndarray], np.ndarray], low: float, degree: int) -> np.ndarray:
     """Least-squares monomial coefficients (constant first) of ``fn`` on [low, 1], Chebyshev nodes."""
     nodes = (1 + low) / 2 + (1 - low) / 2 * np.cos(np.pi * (np.arange(4000) + 0.5) / 4000)
@@ -471,6 +564,22 @@ def reciprocal(ctx: PartyContext, x: Pair) -> Pair:
     return pa.truncate_additive(ctx, pa.mul_local(y, g), top + 1 - f)
 
 
+def reciprocal_cost(
+    n: int,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    compare_bits: int = DEFAULT_COMPARE_BITS,
+    network: NetworkProfile | None = None,
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``reciprocal`` on n elements."""
+    top, s = compare_bits - 1, RECIPROCAL_SCALE
+    return total_cost([
+        powers_of_highest_bit_cost(n, compare_bits, [[top - j for j in range(compare_bits)]], network),
+        pa.truncation_cost(n, top + 1 - s, network),
+        polynomial_cost(n, _RECIPROCAL_FIT, s, frac_bits, s, network),
+        pa.truncation_cost(n, top + 1 - frac_bits, network),
+    ])  # fmt: skip
+
+
 RSQRT_SCALE = 28
 # u^(-1/2) on [1/4, 1] by degree 4 (relative error 2.2e-3): one Newton step then gives 7e-6.
 _RSQRT_INIT = _monomial_fit(lambda u: u**-0.5, 0.25, 4)
@@ -494,8 +603,7 @@ def rsqrt(
     out_scale = f if out_scale is None else out_scale
     if in_scale % 2:
         raise ValueError("rsqrt needs an even input scale")
-    half_top = (bits - 1 + 1) // 2  # T2 >= max r
-    exponents = [half_top - (j + 2) // 2 for j in range(bits)]
+    half_top, exponents = _rsqrt_exponents(bits)
     if x[0].numel() <= SMALL_ELEMENTS:
         g2, g1 = powers_of_highest_bit(ctx, x, bits, [exponents, [2 * v for v in exponents]])
     else:
@@ -510,11 +618,51 @@ def rsqrt(
     uw, w2, w_f = _unstack(pa.truncate_additive(ctx, batch, s))
     half_cube = pa.truncate_additive(ctx, pa.mul_local(uw, w2), 2 * s - f)  # u w^3 / 2 at scale f + 1
     w = pa.sub(pa.mul_public(w_f, torch.tensor(3)), half_cube)  # 1.5 w - u w^3 / 2 at scale f + 1
-    extra = 0 if times == 1.0 else 12
+    extra = _rsqrt_extra_bits(times)
     product = pa.mul_local(w, g2)
     if extra:
         product = product * round(times * 2**extra)
     return pa.truncate_additive(ctx, product, half_top + f + 1 - in_scale // 2 - out_scale + extra)
+
+
+def _rsqrt_exponents(bits: int) -> tuple[int, list[int]]:
+    """(T2, the exponents T2 - r of G2 per highest bit p, r = ceil((p+1)/2))."""
+    half_top = (bits - 1 + 1) // 2  # T2 >= max r
+    return half_top, [half_top - (j + 2) // 2 for j in range(bits)]
+
+
+def _rsqrt_extra_bits(times: float) -> int:
+    """Bits that carry a public factor ``times`` into rsqrt's last truncation."""
+    return 0 if times == 1.0 else 12
+
+
+def rsqrt_cost(
+    n: int,
+    in_scale: int | None = None,
+    out_scale: int | None = None,
+    times: float = 1.0,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    compare_bits: int = DEFAULT_COMPARE_BITS,
+    network: NetworkProfile | None = None,
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``rsqrt`` on n elements."""
+    f, s = frac_bits, RSQRT_SCALE
+    in_scale = f if in_scale is None else in_scale
+    out_scale = f if out_scale is None else out_scale
+    half_top, exponents = _rsqrt_exponents(compare_bits)
+    if n <= SMALL_ELEMENTS:
+        costs = [powers_of_highest_bit_cost(n, compare_bits, [exponents, [2 * v for v in exponents]], network)]
+    else:
+        costs = [powers_of_highest_bit_cost(n, compare_bits, [exponents], network), (1, 24 * n)]
+    last = half_top + f + 1 - in_scale // 2 - out_scale + _rsqrt_extra_bits(times)
+    return total_cost([
+        *costs,
+        pa.truncation_cost(n, 2 * half_top - s, network),
+        polynomial_cost(n, _RSQRT_INIT, s, s, network=network),
+        pa.truncation_cost(3 * n, s, network),
+        pa.truncation_cost(n, 2 * s - f, network),
+        pa.truncation_cost(n, last, network),
+    ])  # fmt: skip
 
 
 # --------------------------------------------------------------------------- composites
@@ -535,6 +683,25 @@ def softmax_last_dim(ctx: PartyContext, x: Pair, row_max: Pair) -> Pair:
     total = (e[0].sum(-1), e[1].sum(-1))
     inv = reciprocal(ctx, total)
     return pa.mul_fixed(ctx, e, (inv[0].unsqueeze(-1).expand_as(e[0]), inv[1].unsqueeze(-1).expand_as(e[1])), f)
+
+
+def softmax_cost(
+    shape: tuple[int, ...],
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    compare_bits: int = DEFAULT_COMPARE_BITS,
+    network: NetworkProfile | None = None,
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of a softmax over the last dim of ``shape``: the
+    row max (``max_last_dim``) and ``softmax_last_dim``."""
+    n = math.prod(shape)
+    return total_cost([
+        max_last_dim_cost(shape, False, compare_bits, network),
+        less_than_zero_cost(n, compare_bits, network),
+        exp_cost(n, frac_bits, network),
+        (1, 24 * n),
+        reciprocal_cost(n // shape[-1], frac_bits, compare_bits, network),
+        pa.truncation_cost(n, frac_bits, network),
+    ])  # fmt: skip
 
 
 NORM_EXTRA_BITS = 8
@@ -569,8 +736,7 @@ def layer_norm_last_dims(
     if not rms:
         total = (flat[0].sum(-1, keepdim=True), flat[1].sum(-1, keepdim=True))
         flat = pa.sub(flat, _divide_rows(ctx, total, count))
-    # count * var keeps log2(count) more bits by itself: use fewer extra bits for larger rows
-    e_sum = max(0, e - (count.bit_length() - 1)) // 2 * 2
+    e_sum = _sum_extra_bits(count)
     if weight is None:
         squares = pa.truncate_additive(ctx, pa.mul_local(flat, flat), f - e_sum)  # scale f + e_sum
         scaled = flat  # scale f
@@ -587,3 +753,32 @@ def layer_norm_last_dims(
     if bias is not None:
         normed = pa.add(normed, bias)
     return normed
+
+
+def _sum_extra_bits(count: int) -> int:
+    """Extra fractional bits of the squares: count * var keeps log2(count) more bits by
+    itself, so larger rows use fewer (even, for rsqrt's input scale)."""
+    return max(0, NORM_EXTRA_BITS - (count.bit_length() - 1)) // 2 * 2
+
+
+def layer_norm_cost(
+    rows: int,
+    count: int,
+    weight: bool,
+    rms: bool = False,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    compare_bits: int = DEFAULT_COMPARE_BITS,
+    network: NetworkProfile | None = None,
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``layer_norm_last_dims`` on ``rows`` rows of
+    ``count`` elements (``weight``: with a secret weight)."""
+    f, e, n = frac_bits, NORM_EXTRA_BITS, rows * count
+    e_sum = _sum_extra_bits(count)
+    costs = [] if rms else [pa.truncation_cost(rows, 20 + count.bit_length() - 1, network)]
+    scaled_scale = f if not weight else f + e_sum + WEIGHT_EXTRA_BITS
+    return total_cost([
+        *costs,
+        pa.truncation_cost(2 * n if weight else n, f - e_sum, network),
+        rsqrt_cost(rows, f + e_sum, f + e, math.sqrt(count), f, compare_bits, network),
+        pa.truncation_cost(n, scaled_scale + e, network),
+    ])  # fmt: skip

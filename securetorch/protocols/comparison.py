@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from securetorch.comm.profile import NetworkProfile, cheapest
+from securetorch.comm.profile import Cost, NetworkProfile, cheapest, total_cost
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols.arithmetic import Pair, mul
 from securetorch.protocols.boolean import (
@@ -120,11 +120,11 @@ def bit_to_arith(ctx: PartyContext, b: BitPair, shape: torch.Size | tuple[int, .
     return _bit_to_arith_dealer(ctx, b, shape, ring_bits)
 
 
-def _injection_variants(n: int, ring_bits: int) -> dict[str, tuple[int, int]]:
-    """Exact (rounds, bytes of all parties) of each bit injection protocol on n bits in one
-    packed row (several rows each pad their bits to whole bytes)."""
-    values = _wire_bytes(n, ring_bits)
-    return {"ot": (1, 6 * values), "dealer": (2, 3 * values + (n + 7) // 8)}
+def _injection_variants(n: int, ring_bits: int, rows: int = 1) -> dict[str, tuple[int, int]]:
+    """Exact (rounds, bytes of all parties) of each bit injection protocol on ``rows`` packed
+    rows of n bits (each row padded to whole bytes)."""
+    values = _wire_bytes(rows * n, ring_bits)
+    return {"ot": (1, 6 * values), "dealer": (2, 3 * values + rows * ((n + 7) // 8))}
 
 
 def _injection_variant(n: int, ring_bits: int, network: NetworkProfile | None) -> str:
@@ -134,11 +134,12 @@ def _injection_variant(n: int, ring_bits: int, network: NetworkProfile | None) -
     return cheapest(network, _injection_variants(n, ring_bits), fallback)
 
 
-def bit_to_arith_cost(n: int, ring_bits: int = 64, network: NetworkProfile | None = None) -> tuple[int, int]:
-    """Exact (rounds, bytes of all parties) of ``bit_to_arith`` on n bits in one packed row
-    (several rows each pad their bits to whole bytes), on parties whose context declares
-    ``network``."""
-    return _injection_variants(n, ring_bits)[_injection_variant(n, ring_bits, network)]
+def bit_to_arith_cost(
+    n: int, ring_bits: int = 64, network: NetworkProfile | None = None, rows: int = 1
+) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``bit_to_arith`` on ``rows`` packed rows of n
+    bits, on parties whose context declares ``network``."""
+    return _injection_variants(n, ring_bits, rows)[_injection_variant(rows * n, ring_bits, network)]
 
 
 def _wire_bytes(n: int, ring_bits: int) -> int:
@@ -789,3 +790,54 @@ def argmax_onehot_last_dim(ctx: PartyContext, x: Pair) -> tuple[Pair, Pair]:
         products = mul(ctx, left, right)
         selectors = [(products[0][i], products[1][i]) for i in range(half)] + selectors[2 * half :]
     return index, selectors[0]
+
+
+def _tournament_cost(rows: int, width: int, tracked: int, bits: int, network: NetworkProfile | None) -> list[Cost]:
+    """Per level of ``_tournament`` on [rows, width]: the comparison and the select of
+    ``tracked`` values (1, or 2 with the index)."""
+    costs = []
+    while width > 1:
+        pairs = rows * (width // 2)
+        costs += [less_than_zero_cost(pairs, bits, network), (1, 24 * tracked * pairs)]
+        width = width // 2 + width % 2
+    return costs
+
+
+def _all_pairs_max_cost(rows: int, g: int, bits: int, network: NetworkProfile | None) -> list[Cost]:
+    if g == 1:
+        return []
+    costs, packed, terms = [msb_cost(rows * g * (g - 1) // 2, bits, network)], (rows + 7) // 8, g - 1
+    while terms > 1:
+        costs.append((1, 3 * g * (terms // 2) * packed))
+        terms -= terms // 2
+    return [*costs, bit_to_arith_cost(rows, 64, network, rows=g), (1, 24 * g * rows)]
+
+
+def max_last_dim_cost(
+    shape: tuple[int, ...], with_index: bool, bits: int, network: NetworkProfile | None = None
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``max_last_dim`` on a tensor of ``shape``
+    (``bits``: the context's ``compare_bits``), on parties whose context declares ``network``."""
+    width, numel = shape[-1], math.prod(shape)
+    rows = numel // width
+    if with_index or numel > SMALL_ELEMENTS or width <= 2:
+        return total_cost(_tournament_cost(rows, width, 2 if with_index else 1, bits, network))
+    if rows * width * (width - 1) // 2 <= ALL_PAIRS_BUDGET:
+        return total_cost(_all_pairs_max_cost(rows, width, bits, network))
+    costs = []
+    while width > GROUP:
+        width = -(-width // GROUP)
+        costs += _all_pairs_max_cost(rows * width, GROUP, bits, network)
+    return total_cost(costs + _all_pairs_max_cost(rows, width, bits, network))
+
+
+def argmax_cost(shape: tuple[int, ...], bits: int, network: NetworkProfile | None = None) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``argmax_onehot_last_dim`` on ``shape``."""
+    width = shape[-1]
+    rows = math.prod(shape) // width
+    costs = _tournament_cost(rows, width, 2, bits, network)
+    selectors = len(costs) // 2
+    while selectors > 1:
+        costs.append((1, 24 * (selectors // 2) * rows * width))
+        selectors -= selectors // 2
+    return total_cost(costs)

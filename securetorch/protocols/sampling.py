@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
+from securetorch.comm.profile import total_cost
 from securetorch.prg import KEY_BYTES, AesPrg
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols.approx import bit_decompose, bit_decompose_cost, softmax_last_dim
@@ -167,7 +168,7 @@ def top_k_mask_cost(rows: int, vocab: int, frac_bits: int, compare_bits: int) ->
     """Exact (rounds, bytes of all parties) of ``top_k_mask`` on [rows, vocab]."""
     count_bits, levels = _top_k_layout(vocab, frac_bits)
     per_level = [bit_sum_cost(rows, vocab, count_bits), msb_cost(rows, count_bits)]
-    return _total(
+    return total_cost(
         [bit_decompose_cost(rows * vocab, compare_bits), bit_to_arith_cost(rows * vocab)]
         + _radix_cost(rows * vocab, per_level) * len(levels)
     )
@@ -202,17 +203,13 @@ def top_p_mask_cost(rows: int, vocab: int, frac_bits: int) -> tuple[int, int]:
     bits, levels = _top_p_layout(frac_bits)
     n = rows * vocab
     per_level = [bit_to_arith_cost(n, bits), (1, 24 * rows), msb_cost(rows, bits)]
-    return _total([bit_decompose_cost(n, bits), bit_to_arith_cost(n)] + _radix_cost(n, per_level) * len(levels))
+    return total_cost([bit_decompose_cost(n, bits), bit_to_arith_cost(n)] + _radix_cost(n, per_level) * len(levels))
 
 
 def _radix_cost(n: int, short: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The costs of one level of ``radix_threshold`` on n elements whose ``short`` costs these."""
     packed = (n + 7) // 8
     return [(1, 3 * packed), *short, (1, 6 * packed)]
-
-
-def _total(costs: list[tuple[int, int]]) -> tuple[int, int]:
-    return sum(c[0] for c in costs), sum(c[1] for c in costs)
 
 
 def uniform(ctx: PartyContext, rows: int, seed: int | None = None, draw: int = 0) -> Pair:
