@@ -19,6 +19,15 @@ from securetorch.comm.stats import total
 ROOT_RESULTS = pathlib.Path(__file__).resolve().parent / "results.json"
 """Where ``benchmarks.report`` stores every benchmark's rows (the README and docs read it)."""
 
+# SPU 0.9.5 with PUMA's settings on this machine kind (REFERENCE.md): loopback seconds, bytes
+# of all parties, rounds, max abs error.
+SPU_MODELS = {
+    "BERT-base (12 layers), 16 tokens": (41.3, 704e6, 7329, 8.8e-2),
+    "BERT-base (12 layers), 32 tokens": (59.1, 1465e6, 9545, 9.0e-2),
+    "BERT-base (12 layers), 128 tokens": (171.1, 7213e6, 22429, 9.2e-2),
+    "GPT-2 base (12 layers), 32 tokens -> logits": (91.3, 1586e6, 10290, 7.0e-2),
+}
+
 
 def measured(op: Callable[[], Any], repeat: int = 5) -> tuple[Any, float, puma.CommStats]:
     """Run ``op`` inside a party: once to warm up, then ``repeat`` times; return the result,

@@ -1,81 +1,146 @@
-"""Time on a link: a BERT-base forward (16 tokens, 12 layers, seeded random weights) on
-loopback and played on the ``lan`` and ``puma`` profiles by the link emulator, beside the
-projection compute + rounds x RTT + bytes / bandwidth (compute: the loopback run's seconds;
-rounds and bytes: the played run's, whose parties pick protocol variants for the profile;
-bytes: the busiest party's, as each party sends on its own links); and GPT-2 base decode steps (from the generation rows of
-``benchmarks.sampling``) projected onto ``lan``, ``puma`` and ``wan`` with the bytes of all
-parties (an upper bound: each party sends about a third of them, on its own links).
+"""Time on a link, for each preset profile (``lan``, ``puma``, ``wan``):
 
-    python -m benchmarks.network       # about two minutes; also stored by benchmarks.report
+* **played**: a BERT-base forward (16 tokens, seeded random weights) and a GPT-2 base decode
+  step (the second token after a 32-token prompt, KV cache, secure argmax) run by parties
+  whose links play the profile (``comm/profile.py``'s emulator), beside the projection
+  compute + rounds x RTT + bytes / bandwidth (compute: the loopback run's seconds; rounds
+  and bytes: the played run's, whose parties pick protocol variants for the profile; BERT:
+  the busiest party's bytes, as each party sends on its own links; decode: a third of all
+  parties' bytes);
+* **against SPU-PUMA**: BERT-base at 16 and 128 tokens and GPT-2 base 32 tokens -> logits
+  on parties that pick variants for the profile without playing it (``play_network=False``),
+  projected as REFERENCE.md projects SPU-PUMA's loopback measurement: seconds + rounds x RTT
+  + bytes of all parties / bandwidth.
+
+    python -m benchmarks.network       # about ten minutes; also stored by benchmarks.report
 """
 
 from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import torch
 import transformers
 
 import securetorch as puma
-from benchmarks.common import ROOT_RESULTS, emit
-from securetorch.comm.profile import PRESETS
+from benchmarks.common import ROOT_RESULTS, SPU_MODELS, emit
+from securetorch.comm.profile import PRESETS, NetworkProfile
 
-TOKENS = 16
+BERT_TOKENS = 16
+PROMPT = 32
+SPU_TARGET = 0.25  # issue #14: our projected time at most a quarter of SPU-PUMA's
 
 
-def _forward(network: str | None) -> dict:
+def _bert(tokens: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     model = transformers.BertModel(transformers.BertConfig()).eval()
-    ids = torch.randint(1000, 20000, (1, TOKENS), generator=torch.Generator().manual_seed(0))
-    with puma.LocalCluster(network=network) as cluster:
+    ids = torch.randint(1000, 20000, (1, tokens), generator=torch.Generator().manual_seed(0))
+    return model, {"input_ids": ids}
+
+
+def _gpt2() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
+    ids = torch.randint(1000, 20000, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    return model, {"input_ids": ids}
+
+
+def _forward(
+    workload: tuple[torch.nn.Module, dict[str, torch.Tensor]], profile: NetworkProfile | None, play: bool = True
+) -> dict[str, Any]:
+    """One timed forward (after a warm one, unless the link is slow): seconds, rounds, bytes
+    of all parties and of the busiest party."""
+    model, inputs = workload
+    with puma.LocalCluster(network=profile, play_network=play) as cluster:
         secure_model = puma.secure(model, cluster=cluster)
-        secure_model(input_ids=ids)  # warm
+        if profile is None or not play or profile.rtt_s < 0.01:
+            secure_model(**inputs)
         cluster.reset_stats()
         started = time.perf_counter()
-        secure_model(input_ids=ids)
+        secure_model(**inputs)
         seconds = time.perf_counter() - started
         stats = cluster.stats()
-    return {"seconds": seconds, "rounds": stats[0].rounds, "busiest_party_bytes": max(s.bytes_sent for s in stats)}
+    return {
+        "seconds": round(seconds, 2),
+        "rounds": stats[0].rounds,
+        "bytes": sum(s.bytes_sent for s in stats),
+        "busiest_party_bytes": max(s.bytes_sent for s in stats),
+    }
 
 
-def rows() -> list[dict]:
-    loopback = _forward(None)
-    out = [{"workload": f"BERT-base, {TOKENS} tokens, loopback", **_rounded(loopback)}]
-    for name in ("lan", "puma"):
-        profile = PRESETS[name]
-        played = _forward(name)
-        # the parties pick protocol variants for the profile: its rounds and bytes, loopback's compute
-        projected = profile.projected_seconds(loopback["seconds"], played["rounds"], played["busiest_party_bytes"])
-        out.append({
-            "workload": f"BERT-base, {TOKENS} tokens, played on {profile}",
-            **_rounded(played),
-            "projected_seconds": round(projected, 2),
-            "played_vs_projected": round(played["seconds"] / projected, 3),
-        })  # fmt: skip
-    return out
+def _decode_step(profile: NetworkProfile | None) -> dict[str, Any]:
+    """The second generated token (one token over the KV cache, secure argmax)."""
+    model, inputs = _gpt2()
+    with puma.LocalCluster(network=profile) as cluster:
+        secure_model = puma.secure(model, cluster=cluster)
+        tokens = secure_model.generate(inputs["input_ids"], max_new_tokens=2)
+        step = secure_model.generation_costs[1]
+    plain = model.generate(inputs["input_ids"], max_new_tokens=2, do_sample=False, pad_token_id=0)
+    return {
+        "seconds": round(step.seconds, 2),
+        "rounds": step.rounds,
+        "bytes": step.bytes,
+        "tokens_equal_plaintext": bool(torch.equal(tokens, plain)),
+    }
 
 
-def decode_projections(results: dict) -> list[dict]:
-    """GPT-2 base decode steps (greedy, sampled) moved onto each preset link."""
-    out = []
-    for row in results.get("sampling", []):
-        if "per_token" not in row:
-            continue
-        step = row["per_token"]
-        out.append({
-            "workload": row["workload"].replace("32 -> 4 tokens, ", "decode step, "),
-            **{
-                name: round(profile.projected_seconds(step["seconds"], step["rounds"], step["bytes"]), 1)
-                for name, profile in PRESETS.items()
-            },
-        })  # fmt: skip
-    return out
+def played_rows() -> list[dict[str, Any]]:
+    """BERT-base 16 tokens and a GPT-2 decode step on loopback and played on each preset."""
+    rows = []
+    cases = (
+        (f"BERT-base, {BERT_TOKENS} tokens", lambda p: _forward(_bert(BERT_TOKENS), p), "busiest_party_bytes", 1),
+        (f"GPT-2 base, decode step after {PROMPT} tokens", _decode_step, "bytes", 3),
+    )
+    for name, run, nbytes, parties in cases:
+        loopback = run(None)
+        rows.append({"workload": name, "profile": "loopback", **loopback})
+        for profile in PRESETS.values():
+            played = run(profile)
+            # the parties pick protocol variants for the profile: its rounds and bytes, loopback's compute
+            projected = profile.projected_seconds(loopback["seconds"], played["rounds"], played[nbytes] / parties)
+            rows.append({
+                "workload": name,
+                "profile": profile.name,
+                **played,
+                "projected_seconds": round(projected, 2),
+                "played_vs_projected": round(played["seconds"] / projected, 3),
+            })  # fmt: skip
+    return rows
 
 
-def _rounded(row: dict) -> dict:
-    return {**row, "seconds": round(row["seconds"], 2)}
+def spu_rows() -> list[dict[str, Any]]:
+    """Our projected time against SPU-PUMA's on each preset (REFERENCE.md's projection)."""
+    workloads = {
+        "BERT-base (12 layers), 16 tokens": lambda: _bert(16),
+        "BERT-base (12 layers), 128 tokens": lambda: _bert(128),
+        "GPT-2 base (12 layers), 32 tokens -> logits": _gpt2,
+    }
+    rows = []
+    for name, build in workloads.items():
+        workload = build()
+        spu_seconds, spu_bytes, spu_rounds, _ = SPU_MODELS[name]
+        for profile in PRESETS.values():
+            ours = _forward(workload, profile, play=False)
+            projected = profile.projected_seconds(ours["seconds"], ours["rounds"], ours["bytes"])
+            spu = profile.projected_seconds(spu_seconds, spu_rounds, spu_bytes)
+            rows.append({
+                "workload": name,
+                "profile": profile.name,
+                **ours,
+                "projected_seconds": round(projected, 1),
+                "spu_projected_seconds": round(spu, 1),
+                "vs_spu": round(projected / spu, 3),
+                "target_vs_spu": SPU_TARGET,
+            })  # fmt: skip
+    return rows
+
+
+def rows() -> list[dict[str, Any]]:
+    return played_rows() + spu_rows()
 
 
 def main() -> None:

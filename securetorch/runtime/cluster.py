@@ -479,22 +479,24 @@ def _private_parties(
     compare_bits: int,
     timeout: float,
     network: NetworkProfile | None,
+    play_network: bool = True,
 ) -> tuple[ClusterConfig, list[Credential], Credential]:
     """The configuration of three parties private to one driver, their credentials and the
     driver's: ipc sockets in ``directory`` (mode 0700) with random PLAIN passwords, or
-    loopback tcp with ephemeral CURVE keys; the network profile they play."""
+    loopback tcp with ephemeral CURVE keys; the network profile they pick protocols for
+    (and play, unless ``play_network`` is False)."""
     names = [party_identity(r) for r in RANKS]
     credentials: list[Credential]
     if transport == "ipc":
         passwords = {name: PlainPassword(name) for name in [*names, LOCAL_DRIVER]}
         digests = {n: p.digest() for n, p in passwords.items()}
-        config = local_config(frac_bits, compare_bits, timeout, None, digests, network)
+        config = local_config(frac_bits, compare_bits, timeout, None, digests, network, play_network)
         credentials, driver = [passwords[n] for n in names], passwords[LOCAL_DRIVER]
         addresses = [(f"ipc://{directory}/p{r}-control", f"ipc://{directory}/p{r}-peer") for r in RANKS]
     else:
         keys = [CurveKeys.generate() for _ in RANKS]
         driver_keys = CurveKeys.generate()
-        config = local_config(frac_bits, compare_bits, timeout, driver_keys.public, {}, network)
+        config = local_config(frac_bits, compare_bits, timeout, driver_keys.public, {}, network, play_network)
         credentials, driver = list(keys), driver_keys
         addresses = [("tcp://127.0.0.1:*", "tcp://127.0.0.1:*") for _ in RANKS]
     parties = tuple(
@@ -521,7 +523,9 @@ class LocalCluster(Cluster):
     progress bar on calls longer than 2 s (default: in a terminal or notebook, not under
     pytest); ``network``: a profile the parties' links play (``"lan"``, ``"puma"``,
     ``"wan"`` or a ``NetworkProfile``: every round lasts at least its RTT plus the bytes sent
-    at its bandwidth; ``comm/profile.py``), default none (loopback as it is).
+    at its bandwidth; ``comm/profile.py``), default none (loopback as it is), for which the
+    parties also pick protocol variants; ``play_network=False``: they pick for it but run at
+    loopback speed (the exact rounds and bytes a deployment on that link would see, quickly).
     """
 
     def __init__(
@@ -533,6 +537,7 @@ class LocalCluster(Cluster):
         compare_bits: int = DEFAULT_COMPARE_BITS,
         progress: bool | None = None,
         network: str | NetworkProfile | None = None,
+        play_network: bool = True,
     ) -> None:
         if transport not in ("ipc", "tcp"):
             raise ValueError(f"transport is 'ipc' or 'tcp', not {transport!r}")
@@ -543,7 +548,7 @@ class LocalCluster(Cluster):
         self._closed = True  # until the session is open
         self._tmpdir = tempfile.mkdtemp(prefix="securetorch-")  # mode 0700
         try:
-            self._start(frac_bits, timeout, threads, transport, compare_bits, progress, profile)
+            self._start(frac_bits, timeout, threads, transport, compare_bits, progress, profile, play_network)
         except BaseException:
             self._kill()
             raise
@@ -557,9 +562,10 @@ class LocalCluster(Cluster):
         compare_bits: int,
         progress: bool | None,
         network: NetworkProfile | None,
+        play_network: bool,
     ) -> None:
         config, credentials, driver = _private_parties(
-            self._tmpdir, transport, frac_bits, compare_bits, timeout, network
+            self._tmpdir, transport, frac_bits, compare_bits, timeout, network, play_network
         )
         keys = [c for c in credentials if isinstance(c, CurveKeys)] or None
         secrets_ = [
@@ -685,6 +691,7 @@ class InProcessCluster(Cluster):
         compare_bits: int = DEFAULT_COMPARE_BITS,
         progress: bool | None = None,
         network: str | NetworkProfile | None = None,
+        play_network: bool = True,
     ) -> None:
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
@@ -695,7 +702,7 @@ class InProcessCluster(Cluster):
         self._tmpdir = tempfile.mkdtemp(prefix="securetorch-")  # mode 0700
         try:
             config, credentials, driver = _private_parties(
-                self._tmpdir, "ipc", frac_bits, compare_bits, timeout, profile
+                self._tmpdir, "ipc", frac_bits, compare_bits, timeout, profile, play_network
             )
             self._servers = [PartyServer(r, config, credentials[r]) for r in RANKS]
             parties = tuple(

@@ -101,6 +101,7 @@ class ClusterConfig:
     password_digests: dict[str, str] = field(default_factory=dict)  # local ipc clusters (PLAIN)
     local: bool = False
     network: NetworkProfile | None = None  # declared; a local cluster's parties play it
+    play_network: bool = True  # a local cluster's parties play ``network`` (else: only pick for it)
 
     @property
     def encrypted(self) -> bool:
@@ -155,6 +156,7 @@ class ClusterConfig:
             "password_digests": self.password_digests,
             "local": self.local,
             "network": None if self.network is None else self.network.to_dict(),
+            "play_network": self.play_network,
         }
         return json.dumps(doc)
 
@@ -173,6 +175,7 @@ class ClusterConfig:
             password_digests=dict(doc["password_digests"]),
             local=bool(doc["local"]),
             network=network_profile(doc.get("network")),
+            play_network=bool(doc.get("play_network", True)),
         )
 
     # ------------------------------------------------------------------ cluster files
@@ -328,10 +331,11 @@ def local_config(
     driver_key: bytes | None,
     password_digests: dict[str, str],
     network: NetworkProfile | None = None,
+    play_network: bool = True,
 ) -> ClusterConfig:
     """A ``LocalCluster``'s configuration before its parties bind: one admin driver, and
     either CURVE keys (tcp) or PLAIN password digests (ipc) for every endpoint; the network
-    profile its parties play."""
+    profile its parties pick protocols for, and play unless ``play_network`` is False."""
     pending = PartyAddress(0, "", "", None)
     return ClusterConfig(
         parties=(pending, replace(pending, rank=1), replace(pending, rank=2)),
@@ -342,4 +346,5 @@ def local_config(
         password_digests=password_digests,
         local=True,
         network=network,
+        play_network=play_network,
     )

@@ -171,7 +171,7 @@ class PartyServer:
             credential,
             config.max_message_bytes,
         )
-        if config.local:  # a local cluster plays its network; a deployment's is real
+        if config.local and config.play_network:  # a local cluster plays its network; a deployment's is real
             self.net.emulated = config.network
         self.models: dict[str, InstalledModel] = {}
         self.sessions: dict[int, Session] = {}

@@ -47,7 +47,8 @@ class Simulator:
     ``frac_bits`` and ``compare_bits`` as for ``LocalCluster``; ``timeout``: seconds a party
     waits for a peer's message before raising ``PartyError`` (a party that took another
     path through the code); ``network``: a profile (``"lan"``, ``"puma"``, ``"wan"`` or a
-    ``NetworkProfile``) the links play. State a function keeps in ``current().store`` lasts until
+    ``NetworkProfile``) the parties pick protocol variants for and the links play (unless
+    ``play_network`` is False). State a function keeps in ``current().store`` lasts until
     ``close()``, as in a cluster session.
     """
 
@@ -57,6 +58,7 @@ class Simulator:
         compare_bits: int = DEFAULT_COMPARE_BITS,
         timeout: float = 60.0,
         network: str | NetworkProfile | None = None,
+        play_network: bool = True,
     ) -> None:
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
@@ -76,8 +78,9 @@ class Simulator:
             )
             for r in RANKS
         ]
-        for ctx in self.contexts:
-            ctx.net.emulated = self.network
+        if play_network:
+            for ctx in self.contexts:
+                ctx.net.emulated = self.network
         self._jobs = itertools.count(1)
         self._threads = ThreadPoolExecutor(3, thread_name_prefix="securetorch-party")
         self._closed = False

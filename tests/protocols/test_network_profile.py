@@ -16,7 +16,7 @@ from securetorch.comm.stats import total
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols import comparison as pc
 from securetorch.protocols.boolean import pack_bits, xor_public
-from securetorch.runtime.deployment import ClusterConfig, ConfigError
+from securetorch.runtime.deployment import ClusterConfig, ConfigError, local_config
 from securetorch.session.context import current
 
 
@@ -163,3 +163,38 @@ def test_netcheck_refuses_sizes_out_of_bounds_before_anything_is_sent(rounds, me
         with pytest.raises(ValueError, match=r"netcheck: 1\.\.1000 rounds and 1\.\.67108864 bytes"):
             cluster.netcheck(rounds=rounds, megabytes=megabytes)
         assert all(s.bytes_sent == 0 and s.rounds == 0 for s in cluster.stats())
+
+
+def _comparison(x: torch.Tensor):
+    s = puma.share(x if puma.rank() == 0 else None, owner=0)
+    before = puma.stats()
+    below = (s < 0).reveal()
+    return below, puma.stats() - before
+
+
+def test_a_declared_profile_picks_its_variants_without_playing_them() -> None:
+    """``play_network=False``: the parties pick protocol variants for the profile (here the
+    dealt tables of a comparison on wan, the bit circuit on loopback) and report exactly
+    the played run's rounds and bytes, without waiting out its round trips."""
+    x = torch.randn(3000, generator=torch.Generator().manual_seed(5))
+    with puma.Simulator(network="wan") as sim:
+        started = time.perf_counter()
+        played = sim.run(_comparison, x)
+        played_seconds = time.perf_counter() - started
+    with puma.Simulator(network="wan", play_network=False) as sim:
+        started = time.perf_counter()
+        declared = sim.run(_comparison, x)
+        declared_seconds = time.perf_counter() - started
+    with puma.Simulator() as sim:
+        loopback = sim.run(_comparison, x)
+    assert [(c.rounds, c.bytes_sent) for _, c in declared] == [(c.rounds, c.bytes_sent) for _, c in played]
+    assert torch.equal(declared[0][0], x < 0) and torch.equal(played[0][0], x < 0)
+    assert declared[0][1].rounds < loopback[0][1].rounds
+    assert played_seconds >= played[0][1].rounds * PRESETS["wan"].rtt_s > declared_seconds
+
+
+def test_a_local_cluster_file_keeps_whether_its_network_is_played() -> None:
+    config = local_config(18, 44, 5.0, None, {}, PRESETS["wan"], play_network=False)
+    again = ClusterConfig.from_json(config.to_json())
+    assert (again.network, again.play_network) == (PRESETS["wan"], False)
+    assert ClusterConfig.from_json(local_config(18, 44, 5.0, None, {}, PRESETS["lan"]).to_json()).play_network
