@@ -227,7 +227,8 @@ def _fitted_tail(ctx: PartyContext, x: Pair, name: str) -> tuple[Pair, Pair, Pai
     The sign gives |x| = x - 2[x < 0] x. [|x| > T] is either one comparison after it
     ("sequential") or [x > T] + [x < -T] batched with the sign ("batched": one comparison's
     rounds fewer, half again the comparisons' bytes), the one ``tail_signs_cost`` finds
-    faster on the context's network (without one: batched up to ``SMALL_ELEMENTS``).
+    faster on the context's network (without one: the one with fewer rounds up to
+    ``SMALL_ELEMENTS`` elements, sequential beyond).
     u = 2|x|/T - 1 is |x| read at scale f + log2(T) - 1, less 1: free."""
     f = ctx.frac_bits
     upper, degree = TAIL_FITS[name]
@@ -262,8 +263,10 @@ def _tail_signs_variants(n: int, bits: int, network: NetworkProfile | None) -> d
 
 
 def _tail_signs_variant(n: int, bits: int, network: NetworkProfile | None) -> str:
-    fallback = "batched" if n <= SMALL_ELEMENTS else "sequential"
-    return cheapest(network, _tail_signs_variants(n, bits, network), fallback)
+    variants = _tail_signs_variants(n, bits, network)
+    # without a network: the one with fewer rounds for small tensors, else fewer bytes
+    fewer_rounds = min(variants, key=lambda name: variants[name])
+    return cheapest(network, variants, fewer_rounds if n <= SMALL_ELEMENTS else "sequential")
 
 
 def tail_signs_cost(n: int, bits: int, network: NetworkProfile | None = None) -> tuple[int, int]:
@@ -307,7 +310,8 @@ def _relu_minus_tail(ctx: PartyContext, x: Pair, name: str) -> Pair:
 def gelu(ctx: PartyContext, x: Pair, approximate: str = "none") -> Pair:
     """GeLU(x) = relu(x) - g(|x|), g(t) = t (1 - Phi(t)) fitted by a degree-10 polynomial on
     [0, 4] and 0 beyond (|error| < 2e-4 before fixed point). ``approximate="tanh"`` fits the
-    tanh form's tail instead. Cost: 2 comparisons in sequence, then 1 + 8 + 1 rounds."""
+    tanh form's tail instead. Cost (``activation_cost``): the signs (``tail_signs_cost``:
+    one or two comparisons and a product), the polynomial (8 rounds) and a product."""
     return _relu_minus_tail(ctx, x, "gelu_tanh" if approximate == "tanh" else "gelu")
 
 
@@ -498,7 +502,8 @@ def powers_of_two(ctx: PartyContext, onehot: BitPair, exponent_lists: list[list[
     """Integer shares of 2^v(j), for each exponent list v, at the secret one-hot position j
     (packed planes over n elements), for large tensors (byte-bound): the bits of v(j) are
     local XORs of the one-hot planes, one bit injection brings them over, and 2^v =
-    prod_i (1 + v_i (2^(2^i) - 1)) by a tree of exact products (1 + ceil(log2 bits) rounds)."""
+    prod_i (1 + v_i (2^(2^i) - 1)) by a tree of exact products (the injection's rounds +
+    ceil(log2 bits))."""
     planes = onehot[0].shape[0]
     exponent_lists = [v[:planes] for v in exponent_lists]  # positions past the planes cannot occur
     results = []

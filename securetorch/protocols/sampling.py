@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
-from securetorch.comm.profile import total_cost
+from securetorch.comm.profile import NetworkProfile, total_cost
 from securetorch.prg import KEY_BYTES, AesPrg
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols.approx import bit_decompose, bit_decompose_cost, softmax_last_dim
@@ -164,12 +164,15 @@ def top_k_mask(ctx: PartyContext, y: Pair, k: int) -> Pair:
     return arith[0].view(rows, vocab), arith[1].view(rows, vocab)
 
 
-def top_k_mask_cost(rows: int, vocab: int, frac_bits: int, compare_bits: int) -> tuple[int, int]:
-    """Exact (rounds, bytes of all parties) of ``top_k_mask`` on [rows, vocab]."""
+def top_k_mask_cost(
+    rows: int, vocab: int, frac_bits: int, compare_bits: int, network: NetworkProfile | None = None
+) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``top_k_mask`` on [rows, vocab], on parties
+    whose context declares ``network``."""
     count_bits, levels = _top_k_layout(vocab, frac_bits)
-    per_level = [bit_sum_cost(rows, vocab, count_bits), msb_cost(rows, count_bits)]
+    per_level = [bit_sum_cost(rows, vocab, count_bits), msb_cost(rows, count_bits, network)]
     return total_cost(
-        [bit_decompose_cost(rows * vocab, compare_bits), bit_to_arith_cost(rows * vocab)]
+        [bit_decompose_cost(rows * vocab, compare_bits), bit_to_arith_cost(rows * vocab, 64, network)]
         + _radix_cost(rows * vocab, per_level) * len(levels)
     )
 
@@ -198,12 +201,14 @@ def top_p_mask(ctx: PartyContext, q: Pair, p: float) -> Pair:
     return arith[0].view(rows, vocab), arith[1].view(rows, vocab)
 
 
-def top_p_mask_cost(rows: int, vocab: int, frac_bits: int) -> tuple[int, int]:
-    """Exact (rounds, bytes of all parties) of ``top_p_mask`` on [rows, vocab]."""
+def top_p_mask_cost(rows: int, vocab: int, frac_bits: int, network: NetworkProfile | None = None) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``top_p_mask`` on [rows, vocab], on parties
+    whose context declares ``network``."""
     bits, levels = _top_p_layout(frac_bits)
     n = rows * vocab
-    per_level = [bit_to_arith_cost(n, bits), (1, 24 * rows), msb_cost(rows, bits)]
-    return total_cost([bit_decompose_cost(n, bits), bit_to_arith_cost(n)] + _radix_cost(n, per_level) * len(levels))
+    per_level = [bit_to_arith_cost(n, bits, network), (1, 24 * rows), msb_cost(rows, bits, network)]
+    first = [bit_decompose_cost(n, bits), bit_to_arith_cost(n, 64, network)]
+    return total_cost(first + _radix_cost(n, per_level) * len(levels))
 
 
 def _radix_cost(n: int, short: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -379,3 +379,15 @@ def test_the_network_picks_tables_or_the_circuit_for_a_comparison() -> None:
     assert pc.less_than_zero_cost(200_000, 44, lan) == (circuit[0] + inject[0], circuit[1] + inject[1])
     picks = {pc._sign_variant(n, 44, 64, PRESETS[name]) for n in (1, 10_000, 40_000) for name in PRESETS}
     assert {"circuit", "tables2", "tables3"} <= picks
+
+
+@pytest.mark.parametrize("n", [1, 13])
+def test_dealt_sign_on_a_few_elements(sim, n) -> None:
+    """One element, and a count that is no multiple of 4 or 8 (padded symbols and bits)."""
+    values = torch.randint(-(2**43), 2**43, (n,), generator=torch.Generator().manual_seed(n), dtype=torch.int64)
+    for ring_bits in (None, 64):
+        results = sim.run(_dealt_sign_job, values, 44, 2, ring_bits)
+        for k in range(3):
+            assert torch.equal(results[0][0][k][0], (values < 0).long()), (ring_bits, k)
+            cost = total([r[0][k][1] for r in results])
+            assert (cost.rounds, cost.bytes_sent) == results[0][1]
