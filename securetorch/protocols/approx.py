@@ -255,10 +255,9 @@ def _tail_signs_variants(n: int, bits: int, network: NetworkProfile | None) -> d
     """Exact (rounds, bytes of all parties) of the comparisons of ``_fitted_tail`` on n
     elements, and of the product between them."""
     one, product = less_than_zero_cost(n, bits, network), (1, 24 * n)
-    three = less_than_zero_cost(3 * n, bits, network)
     return {
-        "sequential": (2 * one[0] + product[0], 2 * one[1] + product[1]),
-        "batched": (three[0] + product[0], three[1] + product[1]),
+        "sequential": total_cost([one, one, product]),
+        "batched": total_cost([less_than_zero_cost(3 * n, bits, network), product]),
     }
 
 
@@ -608,12 +607,10 @@ def rsqrt(
     out_scale = f if out_scale is None else out_scale
     if in_scale % 2:
         raise ValueError("rsqrt needs an even input scale")
-    half_top, exponents = _rsqrt_exponents(bits)
-    if x[0].numel() <= SMALL_ELEMENTS:
-        g2, g1 = powers_of_highest_bit(ctx, x, bits, [exponents, [2 * v for v in exponents]])
-    else:
-        (g2,) = powers_of_highest_bit(ctx, x, bits, [exponents])
-        (g1,) = ring_mul_many(ctx, [g2], [g2])
+    half_top, lists = _rsqrt_powers(x[0].numel(), bits)
+    powers = powers_of_highest_bit(ctx, x, bits, lists)
+    g2 = powers[0]
+    g1 = powers[1] if len(powers) == 2 else ring_mul_many(ctx, [g2], [g2])[0]  # large: G1 = G2^2
     s = RSQRT_SCALE
     u = pa.truncate_additive(ctx, pa.mul_local(x, g1), 2 * half_top - s)
     w = polynomial(ctx, u, _RSQRT_INIT, s, s)
@@ -630,10 +627,13 @@ def rsqrt(
     return pa.truncate_additive(ctx, product, half_top + f + 1 - in_scale // 2 - out_scale + extra)
 
 
-def _rsqrt_exponents(bits: int) -> tuple[int, list[int]]:
-    """(T2, the exponents T2 - r of G2 per highest bit p, r = ceil((p+1)/2))."""
+def _rsqrt_powers(n: int, bits: int) -> tuple[int, list[list[int]]]:
+    """(T2, the exponent lists ``powers_of_highest_bit`` makes for rsqrt on n elements):
+    G2's exponents T2 - r per highest bit p (r = ceil((p+1)/2)), and for small tensors G1's,
+    twice those (large tensors square G2 instead)."""
     half_top = (bits - 1 + 1) // 2  # T2 >= max r
-    return half_top, [half_top - (j + 2) // 2 for j in range(bits)]
+    exponents = [half_top - (j + 2) // 2 for j in range(bits)]
+    return half_top, [exponents, [2 * v for v in exponents]] if n <= SMALL_ELEMENTS else [exponents]
 
 
 def _rsqrt_extra_bits(times: float) -> int:
@@ -654,11 +654,8 @@ def rsqrt_cost(
     f, s = frac_bits, RSQRT_SCALE
     in_scale = f if in_scale is None else in_scale
     out_scale = f if out_scale is None else out_scale
-    half_top, exponents = _rsqrt_exponents(compare_bits)
-    if n <= SMALL_ELEMENTS:
-        costs = [powers_of_highest_bit_cost(n, compare_bits, [exponents, [2 * v for v in exponents]], network)]
-    else:
-        costs = [powers_of_highest_bit_cost(n, compare_bits, [exponents], network), (1, 24 * n)]
+    half_top, lists = _rsqrt_powers(n, compare_bits)
+    costs = [powers_of_highest_bit_cost(n, compare_bits, lists, network)] + ([] if len(lists) == 2 else [(1, 24 * n)])
     last = half_top + f + 1 - in_scale // 2 - out_scale + _rsqrt_extra_bits(times)
     return total_cost([
         *costs,

@@ -435,8 +435,7 @@ def _sign_variants(
     circuit (followed by a ``bit_to_arith`` for integer outputs) and each table depth."""
     circuit = _msb_prefix_cost(n, bits)
     if ring_bits is not None:
-        inject = bit_to_arith_cost(n, ring_bits, network)
-        circuit = (circuit[0] + inject[0], circuit[1] + inject[1])
+        circuit = total_cost([circuit, bit_to_arith_cost(n, ring_bits, network)])
     variants = {"circuit": circuit}
     for name, plan_for in _TABLE_PLANS.items():
         plan = plan_for(bits, ring_bits)
@@ -452,14 +451,17 @@ def _sign_variant(n: int, bits: int, ring_bits: int | None, network: NetworkProf
 
 
 @functools.cache
-def _table_offsets(plan: TablePlan) -> tuple[torch.Tensor, ...]:
-    """Where each node's table starts among the symbol entries, per level below the root."""
+def _table_layout(plan: TablePlan) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+    """(where each node's table starts among the symbol entries, per level below the root;
+    each block's lowest bit; each block's mask)."""
     sizes = [[1 << w for w in plan.widths]] + [[4**g for g in level] for level in plan.levels[:-1]]
-    out, start = [], 0
+    offsets, start = [], 0
     for level in sizes:
-        out.append(torch.tensor([start + sum(level[:i]) for i in range(len(level))], dtype=torch.int64))
+        offsets.append(torch.tensor([start + sum(level[:i]) for i in range(len(level))], dtype=torch.int64))
         start += sum(level)
-    return tuple(out)
+    shifts = torch.tensor([sum(plan.widths[:j]) for j in range(len(plan.widths))], dtype=torch.int64)
+    block_masks = torch.tensor([(1 << w) - 1 for w in plan.widths], dtype=torch.int64)
+    return tuple(offsets), shifts, block_masks
 
 
 def _pack_symbols(symbols: torch.Tensor) -> torch.Tensor:
@@ -596,10 +598,8 @@ def _dealt_sign(ctx: PartyContext, x: Pair, bits: int, plan: TablePlan, ring_bit
     c = mine + _from_wire(got[other][0], bits, (n,))
     low = bits - 1
     c_low, c_top = c & ((1 << low) - 1), (c >> low) & 1
-    offsets = _table_offsets(plan)
+    offsets, shifts, block_masks = _table_layout(plan)
     rows = torch.arange(n, dtype=torch.int64).unsqueeze(1)
-    shifts = torch.tensor([sum(plan.widths[:j]) for j in range(len(plan.widths))], dtype=torch.int64)
-    block_masks = torch.tensor([(1 << w) - 1 for w in plan.widths], dtype=torch.int64)
     held = _symbol_at(symbols, rows * entries + offsets[0] + ((c_low.unsqueeze(1) >> shifts) & block_masks))
     for i, level in enumerate(plan.levels):
         theirs = ctx.net.exchange({other: [_pack_symbols(held)]}, [other])[other][0]
@@ -733,8 +733,7 @@ def _grouped_max(ctx: PartyContext, x: Pair) -> Pair:
     ALL_PAIRS_BUDGET comparisons (10 + ceil(log2(n-1)) rounds: 16 for n = 48), else within
     groups of 8, then of the winners (13 rounds per level of ceil(log8 n)); the tree needs 10
     per level of log2 n."""
-    width = x[0].shape[-1]
-    if x[0].numel() // width * width * (width - 1) // 2 <= ALL_PAIRS_BUDGET:
+    if _max_path(tuple(x[0].shape), with_index=False) == "all_pairs":
         return _all_pairs_max(ctx, x)
     while x[0].shape[-1] > GROUP:
         width = x[0].shape[-1]
@@ -755,10 +754,19 @@ def max_last_dim(ctx: PartyContext, x: Pair, with_index: bool) -> tuple[Pair, Pa
     """Max (and optionally its index, as an integer) over the last dim: the tournament of
     ``_tournament``, or for small tensors without an index, grouped all-pairs comparisons
     (fewer rounds, more bytes)."""
-    if not with_index and x[0].numel() <= SMALL_ELEMENTS and x[0].shape[-1] > 2:
+    if _max_path(tuple(x[0].shape), with_index) != "tournament":
         return _grouped_max(ctx, x), None
     value, index, _ = _tournament(ctx, x, with_index)
     return value, index
+
+
+def _max_path(shape: tuple[int, ...], with_index: bool) -> str:
+    """How ``max_last_dim`` runs on ``shape``: "tournament", or for small tensors without
+    an index "all_pairs" (the whole row in one batch) or "grouped" (groups of ``GROUP``)."""
+    width, numel = shape[-1], math.prod(shape)
+    if with_index or numel > SMALL_ELEMENTS or width <= 2:
+        return "tournament"
+    return "all_pairs" if numel // width * width * (width - 1) // 2 <= ALL_PAIRS_BUDGET else "grouped"
 
 
 def argmax_onehot_last_dim(ctx: PartyContext, x: Pair) -> tuple[Pair, Pair]:
@@ -818,11 +826,12 @@ def max_last_dim_cost(
 ) -> Cost:
     """Exact (rounds, bytes of all parties) of ``max_last_dim`` on a tensor of ``shape``
     (``bits``: the context's ``compare_bits``), on parties whose context declares ``network``."""
-    width, numel = shape[-1], math.prod(shape)
-    rows = numel // width
-    if with_index or numel > SMALL_ELEMENTS or width <= 2:
+    width = shape[-1]
+    rows = math.prod(shape) // width
+    path = _max_path(shape, with_index)
+    if path == "tournament":
         return total_cost(_tournament_cost(rows, width, 2 if with_index else 1, bits, network))
-    if rows * width * (width - 1) // 2 <= ALL_PAIRS_BUDGET:
+    if path == "all_pairs":
         return total_cost(_all_pairs_max_cost(rows, width, bits, network))
     costs = []
     while width > GROUP:
