@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -543,6 +544,175 @@ def _monomial_fit(fn: Callable[[np.ndarray], np.ndarray], low: float, degree: in
     return np.polyfit(nodes, fn(nodes), degree)[::-1]
 
 
+# Lookups: a normalised value v in [low, 1] is truncated twice in one call of
+# ``truncate_many``, to its top LOOKUP_BITS bits j (which read dealt tables of f and f' at
+# j / 2^k) and to LOOKUP_SCALE bits; f(v) ~ f(j/2^k) + f'(j/2^k) (v - j/2^k) then takes one
+# product. The tables cost 16 KiB per element (D to B), so the variant pays where rounds are
+# dear and elements few (a row statistic); without a network, up to LOOKUP_ELEMENTS.
+LOOKUP_BITS = 10
+LOOKUP_SCALE = 28
+LOOKUP_ELEMENTS = 64
+_NORMALISED: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray], float]] = {
+    "reciprocal": (lambda c: 1 / c, lambda c: -1 / c**2, 0.5),
+    "rsqrt": (lambda u: u**-0.5, lambda u: -0.5 * u**-1.5, 0.25),
+}
+
+
+@functools.cache
+def _lookup_tables(name: str, value_scale: int) -> torch.Tensor:
+    """(2, 2^k) ring values: f(j / 2^k) at ``value_scale`` and f'(j / 2^k) at LOOKUP_SCALE,
+    for j in [low 2^k, 2^k), and at entry 0 those of j = 2^k (a truncation may give one more
+    than the floor, and 2^k wraps to 0); entries below low 2^k are never read."""
+    fn, slope, low = _NORMALISED[name]
+    size = 1 << LOOKUP_BITS
+    j = np.maximum(np.arange(size, dtype=np.float64), low * size)
+    j[0] = size
+    values = np.stack([fn(j / size) * 2.0**value_scale, slope(j / size) * 2.0**LOOKUP_SCALE])
+    return torch.from_numpy(np.round(values).astype(np.int64))
+
+
+def _normalised_lookup(
+    ctx: PartyContext,
+    z: torch.Tensor,
+    z_scale: int,
+    name: str,
+    out_scale: int,
+    side: list[tuple[torch.Tensor, int, None]],
+) -> tuple[Pair, list[Pair]]:
+    """f(v) at ``out_scale`` (<= LOOKUP_SCALE s) for v = z / 2^z_scale in [low, 1] (z: 3-out-of-3 shares), with
+    the ``side`` truncations in the same call: j = v's top k bits (reading f(j/2^k) and
+    f'(j/2^k)) and v at s bits, then f(v) ~ f(j/2^k) + f'(j/2^k) d with |d| = |v - j/2^k|
+    <= 2^-k (either truncation may be one more than the floor). Error <= max|f''| 2^-2k / 2:
+    rsqrt 1.2e-5, reciprocal 7.7e-6 (relative). Rounds: 2 + 2."""
+    s, k = LOOKUP_SCALE, LOOKUP_BITS
+    tables = _lookup_tables(name, out_scale)
+    outs = pa.truncate_many(ctx, [(z, z_scale - s, None), (z, z_scale - k, tables), *side])
+    fine, (index, looked_up) = outs[0][0], outs[1]
+    value, slope = _unstack(looked_up)
+    d = pa.sub(fine, pa.mul_public(index, torch.tensor(1 << (s - k))))
+    correction = pa.truncate_additive(ctx, pa.mul_local(slope, d), 2 * s - out_scale)
+    return pa.add(value, correction), [y for y, _ in outs[2:]]
+
+
+def _lookup_cost(
+    n: int, z_scale: int, out_scale: int, side: list[tuple[int, int, int, int]], network: NetworkProfile | None
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``_normalised_lookup`` on n elements."""
+    s, k = LOOKUP_SCALE, LOOKUP_BITS
+    parts = [(n, z_scale - s, 0, 0), (n, z_scale - k, 2, k), *side]
+    return total_cost([pa.truncate_many_cost(parts), pa.truncation_cost(n, 2 * s - out_scale, network)])
+
+
+def _normaliser_variant(n: int, variants: dict[str, Cost], network: NetworkProfile | None) -> str:
+    """ "lookup" or "polynomial", whichever is faster on ``network``; without one, the lookup
+    up to LOOKUP_ELEMENTS elements."""
+    return cheapest(network, variants, "lookup" if n <= LOOKUP_ELEMENTS else "polynomial")
+
+
+Multiplier = tuple[Pair, int]  # a secret factor M and its scale: a result times M w g 2^-e
+INVERSE_EXTRA_BITS = 8  # an unfolded multiplier's factor w g keeps 8 more bits
+FOLD_ELEMENTS = 1 << 14
+
+
+@dataclass(frozen=True)
+class _Output:
+    """How a normalised w (at ``w_scale``) and the factor g become the result, times w g
+    2^-(w_scale + base) at the output scale, or times M w g 2^-(w_scale + base + M's scale)
+    with a multiplier (``multiplier``: M's elements after broadcasting and its scale).
+
+    ``times`` rides as ``extra`` bits in a truncation. The multiplier's first product M g
+    rides in the normalisation's truncation call (``folded``: 2 rounds fewer, one more
+    truncation of M's size); otherwise w g comes first, at 8 more bits, and M (w g) last."""
+
+    base: int
+    extra: int
+    times: float
+    multiplier: tuple[int, int] | None
+    network: NetworkProfile | None
+
+    @property
+    def first_bits(self) -> int:
+        assert self.multiplier is not None
+        bits = self.multiplier[1] + self.base + self.extra
+        if bits < 1:
+            raise ValueError("the multiplier's scale is too small for this output scale")
+        return bits
+
+    @property
+    def folded(self) -> bool:
+        """Fold where the bytes of M g in the normalisation's call cost less than the two
+        rounds it saves; without a network, up to FOLD_ELEMENTS elements of M."""
+        if self.multiplier is None:
+            return False
+        bytes_of_first = pa.truncate_many_cost([(self.multiplier[0], self.first_bits, 0, 0)])[1]
+        variants = {"folded": (0, bytes_of_first), "separate": (2, 0)}
+        fallback = "folded" if self.multiplier[0] <= FOLD_ELEMENTS else "separate"
+        return cheapest(self.network, variants, fallback) == "folded"
+
+    def side(self, ctx: PartyContext, g: Pair, multiplier: Multiplier | None) -> list[tuple[torch.Tensor, int, None]]:
+        """The folded multiplier's first product, as a part for ``truncate_many``."""
+        if multiplier is None or not self.folded:
+            return []
+        return [(self._times(pa.mul_local(multiplier[0], g)), self.first_bits, None)]
+
+    def result(
+        self, ctx: PartyContext, w: Pair, w_scale: int, g: Pair, side: list[Pair], multiplier: Multiplier | None
+    ) -> Pair:
+        if side:
+            (first,) = side
+            return pa.truncate_additive(ctx, pa.mul_local(first, _expand(w, first)), w_scale)
+        if multiplier is None:
+            return pa.truncate_additive(ctx, self._times(pa.mul_local(w, g)), w_scale + self.base + self.extra)
+        wg = pa.truncate_additive(
+            ctx, self._times(pa.mul_local(w, g)), w_scale + self.base + self.extra - INVERSE_EXTRA_BITS
+        )
+        factor, scale = multiplier
+        return pa.truncate_additive(ctx, pa.mul_local(factor, wg), scale + INVERSE_EXTRA_BITS)
+
+    def side_cost(self) -> list[tuple[int, int, int, int]]:
+        return [(self.multiplier[0], self.first_bits, 0, 0)] if self.folded else []
+
+    def result_cost(self, n: int, w_scale: int) -> list[Cost]:
+        bits = w_scale + self.base + self.extra
+        if self.folded:
+            return [pa.truncation_cost(self.multiplier[0], w_scale, self.network)]
+        if self.multiplier is None:
+            return [pa.truncation_cost(n, bits, self.network)]
+        elements, scale = self.multiplier
+        return [
+            pa.truncation_cost(n, bits - INVERSE_EXTRA_BITS, self.network),
+            pa.truncation_cost(elements, scale + INVERSE_EXTRA_BITS, self.network),
+        ]
+
+    def _times(self, z: torch.Tensor) -> torch.Tensor:
+        return z * round(self.times * 2**self.extra) if self.extra else z
+
+
+def _expand(w: Pair, like: Pair) -> Pair:
+    return w[0].expand_as(like[0]), w[1].expand_as(like[1])
+
+
+def _multiplier_size(x: Pair, multiplier: Multiplier | None) -> tuple[int, int] | None:
+    if multiplier is None:
+        return None
+    return torch.broadcast_shapes(x[0].shape, multiplier[0][0].shape).numel(), multiplier[1]
+
+
+def _truncate_with(ctx: PartyContext, z: torch.Tensor, bits: int, side: list) -> tuple[Pair, list[Pair]]:
+    """z truncated by ``bits`` and the side parts in one ``truncate_many`` call, or alone by
+    the policy's truncation without side parts."""
+    if not side:
+        return pa.truncate_additive(ctx, z, bits), []
+    (first, _), *rest = pa.truncate_many(ctx, [(z, bits, None), *side])
+    return first, [y for y, _ in rest]
+
+
+def _truncate_with_cost(
+    n: int, bits: int, side: list[tuple[int, int, int, int]], network: NetworkProfile | None
+) -> Cost:
+    return pa.truncate_many_cost([(n, bits, 0, 0), *side]) if side else pa.truncation_cost(n, bits, network)
+
+
 RECIPROCAL_SCALE = 20
 # 1/c on [1/2, 1] by degree 7 in t = 4c - 3 in [-1, 1]: relative error 1.8e-6 (no Newton
 # steps). In t the coefficients fall like 3^-k (sum |c_k| = 2.0; in c it would be 1081), so
@@ -550,22 +720,47 @@ RECIPROCAL_SCALE = 20
 _RECIPROCAL_FIT = _monomial_fit(lambda t: 4 / (t + 3), -1.0, 7)
 
 
-def reciprocal(ctx: PartyContext, x: Pair) -> Pair:
-    """1/x for 2^-(f-1) <= x < 2^(l-1-f) (l = compare_bits).
+def reciprocal(ctx: PartyContext, x: Pair, multiplier: Multiplier | None = None) -> Pair:
+    """1/x for 2^-(f-1) <= x < 2^(l-1-f) (l = compare_bits), or M/x for a ``multiplier``
+    (M, its scale) broadcast against x (|M/x| < 2^(61 - 2f - 8)); at f bits.
 
     Normalise: X = x 2^f has highest bit p; G = 2^(T-p) (T = l-1) from p's one-hot; c = X G /
-    2^(T+1) in [1/2, 1) at 20 fractional bits. Then y = 1/c by a degree-7 polynomial in
-    t = 4c - 3 (at f bits) and 1/x = y G / 2^(T+1-f). Rounds: G (``powers_of_highest_bit``) +
-    2 + 6 + 2 (14 for small tensors on loopback).
+    2^(T+1) in [1/2, 1). Then y = 1/c, either by the dealt lookup and one product
+    (``_normalised_lookup``) or by a degree-7 polynomial in t = 4c - 3 at 20 bits, and
+    1/x = y G / 2^(T+1-f). With a multiplier, M G rides in c's truncations and M/x = (M G) y
+    takes the last product. ``reciprocal_cost`` gives the variant each network takes and its
+    exact cost (small tensors on loopback: G + 2 + 2 + 2 = 10 rounds).
     """
     f, bits = ctx.frac_bits, ctx.compare_bits
-    top = bits - 1
+    top, n = bits - 1, x[0].numel()
+    out = _Output(top + 1 - 2 * f, 0, 1.0, _multiplier_size(x, multiplier), ctx.network)
     (g,) = powers_of_highest_bit(ctx, x, bits, [[top - j for j in range(bits)]])
+    side = out.side(ctx, g, multiplier)
+    z = pa.mul_local(x, g)  # c 2^(T+1)
+    if _normaliser_variant(n, _reciprocal_variants(n, f, bits, out), ctx.network) == "lookup":
+        y, side = _normalised_lookup(ctx, z, top + 1, "reciprocal", f, side)  # y G < 2^62 at f bits
+        return out.result(ctx, y, f, g, side, multiplier)
     s = RECIPROCAL_SCALE
-    c = pa.truncate_additive(ctx, pa.mul_local(x, g), top + 1 - s)
+    c, side = _truncate_with(ctx, z, top + 1 - s, side)
     t = pa.add_public(ctx, pa.mul_public(c, torch.tensor(4)), torch.tensor(-3 << s))  # 4c - 3
     y = polynomial(ctx, t, _RECIPROCAL_FIT, s, f, work_scale=s)
-    return pa.truncate_additive(ctx, pa.mul_local(y, g), top + 1 - f)
+    return out.result(ctx, y, f, g, side, multiplier)
+
+
+def _reciprocal_variants(n: int, frac_bits: int, compare_bits: int, out: _Output) -> dict[str, Cost]:
+    """Exact (rounds, bytes of all parties) of ``reciprocal``'s two variants on n elements."""
+    top, s, f, network = compare_bits - 1, RECIPROCAL_SCALE, frac_bits, out.network
+    powers = powers_of_highest_bit_cost(n, compare_bits, [[top - j for j in range(compare_bits)]], network)
+    side, last = out.side_cost(), out.result_cost(n, f)
+    return {
+        "lookup": total_cost([powers, _lookup_cost(n, top + 1, f, side, network), *last]),
+        "polynomial": total_cost([
+            powers,
+            _truncate_with_cost(n, top + 1 - s, side, network),
+            polynomial_cost(n, _RECIPROCAL_FIT, s, f, s, network),
+            *last,
+        ]),
+    }  # fmt: skip
 
 
 def reciprocal_cost(
@@ -573,15 +768,13 @@ def reciprocal_cost(
     frac_bits: int = DEFAULT_FRAC_BITS,
     compare_bits: int = DEFAULT_COMPARE_BITS,
     network: NetworkProfile | None = None,
+    multiplier: tuple[int, int] | None = None,
 ) -> Cost:
-    """Exact (rounds, bytes of all parties) of ``reciprocal`` on n elements."""
-    top, s = compare_bits - 1, RECIPROCAL_SCALE
-    return total_cost([
-        powers_of_highest_bit_cost(n, compare_bits, [[top - j for j in range(compare_bits)]], network),
-        pa.truncation_cost(n, top + 1 - s, network),
-        polynomial_cost(n, _RECIPROCAL_FIT, s, frac_bits, s, network),
-        pa.truncation_cost(n, top + 1 - frac_bits, network),
-    ])  # fmt: skip
+    """Exact (rounds, bytes of all parties) of ``reciprocal`` on n elements (``multiplier``:
+    its elements after broadcasting and its scale)."""
+    out = _Output(compare_bits - 2 * frac_bits, 0, 1.0, multiplier, network)
+    variants = _reciprocal_variants(n, frac_bits, compare_bits, out)
+    return variants[_normaliser_variant(n, variants, network)]
 
 
 RSQRT_SCALE = 28
@@ -590,29 +783,45 @@ _RSQRT_INIT = _monomial_fit(lambda u: u**-0.5, 0.25, 4)
 
 
 def rsqrt(
-    ctx: PartyContext, x: Pair, in_scale: int | None = None, out_scale: int | None = None, times: float = 1.0
+    ctx: PartyContext,
+    x: Pair,
+    in_scale: int | None = None,
+    out_scale: int | None = None,
+    times: float = 1.0,
+    multiplier: Multiplier | None = None,
 ) -> Pair:
-    """times / sqrt(x) for x > 0 with X = x 2^in_scale in [2, 2^(l-1)); relative error < 1e-4.
-    Scales default to f; ``times`` is a public factor folded into the last truncation.
+    """times / sqrt(x) for x > 0 with X = x 2^in_scale in [2, 2^(l-1)), or times M / sqrt(x)
+    for a ``multiplier`` (M, its scale) broadcast against x; relative error < 1e-4. Scales
+    default to f; ``times`` is a public factor folded into a truncation.
 
     Normalise to u = X / 2^(2r) in [1/4, 1) with r = ceil((p+1)/2) (p: X's highest bit):
-    G2 = 2^(T2 - r) and G1 = 2^(2(T2 - r)) from p's one-hot; then a degree-4 initial guess w
-    and one Newton step w (3 - u w^2) / 2 = 1.5 w - 0.5 (u w) w^2, with u w and w^2 in one
-    batch (4 rounds); 1/sqrt(x) = w G2 2^(in/2 - T2), at ``out_scale``. Rounds: G2 and G1
-    (``powers_of_highest_bit``; for large tensors one more, G1 = G2^2) + 2 + 4 + 4 + 2 (16
-    for small tensors on loopback).
+    G2 = 2^(T2 - r) and G1 = 2^(2(T2 - r)) from p's one-hot (for large tensors one round
+    more, G1 = G2^2). Then w = u^(-1/2), either by the dealt lookup and one product
+    (``_normalised_lookup``), or by a degree-4 initial guess and one Newton step
+    w (3 - u w^2) / 2 = 1.5 w - 0.5 (u w) w^2, with u w and w^2 in one batch (6 rounds);
+    1/sqrt(x) = w G2 2^(in/2 - T2), at ``out_scale``. With a multiplier, M G2 rides in u's
+    truncations and the last product takes w. ``rsqrt_cost`` gives the variant each network
+    takes and its exact cost (small tensors on loopback: G + 2 + 2 + 2 = 10 rounds).
     """
     f, bits = ctx.frac_bits, ctx.compare_bits
     in_scale = f if in_scale is None else in_scale
     out_scale = f if out_scale is None else out_scale
     if in_scale % 2:
         raise ValueError("rsqrt needs an even input scale")
-    half_top, lists = _rsqrt_powers(x[0].numel(), bits)
+    n = x[0].numel()
+    half_top, lists = _rsqrt_powers(n, bits)
+    size = _multiplier_size(x, multiplier)
+    out = _Output(half_top - in_scale // 2 - out_scale, _rsqrt_extra_bits(times), times, size, ctx.network)
     powers = powers_of_highest_bit(ctx, x, bits, lists)
     g2 = powers[0]
     g1 = powers[1] if len(powers) == 2 else ring_mul_many(ctx, [g2], [g2])[0]  # large: G1 = G2^2
+    side = out.side(ctx, g2, multiplier)
+    z = pa.mul_local(x, g1)  # u 2^(2 T2)
+    if _normaliser_variant(n, _rsqrt_variants(n, f, bits, out), ctx.network) == "lookup":
+        w, side = _normalised_lookup(ctx, z, 2 * half_top, "rsqrt", LOOKUP_SCALE, side)
+        return out.result(ctx, w, LOOKUP_SCALE, g2, side, multiplier)
     s = RSQRT_SCALE
-    u = pa.truncate_additive(ctx, pa.mul_local(x, g1), 2 * half_top - s)
+    u, side = _truncate_with(ctx, z, 2 * half_top - s, side)
     w = polynomial(ctx, u, _RSQRT_INIT, s, s)
     # one truncation by s: u w and w^2 at scale s, and w itself at scale f (its product with
     # 2^f is local: P_i's additive share is 2^f w_i)
@@ -620,11 +829,7 @@ def rsqrt(
     uw, w2, w_f = _unstack(pa.truncate_additive(ctx, batch, s))
     half_cube = pa.truncate_additive(ctx, pa.mul_local(uw, w2), 2 * s - f)  # u w^3 / 2 at scale f + 1
     w = pa.sub(pa.mul_public(w_f, torch.tensor(3)), half_cube)  # 1.5 w - u w^3 / 2 at scale f + 1
-    extra = _rsqrt_extra_bits(times)
-    product = pa.mul_local(w, g2)
-    if extra:
-        product = product * round(times * 2**extra)
-    return pa.truncate_additive(ctx, product, half_top + f + 1 - in_scale // 2 - out_scale + extra)
+    return out.result(ctx, w, f + 1, g2, side, multiplier)
 
 
 def _rsqrt_powers(n: int, bits: int) -> tuple[int, list[list[int]]]:
@@ -641,6 +846,29 @@ def _rsqrt_extra_bits(times: float) -> int:
     return 0 if times == 1.0 else 12
 
 
+def _rsqrt_variants(n: int, frac_bits: int, compare_bits: int, out: _Output) -> dict[str, Cost]:
+    """Exact (rounds, bytes of all parties) of ``rsqrt``'s two variants on n elements."""
+    f, s, network = frac_bits, RSQRT_SCALE, out.network
+    half_top, lists = _rsqrt_powers(n, compare_bits)
+    powers = [powers_of_highest_bit_cost(n, compare_bits, lists, network)] + ([] if len(lists) == 2 else [(1, 24 * n)])
+    side = out.side_cost()
+    return {
+        "lookup": total_cost([
+            *powers,
+            _lookup_cost(n, 2 * half_top, LOOKUP_SCALE, side, network),
+            *out.result_cost(n, LOOKUP_SCALE),
+        ]),
+        "polynomial": total_cost([
+            *powers,
+            _truncate_with_cost(n, 2 * half_top - s, side, network),
+            polynomial_cost(n, _RSQRT_INIT, s, s, network=network),
+            pa.truncation_cost(3 * n, s, network),
+            pa.truncation_cost(n, 2 * s - f, network),
+            *out.result_cost(n, f + 1),
+        ]),
+    }  # fmt: skip
+
+
 def rsqrt_cost(
     n: int,
     in_scale: int | None = None,
@@ -649,22 +877,16 @@ def rsqrt_cost(
     frac_bits: int = DEFAULT_FRAC_BITS,
     compare_bits: int = DEFAULT_COMPARE_BITS,
     network: NetworkProfile | None = None,
+    multiplier: tuple[int, int] | None = None,
 ) -> Cost:
-    """Exact (rounds, bytes of all parties) of ``rsqrt`` on n elements."""
-    f, s = frac_bits, RSQRT_SCALE
-    in_scale = f if in_scale is None else in_scale
-    out_scale = f if out_scale is None else out_scale
-    half_top, lists = _rsqrt_powers(n, compare_bits)
-    costs = [powers_of_highest_bit_cost(n, compare_bits, lists, network)] + ([] if len(lists) == 2 else [(1, 24 * n)])
-    last = half_top + f + 1 - in_scale // 2 - out_scale + _rsqrt_extra_bits(times)
-    return total_cost([
-        *costs,
-        pa.truncation_cost(n, 2 * half_top - s, network),
-        polynomial_cost(n, _RSQRT_INIT, s, s, network=network),
-        pa.truncation_cost(3 * n, s, network),
-        pa.truncation_cost(n, 2 * s - f, network),
-        pa.truncation_cost(n, last, network),
-    ])  # fmt: skip
+    """Exact (rounds, bytes of all parties) of ``rsqrt`` on n elements (``multiplier``: its
+    elements after broadcasting and its scale)."""
+    in_scale = frac_bits if in_scale is None else in_scale
+    out_scale = frac_bits if out_scale is None else out_scale
+    half_top = _rsqrt_powers(n, compare_bits)[0]
+    out = _Output(half_top - in_scale // 2 - out_scale, _rsqrt_extra_bits(times), times, multiplier, network)
+    variants = _rsqrt_variants(n, frac_bits, compare_bits, out)
+    return variants[_normaliser_variant(n, variants, network)]
 
 
 # --------------------------------------------------------------------------- composites
@@ -682,9 +904,8 @@ def softmax_last_dim(ctx: PartyContext, x: Pair, row_max: Pair) -> Pair:
     e = exp(ctx, shifted)
     one = torch.ones((), dtype=torch.int64)
     (e,) = ring_mul_many(ctx, [pa.add_public(ctx, pa.neg(clipped), one)], [e])
-    total = (e[0].sum(-1), e[1].sum(-1))
-    inv = reciprocal(ctx, total)
-    return pa.mul_fixed(ctx, e, (inv[0].unsqueeze(-1).expand_as(e[0]), inv[1].unsqueeze(-1).expand_as(e[1])), f)
+    total = (e[0].sum(-1, keepdim=True), e[1].sum(-1, keepdim=True))
+    return reciprocal(ctx, total, multiplier=(e, f))
 
 
 def softmax_cost(
@@ -701,8 +922,7 @@ def softmax_cost(
         less_than_zero_cost(n, compare_bits, network),
         exp_cost(n, frac_bits, network),
         (1, 24 * n),
-        reciprocal_cost(n // shape[-1], frac_bits, compare_bits, network),
-        pa.truncation_cost(n, frac_bits, network),
+        reciprocal_cost(n // shape[-1], frac_bits, compare_bits, network, multiplier=(n, frac_bits)),
     ])  # fmt: skip
 
 
@@ -725,13 +945,13 @@ def layer_norm_last_dims(
     x / sqrt(mean(x^2) + eps) * weight).
 
     Row statistics live on small per-row tensors; the big tensor sees three products: the
-    square and (x - mean) * weight in one batch, then the normalisation. rsqrt takes count * (var + eps) directly (its
-    public factor sqrt(count) rides on its last truncation), so the variance needs no
-    division; the squares keep up to 8 extra fractional bits (fewer for long rows, whose sum
-    is large anyway) so small variances keep their precision, and 1/sqrt(var) comes out at
-    f + 8 bits for the normalising product."""
+    square and (x - mean) * weight in one batch, then two inside rsqrt (its ``multiplier``):
+    (x - mean) * weight * G2 in the same call as rsqrt's normalising truncations, and the
+    output's. rsqrt takes count * (var + eps) directly (its public factor sqrt(count) rides
+    on a truncation), so the variance needs no division; the squares keep up to 8 extra
+    fractional bits (fewer for long rows, whose sum is large anyway) so small variances keep
+    their precision."""
     f = ctx.frac_bits
-    e = NORM_EXTRA_BITS
     shape = x[0].shape
     flat = tuple(s.reshape(*shape[: len(shape) - dims], -1) for s in x)
     count = flat[0].shape[-1]
@@ -748,9 +968,8 @@ def layer_norm_last_dims(
         squares, scaled = mul_many(ctx, [flat, flat], [flat, w], f - e_sum)
     sum_sq = (squares[0].sum(-1, keepdim=True), squares[1].sum(-1, keepdim=True))
     total_sq = add_constant(ctx, sum_sq, eps * count, f + e_sum)  # count (var + eps)
-    inv_std = rsqrt(ctx, total_sq, in_scale=f + e_sum, out_scale=f + e, times=math.sqrt(count))
     scaled_scale = f if weight is None else f + e_sum + WEIGHT_EXTRA_BITS
-    normed = pa.mul_fixed(ctx, scaled, (inv_std[0].expand_as(flat[0]), inv_std[1].expand_as(flat[1])), scaled_scale + e)
+    normed = rsqrt(ctx, total_sq, f + e_sum, f, math.sqrt(count), multiplier=(scaled, scaled_scale))
     normed = (normed[0].reshape(shape), normed[1].reshape(shape))
     if bias is not None:
         normed = pa.add(normed, bias)
@@ -774,13 +993,12 @@ def layer_norm_cost(
 ) -> Cost:
     """Exact (rounds, bytes of all parties) of ``layer_norm_last_dims`` on ``rows`` rows of
     ``count`` elements (``weight``: with a secret weight)."""
-    f, e, n = frac_bits, NORM_EXTRA_BITS, rows * count
+    f, n = frac_bits, rows * count
     e_sum = _sum_extra_bits(count)
     costs = [] if rms else [pa.truncation_cost(rows, 20 + count.bit_length() - 1, network)]
     scaled_scale = f if not weight else f + e_sum + WEIGHT_EXTRA_BITS
     return total_cost([
         *costs,
         pa.truncation_cost(2 * n if weight else n, f - e_sum, network),
-        rsqrt_cost(rows, f + e_sum, f + e, math.sqrt(count), f, compare_bits, network),
-        pa.truncation_cost(n, scaled_scale + e, network),
+        rsqrt_cost(rows, f + e_sum, f, math.sqrt(count), f, compare_bits, network, multiplier=(n, scaled_scale)),
     ])  # fmt: skip

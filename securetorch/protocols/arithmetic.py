@@ -14,6 +14,8 @@ Share tensors are never modified in place: a returned pair may alias (views of) 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from securetorch.comm.profile import NetworkProfile, cheapest
@@ -189,12 +191,24 @@ def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
 
 
 def _truncate_masked_open(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
-    """Round-optimal truncation: 2 rounds, 32 + bits/2 bytes per element (41 at bits = 18).
+    """Round-optimal truncation: 2 rounds, 32 + bits/2 bytes per element (41 at bits = 18);
+    ``truncate_many``'s protocol for one part."""
+    return truncate_many(ctx, [(z, bits, None)])[0][0]
 
-    A rotating *dealer* D deals the mask r = 2^bits u + l, u = a + b (a from the D-A key, b
-    from the D-B key, l private to D); A = D+1 and B = D+2 learn c = z + 2^62 + r, uniform to
-    each. With the carry into bit 63 handled as in Dalskov, Escudero & Keller (PoPETs 2020,
-    §5.1) (z + 2^62 lies in [0, 2^63)):
+
+def truncate_many(
+    ctx: PartyContext, parts: Sequence[tuple[torch.Tensor, int, torch.Tensor | None]]
+) -> list[tuple[Pair, Pair | None]]:
+    """Several exact truncations in the same 2 rounds, each optionally with dealt lookups:
+    for each part (z, bits, tables), replicated shares of y = floor(z / 2^bits) (or one more;
+    3-out-of-3 shares z_i of z with |z| < 2^62) and, when ``tables`` (m x 2^k public ring
+    values, k <= 64 - bits) is given, replicated shares of tables[:, y mod 2^k] (shape
+    (m, *z.shape)): any function of y's low k bits, at no round of its own.
+
+    The truncation (one rotating dealer D for all parts, A = D+1, B = D+2): D deals the mask
+    r = 2^bits u + l, u = a + b (a from the D-A key, b from the D-B key, l private to D); A and
+    B learn c = z + 2^62 + r, uniform to each. With the carry into bit 63 handled as in
+    Dalskov, Escudero & Keller (PoPETs 2020, §5.1) (z + 2^62 lies in [0, 2^63)):
 
         floor(z / 2^bits) + e = (c >>> bits) - 2^(62-bits) - u + 2^(64-bits) W,
 
@@ -203,46 +217,124 @@ def _truncate_masked_open(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair
     each other (uniform to them, being the top bits of u). The result is the sharing
     (y_D, y_A, y_B) = (-b, -a, (c >>> bits) - 2^(62-bits) + 2^(64-bits) W).
 
-    Round 1: A -> B z_A, B -> A z_B, D -> A and D -> B z_D + 2^62 + r, D -> B the two W shares.
-    Round 2: A <-> B their shares of W, packed to ``bits`` bits. D receives nothing.
+    The lookups, a one-time truth table per element (Ishai, Kushilevitz, Meldgaard, Orlandi
+    and Paskin-Cherniavsky, TCC 2013) on the index the truncation already opens: mod 2^k the
+    identity reads y = j - u with j = ((c >>> bits) - 2^(62-bits)) mod 2^k, known to A and B.
+    So D deals the table rotated by u, T_A + T_B = tables[:, (j - u) mod 2^k] for every j,
+    T_A from the D-A key and T_B sent to B (uniform, masked entry by entry); A and B read
+    their shares t_A, t_B at j. They reshare t = t_A + t_B as (rho_D, rho_A, x_B), rho_D from
+    the D-B key and rho_A from the D-A key: A and B swap t_A - rho_A and t_B - rho_D, and
+    x_B = t - rho_A - rho_D.
+
+    Round 1: A -> B z_A, B -> A z_B, D -> A and D -> B z_D + 2^62 + r, D -> B the two W
+    shares and T_B. Round 2: A <-> B their shares of W, packed to ``bits`` bits, and their
+    masked table shares. D receives nothing. Bytes: ``truncate_many_cost``.
     """
-    z = z + zero_share(ctx, z.shape)
-    shape = z.shape
-    mask = (1 << bits) - 1
     dealer = ctx.next_dealer()
     rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
+    parts = [(z + zero_share(ctx, z.shape), bits, tables) for z, bits, tables in parts]
+    for _, bits, tables in parts:
+        if not 0 < bits < 63:
+            raise ValueError("truncation by 1..62 bits")
+        if tables is not None and not 0 < _index_bits(tables) <= 64 - bits:
+            raise ValueError("lookup tables need 2^k entries, 0 < k <= 64 - bits")
     if ctx.rank == dealer:
-        a = ctx.prg_with(rank_a).int64(shape)
-        b = ctx.prg_with(rank_b).int64(shape)
-        w0_a = ctx.prg_with(rank_a).uniform_bits(shape, bits)
-        w1_a = ctx.prg_with(rank_a).uniform_bits(shape, bits)
-        low = ctx.prg_private.uniform_bits(shape, bits)
+        return _truncate_many_dealer(ctx, parts, rank_a, rank_b)
+    other = rank_b if ctx.rank == rank_a else rank_a
+    with_d = ctx.prg_with(dealer)
+    drawn = []  # per part: -u's share, A's two W options, A's table shares and rho
+    for z, bits, tables in parts:
+        u_part = with_d.int64(z.shape)
+        options = table_a = rho = None
+        if ctx.rank == rank_a:
+            options = (with_d.uniform_bits(z.shape, bits), with_d.uniform_bits(z.shape, bits))
+            if tables is not None:
+                table_a = with_d.int64((tables.shape[0], z.numel(), tables.shape[1]))
+        if tables is not None:
+            rho = with_d.int64((tables.shape[0], *z.shape))
+        drawn.append((u_part, options, table_a, rho))
+    got = ctx.net.exchange({other: [z for z, _, _ in parts]}, [dealer, other])
+    from_dealer = iter(got[dealer])
+    sends, opened = [], []
+    for (z, bits, tables), (_, options, table_a, rho), their_z in zip(parts, drawn, got[other], strict=True):
+        masked = next(from_dealer)
+        if ctx.rank == rank_b:
+            options = tuple(unpack_uint(next(from_dealer), bits, (2, *z.shape)))
+        c = z + their_z + masked
+        my_w = torch.where(logical_shift_right(c, 63).bool(), options[1], options[0])
+        sends.append(pack_uint(my_w, bits))
+        high = logical_shift_right(c, bits) - (1 << (TRUNCATION_HEADROOM_BITS - bits))
+        if tables is not None:
+            if ctx.rank == rank_b:
+                table_a = next(from_dealer).view(tables.shape[0], z.numel(), tables.shape[1])
+            index = (high.reshape(1, -1, 1) & (tables.shape[1] - 1)).expand(tables.shape[0], -1, 1)
+            shown = table_a.gather(2, index).view(rho.shape) - rho
+            sends.append(shown)
+        opened.append((my_w, high, shown if tables is not None else None))
+    got = iter(ctx.net.exchange({other: sends}, [other])[other])
+    out = []
+    for (z, bits, _), (u_part, _, _, rho), (my_w, high, shown) in zip(parts, drawn, opened, strict=True):
+        w = (my_w + unpack_uint(next(got), bits, z.shape)) & ((1 << bits) - 1)
+        y_b = high + w * (1 << (64 - bits))
+        looked_up = None
+        if shown is not None:
+            x_b = shown + next(got)
+            looked_up = (rho, x_b) if ctx.rank == rank_a else (x_b, rho)
+        out.append(((-u_part, y_b) if ctx.rank == rank_a else (y_b, -u_part), looked_up))
+    return out
+
+
+def _index_bits(tables: torch.Tensor) -> int:
+    """k for lookup tables of 2^k entries per row (0 if the row length is not a power of 2)."""
+    size = tables.shape[-1]
+    return size.bit_length() - 1 if tables.dim() == 2 and size & (size - 1) == 0 else 0
+
+
+def _truncate_many_dealer(
+    ctx: PartyContext, parts: list[tuple[torch.Tensor, int, torch.Tensor | None]], rank_a: int, rank_b: int
+) -> list[tuple[Pair, Pair | None]]:
+    """The dealer D's side of ``truncate_many``: masks, W shares and rotated tables."""
+    with_a, with_b = ctx.prg_with(rank_a), ctx.prg_with(rank_b)
+    to_a, to_b, out = [], [], []
+    for z, bits, tables in parts:
+        mask = (1 << bits) - 1
+        a = with_a.int64(z.shape)
+        b = with_b.int64(z.shape)
+        w0_a = with_a.uniform_bits(z.shape, bits)
+        w1_a = with_a.uniform_bits(z.shape, bits)
+        low = ctx.prg_private.uniform_bits(z.shape, bits)
         u = a + b
         top = logical_shift_right(u, 64 - bits)
         r63 = logical_shift_right(u, 63 - bits) & 1
         w0_b = (top + r63 - w0_a) & mask  # share of W when c_63 = 0
         w1_b = (top - w1_a) & mask  # share of W when c_63 = 1
         masked = z + (1 << TRUNCATION_HEADROOM_BITS) + u * (1 << bits) + low
-        w_pair = pack_uint(torch.stack([w0_b, w1_b]), bits)
-        ctx.net.exchange({rank_a: [masked], rank_b: [masked, w_pair]}, [])
-        ctx.net.exchange({}, [])
-        return -b, -a
-    other = rank_b if ctx.rank == rank_a else rank_a
-    u_part = ctx.prg_with(dealer).int64(shape)
-    if ctx.rank == rank_a:
-        w_options = (ctx.prg_with(dealer).uniform_bits(shape, bits), ctx.prg_with(dealer).uniform_bits(shape, bits))
-    got = ctx.net.exchange({other: [z]}, [dealer, other])
-    if ctx.rank == rank_b:
-        w_options = tuple(unpack_uint(got[dealer][1], bits, (2, *shape)))
-    c = z + got[other][0] + got[dealer][0]
-    c63 = logical_shift_right(c, 63).bool()
-    my_w = torch.where(c63, w_options[1], w_options[0])
-    their_w = unpack_uint(ctx.net.exchange({other: [pack_uint(my_w, bits)]}, [other])[other][0], bits, shape)
-    w = (my_w + their_w) & mask
-    y_b = logical_shift_right(c, bits) - (1 << (TRUNCATION_HEADROOM_BITS - bits)) + w * (1 << (64 - bits))
-    if ctx.rank == rank_a:
-        return -u_part, y_b
-    return y_b, -u_part
+        to_a.append(masked)
+        to_b += [masked, pack_uint(torch.stack([w0_b, w1_b]), bits)]
+        looked_up = None
+        if tables is not None:
+            rows, size = tables.shape
+            table_a = with_a.int64((rows, z.numel(), size))
+            rho_a = with_a.int64((rows, *z.shape))
+            rho_d = with_b.int64((rows, *z.shape))
+            # entry j of element e: tables[:, (j - u_e) mod 2^k]
+            rotated = (torch.arange(size).unsqueeze(0) - u.reshape(-1, 1)) & (size - 1)
+            to_b.append(tables[:, rotated] - table_a)
+            looked_up = (rho_d, rho_a)
+        out.append(((-b, -a), looked_up))
+    ctx.net.exchange({rank_a: to_a, rank_b: to_b}, [])
+    ctx.net.exchange({}, [])
+    return out
+
+
+def truncate_many_cost(parts: Sequence[tuple[int, int, int, int]]) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``truncate_many`` on parts (n elements, bits,
+    table rows m, index bits k): the truncations' bytes, 8 m n 2^k for D's table shares and
+    16 m n for the reshared lookups."""
+    nbytes = 0
+    for n, bits, rows, index_bits in parts:
+        nbytes += _truncation_variants(n, bits)["masked_open"][1] + 8 * rows * n * ((1 << index_bits) + 2)
+    return 2, nbytes
 
 
 def _truncate_wrap_bits(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:

@@ -349,3 +349,50 @@ def test_float_results_keep_logical_dtype(sim) -> None:
         (2, 3),
         True,
     ]
+
+
+@pytest.mark.parametrize("index_bits", [1, 8, 10])
+def test_truncations_with_dealt_lookups(sim, index_bits) -> None:
+    """``truncate_many``: several truncations in the same 2 rounds, each exact (floor or one
+    more) for |z| < 2^62, and its lookups exactly tables[:, y mod 2^k] of the truncation's
+    own result y, for every dealer; the counters equal ``truncate_many_cost``."""
+    from securetorch.session.context import current
+
+    edges = torch.tensor([0, 1, -1, 2**18, -(2**18), 2**62 - 1, -(2**62), 2**55 + 12345, -(2**55) - 999, 7])
+    z = torch.cat([edges, torch.randint(-(2**62), 2**62, (500,), generator=seeded(13))])
+    tables = torch.randint(-(2**63), 2**63 - 1, (3, 1 << index_bits), generator=seeded(14))
+    parts = [(18, tables), (5, None), (min(62, 64 - index_bits), tables[:2])]  # k <= 64 - bits
+
+    def fn(z: torch.Tensor):
+        ctx = current()
+        x = pa.share_from_party(ctx, z if ctx.rank == 1 else None, owner=1)
+        before = puma.stats()
+        outs = pa.truncate_many(ctx, [(x[0], bits, t) for bits, t in parts])
+        cost = puma.stats() - before
+        return [(pa.reveal(ctx, y), None if t is None else pa.reveal(ctx, t)) for y, t in outs], cost
+
+    for _ in range(3):  # rotate the dealer role through all parties
+        results = sim.run(fn, z)
+        for (bits, t), (y, looked_up) in zip(parts, results[0][0], strict=True):
+            diff = y - (z >> bits)
+            assert bool(((diff == 0) | (diff == 1)).all()), bits
+            if t is not None:
+                assert torch.equal(looked_up, t[:, y & ((1 << index_bits) - 1)])
+        cost = total([r[1] for r in results])
+        n = z.numel()
+        sizes = [(n, bits, 0 if t is None else t.shape[0], 0 if t is None else index_bits) for bits, t in parts]
+        assert (cost.rounds, cost.bytes_sent) == pa.truncate_many_cost(sizes)
+
+
+def test_lookups_refuse_tables_wider_than_the_truncated_value(sim) -> None:
+    from securetorch.session.context import current
+
+    def fn():
+        ctx = current()
+        z = torch.zeros(4, dtype=torch.int64)
+        with pytest.raises(ValueError, match="2\\^k entries"):
+            pa.truncate_many(ctx, [(z, 60, torch.zeros(1, 32, dtype=torch.int64))])
+        with pytest.raises(ValueError, match="2\\^k entries"):
+            pa.truncate_many(ctx, [(z, 18, torch.zeros(1, 24, dtype=torch.int64))])
+
+    sim.run(fn)

@@ -59,6 +59,28 @@ def test_every_message_of_products_is_uniform(cluster) -> None:
         assert stat < critical, (r, stat, critical)
 
 
+def test_every_message_of_dealt_lookups_is_uniform(cluster) -> None:
+    """Truncations with dealt lookup tables of a constant, and the normalisers that use them
+    (LayerNorm's rsqrt, softmax's reciprocal on a few rows): the opened values, B's table
+    shares and the reshared lookups all look uniform."""
+    from securetorch.protocols import arithmetic as pa
+
+    def fn():
+        ctx = current()
+        x = puma.share(torch.full((200,), 3.0) if puma.rank() == 0 else None, owner=0)
+        tables = torch.arange(2 * 1024, dtype=torch.int64).reshape(2, 1024)
+        for _ in range(3):  # each party takes the dealer role once
+            pa.truncate_many(ctx, [(x.shares[0], 18, tables), (x.shares[0], 30, None)])
+        y = puma.share(torch.full((4, 64), 0.5) if puma.rank() == 0 else None, owner=0)
+        torch.nn.functional.layer_norm(y, (64,))
+        torch.softmax(y, -1)
+
+    for r, tensors in enumerate(cluster.run(recording(fn))):
+        assert tensors
+        stat, critical = chi_square_uniform_bytes(uniform_payload(tensors))
+        assert stat < critical, (r, stat, critical)
+
+
 def test_every_message_of_comparisons_is_uniform(cluster) -> None:
     """Comparisons of constants by the bit circuit with both bit injections (large and small
     batches) and by the dealt tables (small batches, integer and bit outputs): all received
