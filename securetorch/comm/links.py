@@ -66,23 +66,39 @@ class Links:
         Every party calls ``exchange`` for every round (with empty arguments if it takes no
         part), so step numbers and round counts stay equal on all three parties.
         """
+        return self.exchange_together([(sends, recv_from)])[0]
+
+    def exchange_together(
+        self, rounds: Sequence[tuple[Mapping[int, Sequence[torch.Tensor]], Iterable[int]]]
+    ) -> list[dict[int, list[torch.Tensor]]]:
+        """The rounds of several protocols running side by side (``session.parallel``) as
+        one round: every message of every protocol leaves first, then each protocol's
+        arrive, each at a step of its own (so the transports keep them apart). Counted as
+        one round; every party passes as many protocols' rounds in the same order."""
         started = time.perf_counter()
-        self.step += 1
+        base = self.step
         self.stats.rounds += 1
         sent = 0
-        for peer, tensors in sends.items():
-            tensors = list(tensors)
-            self._deliver(peer, tensors)
-            sent += payload_bytes(tensors)
-            self.stats.messages += 1
+        for offset, (sends, _) in enumerate(rounds, start=1):
+            self.step = base + offset
+            for peer, tensors in sends.items():
+                tensors = list(tensors)
+                self._deliver(peer, tensors)
+                sent += payload_bytes(tensors)
+                self.stats.messages += 1
         self.stats.bytes_sent += sent
-        received = {}
-        for peer in recv_from:
-            tensors = self._take(peer)
-            self.stats.bytes_received += payload_bytes(tensors)
-            for hook in list(self._hooks):
-                hook(peer, tensors)
-            received[peer] = tensors
+        received: list[dict[int, list[torch.Tensor]]] = []
+        for offset, (_, recv_from) in enumerate(rounds, start=1):
+            self.step = base + offset
+            got = {}
+            for peer in recv_from:
+                tensors = self._take(peer)
+                self.stats.bytes_received += payload_bytes(tensors)
+                for hook in list(self._hooks):
+                    hook(peer, tensors)
+                got[peer] = tensors
+            received.append(got)
+        self.step = base + len(rounds)
         if self.emulated is not None:
             time.sleep(self.emulated.round_seconds(sent))
         self.stats.seconds += time.perf_counter() - started

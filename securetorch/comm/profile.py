@@ -87,6 +87,15 @@ def total_cost(costs: Iterable[Cost]) -> Cost:
     return rounds, nbytes
 
 
+def parallel_cost(costs: Iterable[Cost]) -> Cost:
+    """The cost of protocols run side by side (``session.parallel``): the most rounds, all
+    the bytes."""
+    rounds = nbytes = 0
+    for r, b in costs:
+        rounds, nbytes = max(rounds, r), nbytes + b
+    return rounds, nbytes
+
+
 def network_profile(value: str | NetworkProfile | Mapping[str, Any] | None) -> NetworkProfile | None:
     """A profile from a preset's name, a ``NetworkProfile``, or a mapping of
     ``bandwidth_bps`` and ``rtt_s`` (a cluster file's ``[network]`` table); None stays None."""
@@ -107,7 +116,7 @@ def network_profile(value: str | NetworkProfile | Mapping[str, Any] | None) -> N
     raise ValueError(f"a network is a preset name, a NetworkProfile or a mapping, not {type(value).__name__}")
 
 
-__all__ = ["PRESETS", "Cost", "NetworkProfile", "network_profile", "total_cost"]
+__all__ = ["PRESETS", "Cost", "NetworkProfile", "network_profile", "parallel_cost", "total_cost"]
 
 
 def measured_profile(views: Sequence[Mapping[str, float]]) -> NetworkProfile:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from securetorch.comm.profile import Cost, NetworkProfile, cheapest, total_cost
+from securetorch.comm.profile import Cost, NetworkProfile, cheapest, parallel_cost, total_cost
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols.arithmetic import Pair
 from securetorch.protocols.boolean import (
@@ -43,6 +43,7 @@ from securetorch.protocols.comparison import (
 )
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
 from securetorch.session.context import PartyContext
+from securetorch.session.parallel import parallel
 
 # --------------------------------------------------------------------------- helpers
 
@@ -369,6 +370,63 @@ def exp_cost(n: int, frac_bits: int = DEFAULT_FRAC_BITS, network: NetworkProfile
     scale = frac_bits + EXP_SQUARINGS
     shifts = [scale + 1] + [scale] * (EXP_SQUARINGS - 1) + [scale + EXP_SQUARINGS]
     return total_cost(pa.truncation_cost(n, bits, network) for bits in shifts)
+
+
+# exp by a dealt lookup, for x in [-15.96, 0] (softmax, whose clip zeroes x < -14): x's bits
+# down to 2^-6 index exp(y / 64) (2^10 entries, at 28 bits), and exp(t) on |t| <= 1/64 is
+# alpha + beta t (least squares on Chebyshev nodes, relative error 6.1e-5). 8 KiB per element
+# for 8 rounds fewer than ``exp``: picked by the network (without one, never: on loopback the
+# tables cost more time than the rounds save).
+EXP_LOOKUP_STEP_BITS = 6
+EXP_LOOKUP_SCALE = 28
+EXP_LOOKUP_LINEAR_BITS = 12
+EXP_LOOKUP_BITS = 10
+_EXP_NODES = np.cos(np.pi * (np.arange(200) + 0.5) / 200) / 2**EXP_LOOKUP_STEP_BITS
+_EXP_LINEAR = np.polyfit(_EXP_NODES, np.exp(_EXP_NODES), 1)[::-1]  # alpha, beta
+
+
+@functools.cache
+def _exp_table() -> torch.Tensor:
+    """exp(v / 64) at EXP_LOOKUP_SCALE bits at index v mod 2^10, for v in [-1022, 1]: v = 1
+    (x just below 0 truncated one up) shares its entry with v = -1023 (x < -15.96, which the
+    clip zeroes)."""
+    size = 1 << EXP_LOOKUP_BITS
+    v = np.arange(size, dtype=np.float64)
+    v = np.where(v <= 1, v, v - size)
+    return torch.from_numpy(
+        np.round(np.exp(v / 2**EXP_LOOKUP_STEP_BITS) * 2**EXP_LOOKUP_SCALE).astype(np.int64)
+    ).unsqueeze(0)
+
+
+def exp_lookup(ctx: PartyContext, x: Pair) -> Pair:
+    """exp(x) for x in [-15.96, 0] (garbage below: callers zero it); relative error 6.2e-5.
+
+    y = floor(x 2^6) (or one more) reads T = exp(y / 64) from dealt tables in the same
+    truncation (``truncate_many``); with t = x - y / 64 in [-1/64, 1/64], exp(x) = T
+    (alpha + beta t), alpha + beta t local at f + 12 bits: one product. 4 rounds."""
+    f, c = ctx.frac_bits, EXP_LOOKUP_LINEAR_BITS
+    ((y, looked_up),) = pa.truncate_many(ctx, [(x[0], f - EXP_LOOKUP_STEP_BITS, _exp_table())])
+    t = pa.sub(x, pa.mul_public(y, torch.tensor(1 << (f - EXP_LOOKUP_STEP_BITS))))
+    alpha, beta = float(_EXP_LINEAR[0]), float(_EXP_LINEAR[1])
+    linear = add_constant(ctx, pa.mul_public(t, torch.tensor(round(beta * 2**c))), alpha, f + c)
+    table = (looked_up[0][0], looked_up[1][0])
+    return pa.truncate_additive(ctx, pa.mul_local(table, linear), EXP_LOOKUP_SCALE + c)
+
+
+def exp_lookup_cost(n: int, frac_bits: int = DEFAULT_FRAC_BITS, network: NetworkProfile | None = None) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``exp_lookup`` on n elements."""
+    return total_cost([
+        pa.truncate_many_cost([(n, frac_bits - EXP_LOOKUP_STEP_BITS, 1, EXP_LOOKUP_BITS)]),
+        pa.truncation_cost(n, EXP_LOOKUP_SCALE + EXP_LOOKUP_LINEAR_BITS, network),
+    ])  # fmt: skip
+
+
+def _softmax_exp_variants(n: int, frac_bits: int, network: NetworkProfile | None) -> dict[str, Cost]:
+    return {"polynomial": exp_cost(n, frac_bits, network), "lookup": exp_lookup_cost(n, frac_bits, network)}
+
+
+def _softmax_exp_variant(n: int, frac_bits: int, network: NetworkProfile | None) -> str:
+    return cheapest(network, _softmax_exp_variants(n, frac_bits, network), "polynomial")
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -896,12 +954,20 @@ EXP_CLIP = -14.0
 
 
 def softmax_last_dim(ctx: PartyContext, x: Pair, row_max: Pair) -> Pair:
-    """softmax over the last dim given the row max: e = exp(x - max), zeroed where x - max
-    < -14 (exp(-14) < 2^-18), one reciprocal per row, one product."""
+    """softmax over the last dim given the row max: e = exp(x - max) (``exp`` or
+    ``exp_lookup``, whichever ``_softmax_exp_variant`` picks) side by side with the clip
+    [x - max < -14] (exp(-14) < 2^-18; ``session.parallel``), zeroed there, one reciprocal
+    per row with e as its multiplier."""
     f = ctx.frac_bits
     shifted = pa.sub(x, (row_max[0].unsqueeze(-1), row_max[1].unsqueeze(-1)))
-    clipped = less_than_zero(ctx, add_constant(ctx, shifted, -EXP_CLIP, f))
-    e = exp(ctx, shifted)
+    lookup = _softmax_exp_variant(shifted[0].numel(), f, ctx.network) == "lookup"
+    clipped, e = parallel(
+        ctx,
+        [
+            lambda: less_than_zero(ctx, add_constant(ctx, shifted, -EXP_CLIP, f)),
+            lambda: exp_lookup(ctx, shifted) if lookup else exp(ctx, shifted),
+        ],
+    )
     one = torch.ones((), dtype=torch.int64)
     (e,) = ring_mul_many(ctx, [pa.add_public(ctx, pa.neg(clipped), one)], [e])
     total = (e[0].sum(-1, keepdim=True), e[1].sum(-1, keepdim=True))
@@ -919,8 +985,10 @@ def softmax_cost(
     n = math.prod(shape)
     return total_cost([
         max_last_dim_cost(shape, False, compare_bits, network),
-        less_than_zero_cost(n, compare_bits, network),
-        exp_cost(n, frac_bits, network),
+        parallel_cost([
+            less_than_zero_cost(n, compare_bits, network),
+            _softmax_exp_variants(n, frac_bits, network)[_softmax_exp_variant(n, frac_bits, network)],
+        ]),
         (1, 24 * n),
         reciprocal_cost(n // shape[-1], frac_bits, compare_bits, network, multiplier=(n, frac_bits)),
     ])  # fmt: skip

@@ -694,9 +694,12 @@ def _all_pairs_max(ctx: PartyContext, x: Pair) -> Pair:
     """Max over a short last dim (g elements) from all g(g-1)/2 comparisons in one batch.
 
     Candidate i wins iff x_i > x_j for every j < i and x_i >= x_j for every j > i (so exactly
-    one wins, the first of equal maxima); its indicator is an AND of g-1 comparison bits (a
-    tree of ceil(log2(g-1)) rounds), injected into the arithmetic world (1 round) and
-    multiplied with x (1 round). Cost: msb + ceil(log2(g-1)) + 2 rounds."""
+    one wins, the first of equal maxima). Its indicator is either ("and_tree") an AND of g-1
+    comparison bits (a tree of ceil(log2(g-1)) rounds), injected into the arithmetic world
+    (1 round), or ("count") [c_i = g - 1] for the count c_i of its literals, summed from
+    integer comparisons and read from dealt tables (``arithmetic.truncate_many`` of 2 c_i by
+    one bit: exact, as its low bit is 0; 2 rounds); then one product with x (1 round).
+    ``_all_pairs_variant`` picks. Cost: msb + ceil(log2(g-1)) + 2, or [x < 0] + 3 rounds."""
     g = x[0].shape[-1]
     if g == 1:
         return x[0][..., 0], x[1][..., 0]
@@ -705,6 +708,16 @@ def _all_pairs_max(ctx: PartyContext, x: Pair) -> Pair:
     first, second = (s.reshape(rows, g) for s in x)
     ii, jj, index, negate = _pair_literals(g)
     pairs = ii.numel()
+    if _all_pairs_variant(rows, g, ctx.compare_bits, ctx.network) == "count":
+        diffs = ((first[:, ii] - first[:, jj]).reshape(-1), (second[:, ii] - second[:, jj]).reshape(-1))
+        smaller = tuple(share.reshape(rows, pairs)[:, index] for share in less_than_zero(ctx, diffs))  # [rows, g, g-1]
+        # literal: [x_j < x_i] as is for j < i, 1 - [x_i < x_j] for j > i
+        counts = pa.add_public(
+            ctx, tuple(torch.where(negate, -share, share).sum(-1) for share in smaller), negate.sum(-1)
+        )
+        ((_, wins),) = pa.truncate_many(ctx, [(counts[0] * 2, 1, _count_table(g))])
+        weights = mul(ctx, (wins[0][0], wins[1][0]), (first, second))
+        return weights[0].sum(-1).reshape(lead), weights[1].sum(-1).reshape(lead)
     smaller = msb(
         ctx, ((first[:, ii] - first[:, jj]).reshape(-1), (second[:, ii] - second[:, jj]).reshape(-1)), ctx.compare_bits
     )
@@ -722,6 +735,35 @@ def _all_pairs_max(ctx: PartyContext, x: Pair) -> Pair:
     wins = bit_to_arith(ctx, (terms[0][:, 0], terms[1][:, 0]), (g, rows))
     weights = mul(ctx, (wins[0].t(), wins[1].t()), (first, second))
     return weights[0].sum(-1).reshape(lead), weights[1].sum(-1).reshape(lead)
+
+
+@functools.cache
+def _count_table(g: int) -> torch.Tensor:
+    """[v = g - 1] for v in [0, 2^k), k = bit length of g - 1: the all-pairs winner's count."""
+    size = 1 << max(1, (g - 1).bit_length())
+    return (torch.arange(size) == g - 1).long().unsqueeze(0)
+
+
+def _all_pairs_variants(rows: int, g: int, bits: int, network: NetworkProfile | None) -> dict[str, list[Cost]]:
+    """The per-step costs of ``_all_pairs_max``'s two ways to its winners' indicators."""
+    pairs, packed, terms = rows * g * (g - 1) // 2, (rows + 7) // 8, g - 1
+    and_tree = [msb_cost(pairs, bits, network)]
+    while terms > 1:
+        and_tree.append((1, 3 * g * (terms // 2) * packed))
+        terms -= terms // 2
+    and_tree.append(bit_to_arith_cost(rows, 64, network, rows=g))
+    size = _count_table(g).shape[1]
+    count = [
+        less_than_zero_cost(pairs, bits, network),
+        pa.truncate_many_cost([(rows * g, 1, 1, size.bit_length() - 1)]),
+    ]
+    return {"and_tree": and_tree, "count": count}
+
+
+def _all_pairs_variant(rows: int, g: int, bits: int, network: NetworkProfile | None) -> str:
+    """The faster on ``network``; without one, the AND tree (fewer bytes)."""
+    variants = _all_pairs_variants(rows, g, bits, network)
+    return cheapest(network, {name: total_cost(costs) for name, costs in variants.items()}, "and_tree")
 
 
 # One level of all pairs while it needs at most this many comparisons.
@@ -814,11 +856,8 @@ def _tournament_cost(rows: int, width: int, tracked: int, bits: int, network: Ne
 def _all_pairs_max_cost(rows: int, g: int, bits: int, network: NetworkProfile | None) -> list[Cost]:
     if g == 1:
         return []
-    costs, packed, terms = [msb_cost(rows * g * (g - 1) // 2, bits, network)], (rows + 7) // 8, g - 1
-    while terms > 1:
-        costs.append((1, 3 * g * (terms // 2) * packed))
-        terms -= terms // 2
-    return [*costs, bit_to_arith_cost(rows, 64, network, rows=g), (1, 24 * g * rows)]
+    variant = _all_pairs_variants(rows, g, bits, network)[_all_pairs_variant(rows, g, bits, network)]
+    return [*variant, (1, 24 * g * rows)]
 
 
 def max_last_dim_cost(

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 import securetorch as puma
+from securetorch.comm.profile import PRESETS
 from securetorch.protocols import approx as ap
+from securetorch.session.context import current
 
 from ..conftest import seeded
 
@@ -182,3 +184,46 @@ def test_hf_style_rmsnorm_code_runs_on_shares(sim) -> None:
 
     got = sim.run(lambda v: llama_rmsnorm(secret(v)).reveal(), x)[0]
     assert float((got.double() - llama_rmsnorm(x).double()).abs().max()) <= 1e-3
+
+
+def test_exp_by_lookup_over_the_softmax_range(sim) -> None:
+    """``exp_lookup`` on [-15.96, 0] (x's bits down to 2^-6 read dealt tables, one linear
+    correction): relative error 6.2e-5 of the fit, plus the output's rounding; 4 rounds."""
+    x = torch.cat([torch.linspace(-15.96, 0, 4001, dtype=torch.float64), torch.tensor([-(2.0**-18), 0.0])])
+
+    def fn(v):
+        ctx = current()
+        s = secret(v)
+        before = puma.stats()
+        out = ap.exp_lookup(ctx, s.shares)
+        cost = puma.stats() - before
+        return puma.SharedTensor(out, torch.float64).reveal(), cost
+
+    results = sim.run(fn, x)
+    got, want = results[0][0], x.exp()
+    assert bool(((got - want).abs() <= want * 7e-5 + 2.0**-17).all())
+    assert (results[0][1].rounds, sum(r[1].bytes_sent for r in results)) == ap.exp_lookup_cost(x.numel())
+
+
+@pytest.mark.parametrize("shape", [(12, 1, 33), (2, 16, 16)])
+def test_softmax_with_the_wan_choices_matches_float64(shape) -> None:
+    """Under wan the softmax takes the round-saving variants (the max by counted wins, exp by
+    lookup beside its clip, the reciprocal by lookup with the exponentials folded in): the
+    same error bound as on loopback, at the cost its function gives."""
+    wan = PRESETS["wan"]
+    n = math.prod(shape)
+    assert ap._softmax_exp_variant(n, 18, wan) == "lookup"
+    scores = torch.randn(shape, generator=seeded(21), dtype=torch.float64) * 6
+    scores[..., 0] = -(2.0**20)  # a masked position
+
+    def fn(v):
+        x = secret(v)
+        before = puma.stats()
+        out = torch.softmax(x, -1)
+        cost = puma.stats() - before
+        return out.reveal(), cost
+
+    with puma.Simulator(network=wan, play_network=False) as sim:
+        results = sim.run(fn, scores)
+    assert float((results[0][0] - torch.softmax(scores, -1)).abs().max()) <= 1e-3
+    assert (results[0][1].rounds, sum(r[1].bytes_sent for r in results)) == ap.softmax_cost(shape, network=wan)

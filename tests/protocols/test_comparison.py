@@ -313,6 +313,34 @@ def test_all_pairs_max_for_small_tensors(sim, shape, rounds) -> None:
     assert results[0][1].rounds == rounds
 
 
+@pytest.mark.parametrize("shape", [(12, 1, 33), (3, 2, 9), (2, 300)])
+def test_all_pairs_max_by_counted_wins_on_a_slow_link(shape) -> None:
+    """Where rounds are dear (wan), each candidate's wins are counted from integer
+    comparisons and [count = g - 1] read from dealt tables: [x < 0] + 3 rounds a level,
+    the exact max with ties and masked logits (on loopback: the AND tree, 4 rounds more)."""
+    wan = PRESETS["wan"]
+    rows, width = shape[0] * (shape[1] if len(shape) == 3 else 1), shape[-1]
+    g = width if width <= pc.GROUP or shape[0] * width * (width - 1) // 2 <= pc.ALL_PAIRS_BUDGET else pc.GROUP
+    assert pc._all_pairs_variant(rows, g, 44, wan) == "count"
+    assert pc._all_pairs_variant(rows, g, 44, None) == "and_tree"
+    values = torch.randn(shape, generator=seeded(sum(shape)), dtype=torch.float64) * 10
+    values.view(-1, width)[0, :2] = 50.0  # a tie
+    values.view(-1, width)[-1, -1] = -(2.0**20)  # a masked logit
+
+    def fn(v):
+        ctx = current()
+        x = secret(v)
+        before = puma.stats()
+        value, _ = pc.max_last_dim(ctx, x.shares, with_index=False)
+        return puma.SharedTensor(value, torch.float64), puma.stats() - before
+
+    with puma.Simulator(network=wan, play_network=False) as sim:
+        results = sim.run(fn, values)
+    assert float((results[0][0] - values.amax(-1)).abs().max()) <= U
+    measured = (results[0][1].rounds, sum(r[1].bytes_sent for r in results))
+    assert measured == pc.max_last_dim_cost(shape, False, 44, wan)
+
+
 def test_grouped_max_beyond_the_all_pairs_budget(sim) -> None:
     """Rows too long for one all-pairs batch go through groups of 8 (with padding)."""
     values = torch.randn(3, 300, generator=seeded(9), dtype=torch.float64) * 10
