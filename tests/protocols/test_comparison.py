@@ -291,6 +291,15 @@ def test_argmax_over_a_vocabulary(sim) -> None:
     assert torch.equal(got, logits.argmax(-1))
 
 
+def _max_job(v: torch.Tensor) -> tuple[puma.SharedTensor, puma.CommStats]:
+    """The row max of a secret v and what it cost."""
+    ctx = current()
+    x = secret(v)
+    before = puma.stats()
+    value, _ = pc.max_last_dim(ctx, x.shares, with_index=False)
+    return puma.SharedTensor(value, torch.float64), puma.stats() - before
+
+
 @pytest.mark.parametrize(("shape", "rounds"), [((12, 1, 5), 8), ((12, 1, 8), 9), ((12, 1, 48), 16), ((4, 100), 17)])
 def test_all_pairs_max_for_small_tensors(sim, shape, rounds) -> None:
     """Small tensors compare all pairs of a row in one batch: msb (on loopback 4 rounds by
@@ -301,14 +310,7 @@ def test_all_pairs_max_for_small_tensors(sim, shape, rounds) -> None:
     values.view(-1, shape[-1])[0, :2] = 50.0
     values.view(-1, shape[-1])[-1, -1] = -(2.0**20)  # a masked logit
 
-    def fn(v):
-        ctx = current()
-        x = secret(v)
-        before = puma.stats()
-        value, _ = pc.max_last_dim(ctx, x.shares, with_index=False)
-        return puma.SharedTensor(value, torch.float64), puma.stats() - before
-
-    results = sim.run(fn, values)
+    results = sim.run(_max_job, values)
     assert float((results[0][0] - values.amax(-1)).abs().max()) <= U
     assert results[0][1].rounds == rounds
 
@@ -327,15 +329,8 @@ def test_all_pairs_max_by_counted_wins_on_a_slow_link(shape) -> None:
     values.view(-1, width)[0, :2] = 50.0  # a tie
     values.view(-1, width)[-1, -1] = -(2.0**20)  # a masked logit
 
-    def fn(v):
-        ctx = current()
-        x = secret(v)
-        before = puma.stats()
-        value, _ = pc.max_last_dim(ctx, x.shares, with_index=False)
-        return puma.SharedTensor(value, torch.float64), puma.stats() - before
-
     with puma.Simulator(network=wan, play_network=False) as sim:
-        results = sim.run(fn, values)
+        results = sim.run(_max_job, values)
     assert float((results[0][0] - values.amax(-1)).abs().max()) <= U
     measured = (results[0][1].rounds, sum(r[1].bytes_sent for r in results))
     assert measured == pc.max_last_dim_cost(shape, False, 44, wan)
