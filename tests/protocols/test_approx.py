@@ -227,3 +227,32 @@ def test_softmax_with_the_wan_choices_matches_float64(shape) -> None:
         results = sim.run(fn, scores)
     assert float((results[0][0] - torch.softmax(scores, -1)).abs().max()) <= 1e-3
     assert (results[0][1].rounds, sum(r[1].bytes_sent for r in results)) == ap.softmax_cost(shape, network=wan)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_by_its_even_form_where_rounds_are_dear(approximate) -> None:
+    """Under wan GeLU takes its even form (x/2 + a polynomial in x^2 beside the comparisons
+    [x > 4], [x < -4]): 3 rounds fewer, the same error bound as the tail form, exact on huge
+    inputs, at its cost function's cost."""
+    wan = PRESETS["wan"]
+    name = "gelu_tanh" if approximate == "tanh" else "gelu"
+    assert ap._gelu_variant(name, 3072, 44, wan) == "even" and ap._gelu_variant(name, 3072, 44, None) == "tail"
+    variants = ap._gelu_variants(name, 3072, 18, 44, wan)
+    assert (
+        variants["even"][0] + 3 == variants["tail"][0]
+        and ap.activation_cost(name, 3072, network=wan) == variants["even"]
+    )
+    x = torch.cat([torch.linspace(-8, 8, 3001, dtype=torch.float64), torch.tensor([-3e4, -1e3, 1e3, 3e4, 0.0])])
+
+    def fn(v):
+        s = secret(v)
+        before = puma.stats()
+        out = torch.nn.functional.gelu(s, approximate=approximate)
+        cost = puma.stats() - before
+        return out.reveal(), cost
+
+    with puma.Simulator(network=wan, play_network=False) as sim:
+        results = sim.run(fn, x)
+    assert float((results[0][0] - torch.nn.functional.gelu(x, approximate=approximate)).abs().max()) <= 2e-4
+    measured = (results[0][1].rounds, sum(r[1].bytes_sent for r in results))
+    assert measured == ap.activation_cost(name, x.numel(), network=wan)

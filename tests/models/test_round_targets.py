@@ -1,0 +1,28 @@
+"""Issue #14's round target, as an exact counter: a GPT-2 base decode step (one token over a
+32-token KV cache, the secure argmax included) on parties that pick their protocols for the
+``wan`` profile (in one process, the profile's choices without its waits)."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import securetorch as puma
+
+transformers.logging.set_verbosity_error()
+
+DECODE_STEP_ROUNDS = 967  # with wan's choices; issue #14's target: at most 1000
+
+
+def test_gpt2_base_decode_step_rounds_under_wan() -> None:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config()).eval()
+    ids = torch.randint(1000, 20000, (1, 32), generator=torch.Generator().manual_seed(0))
+    with puma.InProcessCluster(network="wan", play_network=False) as cluster:
+        secure_model = puma.secure(model, cluster=cluster)
+        tokens = secure_model.generate(ids, max_new_tokens=2)
+        step = secure_model.generation_costs[1]
+    plain = model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert torch.equal(tokens, plain)
+    assert step.rounds == DECODE_STEP_ROUNDS <= 1000
