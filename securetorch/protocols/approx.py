@@ -749,8 +749,8 @@ def _lookup_cost(
 
 
 def _normaliser_variant(n: int, variants: dict[str, Cost], network: NetworkProfile | None) -> str:
-    """ "lookup" or "polynomial", whichever is faster on ``network``; without one, the lookup
-    up to LOOKUP_ELEMENTS elements."""
+    """The normaliser's variant ("lookup" or "polynomial") that is faster on ``network``;
+    without one, the lookup up to LOOKUP_ELEMENTS elements."""
     return cheapest(network, variants, "lookup" if n <= LOOKUP_ELEMENTS else "polynomial")
 
 
@@ -843,7 +843,9 @@ def _multiplier_size(x: Pair, multiplier: Multiplier | None) -> tuple[int, int] 
     return torch.broadcast_shapes(x[0].shape, multiplier[0][0].shape).numel(), multiplier[1]
 
 
-def _truncate_with(ctx: PartyContext, z: torch.Tensor, bits: int, side: list) -> tuple[Pair, list[Pair]]:
+def _truncate_with(
+    ctx: PartyContext, z: torch.Tensor, bits: int, side: list[tuple[torch.Tensor, int, None]]
+) -> tuple[Pair, list[Pair]]:
     """z truncated by ``bits`` and the side parts in one ``truncate_many`` call, or alone by
     the policy's truncation without side parts."""
     if not side:

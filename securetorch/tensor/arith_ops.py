@@ -102,7 +102,25 @@ def _integer_secret(value: Any) -> bool:
     return isinstance(value, SharedTensor) and not value.dtype.is_floating_point
 
 
+def _power_of_two(value: Any) -> int | None:
+    """e if a public scalar ``value`` is exactly 2^e, else None."""
+    if isinstance(value, torch.Tensor):
+        if isinstance(value, SharedTensor) or value.numel() != 1 or value.is_complex():
+            return None
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return None
+    mantissa, exponent = math.frexp(value)
+    return exponent - 1 if mantissa == 0.5 else None
+
+
 def _mul(a: Any, b: Any) -> SharedTensor:
+    if isinstance(a, SharedTensor) != isinstance(b, SharedTensor):
+        shared, public = (a, b) if isinstance(a, SharedTensor) else (b, a)
+        exponent = _power_of_two(public)
+        folded = None if exponent is None else shared.times_power_of_two(exponent)
+        if folded is not None:  # rides in the product's owed truncation
+            return folded
     if _integer_secret(a) != _integer_secret(b) and isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
         # an integer (0/1 mask, one-hot) times a fixed-point secret: exact, no truncation
         fixed = b if _integer_secret(a) else a
@@ -115,7 +133,7 @@ def _mul(a: Any, b: Any) -> SharedTensor:
     return SharedTensor(mul_by_public(shared.shares, public), dtype)
 
 
-def _matmul(a: Any, b: Any) -> SharedTensor:
+def _matmul(a: Any, b: Any, owed: bool = False) -> SharedTensor:
     if _integer_secret(a) != _integer_secret(b) and isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
         # e.g. a secret one-hot matrix times a secret embedding table: exact, 1 round
         fixed = b if _integer_secret(a) else a
@@ -125,6 +143,8 @@ def _matmul(a: Any, b: Any) -> SharedTensor:
         return _public_matmul(a if secret_first else b, public_tensor(b if secret_first else a), secret_first)
     a, b = as_fixed(a), as_fixed(b)
     ctx = current()
+    if owed:  # its truncation runs when its shares are read (a power-of-two scaling rides in it)
+        return SharedTensor.owing(pa.matmul_local(a.shares, b.shares), ctx.frac_bits, _dtype_of(a, b))
     return SharedTensor(pa.matmul_fixed(ctx, a.shares, b.shares, ctx.frac_bits), _dtype_of(a, b))
 
 
@@ -193,7 +213,7 @@ def in_place(self_: Any, compute: Callable[[], SharedTensor], func: Any) -> Shar
     result = compute()
     if result.shape != self_.shape:
         raise RuntimeError(f"{func_name(func)}: result shape {tuple(result.shape)} differs from {tuple(self_.shape)}")
-    self_._shares = result.shares
+    self_.set_shares(result.shares)
     return self_
 
 
@@ -251,12 +271,12 @@ def _imul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Shared
 
 @implements(torch.matmul, _T.matmul, _T.__matmul__, torch.bmm, _T.bmm, torch.mm, _T.mm)
 def _matmul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    return _matmul(args[0], args[1])
+    return _matmul(args[0], args[1], owed=True)
 
 
 @implements(_T.__rmatmul__)
 def _rmatmul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    return _matmul(args[1], args[0])
+    return _matmul(args[1], args[0], owed=True)
 
 
 @implements(torch.addmm, _T.addmm, torch.baddbmm, _T.baddbmm)

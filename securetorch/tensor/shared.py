@@ -37,6 +37,13 @@ _METADATA = {
 }  # fmt: skip
 
 
+def _wrapper(cls: type, like: torch.Tensor, dtype: torch.dtype) -> Any:
+    device = like.device
+    if device.type == "meta":  # a dry run's stand-in shares (tensor.dryrun) pose as CPU tensors
+        device = _CPU
+    return torch.Tensor._make_wrapper_subclass(cls, like.shape, dtype=dtype, device=device)
+
+
 def scale_bits(dtype: torch.dtype, frac_bits: int) -> int:
     """Fractional bits of a secret of logical ``dtype``: f for floats, 0 for bool and integers."""
     return frac_bits if dtype.is_floating_point else 0
@@ -57,33 +64,62 @@ class SharedTensor(torch.Tensor):
     Floating dtypes hold fixed-point values (f fractional bits); ``torch.bool`` and integer
     dtypes hold plain integers (comparison results, argmax indices)."""
 
-    _shares: pa.Pair
+    _shares: pa.Pair | None
+    _owed: tuple[torch.Tensor, int] | None
 
     @staticmethod
     def __new__(cls, shares: pa.Pair, dtype: torch.dtype = torch.float32) -> SharedTensor:
         first, second = shares
         if first.dtype != torch.int64 or second.dtype != torch.int64 or first.shape != second.shape:
             raise ValueError("shares must be two int64 tensors of one shape")
-        device = first.device
-        if device.type == "meta":  # a dry run's stand-in shares (tensor.dryrun) pose as CPU tensors
-            device = _CPU
-        out = torch.Tensor._make_wrapper_subclass(cls, first.shape, dtype=dtype, device=device)
-        out._shares = (first, second)
+        out = _wrapper(cls, first, dtype)
+        out._shares, out._owed = (first, second), None
         return out
 
     def __init__(self, shares: pa.Pair, dtype: torch.dtype = torch.float32) -> None:
         pass
 
+    @classmethod
+    def owing(cls, additive: torch.Tensor, bits: int, dtype: torch.dtype) -> SharedTensor:
+        """A fixed-point product whose truncation by ``bits`` is still owed (``additive``:
+        this party's 3-out-of-3 share of the product). It runs when the shares are first
+        read, so that a public power-of-two factor applied first rides in it
+        (``times_power_of_two``): a matmul and its scaling take one truncation."""
+        out = _wrapper(cls, additive, dtype)
+        out._shares, out._owed = None, (additive, bits)
+        return out
+
     @property
     def shares(self) -> pa.Pair:
-        """This party's pair (x_i, x_{i+1}) of ring tensors."""
+        """This party's pair (x_i, x_{i+1}) of ring tensors (an owed truncation runs first:
+        every party reads a tensor's shares at the same point of the same program)."""
+        if self._shares is None:
+            assert self._owed is not None
+            additive, bits = self._owed
+            if additive.device.type == "meta":  # a dry run's stand-in: nothing to compute
+                self._shares = (additive, additive)
+            else:
+                self._shares = pa.truncate_additive(current(), additive, bits)
+            self._owed = None
         return self._shares
+
+    def set_shares(self, shares: pa.Pair) -> None:
+        """Replace the value (in-place ops)."""
+        self._shares, self._owed = shares, None
+
+    def times_power_of_two(self, exponent: int) -> SharedTensor | None:
+        """self * 2^exponent folded into an owed truncation (no round of its own), or None
+        if there is none or it cannot take the factor."""
+        if self._owed is None or self._owed[1] - exponent < 1:
+            return None
+        additive, bits = self._owed
+        return SharedTensor.owing(additive, bits - exponent, self.dtype)
 
     def reveal(self, to: int | None = None) -> torch.Tensor | None:
         """Open the value: a plaintext tensor on every party (``to=None``) or on party ``to``
         only (the others get None)."""
         ctx = current()
-        plain = pa.reveal(ctx, self._shares, to)
+        plain = pa.reveal(ctx, self.shares, to)
         return None if plain is None else decode_as(plain, ctx.frac_bits, self.dtype)
 
     def __repr__(self, *, tensor_contents: Any = None) -> str:
