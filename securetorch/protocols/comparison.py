@@ -775,7 +775,7 @@ def _grouped_max(ctx: PartyContext, x: Pair) -> Pair:
     ALL_PAIRS_BUDGET comparisons (10 + ceil(log2(n-1)) rounds: 16 for n = 48), else within
     groups of 8, then of the winners (13 rounds per level of ceil(log8 n)); the tree needs 10
     per level of log2 n."""
-    if _max_path(tuple(x[0].shape), with_index=False) == "all_pairs":
+    if _max_path(tuple(x[0].shape), False, ctx.compare_bits, ctx.network) == "all_pairs":
         return _all_pairs_max(ctx, x)
     while x[0].shape[-1] > GROUP:
         width = x[0].shape[-1]
@@ -796,19 +796,43 @@ def max_last_dim(ctx: PartyContext, x: Pair, with_index: bool) -> tuple[Pair, Pa
     """Max (and optionally its index, as an integer) over the last dim: the tournament of
     ``_tournament``, or for small tensors without an index, grouped all-pairs comparisons
     (fewer rounds, more bytes)."""
-    if _max_path(tuple(x[0].shape), with_index) != "tournament":
+    if _max_path(tuple(x[0].shape), with_index, ctx.compare_bits, ctx.network) != "tournament":
         return _grouped_max(ctx, x), None
     value, index, _ = _tournament(ctx, x, with_index)
     return value, index
 
 
-def _max_path(shape: tuple[int, ...], with_index: bool) -> str:
-    """How ``max_last_dim`` runs on ``shape``: "tournament", or for small tensors without
-    an index "all_pairs" (the whole row in one batch) or "grouped" (groups of ``GROUP``)."""
+def _max_path(shape: tuple[int, ...], with_index: bool, bits: int, network: NetworkProfile | None) -> str:
+    """How ``max_last_dim`` runs on ``shape``: "tournament", or without an index "all_pairs"
+    (the whole row in one batch) or "grouped" (groups of ``GROUP``), whichever is faster on
+    ``network``; without one, all pairs (or groups beyond ALL_PAIRS_BUDGET comparisons) for
+    tensors up to SMALL_ELEMENTS elements."""
     width, numel = shape[-1], math.prod(shape)
-    if with_index or numel > SMALL_ELEMENTS or width <= 2:
+    if with_index or width <= 2:
         return "tournament"
-    return "all_pairs" if numel // width * width * (width - 1) // 2 <= ALL_PAIRS_BUDGET else "grouped"
+    one_batch = numel // width * width * (width - 1) // 2 <= ALL_PAIRS_BUDGET
+    fallback = "tournament" if numel > SMALL_ELEMENTS else "all_pairs" if one_batch else "grouped"
+    if network is None:
+        return fallback
+    return cheapest(network, {path: _max_path_cost(shape, path, bits, network) for path in _MAX_PATHS}, fallback)
+
+
+_MAX_PATHS = ("tournament", "all_pairs", "grouped")
+
+
+def _max_path_cost(shape: tuple[int, ...], path: str, bits: int, network: NetworkProfile | None) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``max_last_dim`` without an index by ``path``."""
+    width = shape[-1]
+    rows = math.prod(shape) // width
+    if path == "tournament":
+        return total_cost(_tournament_cost(rows, width, 1, bits, network))
+    if path == "all_pairs":
+        return total_cost(_all_pairs_max_cost(rows, width, bits, network))
+    costs = []
+    while width > GROUP:
+        width = -(-width // GROUP)
+        costs += _all_pairs_max_cost(rows * width, GROUP, bits, network)
+    return total_cost(costs + _all_pairs_max_cost(rows, width, bits, network))
 
 
 def argmax_onehot_last_dim(ctx: PartyContext, x: Pair) -> tuple[Pair, Pair]:
@@ -865,18 +889,10 @@ def max_last_dim_cost(
 ) -> Cost:
     """Exact (rounds, bytes of all parties) of ``max_last_dim`` on a tensor of ``shape``
     (``bits``: the context's ``compare_bits``), on parties whose context declares ``network``."""
-    width = shape[-1]
-    rows = math.prod(shape) // width
-    path = _max_path(shape, with_index)
-    if path == "tournament":
-        return total_cost(_tournament_cost(rows, width, 2 if with_index else 1, bits, network))
-    if path == "all_pairs":
-        return total_cost(_all_pairs_max_cost(rows, width, bits, network))
-    costs = []
-    while width > GROUP:
-        width = -(-width // GROUP)
-        costs += _all_pairs_max_cost(rows * width, GROUP, bits, network)
-    return total_cost(costs + _all_pairs_max_cost(rows, width, bits, network))
+    if with_index:
+        width = shape[-1]
+        return total_cost(_tournament_cost(math.prod(shape) // width, width, 2, bits, network))
+    return _max_path_cost(shape, _max_path(shape, False, bits, network), bits, network)
 
 
 def argmax_cost(shape: tuple[int, ...], bits: int, network: NetworkProfile | None = None) -> Cost:

@@ -1,6 +1,7 @@
-"""Issue #14's round target, as an exact counter: a GPT-2 base decode step (one token over a
-32-token KV cache, the secure argmax included) on parties that pick their protocols for the
-``wan`` profile (in one process, the profile's choices without its waits)."""
+"""Issue #14's round targets, as exact counters: a GPT-2 base decode step (one token over a
+32-token KV cache, the secure argmax included) and a 32-token forward to the logits, on
+parties that pick their protocols for the ``wan`` profile (in one process, the profile's
+choices without its waits)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import securetorch as puma
 transformers.logging.set_verbosity_error()
 
 DECODE_STEP_ROUNDS = 943  # with wan's choices; issue #14's target: at most 1000
+FORWARD_32_ROUNDS = 1184  # 32 tokens -> logits; the target: at most 1200
 
 
-def test_gpt2_base_decode_step_rounds_under_wan() -> None:
+def test_gpt2_base_rounds_under_wan() -> None:
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config()).eval()
     ids = torch.randint(1000, 20000, (1, 32), generator=torch.Generator().manual_seed(0))
@@ -23,6 +25,10 @@ def test_gpt2_base_decode_step_rounds_under_wan() -> None:
         secure_model = puma.secure(model, cluster=cluster)
         tokens = secure_model.generate(ids, max_new_tokens=2)
         step = secure_model.generation_costs[1]
+        cluster.reset_stats()
+        secure_model(input_ids=ids)
+        forward = cluster.stats()[0].rounds
     plain = model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
     assert torch.equal(tokens, plain)
     assert step.rounds == DECODE_STEP_ROUNDS <= 1000
+    assert forward == FORWARD_32_ROUNDS <= 1200

@@ -315,16 +315,18 @@ def test_all_pairs_max_for_small_tensors(sim, shape, rounds) -> None:
     assert results[0][1].rounds == rounds
 
 
-@pytest.mark.parametrize("shape", [(12, 1, 33), (3, 2, 9), (2, 300)])
-def test_all_pairs_max_by_counted_wins_on_a_slow_link(shape) -> None:
-    """Where rounds are dear (wan), each candidate's wins are counted from integer
-    comparisons and [count = g - 1] read from dealt tables: [x < 0] + 3 rounds a level,
-    the exact max with ties and masked logits (on loopback: the AND tree, 4 rounds more)."""
-    wan = PRESETS["wan"]
-    rows, width = shape[0] * (shape[1] if len(shape) == 3 else 1), shape[-1]
-    g = width if width <= pc.GROUP or shape[0] * width * (width - 1) // 2 <= pc.ALL_PAIRS_BUDGET else pc.GROUP
-    assert pc._all_pairs_variant(rows, g, 44, wan) == "count"
-    assert pc._all_pairs_variant(rows, g, 44, None) == "and_tree"
+@pytest.mark.parametrize(
+    ("shape", "path"),
+    [((12, 1, 33), "all_pairs"), ((3, 2, 9), "all_pairs"), ((2, 300), "all_pairs"), ((12, 32, 32), "grouped")],
+)
+def test_all_pairs_max_by_counted_wins_on_a_slow_link(shape, path) -> None:
+    """Where rounds are dear (wan), the max takes all pairs or groups of 8 even for tensors
+    the loopback rules send to the tournament, and each candidate's wins are counted from
+    integer comparisons and [count = g - 1] read from dealt tables: [x < 0] + 3 rounds a
+    level, the exact max with ties and masked logits (on loopback: the AND tree)."""
+    wan, width = PRESETS["wan"], shape[-1]
+    assert pc._max_path(shape, False, 44, wan) == path
+    assert pc._all_pairs_variant(12, 33, 44, wan) == "count" and pc._all_pairs_variant(12, 33, 44, None) == "and_tree"
     values = torch.randn(shape, generator=seeded(sum(shape)), dtype=torch.float64) * 10
     values.view(-1, width)[0, :2] = 50.0  # a tie
     values.view(-1, width)[-1, -1] = -(2.0**20)  # a masked logit
