@@ -27,6 +27,7 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 # Truncation is exact (up to one unit in the last place) for |x| < 2^62 in the ring.
 TRUNCATION_HEADROOM_BITS = 62
+MAX_TRUNCATION_BITS = 62  # truncations shift by 1..62 bits
 # From this many elements on, protocols with a bandwidth-optimal variant take it: one more
 # round, fewer bytes (truncation: 14.5 B per element less at f = 18; bit injection: 23.9 B
 # per bit less). 2^17 elements save >= 1.9 MB, more than a round costs on networks up to
@@ -183,7 +184,7 @@ def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
     2-round one below ``BYTES_BOUND_ELEMENTS`` elements and the 3-round one from there on.
     ``truncation_cost`` gives the exact rounds and bytes.
     """
-    if not 0 < bits < 63:
+    if not 0 < bits <= MAX_TRUNCATION_BITS:
         raise ValueError("truncation by 1..62 bits")
     if _truncation_variant(z.numel(), bits, ctx.network) == "masked_open":
         return _truncate_masked_open(ctx, z, bits)
@@ -234,7 +235,7 @@ def truncate_many(
     rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
     parts = [(z + zero_share(ctx, z.shape), bits, tables) for z, bits, tables in parts]
     for _, bits, tables in parts:
-        if not 0 < bits < 63:
+        if not 0 < bits <= MAX_TRUNCATION_BITS:
             raise ValueError("truncation by 1..62 bits")
         if tables is not None and not 0 < _index_bits(tables) <= 64 - bits:
             raise ValueError("lookup tables need 2^k entries, 0 < k <= 64 - bits")

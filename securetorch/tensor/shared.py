@@ -110,7 +110,7 @@ class SharedTensor(torch.Tensor):
     def times_power_of_two(self, exponent: int) -> SharedTensor | None:
         """self * 2^exponent folded into an owed truncation (no round of its own), or None
         if there is none or it cannot take the factor."""
-        if self._owed is None or self._owed[1] - exponent < 1:
+        if self._owed is None or not 1 <= self._owed[1] - exponent <= pa.MAX_TRUNCATION_BITS:
             return None
         additive, bits = self._owed
         return SharedTensor.owing(additive, bits - exponent, self.dtype)

@@ -197,14 +197,15 @@ def test_outside_a_party_is_a_clear_error() -> None:
 def test_a_power_of_two_scaling_rides_in_the_products_truncation(sim) -> None:
     """A secret @ secret product owes its truncation until its shares are read, so that a
     public power-of-two factor (attention's 1/sqrt(64)) rides in it: one truncation, 2
-    rounds; any other factor, or a read in between, takes a truncation of its own."""
+    rounds; any other factor (or one that would take it past 62 bits), or a read in between,
+    takes a truncation of its own."""
     g = torch.Generator().manual_seed(7)
     a, b = torch.randn(2, 5, 8, generator=g) * 3, torch.randn(2, 8, 6, generator=g) * 3
 
     def fn(a, b):
         x, y = (puma.share(v if puma.rank() == 0 else None, owner=0) for v in (a, b))
         outs, rounds = [], []
-        for scale in (lambda p: p * 0.125, lambda p: p / 8, lambda p: 2 * p, lambda p: p * 0.3):
+        for scale in (lambda p: p * 0.125, lambda p: p / 8, lambda p: 2 * p, lambda p: p * 0.3, lambda p: p * 2.0**-50):
             before = puma.stats()
             out = scale(torch.matmul(x, y)) + 1.0  # the addition reads the shares
             rounds.append((puma.stats() - before).rounds)
@@ -221,7 +222,8 @@ def test_a_power_of_two_scaling_rides_in_the_products_truncation(sim) -> None:
 
     outs, rounds = sim.run(fn, a, b)[0]
     product = (a.double() @ b.double()).float()
-    wants = [product * 0.125 + 1, product / 8 + 1, 2 * product + 1, product * 0.3 + 1, product * 0.125, product * 0.5]
+    wants = [product * 0.125 + 1, product / 8 + 1, 2 * product + 1, product * 0.3 + 1, product * 2.0**-50 + 1]
+    wants += [product * 0.125, product * 0.5]
     for got, want in zip(outs, wants, strict=True):
         assert float((got - want).abs().max()) <= 1e-4
-    assert rounds == [2, 2, 2, 4, 2]
+    assert rounds == [2, 2, 2, 4, 4, 2]  # 2^-50 would take the truncation past 62 bits: one of its own
