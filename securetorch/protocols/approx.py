@@ -305,7 +305,9 @@ def activation_cost(
     ``silu``, ``sigmoid`` or ``tanh`` on n elements, on parties whose context declares
     ``network``."""
     if name in _EVEN_TARGETS:
-        return _gelu_variants(name, n, frac_bits, compare_bits, network)[_gelu_variant(name, n, compare_bits, network)]
+        return _gelu_variants(name, n, frac_bits, compare_bits, network)[
+            _gelu_variant(name, n, frac_bits, compare_bits, network)
+        ]
     return _tail_form_cost(name, n, frac_bits, compare_bits, network)
 
 
@@ -381,9 +383,11 @@ def _gelu_variants(
     }
 
 
-def _gelu_variant(name: str, n: int, compare_bits: int, network: NetworkProfile | None) -> str:
-    """The faster form on ``network``; without one, the tail form."""
-    return cheapest(network, _gelu_variants(name, n, DEFAULT_FRAC_BITS, compare_bits, network), "tail")
+@functools.cache
+def _gelu_variant(name: str, n: int, frac_bits: int, compare_bits: int, network: NetworkProfile | None) -> str:
+    """The faster form on ``network``; without one, the tail form (cached: a pure function
+    of public facts, asked on every call)."""
+    return cheapest(network, _gelu_variants(name, n, frac_bits, compare_bits, network), "tail")
 
 
 def _relu_minus_tail(ctx: PartyContext, x: Pair, name: str) -> Pair:
@@ -398,7 +402,7 @@ def gelu(ctx: PartyContext, x: Pair, approximate: str = "none") -> Pair:
     one or two comparisons and a product), the polynomial (8 rounds) and a product; or, where
     the network makes rounds dear, the even form (``_gelu_even``: 3 rounds fewer)."""
     name = "gelu_tanh" if approximate == "tanh" else "gelu"
-    if _gelu_variant(name, x[0].numel(), ctx.compare_bits, ctx.network) == "even":
+    if _gelu_variant(name, x[0].numel(), ctx.frac_bits, ctx.compare_bits, ctx.network) == "even":
         return _gelu_even(ctx, x, name)
     return _relu_minus_tail(ctx, x, name)
 
@@ -512,6 +516,7 @@ def _softmax_exp_variants(n: int, frac_bits: int, network: NetworkProfile | None
     return {"polynomial": exp_cost(n, frac_bits, network), "lookup": exp_lookup_cost(n, frac_bits, network)}
 
 
+@functools.cache
 def _softmax_exp_variant(n: int, frac_bits: int, network: NetworkProfile | None) -> str:
     return cheapest(network, _softmax_exp_variants(n, frac_bits, network), "polynomial")
 
@@ -794,7 +799,7 @@ class _Output:
         fallback = "folded" if self.multiplier[0] <= FOLD_ELEMENTS else "separate"
         return cheapest(self.network, variants, fallback) == "folded"
 
-    def side(self, ctx: PartyContext, g: Pair, multiplier: Multiplier | None) -> list[tuple[torch.Tensor, int, None]]:
+    def side(self, g: Pair, multiplier: Multiplier | None) -> list[tuple[torch.Tensor, int, None]]:
         """The folded multiplier's first product, as a part for ``truncate_many``."""
         if multiplier is None or not self.folded:
             return []
@@ -882,9 +887,9 @@ def reciprocal(ctx: PartyContext, x: Pair, multiplier: Multiplier | None = None)
     top, n = bits - 1, x[0].numel()
     out = _Output(top + 1 - 2 * f, 0, 1.0, _multiplier_size(x, multiplier), ctx.network)
     (g,) = powers_of_highest_bit(ctx, x, bits, [[top - j for j in range(bits)]])
-    side = out.side(ctx, g, multiplier)
+    side = out.side(g, multiplier)
     z = pa.mul_local(x, g)  # c 2^(T+1)
-    if _normaliser_variant(n, _reciprocal_variants(n, f, bits, out), ctx.network) == "lookup":
+    if _reciprocal_variant(n, f, bits, out) == "lookup":
         y, side = _normalised_lookup(ctx, z, top + 1, "reciprocal", f, side)  # y G < 2^62 at f bits
         return out.result(ctx, y, f, g, side, multiplier)
     s = RECIPROCAL_SCALE
@@ -910,6 +915,12 @@ def _reciprocal_variants(n: int, frac_bits: int, compare_bits: int, out: _Output
     }  # fmt: skip
 
 
+@functools.cache
+def _reciprocal_variant(n: int, frac_bits: int, compare_bits: int, out: _Output) -> str:
+    """The variant ``reciprocal`` runs (cached: a pure function of public facts)."""
+    return _normaliser_variant(n, _reciprocal_variants(n, frac_bits, compare_bits, out), out.network)
+
+
 def reciprocal_cost(
     n: int,
     frac_bits: int = DEFAULT_FRAC_BITS,
@@ -920,8 +931,7 @@ def reciprocal_cost(
     """Exact (rounds, bytes of all parties) of ``reciprocal`` on n elements (``multiplier``:
     its elements after broadcasting and its scale)."""
     out = _Output(compare_bits - 2 * frac_bits, 0, 1.0, multiplier, network)
-    variants = _reciprocal_variants(n, frac_bits, compare_bits, out)
-    return variants[_normaliser_variant(n, variants, network)]
+    return _reciprocal_variants(n, frac_bits, compare_bits, out)[_reciprocal_variant(n, frac_bits, compare_bits, out)]
 
 
 RSQRT_SCALE = 28
@@ -962,9 +972,9 @@ def rsqrt(
     powers = powers_of_highest_bit(ctx, x, bits, lists)
     g2 = powers[0]
     g1 = powers[1] if len(powers) == 2 else ring_mul_many(ctx, [g2], [g2])[0]  # large: G1 = G2^2
-    side = out.side(ctx, g2, multiplier)
+    side = out.side(g2, multiplier)
     z = pa.mul_local(x, g1)  # u 2^(2 T2)
-    if _normaliser_variant(n, _rsqrt_variants(n, f, bits, out), ctx.network) == "lookup":
+    if _rsqrt_variant(n, f, bits, out) == "lookup":
         w, side = _normalised_lookup(ctx, z, 2 * half_top, "rsqrt", LOOKUP_SCALE, side)
         return out.result(ctx, w, LOOKUP_SCALE, g2, side, multiplier)
     s = RSQRT_SCALE
@@ -1016,6 +1026,12 @@ def _rsqrt_variants(n: int, frac_bits: int, compare_bits: int, out: _Output) -> 
     }  # fmt: skip
 
 
+@functools.cache
+def _rsqrt_variant(n: int, frac_bits: int, compare_bits: int, out: _Output) -> str:
+    """The variant ``rsqrt`` runs (cached: a pure function of public facts)."""
+    return _normaliser_variant(n, _rsqrt_variants(n, frac_bits, compare_bits, out), out.network)
+
+
 def rsqrt_cost(
     n: int,
     in_scale: int | None = None,
@@ -1032,8 +1048,7 @@ def rsqrt_cost(
     out_scale = frac_bits if out_scale is None else out_scale
     half_top = _rsqrt_powers(n, compare_bits)[0]
     out = _Output(half_top - in_scale // 2 - out_scale, _rsqrt_extra_bits(times), times, multiplier, network)
-    variants = _rsqrt_variants(n, frac_bits, compare_bits, out)
-    return variants[_normaliser_variant(n, variants, network)]
+    return _rsqrt_variants(n, frac_bits, compare_bits, out)[_rsqrt_variant(n, frac_bits, compare_bits, out)]
 
 
 # --------------------------------------------------------------------------- composites

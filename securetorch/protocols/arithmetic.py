@@ -265,13 +265,14 @@ def truncate_many(
         my_w = torch.where(logical_shift_right(c, 63).bool(), options[1], options[0])
         sends.append(pack_uint(my_w, bits))
         high = logical_shift_right(c, bits) - (1 << (TRUNCATION_HEADROOM_BITS - bits))
+        shown = None  # this party's read share of the lookups, less its mask
         if tables is not None:
             if ctx.rank == rank_b:
                 table_a = next(from_dealer).view(tables.shape[0], z.numel(), tables.shape[1])
             index = (high.reshape(1, -1, 1) & (tables.shape[1] - 1)).expand(tables.shape[0], -1, 1)
             shown = table_a.gather(2, index).view(rho.shape) - rho
             sends.append(shown)
-        opened.append((my_w, high, shown if tables is not None else None))
+        opened.append((my_w, high, shown))
     got = iter(ctx.net.exchange({other: sends}, [other])[other])
     out = []
     for (z, bits, _), (u_part, _, _, rho), (my_w, high, shown) in zip(parts, drawn, opened, strict=True):

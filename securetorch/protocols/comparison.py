@@ -760,8 +760,10 @@ def _all_pairs_variants(rows: int, g: int, bits: int, network: NetworkProfile | 
     return {"and_tree": and_tree, "count": count}
 
 
+@functools.cache
 def _all_pairs_variant(rows: int, g: int, bits: int, network: NetworkProfile | None) -> str:
-    """The faster on ``network``; without one, the AND tree (fewer bytes)."""
+    """The faster on ``network``; without one, the AND tree (fewer bytes). Cached: a pure
+    function of public facts, asked on every call."""
     variants = _all_pairs_variants(rows, g, bits, network)
     return cheapest(network, {name: total_cost(costs) for name, costs in variants.items()}, "and_tree")
 
@@ -802,11 +804,12 @@ def max_last_dim(ctx: PartyContext, x: Pair, with_index: bool) -> tuple[Pair, Pa
     return value, index
 
 
+@functools.cache
 def _max_path(shape: tuple[int, ...], with_index: bool, bits: int, network: NetworkProfile | None) -> str:
     """How ``max_last_dim`` runs on ``shape``: "tournament", or without an index "all_pairs"
     (the whole row in one batch) or "grouped" (groups of ``GROUP``), whichever is faster on
     ``network``; without one, all pairs (or groups beyond ALL_PAIRS_BUDGET comparisons) for
-    tensors up to SMALL_ELEMENTS elements."""
+    tensors up to SMALL_ELEMENTS elements. Cached: a pure function of public facts."""
     width, numel = shape[-1], math.prod(shape)
     if with_index or width <= 2:
         return "tournament"

@@ -236,7 +236,7 @@ def test_gelu_by_its_even_form_where_rounds_are_dear(approximate) -> None:
     inputs, at its cost function's cost."""
     wan = PRESETS["wan"]
     name = "gelu_tanh" if approximate == "tanh" else "gelu"
-    assert ap._gelu_variant(name, 3072, 44, wan) == "even" and ap._gelu_variant(name, 3072, 44, None) == "tail"
+    assert ap._gelu_variant(name, 3072, 18, 44, wan) == "even" and ap._gelu_variant(name, 3072, 18, 44, None) == "tail"
     variants = ap._gelu_variants(name, 3072, 18, 44, wan)
     assert (
         variants["even"][0] + 3 == variants["tail"][0]
