@@ -60,18 +60,25 @@ PRESETS: dict[str, NetworkProfile] = {
 }
 
 
-def cheapest(network: NetworkProfile | None, variants: Mapping[str, tuple[int, int]], fallback: str) -> str:
+def cheapest(
+    network: NetworkProfile | None,
+    variants: Mapping[str, tuple[int, int]],
+    fallback: str,
+    work: Mapping[str, float] | None = None,
+) -> str:
     """The protocol variant to run: of ``variants`` (name -> exact (rounds, bytes of all
     parties)), the one with the least time on ``network``, rounds x RTT + a party's bytes
-    (a third of all: each party sends on its own links) / bandwidth, fewer bytes on a tie;
-    without a network, ``fallback`` (the size rules tuned on loopback). A pure function of
-    public facts, so every party picks the same."""
+    (a third of all: each party sends on its own links) / bandwidth + the local seconds
+    ``work`` estimates for a variant whose local work is far above the others' (absent: 0),
+    fewer bytes on a tie; without a network, ``fallback`` (the size rules tuned on
+    loopback). A pure function of public facts, so every party picks the same."""
     if network is None:
         return fallback
+    extra = work or {}
 
     def seconds(name: str) -> tuple[float, int]:
         rounds, nbytes = variants[name]
-        return rounds * network.rtt_s + nbytes / 3 * 8 / network.bandwidth_bps, nbytes
+        return rounds * network.rtt_s + nbytes / 3 * 8 / network.bandwidth_bps + extra.get(name, 0.0), nbytes
 
     return min(variants, key=seconds)
 

@@ -16,7 +16,7 @@ from securetorch.protocols import comparison as pc
 from securetorch.protocols.boolean import reveal_bits, unpack_bits
 from securetorch.session.context import current
 
-from ..conftest import seeded
+from ..conftest import chi_square_critical, seeded
 
 U = 2.0**-18
 F = torch.nn.functional
@@ -351,21 +351,39 @@ def test_grouped_max_beyond_the_all_pairs_budget(sim) -> None:
     assert float((sim.run(fn, values)[0] - values.amax(-1)).abs().max()) <= U
 
 
-def _dealt_sign_job(values, bits, depth, ring_bits):
+def _sign_job(values: torch.Tensor, bits: int, variant: str, ring_bits: int | None) -> list:
+    """The sign of shared ``values`` by ``variant`` (tables1..3 or zero_test), once with
+    every party as dealer: (opened result, cost) per run."""
     ctx = current()
     x = pa.share_from_party(ctx, values if ctx.rank == 0 else None, 0)
-    plan = pc._TABLE_PLANS[f"tables{depth}"](bits, ring_bits)
     outs = []
     for _ in range(3):  # every party deals once
         before = puma.stats()
-        out = pc._dealt_sign(ctx, x, bits, plan, ring_bits)
+        if variant == "zero_test":
+            out = pc._zero_test_sign(ctx, x, bits, ring_bits)
+        else:
+            out = pc._dealt_sign(ctx, x, bits, pc._TABLE_PLANS[variant](bits, ring_bits), ring_bits)
         cost = puma.stats() - before
         if ring_bits is None:
             opened = unpack_bits(reveal_bits(ctx, out), values.numel())
         else:
             opened = pa.reveal(ctx, out) & ((1 << ring_bits) - 1)
         outs.append((opened, cost))
-    return outs, plan.cost(values.numel(), bits, ring_bits)
+    return outs
+
+
+def _sign_inputs(bits: int, seed: int) -> torch.Tensor:
+    """Ring values for a sign test on l = ``bits``: random over the ring and within
+    +-2^(l-1), 0, +-1, the edges +-2^(l-1), the ring's extremes and a value whose low l - 1
+    bits are all ones."""
+    g = torch.Generator().manual_seed(seed)
+    edge = 1 << (bits - 1)
+    edges = [0, 1, -1, edge - 1, -edge, edge, 2**63 - 1, -(2**63), edge - 1 + (5 << bits)]
+    return torch.cat([
+        torch.randint(-(2**63), 2**63 - 1, (500,), generator=g, dtype=torch.int64),
+        torch.randint(-min(edge, 2**62), min(edge, 2**62), (500,), generator=g, dtype=torch.int64),
+        torch.tensor([(v + 2**63) % 2**64 - 2**63 for v in edges], dtype=torch.int64),
+    ])  # fmt: skip
 
 
 @pytest.mark.parametrize("bits", [44, 13, 64])
@@ -374,22 +392,16 @@ def test_dealt_sign_is_the_top_bit_exactly_at_its_cost(sim, bits, depth) -> None
     """The sign from dealt tables: the top bit of x mod 2^l for any ring value (random,
     0, +-1, the edges +-2^(l-1)), as packed bits and as integers (full ring and a small
     one), for every dealer, at exactly ``TablePlan.cost``'s rounds and bytes."""
-    g = torch.Generator().manual_seed(bits * 10 + depth)
-    edge = 1 << (bits - 1)
-    edges = [0, 1, -1, edge - 1, -edge, edge, 2**63 - 1, -(2**63)]
-    values = torch.cat([
-        torch.randint(-(2**63), 2**63 - 1, (500,), generator=g, dtype=torch.int64),
-        torch.randint(-min(edge, 2**62), min(edge, 2**62), (500,), generator=g, dtype=torch.int64),
-        torch.tensor([(v + 2**63) % 2**64 - 2**63 for v in edges], dtype=torch.int64),
-    ])  # fmt: skip
+    values = _sign_inputs(bits, bits * 10 + depth)
     want = (values >> (bits - 1)) & 1
     for ring_bits in (None, 64, 20):
-        results = sim.run(_dealt_sign_job, values, bits, depth, ring_bits)
+        results = sim.run(_sign_job, values, bits, f"tables{depth}", ring_bits)
+        plan_cost = pc._TABLE_PLANS[f"tables{depth}"](bits, ring_bits).cost(values.numel(), bits, ring_bits)
         for k in range(3):
-            assert torch.equal(results[0][0][k][0], want), (ring_bits, k)
-            cost = total([r[0][k][1] for r in results])
-            assert (cost.rounds, cost.bytes_sent) == results[0][1]
-        assert results[0][1][0] == depth + 2
+            assert torch.equal(results[0][k][0], want), (ring_bits, k)
+            cost = total([r[k][1] for r in results])
+            assert (cost.rounds, cost.bytes_sent) == plan_cost
+        assert plan_cost[0] == depth + 2
 
 
 def test_the_network_picks_tables_or_the_circuit_for_a_comparison() -> None:
@@ -411,8 +423,100 @@ def test_dealt_sign_on_a_few_elements(sim, n) -> None:
     """One element, and a count that is no multiple of 4 or 8 (padded symbols and bits)."""
     values = torch.randint(-(2**43), 2**43, (n,), generator=torch.Generator().manual_seed(n), dtype=torch.int64)
     for ring_bits in (None, 64):
-        results = sim.run(_dealt_sign_job, values, 44, 2, ring_bits)
+        results = sim.run(_sign_job, values, 44, "tables2", ring_bits)
         for k in range(3):
-            assert torch.equal(results[0][0][k][0], (values < 0).long()), (ring_bits, k)
-            cost = total([r[0][k][1] for r in results])
-            assert (cost.rounds, cost.bytes_sent) == results[0][1]
+            assert torch.equal(results[0][k][0], (values < 0).long()), (ring_bits, k)
+            cost = total([r[k][1] for r in results])
+            assert (cost.rounds, cost.bytes_sent) == pc._TABLE_PLANS["tables2"](44, ring_bits).cost(n, 44, ring_bits)
+
+
+@pytest.mark.parametrize("bits", [44, 13, 64, 4])
+def test_zero_test_sign_is_the_top_bit_exactly_at_its_cost(sim, bits) -> None:
+    """The sign by a masked zero test: the top bit of x mod 2^l for any ring value (edges
+    included, and c's low bits all ones whichever way the test runs), as packed bits (3
+    rounds) and as integers (4), for every dealer, at exactly ``_zero_test_cost``."""
+    values = _sign_inputs(bits, bits)
+    want = (values >> (bits - 1)) & 1
+    for ring_bits in (None, 64, 20):
+        results = sim.run(_sign_job, values, bits, "zero_test", ring_bits)
+        for k in range(3):
+            assert torch.equal(results[0][k][0], want), (ring_bits, k)
+            cost = total([r[k][1] for r in results])
+            assert (cost.rounds, cost.bytes_sent) == pc._zero_test_cost(values.numel(), bits, ring_bits)
+        assert cost.rounds == (3 if ring_bits is None else 4)
+
+
+@pytest.mark.parametrize("n", [1, 13])
+def test_zero_test_sign_on_a_few_elements(sim, n) -> None:
+    values = torch.randint(-(2**43), 2**43, (n,), generator=seeded(n), dtype=torch.int64)
+    results = sim.run(_sign_job, values, 44, "zero_test", 64)
+    assert all(torch.equal(results[0][k][0], (values < 0).long()) for k in range(3))
+
+
+def test_draws_below_a_bound_are_exact_and_in_step() -> None:
+    """``_draw_below``: integers in [0, q), each value about equally often, the same on two
+    holders of a key, for a q that refuses some 31-bit draws and a power of two that refuses
+    none."""
+    from securetorch.prg import AesPrg
+
+    for q in (47, 16):
+        one, two = (pc._draw_below(AesPrg(bytes(16)), (600, 50), q) for _ in range(2))
+        assert torch.equal(one, two) and one.dtype == torch.int32
+        counts = torch.bincount(one.reshape(-1).long(), minlength=q).double()
+        assert counts.numel() == q
+        expected = one.numel() / q
+        assert float(((counts - expected) ** 2 / expected).sum()) < chi_square_critical(q - 1, z=4.753)
+
+
+def _tournament_job(v: torch.Tensor) -> tuple:
+    ctx = current()
+    x = secret(v).shares
+    before = puma.stats()
+    index, onehot = pc.argmax_onehot_last_dim(ctx, x)
+    argmax = puma.stats() - before
+    value, at = pc.max_last_dim(ctx, x, with_index=True)
+    at_cost = puma.stats() - before - argmax
+    return (
+        pa.reveal(ctx, index),
+        pa.reveal(ctx, onehot),
+        puma.SharedTensor(value, torch.float64),
+        pa.reveal(ctx, at),
+        argmax,
+        at_cost,
+    )
+
+
+@pytest.mark.parametrize("network", ["wan", None])
+def test_tournament_levels_with_the_select_inside_the_zero_test(network) -> None:
+    """On wan each level of the max and argmax tree is one ``_zero_test_select`` (4 rounds,
+    the select riding in the test's last two); on loopback a comparison and a product round.
+    Both give plaintext's max, first index of a tie and one-hot, at exactly their costs."""
+    profile = PRESETS.get(network or "")
+    shape = (3, 100)
+    assert pc._level_variant(3 * 50, 2, True, 44, profile) == ("zero_test" if network else "select")
+    values = torch.randn(shape, generator=seeded(3), dtype=torch.float64) * 8
+    values[1, 17] = values[1, 90] = values[1].max() + 1  # a tie: the first index wins
+    values[2, -1] = -(2.0**20)  # a masked logit
+    with puma.Simulator(network=profile, play_network=False) as sim:
+        results = sim.run(_tournament_job, values)
+    index, onehot, value, at, argmax, at_cost = results[0]
+    assert torch.equal(index, values.argmax(-1)) and torch.equal(at, values.argmax(-1))
+    assert torch.equal(onehot, F.one_hot(values.argmax(-1), shape[-1]))
+    assert float((value - values.amax(-1)).abs().max()) <= U
+    assert (argmax.rounds, sum(r[4].bytes_sent for r in results)) == pc.argmax_cost(shape, 44, profile)
+    assert (at_cost.rounds, sum(r[5].bytes_sent for r in results)) == pc.max_last_dim_cost(shape, True, 44, profile)
+    if network:
+        assert at_cost.rounds == 4 * 7
+
+
+def test_the_zero_test_where_rounds_outweigh_its_local_work() -> None:
+    """The policy takes the zero test where its rounds save more than its local work costs:
+    on wan for a few thousand comparisons and for the first level of a 12 x 128 x 128
+    softmax's max; not on lan, and not for that level under puma, whose 1 ms rounds are
+    cheaper than the test's work on 98304 comparisons."""
+    wan, lan, puma_profile = PRESETS["wan"], PRESETS["lan"], PRESETS["puma"]
+    assert pc._sign_variant(3072, 44, 64, wan) == "zero_test"
+    assert pc._level_variant(98304, 1, False, 44, wan) == "zero_test"
+    assert pc._sign_variant(3072, 44, 64, lan) != "zero_test"
+    assert pc._level_variant(98304, 1, False, 44, puma_profile) == "select"
+    assert pc._level_variant(98304, 1, False, 44, lan) == "select"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 import securetorch as puma
+from securetorch.protocols import comparison as pc
+from securetorch.protocols.boolean import unpack_uint
 from securetorch.protocols.sampling import SamplingSettings, sample
 from securetorch.session.context import current
 
-from ..conftest import chi_square_uniform_bytes, received_tensors
+from ..conftest import chi_square_critical, chi_square_uniform_bytes, received_tensors
 
 
 def recording(fn):
@@ -146,3 +148,64 @@ def test_driver_inputs_and_outputs_stay_with_the_driver(cluster) -> None:
     total = pairs[0][0] + pairs[1][0] + pairs[2][0]
     assert torch.equal(total, puma.ring.encode(secret, 18))
     assert torch.equal(results[0][1], secret * 2)
+
+
+def _chi_square(values: torch.Tensor, low: int, high: int) -> tuple[float, float]:
+    """Chi-square statistic of integer ``values`` vs uniform on [low, high), and the critical
+    value at p = 1e-6."""
+    counts = torch.bincount(values.reshape(-1).long() - low, minlength=high - low).double()
+    assert counts.numel() == high - low, "values out of range"
+    expected = values.numel() / (high - low)
+    return float(((counts - expected) ** 2 / expected).sum()), chi_square_critical(high - low - 1, z=4.753)
+
+
+def test_every_message_of_the_zero_test_is_uniform(cluster) -> None:
+    """The comparison by a masked zero test, on a constant (so any leak would repeat): B's
+    shares of r's bits and each masked term D receives are uniform in Z_p; what D can add up,
+    s_i d_i, is uniform in Z_p* but for at most one zero per comparison, which occurs in half
+    the comparisons and in every place equally often; the opened c and the parts of the
+    result are uniform bytes."""
+    n, bits = 20_000, 44
+    low = bits - 1
+    p = pc._zero_test_prime(low)
+
+    width = p.bit_length()
+    terms_bytes = (n * low * width + 7) // 8
+
+    def fn():
+        ctx = current()
+        x = puma.share(torch.full((n,), 3.0) if puma.rank() == 0 else None, owner=0)
+        calls = []
+        for _ in range(3):  # each party takes the dealer role once
+            got: list[tuple[int, torch.Tensor]] = []
+            remove = ctx.net.add_receive_hook(lambda peer, tensors, got=got: got.extend((peer, t) for t in tensors))
+            pc._zero_test_sign(ctx, x.shares, bits, 64)
+            remove()
+            calls.append(got)
+        return calls
+
+    results = cluster.run(fn)
+    for call in range(3):
+        views = {rank: results[rank][call] for rank in range(3)}
+        # D receives exactly the two masked vectors; B receives D's shares of r's bits
+        dealer = next(r for r in range(3) if [t.numel() for _, t in views[r]] == [terms_bytes] * 2)
+        rank_b = (dealer + 2) % 3
+        terms = [unpack_uint(t, width, (n, low)) for _, t in views[dealer]]
+        r_shares = [t for peer, t in views[rank_b] if peer == dealer and t.numel() == terms_bytes]
+        assert len(r_shares) == 1
+        for values in [*terms, unpack_uint(r_shares[0], width, (n, low))]:
+            stat, critical = _chi_square(values, 0, p)
+            assert stat < critical, (call, stat, critical)
+        tested = (terms[0] + terms[1]) % p
+        zeros = tested == 0
+        assert int(zeros.sum(1).max()) <= 1
+        rows_with_zero = int(zeros.any(1).sum())
+        assert abs(rows_with_zero - n / 2) < 5 * (n / 4) ** 0.5, rows_with_zero
+        stat, critical = _chi_square(zeros.nonzero()[:, 1], 0, low)
+        assert stat < critical, ("zero places", stat, critical)
+        stat, critical = _chi_square(tested[~zeros], 1, p)
+        assert stat < critical, ("nonzero terms", stat, critical)
+        for rank in ((dealer + 1) % 3, rank_b):
+            rest = [t for _, t in views[rank] if t is not r_shares[0]]
+            stat, critical = chi_square_uniform_bytes(uniform_payload(rest))
+            assert stat < critical, (rank, stat, critical)
