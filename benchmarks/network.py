@@ -3,10 +3,10 @@
 * **played**: a BERT-base forward (16 tokens, seeded random weights) and a GPT-2 base decode
   step (the second token after a 32-token prompt, KV cache, secure argmax) run by parties
   whose links play the profile (``comm/profile.py``'s emulator), beside the projection
-  compute + rounds x RTT + bytes / bandwidth (compute: the loopback run's seconds; rounds
-  and bytes: the played run's, whose parties pick protocol variants for the profile; BERT:
-  the busiest party's bytes, as each party sends on its own links; decode: a third of all
-  parties' bytes);
+  compute + rounds x RTT + bytes / bandwidth (compute: the seconds of a run that picks the
+  profile's protocol variants without playing its waits, so it does the played run's local
+  work; rounds and bytes: the played run's; BERT: the busiest party's bytes, as each party
+  sends on its own links; decode: a third of all parties' bytes);
 * **against SPU-PUMA**: BERT-base at 16 and 128 tokens and GPT-2 base 32 tokens -> logits
   on parties that pick variants for the profile without playing it (``play_network=False``),
   projected as REFERENCE.md projects SPU-PUMA's loopback measurement: seconds + rounds x RTT
@@ -72,10 +72,10 @@ def _forward(
     }
 
 
-def _decode_step(profile: NetworkProfile | None) -> dict[str, Any]:
+def _decode_step(profile: NetworkProfile | None, play: bool = True) -> dict[str, Any]:
     """The second generated token (one token over the KV cache, secure argmax)."""
     model, inputs = _gpt2()
-    with puma.LocalCluster(network=profile) as cluster:
+    with puma.LocalCluster(network=profile, play_network=play) as cluster:
         secure_model = puma.secure(model, cluster=cluster)
         tokens = secure_model.generate(inputs["input_ids"], max_new_tokens=2)
         step = secure_model.generation_costs[1]
@@ -91,21 +91,24 @@ def _decode_step(profile: NetworkProfile | None) -> dict[str, Any]:
 def played_rows() -> list[dict[str, Any]]:
     """BERT-base 16 tokens and a GPT-2 decode step on loopback and played on each preset."""
     rows = []
+    bert = _bert(BERT_TOKENS)
     cases = (
-        (f"BERT-base, {BERT_TOKENS} tokens", lambda p: _forward(_bert(BERT_TOKENS), p), "busiest_party_bytes", 1),
+        (f"BERT-base, {BERT_TOKENS} tokens", lambda p, play=True: _forward(bert, p, play), "busiest_party_bytes", 1),
         (f"GPT-2 base, decode step after {PROMPT} tokens", _decode_step, "bytes", 3),
     )
     for name, run, nbytes, parties in cases:
-        loopback = run(None)
-        rows.append({"workload": name, "profile": "loopback", **loopback})
+        rows.append({"workload": name, "profile": "loopback", **run(None)})
         for profile in PRESETS.values():
             played = run(profile)
-            # the parties pick protocol variants for the profile: its rounds and bytes, loopback's compute
-            projected = profile.projected_seconds(loopback["seconds"], played["rounds"], played[nbytes] / parties)
+            # the profile's protocol variants without its waits: the played run's local work
+            compute = run(profile, play=False)
+            assert (compute["rounds"], compute[nbytes]) == (played["rounds"], played[nbytes])
+            projected = profile.projected_seconds(compute["seconds"], played["rounds"], played[nbytes] / parties)
             rows.append({
                 "workload": name,
                 "profile": profile.name,
                 **played,
+                "compute_seconds": compute["seconds"],
                 "projected_seconds": round(projected, 2),
                 "played_vs_projected": round(played["seconds"] / projected, 3),
             })  # fmt: skip

@@ -211,16 +211,18 @@ def _network_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
         f"## Time on a link (`{COMMANDS['network']}`)",
         "",
         "Played: the parties' links play the profile (and the parties pick protocol variants for it); "
-        "projected: the loopback run's seconds + the played run's rounds × RTT + its bytes ÷ bandwidth "  # noqa: RUF001
+        "projected: the seconds of a run with the profile's protocol variants but without its waits "
+        "+ the played run's rounds × RTT + its bytes ÷ bandwidth "  # noqa: RUF001
         "(BERT: the busiest party's bytes; decode: a third of all parties').",
         "",
-        "| workload | profile | seconds | rounds | MB (all parties) | projected seconds | played / projected |",
-        "|---|---|---|---|---|---|---|",
+        "| workload | profile | seconds | compute seconds | rounds | MB (all parties) | projected seconds "
+        "| played / projected |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in played:
         lines.append(
-            f"| {r['workload']} | {r['profile']} | {r['seconds']} | {r['rounds']} | {_mb(r['bytes'])} "
-            f"| {r.get('projected_seconds', '')} | {r.get('played_vs_projected', '')} |"
+            f"| {r['workload']} | {r['profile']} | {r['seconds']} | {r.get('compute_seconds', '')} | {r['rounds']} "
+            f"| {_mb(r['bytes'])} | {r.get('projected_seconds', '')} | {r.get('played_vs_projected', '')} |"
         )
     if against:
         lines += [
