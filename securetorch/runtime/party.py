@@ -105,6 +105,8 @@ SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 CLOSED_SESSIONS = 1024
 """How many ended sessions a party remembers: a schedule party 0 sent for one of them is
 dropped at once instead of waiting the timeout for a request that will not come."""
+MAX_REASON_CHARS = 500
+"""Of a PartyError's text passed on to the other parties with an abort."""
 
 
 def _die_with_parent() -> None:
@@ -560,11 +562,14 @@ class PartyServer:
                 self.sessions.pop(session.id, None)  # a failed setup abandons that session only
             self._error(route, request.request, exc, session.driver, with_traceback=request.verb is Verb.RUN)
             if not isinstance(exc, PeerAbort):  # tell the others at once, so that they stop waiting
+                # only the type of an error that may carry data; a PartyError's own text (a
+                # silent or dead peer, an abandoned request) says which party failed
+                said = f": {exc}"[:MAX_REASON_CHARS] if type(exc) is PartyError else ""
                 self.net.notify(
                     [r for r in range(3) if r != self.rank],
                     job,
                     True,
-                    {"reason": f"party {self.rank}: {type(exc).__name__}"},
+                    {"reason": f"party {self.rank}: {type(exc).__name__}{said}"},
                 )
             return
         finally:

@@ -67,6 +67,23 @@ def test_exception_in_one_party_is_raised_and_cluster_recovers(cluster) -> None:
     )
 
 
+def test_an_abort_passes_on_a_party_errors_text(cluster) -> None:
+    """The peers of a party that failed with a PartyError (a silent or dead peer) stop with
+    its abort, which carries that text, so every report names the party at fault whichever
+    notice arrives first (other errors pass on their type only: their text may carry data)."""
+
+    def fn():
+        if puma.rank() == 2:
+            raise puma.PartyError("party 2: no message from party 1 within 3.0 s")
+        x = puma.share(torch.ones(3) if puma.rank() == 0 else None, owner=0)
+        return x.reveal()
+
+    with pytest.raises(puma.PartyError) as info:
+        cluster.run(fn)
+    waiting = {rank: text for rank, text in info.value.party_errors.items() if rank != 2}
+    assert waiting and all("party 2: no message from party 1" in text for text in waiting.values())
+
+
 def test_killed_party_raises_party_error_and_leaves_no_orphans() -> None:
     timeout = 3.0
     cluster = puma.LocalCluster(timeout=timeout)
