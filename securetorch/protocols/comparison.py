@@ -453,7 +453,7 @@ def _sign_variants(
 def _sign_variant(n: int, bits: int, ring_bits: int | None, network: NetworkProfile | None) -> str:
     variants = _sign_variants(n, bits, ring_bits, network)
     fallback = "tables2" if n <= TABLE_ELEMENTS and "tables2" in variants else "circuit"
-    return cheapest(network, variants, fallback, _zero_test_work(n, bits))
+    return cheapest(network, variants, fallback, {"zero_test": _zero_test_seconds(n, bits)})
 
 
 @functools.cache
@@ -508,6 +508,19 @@ def _combine(children: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
     return lt, eq
 
 
+def _dealer_mask(ctx: PartyContext, rank_a: int, rank_b: int, n: int) -> torch.Tensor:
+    """The dealer's r = r_A + r_B of a masked opening (r_A from the D-A key, r_B from the D-B
+    key; A and B draw theirs in ``_masked_half``)."""
+    return ctx.prg_with(rank_a).int64((n,)) + ctx.prg_with(rank_b).int64((n,))
+
+
+def _masked_half(ctx: PartyContext, x: Pair, dealer: int) -> torch.Tensor:
+    """A's x_A + r_A or B's x_B + x_D + r_B (flattened): its half of c = x + r, which A and B
+    swap to open c."""
+    mine = x[0].reshape(-1) + ctx.prg_with(dealer).int64((x[0].numel(),))
+    return mine if ctx.rank == (dealer + 1) % 3 else mine + x[1].reshape(-1)
+
+
 def _deal_tables(
     ctx: PartyContext, rank_a: int, rank_b: int, n: int, bits: int, plan: TablePlan
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -519,9 +532,8 @@ def _deal_tables(
     group's table gives, for every opened (masked) symbol of its children, their combination;
     every symbol below the root is XOR-masked with 2 bits of the dealer's own stream, and the
     root's entry is [c_low < r_low] xor r's top bit."""
-    r_a, r_b = ctx.prg_with(rank_a).int64((n,)), ctx.prg_with(rank_b).int64((n,))
+    r = _dealer_mask(ctx, rank_a, rank_b, n)
     low = bits - 1
-    r = r_a + r_b
     r_low, r_top = r & ((1 << low) - 1), ((r >> low) & 1).to(torch.uint8)
     nodes = [len(plan.widths)] + [len(level) for level in plan.levels[:-1]]
     count = n * sum(nodes)
@@ -586,12 +598,10 @@ def _dealt_sign(ctx: PartyContext, x: Pair, bits: int, plan: TablePlan, ring_bit
         if ring_bits is None:
             return _replicate_xor(ctx, dealer, None, packed_out)
         return _replicate_additive(ctx, dealer, None, (n,), ring_bits)
-    first, second = x[0].reshape(-1), x[1].reshape(-1)
     is_a = ctx.rank == rank_a
     other = rank_b if is_a else rank_a
+    mine = _masked_half(ctx, x, dealer)
     with_d = ctx.prg_with(dealer)
-    blind = with_d.int64((n,))  # r_A for A, r_B for B
-    mine = first + blind if is_a else first + second + blind
     if is_a:
         symbols = with_d.uint8((symbol_bytes,))
         root = with_d.uint8((root_bytes,)) if ring_bits is None else with_d.int64((n, roots))
@@ -668,9 +678,8 @@ def _zero_test(ctx: PartyContext, x: Pair, bits: int) -> tuple[int, int, int, to
     dealer = ctx.next_dealer()
     rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
     if ctx.rank == dealer:
-        with_a, with_b = ctx.prg_with(rank_a), ctx.prg_with(rank_b)
-        r = with_a.int64((n,)) + with_b.int64((n,))
-        share_b = (high_bits_first(r, low) - _draw_below(with_a, (n, low), p)) % p
+        r = _dealer_mask(ctx, rank_a, rank_b, n)
+        share_b = (high_bits_first(r, low) - _draw_below(ctx.prg_with(rank_a), (n, low), p)) % p
         ctx.net.exchange({rank_b: [pack_uint(share_b, width)]}, [])
         got = ctx.net.exchange({}, [rank_a, rank_b])
         tested = (unpack_uint(got[rank_a][0], width, (n, low)) + unpack_uint(got[rank_b][0], width, (n, low))) % p
@@ -678,13 +687,11 @@ def _zero_test(ctx: PartyContext, x: Pair, bits: int) -> tuple[int, int, int, to
         return dealer, rank_a, rank_b, ((r >> low) & 1) ^ zero
     is_a = ctx.rank == rank_a
     other = rank_b if is_a else rank_a
-    with_d = ctx.prg_with(dealer)
-    mine = x[0].reshape(-1) + with_d.int64((n,))  # x_A + r_A, or x_B + x_D + r_B
+    mine = _masked_half(ctx, x, dealer)
     if is_a:
-        r_share = _draw_below(with_d, (n, low), p).short()
+        r_share = _draw_below(ctx.prg_with(dealer), (n, low), p).short()
         got = ctx.net.exchange({other: [_to_wire(mine, bits)]}, [other])
     else:
-        mine = mine + x[1].reshape(-1)
         got = ctx.net.exchange({other: [_to_wire(mine, bits)]}, [dealer, other])
         r_share = unpack_uint(got[dealer][0], width, (n, low)).short()
     c = mine + _from_wire(got[other][0], bits, (n,))
@@ -814,9 +821,9 @@ def _zero_test_select(
 ZERO_TEST_SECONDS_PER_VALUE = 40e-9
 
 
-def _zero_test_work(n: int, bits: int) -> dict[str, float]:
-    """The zero test's local seconds on n comparisons of ``bits`` bits, for ``cheapest``."""
-    return {"zero_test": n * (bits - 1) * ZERO_TEST_SECONDS_PER_VALUE}
+def _zero_test_seconds(n: int, bits: int) -> float:
+    """The zero test's estimated local seconds on n comparisons of ``bits`` bits."""
+    return n * (bits - 1) * ZERO_TEST_SECONDS_PER_VALUE
 
 
 def _zero_test_cost(n: int, bits: int, ring_bits: int | None, tracked: int = 0, with_bit: bool = True) -> Cost:
@@ -915,7 +922,7 @@ def _level_variants(
 @functools.cache
 def _level_variant(pairs: int, tracked: int, with_bit: bool, bits: int, network: NetworkProfile | None) -> str:
     """The faster of ``_level_variants`` on ``network``; without one, a comparison and a select."""
-    work = _zero_test_work(pairs, bits)["zero_test"]
+    work = _zero_test_seconds(pairs, bits)
     inner = work if _sign_variant(pairs, bits, 64, network) == "zero_test" else 0.0
     variants = _level_variants(pairs, tracked, with_bit, bits, network)
     return cheapest(network, variants, "select", {"zero_test": work, "select": inner})
