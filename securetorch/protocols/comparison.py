@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,17 +258,29 @@ def _replicate_additive(
     """Additive shares held by A = D+1 and B = D+2 (``mine``; None for the dealer D) to
     replicated shares, in one round: with c_A (D-A key) and c_D (D-B key), A and B swap their
     share less its mask. D receives nothing."""
-    rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
+    masks = _replica_masks(ctx, dealer, size)
     if mine is None:
-        c_a, c_d = ctx.prg_with(rank_a).int64(size), ctx.prg_with(rank_b).int64(size)
         ctx.net.exchange({}, [])
-        return c_d, c_a
-    other = rank_b if ctx.rank == rank_a else rank_a
-    mask = ctx.prg_with(dealer).int64(size)  # c_A for A, c_D for B
-    mine = mine - mask
-    theirs = ctx.net.exchange({other: [_to_wire(mine, ring_bits)]}, [other])[other][0]
-    total = mine + _from_wire(theirs, ring_bits, size)
-    return (mask, total) if ctx.rank == rank_a else (total, mask)
+        return masks
+    other = (dealer + 2) % 3 if ctx.rank == (dealer + 1) % 3 else (dealer + 1) % 3
+    sent = mine - masks
+    theirs = ctx.net.exchange({other: [_to_wire(sent, ring_bits)]}, [other])[other][0]
+    return _replicated(ctx, dealer, masks, sent, _from_wire(theirs, ring_bits, size))
+
+
+def _replica_masks(ctx: PartyContext, dealer: int, size: tuple[int, ...]) -> Any:
+    """The masks of ``_replicate_additive``, drawn before the round they serve: D's
+    replicated shares (c_D, c_A), A's c_A, B's c_D."""
+    if ctx.rank == dealer:
+        return ctx.prg_with((dealer + 2) % 3).int64(size), ctx.prg_with((dealer + 1) % 3).int64(size)
+    return ctx.prg_with(dealer).int64(size)
+
+
+def _replicated(ctx: PartyContext, dealer: int, mask: torch.Tensor, sent: torch.Tensor, theirs: torch.Tensor) -> Pair:
+    """A's or B's replicated shares once they have swapped their masked shares: (c_A, x_B)
+    for A, (x_B, c_D) for B, x_B being the sum of what they sent."""
+    total = sent + theirs
+    return (mask, total) if ctx.rank == (dealer + 1) % 3 else (total, mask)
 
 
 def _replicate_xor(ctx: PartyContext, dealer: int, mine: torch.Tensor | None, nbytes: int) -> BitPair:
@@ -514,11 +527,16 @@ def _dealer_mask(ctx: PartyContext, rank_a: int, rank_b: int, n: int) -> torch.T
     return ctx.prg_with(rank_a).int64((n,)) + ctx.prg_with(rank_b).int64((n,))
 
 
-def _masked_half(ctx: PartyContext, x: Pair, dealer: int) -> torch.Tensor:
-    """A's x_A + r_A or B's x_B + x_D + r_B (flattened): its half of c = x + r, which A and B
-    swap to open c."""
-    mine = x[0].reshape(-1) + ctx.prg_with(dealer).int64((x[0].numel(),))
-    return mine if ctx.rank == (dealer + 1) % 3 else mine + x[1].reshape(-1)
+def _half(ctx: PartyContext, x: Pair, dealer: int) -> torch.Tensor:
+    """A's x_A or B's x_B + x_D: its part of a two-party sharing of x between A = D+1 and
+    B = D+2."""
+    return x[0] if ctx.rank == (dealer + 1) % 3 else x[0] + x[1]
+
+
+def _masked_half(ctx: PartyContext, half: torch.Tensor, dealer: int) -> torch.Tensor:
+    """A's or B's half of c = x + r (flattened) from its ``_half`` of x: x_A + r_A or
+    x_B + x_D + r_B, which A and B swap to open c."""
+    return half.reshape(-1) + ctx.prg_with(dealer).int64((half.numel(),))
 
 
 def _deal_tables(
@@ -600,7 +618,7 @@ def _dealt_sign(ctx: PartyContext, x: Pair, bits: int, plan: TablePlan, ring_bit
         return _replicate_additive(ctx, dealer, None, (n,), ring_bits)
     is_a = ctx.rank == rank_a
     other = rank_b if is_a else rank_a
-    mine = _masked_half(ctx, x, dealer)
+    mine = _masked_half(ctx, _half(ctx, x, dealer), dealer)
     with_d = ctx.prg_with(dealer)
     if is_a:
         symbols = with_d.uint8((symbol_bytes,))
@@ -667,15 +685,18 @@ def _draw_below(stream: AesPrg, shape: tuple[int, ...], q: int) -> torch.Tensor:
     return ((kept[-1] if len(kept) == 2 else torch.cat(kept)) % q).view(shape)
 
 
-def _zero_test(ctx: PartyContext, x: Pair, bits: int) -> tuple[int, int, int, torch.Tensor]:
-    """Rounds 1 and 2 of ``_zero_test_sign``: (D, A, B, this party's part of the top bit of
-    x mod 2^l): u (A and B) and v (D) with top(x) = u xor v, as integers 0/1 [n]. Bit
-    positions run from the top one down, so a sum over higher bits is a prefix sum."""
-    n = x[0].numel()
+def _zero_test(
+    ctx: PartyContext, dealer: int, half: torch.Tensor | None, n: int, bits: int, ride: Sequence[torch.Tensor] = ()
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Rounds 1 and 2 of ``_zero_test_sign`` on n elements x, with dealer D = ``dealer``:
+    (this party's part of the top bit of x mod 2^l: u (A and B) and v (D) with
+    top(x) = u xor v, as integers 0/1 [n]; what the peer sent as its ``ride``). ``half``: A's
+    or B's part of a two-party sharing of x (``_half``; None for D); ``ride``: what A and B
+    send each other besides in round 1 (a tree level's replicating round). Bit positions run
+    from the top one down, so a sum over higher bits is a prefix sum."""
     low = bits - 1
     p = _zero_test_prime(low)
     width = p.bit_length()
-    dealer = ctx.next_dealer()
     rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
     if ctx.rank == dealer:
         r = _dealer_mask(ctx, rank_a, rank_b, n)
@@ -684,15 +705,16 @@ def _zero_test(ctx: PartyContext, x: Pair, bits: int) -> tuple[int, int, int, to
         got = ctx.net.exchange({}, [rank_a, rank_b])
         tested = (unpack_uint(got[rank_a][0], width, (n, low)) + unpack_uint(got[rank_b][0], width, (n, low))) % p
         zero = (tested == 0).any(1).long()
-        return dealer, rank_a, rank_b, ((r >> low) & 1) ^ zero
+        return ((r >> low) & 1) ^ zero, []
+    assert half is not None
     is_a = ctx.rank == rank_a
     other = rank_b if is_a else rank_a
-    mine = _masked_half(ctx, x, dealer)
+    mine = _masked_half(ctx, half, dealer)
     if is_a:
         r_share = _draw_below(ctx.prg_with(dealer), (n, low), p).short()
-        got = ctx.net.exchange({other: [_to_wire(mine, bits)]}, [other])
+        got = ctx.net.exchange({other: [_to_wire(mine, bits), *ride]}, [other])
     else:
-        got = ctx.net.exchange({other: [_to_wire(mine, bits)]}, [dealer, other])
+        got = ctx.net.exchange({other: [_to_wire(mine, bits), *ride]}, [dealer, other])
         r_share = unpack_uint(got[dealer][0], width, (n, low)).short()
     c = mine + _from_wire(got[other][0], bits, (n,))
     c_low, c_top = c & ((1 << low) - 1), (c >> low) & 1
@@ -716,7 +738,7 @@ def _zero_test(ctx: PartyContext, x: Pair, bits: int) -> tuple[int, int, int, to
         d = (scale * (d % p) - blind) % p
     rotated = torch.cat([d, d], 1).gather(1, torch.arange(low) + turn)  # row i from column turn_i
     ctx.net.exchange({dealer: [pack_uint(rotated, width)]}, [])
-    return dealer, rank_a, rank_b, c_top ^ beta
+    return c_top ^ beta, got[other][1:]
 
 
 def _zero_test_sign(ctx: PartyContext, x: Pair, bits: int, ring_bits: int | None) -> Any:
@@ -742,7 +764,9 @@ def _zero_test_sign(ctx: PartyContext, x: Pair, bits: int, ring_bits: int | None
     place by the rotation, z by beta, B's part of v by the D-A key.
     """
     n = x[0].numel()
-    dealer, rank_a, rank_b, part = _zero_test(ctx, x, bits)
+    dealer = ctx.next_dealer()
+    rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
+    part, _ = _zero_test(ctx, dealer, None if ctx.rank == dealer else _half(ctx, x, dealer), n, bits)
     if ring_bits is None:
         nbytes = (n + 7) // 8
         if ctx.rank == dealer:
@@ -766,53 +790,126 @@ def _zero_test_sign(ctx: PartyContext, x: Pair, bits: int, ring_bits: int | None
     return _replicate_additive(ctx, dealer, share, (n,), ring_bits)
 
 
-def _zero_test_select(
-    ctx: PartyContext, x: Pair, bits: int, if_true: list[Pair], if_false: list[Pair], with_bit: bool
-) -> tuple[Pair | None, list[Pair]]:
-    """b = [x < 0] (x on l = ``bits`` bits) and, for each pair, if_false + b (if_true - if_false), in
-    the 4 rounds of ``_zero_test_sign``'s integer output: the select rides in its rounds 3
-    and 4 instead of a product round of its own.
+def _select_shares(
+    ctx: PartyContext, dealer: int, part: torch.Tensor, diffs: list[Pair], with_bit: bool
+) -> torch.Tensor | None:
+    """Round 3 of a tree level by the zero test: A's and B's additive shares [k, n] of b e for
+    each e in ``diffs`` (flattened, replicated) and, with ``with_bit``, of b itself, given
+    their parts u (and D's v) of b = u xor v from ``_zero_test``; None for D.
 
-    With b = u xor v = u + (1 - 2u) v and e = if_true - if_false = e_A + e_B + e_D: b e =
-    u e + (1 - 2u) v e, where A holds u (e_A + e_B), B holds u e_D, D holds w = v (e_D + e_A)
-    and v e_B is a product of D's v and A and B's e_B. Round 3: D sends B v - v_A and
-    w - w_A (v_A, w_A from the D-A key); A holds u (e_A + e_B) + (1 - 2u)(w_A + v_A e_B), B
-    u e_D + (1 - 2u)(w_B + v_B e_B). Round 4 makes them (and b, if ``with_bit``) replicated
-    (``_replicate_additive``). Bytes: ``_zero_test_cost`` with ``tracked`` pairs. Views: as
-    ``_zero_test_sign``; B's parts are masked by the D-A key."""
-    n, tracked = x[0].numel(), len(if_true)
-    shape = x[0].shape
-    dealer, rank_a, rank_b, part = _zero_test(ctx, x, bits)
-    diffs = [(t[0] - f[0]).reshape(-1) for t, f in zip(if_true, if_false, strict=True)]
-    diffs_next = [(t[1] - f[1]).reshape(-1) for t, f in zip(if_true, if_false, strict=True)]
-    size = (tracked + with_bit, n)
+    With b = u + (1 - 2u) v and e = e_A + e_B + e_D: b e = u e + (1 - 2u) v e, where A holds
+    u (e_A + e_B), B holds u e_D, D holds w = v (e_D + e_A) and v e_B is a product of D's v
+    and A and B's e_B. D sends B v - v_A and w - w_A (v_A, w_A from the D-A key); A holds
+    u (e_A + e_B) + (1 - 2u)(w_A + v_A e_B), B u e_D + (1 - 2u)(w_B + v_B e_B). B's parts
+    are masked by the D-A key."""
+    n, tracked = part.numel(), len(diffs)
+    rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
     if ctx.rank == dealer:  # holds (e_D, e_A)
         with_a = ctx.prg_with(rank_a)
         v_a = with_a.int64((n,))
         w_a = with_a.int64((tracked, n))
-        w = torch.stack([part * (e + e_next) for e, e_next in zip(diffs, diffs_next, strict=True)])
+        w = torch.stack([part * (e[0] + e[1]) for e in diffs])
         ctx.net.exchange({rank_b: [part - v_a, w - w_a]}, [])
-        shares = None
-    else:
-        flip = 1 - 2 * part
-        if ctx.rank == rank_a:  # holds (e_A, e_B); draws before the round, as D
-            with_d = ctx.prg_with(dealer)
-            v_mine, w_mine = with_d.int64((n,)), with_d.int64((tracked, n))
-            ctx.net.exchange({}, [])
-            e_b = diffs_next
-            own = [part * (e + e_next) for e, e_next in zip(diffs, diffs_next, strict=True)]
-            bit = part + flip * v_mine
-        else:  # holds (e_B, e_D)
-            v_mine, w_mine = ctx.net.exchange({}, [dealer])[dealer]
-            e_b = diffs
-            own = [part * e_next for e_next in diffs_next]
-            bit = flip * v_mine
-        rows = [o + flip * (w_mine[j] + v_mine * e_b[j]) for j, o in enumerate(own)]
-        shares = torch.stack(rows + [bit] * with_bit)
-    out = _replicate_additive(ctx, dealer, shares, size, 64)
-    selected = [(f[0] + out[0][j].view(shape), f[1] + out[1][j].view(shape)) for j, f in enumerate(if_false)]
-    bit_out = (out[0][tracked].view(shape), out[1][tracked].view(shape)) if with_bit else None
-    return bit_out, selected
+        return None
+    flip = 1 - 2 * part
+    if ctx.rank == rank_a:  # holds (e_A, e_B); draws before the round, as D
+        with_d = ctx.prg_with(dealer)
+        v_mine, w_mine = with_d.int64((n,)), with_d.int64((tracked, n))
+        ctx.net.exchange({}, [])
+        e_b = [e[1] for e in diffs]
+        own = [part * (e[0] + e[1]) for e in diffs]
+        bit = part + flip * v_mine
+    else:  # holds (e_B, e_D)
+        v_mine, w_mine = ctx.net.exchange({}, [dealer])[dealer]
+        e_b = [e[0] for e in diffs]
+        own = [part * e[1] for e in diffs]
+        bit = flip * v_mine
+    rows = [o + flip * (w_mine[j] + v_mine * e_b[j]) for j, o in enumerate(own)]
+    return torch.stack(rows + [bit] * with_bit)
+
+
+@dataclass
+class _Level:
+    """A tree level by the zero test after its round 3: its results as A's and B's additive
+    shares on their way to replicated shares (the masks and, for A and B, the masked shares
+    they swap), the replicated values they are added to (the losers' side) and the odd
+    elements out."""
+
+    masks: Any
+    sent: torch.Tensor | None
+    if_false: list[Pair]
+    odd: list[Pair] | None
+    with_bit: bool
+
+    def finish(self, ctx: PartyContext, dealer: int, theirs: torch.Tensor | None) -> tuple[list[Pair], Pair | None]:
+        """The level's kept values (and its bit) as replicated shares, from the peer's
+        masked shares (None for D)."""
+        if self.sent is None:
+            out = self.masks
+        else:
+            assert theirs is not None
+            out = _replicated(ctx, dealer, self.masks, self.sent, theirs)
+        shape = self.if_false[0][0].shape
+        kept = [(f[0] + out[0][j].view(shape), f[1] + out[1][j].view(shape)) for j, f in enumerate(self.if_false)]
+        if self.odd is not None:
+            kept = [
+                (torch.cat([k[0], t[0]], -1), torch.cat([k[1], t[1]], -1)) for k, t in zip(kept, self.odd, strict=True)
+            ]
+        bit = (out[0][-1].view(shape), out[1][-1].view(shape)) if self.with_bit else None
+        return kept, bit
+
+
+def _zero_test_levels(
+    ctx: PartyContext, tracked: list[Pair], levels: int, with_bits: bool
+) -> tuple[list[Pair], list[Pair]]:
+    """``levels`` successive levels of ``_tournament`` by the zero test, on its ``tracked``
+    values (the candidates first); returns the kept values and, with ``with_bits``, each
+    level's bits.
+
+    A level: b = [a - b' < 0] for neighbours (a, b') by ``_zero_test`` (rounds 1 and 2), the
+    select riding in round 3 (``_select_shares``): A and B then hold additive shares of the
+    kept values, a two-party sharing that the next level's masked opening takes as it is.
+    So with one dealer for all the levels, a level's replicating round (the swap of
+    ``_replicate_additive``) rides in the next level's round 1 instead of a round of its own:
+    3 rounds per level and 1 at the end (``_tournament_cost``)."""
+    dealer = ctx.next_dealer()
+    other = (dealer + 2) % 3 if ctx.rank == (dealer + 1) % 3 else (dealer + 1) % 3
+    is_dealer = ctx.rank == dealer
+    halves = None if is_dealer else [_half(ctx, t, dealer) for t in tracked]
+    width = tracked[0][0].shape[-1]
+    pending: _Level | None = None
+    ride: list[torch.Tensor] = []
+    level_bits: list[Pair] = []
+    for _ in range(levels):
+        evens, odds = slice(0, width - width % 2, 2), slice(1, width, 2)
+        lead = tracked[0][0].shape[:-1]
+        n = lead.numel() * (width // 2)
+        diff = None if halves is None else (halves[0][..., evens] - halves[0][..., odds]).reshape(-1)
+        part, theirs = _zero_test(ctx, dealer, diff, n, ctx.compare_bits, ride)
+        if pending is not None:
+            tracked, bit = pending.finish(ctx, dealer, theirs[0] if theirs else None)
+            if bit is not None:
+                level_bits.append(bit)
+        if_true, if_false = [_take(t, odds) for t in tracked], [_take(t, evens) for t in tracked]
+        diffs = [((t[0] - f[0]).reshape(-1), (t[1] - f[1]).reshape(-1)) for t, f in zip(if_true, if_false, strict=True)]
+        shares = _select_shares(ctx, dealer, part, diffs, with_bits)
+        masks = _replica_masks(ctx, dealer, (len(tracked) + with_bits, n))
+        odd = [_take(t, slice(width - 1, width)) for t in tracked] if width % 2 else None
+        sent = None if shares is None else shares - masks
+        pending = _Level(masks, sent, if_false, odd, with_bits)
+        if shares is not None:
+            shape = if_false[0][0].shape
+            halves = [_half(ctx, f, dealer) + shares[j].view(shape) for j, f in enumerate(if_false)]
+            if odd is not None:
+                halves = [torch.cat([h, _half(ctx, t, dealer)], -1) for h, t in zip(halves, odd, strict=True)]
+        ride = [] if sent is None else [sent]
+        width = width // 2 + width % 2
+    assert pending is not None
+    theirs = ctx.net.exchange({other: ride} if ride else {}, [] if is_dealer else [other])
+    tracked, bit = pending.finish(ctx, dealer, None if is_dealer else theirs[other][0])
+    if bit is not None:
+        level_bits.append(bit)
+    return tracked, level_bits
 
 
 # The zero test's local work: A and B each compute on n (l - 1) values in Z_p (draws, prefix
@@ -828,7 +925,7 @@ def _zero_test_seconds(n: int, bits: int) -> float:
 
 def _zero_test_cost(n: int, bits: int, ring_bits: int | None, tracked: int = 0, with_bit: bool = True) -> Cost:
     """Exact (rounds, bytes of all parties) of ``_zero_test_sign`` on n elements (``ring_bits``
-    None: packed bits), or with ``tracked`` pairs of ``_zero_test_select``."""
+    None: packed bits), or of a tree level moving ``tracked`` pairs (``_zero_test_levels``)."""
     low = bits - 1
     values = (n * low * _zero_test_prime(low).bit_length() + 7) // 8  # B's r shares; each of A, B to D
     tested = 2 * _wire_bytes(n, bits) + 3 * values
@@ -860,59 +957,68 @@ def _tournament(
     A level compares neighbours (a, b) and keeps b where a < b (so ties keep the first
     index, as torch.argmax does); the index, when wanted, moves along in the same product
     round. An odd element out passes to the next level unchanged. Returns the max, the
-    index (integers) and, with ``with_bits``, every level's "b wins" bits. Cost per level
-    (``_level_variant``): a comparison + 1 round, or the 4 rounds of ``_zero_test_select``.
+    index (integers) and, with ``with_bits``, every level's "b wins" bits. Per level
+    (``_level_plan``): a comparison and a product round, or the zero test with the select
+    inside (``_zero_test_levels``: 3 rounds a level, 1 more after a run of them).
     """
-    index = None
+    tracked = [x]
     if with_index:
         positions = torch.arange(x[0].shape[-1], dtype=torch.int64)
-        index = pa.add_public(ctx, (torch.zeros_like(x[0]), torch.zeros_like(x[0])), positions)
+        tracked.append(pa.add_public(ctx, (torch.zeros_like(x[0]), torch.zeros_like(x[0])), positions))
+    rows, width = x[0].numel() // max(1, x[0].shape[-1]), x[0].shape[-1]
+    plan = [v for _, v in _level_plan(rows, width, len(tracked), with_bits, ctx.compare_bits, ctx.network)]
     level_bits: list[Pair] = []
-    while x[0].shape[-1] > 1:
-        width = x[0].shape[-1]
+    level = 0
+    while level < len(plan):
+        if plan[level] == "zero_test":
+            run = next((k for k in range(level, len(plan)) if plan[k] != "zero_test"), len(plan)) - level
+            tracked, bits = _zero_test_levels(ctx, tracked, run, with_bits)
+            level_bits += bits
+            level += run
+            continue
+        width = tracked[0][0].shape[-1]
         evens, odds = slice(0, width - width % 2, 2), slice(1, width, 2)
-        a, b = _take(x, evens), _take(x, odds)
-        tracked = [x] if index is None else [x, index]
-        diff = (a[0] - b[0], a[1] - b[1])
-        variant = _level_variant(diff[0].numel(), len(tracked), with_bits, ctx.compare_bits, ctx.network)
-        if variant == "zero_test":
-            b_wins, kept = _zero_test_select(
-                ctx,
-                diff,
-                ctx.compare_bits,
-                [_take(t, odds) for t in tracked],
-                [_take(t, evens) for t in tracked],
-                with_bits,
-            )
-        else:
-            b_wins = less_than_zero(ctx, diff)
-            chosen = select(
-                ctx,
-                tuple(torch.stack([w] * len(tracked)) for w in b_wins),
-                tuple(torch.stack([_take(t, odds)[j] for t in tracked]) for j in range(2)),
-                tuple(torch.stack([_take(t, evens)[j] for t in tracked]) for j in range(2)),
-            )
-            kept = [(chosen[0][i], chosen[1][i]) for i in range(len(tracked))]
+        a, b = _take(tracked[0], evens), _take(tracked[0], odds)
+        b_wins = less_than_zero(ctx, (a[0] - b[0], a[1] - b[1]))
+        chosen = select(
+            ctx,
+            tuple(torch.stack([w] * len(tracked)) for w in b_wins),
+            tuple(torch.stack([_take(t, odds)[j] for t in tracked]) for j in range(2)),
+            tuple(torch.stack([_take(t, evens)[j] for t in tracked]) for j in range(2)),
+        )
+        kept = [(chosen[0][i], chosen[1][i]) for i in range(len(tracked))]
         if with_bits:
-            assert b_wins is not None
             level_bits.append(b_wins)
         if width % 2:
             kept = [
                 (torch.cat([k[0], t[0][..., -1:]], -1), torch.cat([k[1], t[1][..., -1:]], -1))
                 for k, t in zip(kept, tracked, strict=True)
             ]
-        x = kept[0]
-        if index is not None:
-            index = kept[1]
-    value = (x[0][..., 0], x[1][..., 0])
-    return value, None if index is None else (index[0][..., 0], index[1][..., 0]), level_bits
+        tracked = kept
+        level += 1
+    value = (tracked[0][0][..., 0], tracked[0][1][..., 0])
+    index = (tracked[1][0][..., 0], tracked[1][1][..., 0]) if with_index else None
+    return value, index, level_bits
+
+
+def _level_plan(
+    rows: int, width: int, tracked: int, with_bits: bool, bits: int, network: NetworkProfile | None
+) -> list[tuple[int, str]]:
+    """(comparisons, variant) of each level of ``_tournament`` on [rows, width]."""
+    plan = []
+    while width > 1:
+        pairs = rows * (width // 2)
+        plan.append((pairs, _level_variant(pairs, tracked, with_bits, bits, network)))
+        width = width // 2 + width % 2
+    return plan
 
 
 def _level_variants(
     pairs: int, tracked: int, with_bit: bool, bits: int, network: NetworkProfile | None
 ) -> dict[str, Cost]:
     """Exact (rounds, bytes of all parties) of a tournament level of ``pairs`` comparisons
-    moving ``tracked`` values: a comparison then a select, or ``_zero_test_select``."""
+    moving ``tracked`` values: a comparison then a select, or the zero test with the select
+    inside (``_zero_test_levels``; 1 round fewer when the next level is one too)."""
     return {
         "select": total_cost([less_than_zero_cost(pairs, bits, network), (1, 24 * tracked * pairs)]),
         "zero_test": _zero_test_cost(pairs, bits, 64, tracked, with_bit),
@@ -1130,16 +1236,14 @@ def _tournament_cost(
     rows: int, width: int, tracked: int, bits: int, network: NetworkProfile | None, with_bits: bool = False
 ) -> list[Cost]:
     """Per level of ``_tournament`` on [rows, width], moving ``tracked`` values (1, or 2 with
-    the index), keeping each level's bits with ``with_bits``."""
+    the index), keeping each level's bits with ``with_bits``: a zero-test level followed by
+    another has its replicating round inside the next one's first (``_zero_test_levels``)."""
+    plan = _level_plan(rows, width, tracked, with_bits, bits, network)
     costs = []
-    while width > 1:
-        pairs = rows * (width // 2)
-        costs.append(
-            _level_variants(pairs, tracked, with_bits, bits, network)[
-                _level_variant(pairs, tracked, with_bits, bits, network)
-            ]
-        )
-        width = width // 2 + width % 2
+    for k, (pairs, variant) in enumerate(plan):
+        rounds, nbytes = _level_variants(pairs, tracked, with_bits, bits, network)[variant]
+        chained = variant == "zero_test" and k + 1 < len(plan) and plan[k + 1][1] == "zero_test"
+        costs.append((rounds - chained, nbytes))
     return costs
 
 

@@ -317,7 +317,7 @@ def test_all_pairs_max_for_small_tensors(sim, shape, rounds) -> None:
 
 @pytest.mark.parametrize(
     ("shape", "path"),
-    [((12, 1, 33), "all_pairs"), ((3, 2, 9), "all_pairs"), ((2, 300), "all_pairs"), ((12, 32, 32), "grouped")],
+    [((12, 1, 33), "all_pairs"), ((3, 2, 9), "all_pairs"), ((2, 300), "all_pairs"), ((12, 1, 200), "grouped")],
 )
 def test_all_pairs_max_by_counted_wins_on_a_slow_link(shape, path) -> None:
     """Where rounds are dear (wan), the max takes all pairs or groups of 8 even for tensors
@@ -488,8 +488,9 @@ def _tournament_job(v: torch.Tensor) -> tuple:
 
 @pytest.mark.parametrize("network", ["wan", None])
 def test_tournament_levels_with_the_select_inside_the_zero_test(network) -> None:
-    """On wan each level of the max and argmax tree is one ``_zero_test_select`` (4 rounds,
-    the select riding in the test's last two); on loopback a comparison and a product round.
+    """On wan the levels of the max and argmax tree run by the zero test with the select
+    inside, each level's replicating round in the next one's first (3 rounds a level, 1 at
+    the end); on loopback a comparison and a product round each.
     Both give plaintext's max, first index of a tie and one-hot, at exactly their costs."""
     profile = PRESETS.get(network or "")
     shape = (3, 100)
@@ -506,7 +507,7 @@ def test_tournament_levels_with_the_select_inside_the_zero_test(network) -> None
     assert (argmax.rounds, sum(r[4].bytes_sent for r in results)) == pc.argmax_cost(shape, 44, profile)
     assert (at_cost.rounds, sum(r[5].bytes_sent for r in results)) == pc.max_last_dim_cost(shape, True, 44, profile)
     if network:
-        assert at_cost.rounds == 4 * 7
+        assert at_cost.rounds == 3 * 7 + 1
 
 
 def test_the_zero_test_where_rounds_outweigh_its_local_work() -> None:
