@@ -249,16 +249,19 @@ class PartyServer:
             session, running = self.running
             if request.session == session.id and self._identity(frames, session) == session.driver:
                 if request.args.get("target") == running.request:
-                    reason = request.args.get("reason")
-                    raise PartyError(
-                        f"party {self.rank}: request {running.request} abandoned: "
-                        f"{reason if isinstance(reason, str) else 'the driver abandoned it'}"
-                    )
+                    raise PartyError(self._abandoned(running.request, request.args.get("reason")))
         if request.verb.is_job:
             self._handle(frames)
         else:  # answered after the job; acknowledged now, so that its driver waits without a timeout
             if self._defer(frames):
                 self._reply(bytes(frames[0]), Status.QUEUED, request.request, position=1 if self.rank == 0 else None)
+
+    def _abandoned(self, request: int, reason: Any) -> str:
+        """The error of a request its driver abandoned, running or queued: with the driver's
+        reason (which party failed), so that every party's report names it."""
+        return (
+            f"party {self.rank}: request {request} abandoned: {reason if isinstance(reason, str) else 'by the driver'}"
+        )
 
     def _defer(self, frames: list[Any]) -> bool:
         """Keep a control message for after the running job, up to ``MAX_DEFERRED`` of them
@@ -377,16 +380,13 @@ class PartyServer:
             self._close_session(session)
             return None
         if verb is Verb.ABORT:
-            target = Args(verb, values, ("target", "reason")).integer("target")
+            args = Args(verb, values, ("target", "reason"))
+            target = args.integer("target")
             pending = session.pending.pop(target, None)
             if pending is not None:
                 self._drop_queued(session.id, target)
-                self._reply(
-                    pending.route,
-                    Status.ERROR,
-                    target,
-                    error={"type": "PartyError", "message": "abandoned by the driver"},
-                )
+                message = self._abandoned(target, args.optional_text("reason"))
+                self._reply(pending.route, Status.ERROR, target, error={"type": "PartyError", "message": message})
             return None
         if verb is Verb.STOP:
             Args(verb, values, ())
