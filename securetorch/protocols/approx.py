@@ -71,18 +71,9 @@ def add_constant(ctx: PartyContext, x: Pair, value: float, scale: int) -> Pair:
     return pa.add_public(ctx, x, torch.tensor(round(value * 2**scale), dtype=torch.int64))
 
 
-def powers(ctx: PartyContext, t: Pair, degree: int, scale: int) -> list[Pair]:
-    """[t, t^2, ..., t^degree] at ``scale``; t^k = t^(2^j) t^(k-2^j), all products of one
-    depth in one batch: 2 ceil(log2 degree) rounds, degree - 1 products."""
-    result: dict[int, Pair] = {1: t}
-    for level, todo in _power_levels(degree):
-        products = mul_many(ctx, [result[level] for _ in todo], [result[k - level] for k in todo], scale)
-        result.update(zip(todo, products, strict=True))
-    return [result[k] for k in range(1, degree + 1)]
-
-
 def _power_levels(degree: int) -> list[tuple[int, list[int]]]:
-    """The batches of ``powers``: (2^j, the powers k in (2^j, 2^(j+1)] made as t^(2^j) t^(k-2^j))."""
+    """The batches of the powers t..t^degree: (2^j, the powers k in (2^j, 2^(j+1)] made as
+    t^(2^j) t^(k-2^j)), all products of one depth in one truncation."""
     levels, level = [], 1
     while level < degree:
         levels.append((level, list(range(level + 1, min(2 * level, degree) + 1))))
@@ -90,9 +81,13 @@ def _power_levels(degree: int) -> list[tuple[int, list[int]]]:
     return levels
 
 
-def powers_cost(n: int, degree: int, scale: int, network: NetworkProfile | None = None) -> Cost:
-    """Exact (rounds, bytes of all parties) of ``powers`` on n elements."""
-    return total_cost(pa.truncation_cost(len(todo) * n, scale, network) for _, todo in _power_levels(degree))
+def _powers_known(t: Pair, degree: int, outputs: list[Pair], first: int) -> dict[int, Pair]:
+    """The powers of t made so far, from a chain's ``outputs`` (the power batches from
+    index ``first`` on)."""
+    result = {1: t}
+    for batch, (_, todo) in zip(outputs[first:], _power_levels(degree), strict=False):
+        result.update(zip(todo, _unstack(batch), strict=True))
+    return result
 
 
 POLY_SCALE = 30
@@ -128,27 +123,62 @@ def polynomial(
     well-conditioned fits at s <= 21): with m = ceil(d/2), p = q0(t) + t^m q1(t), q0 and q1 of
     degree < m and <= m, public combinations of t..t^m. The product t^m q1 (at 2s + cb bits)
     and q0 (moved up by s bits) are summed as additive shares and truncated once: m
-    truncations in all (the powers' m - 1, then one), 2 ceil(log2 m) + 2 rounds.
+    truncations in all (the powers' m - 1 in ceil(log2 m) batches, then one).
     Direct otherwise: the powers t..t^d (d - 1 truncations), summed with the coefficients at
-    as many bits as sum_k |c_k| leaves below 2^61, truncated once: 2 ceil(log2 d) + 2 rounds.
+    as many bits as sum_k |c_k| leaves below 2^61, truncated once. The truncations form one
+    chain (``truncate_chain``): ceil(log2 m) + 1 of them, 2 or 3 rounds each.
     """
+    steps = polynomial_steps(ctx, lambda _: t, tuple(t[0].shape), coeffs, scale, out_scale, work_scale, addend)
+    return pa.truncate_chain(ctx, steps)[-1]
+
+
+def polynomial_steps(
+    ctx: PartyContext,
+    t_of: Callable[[list[Pair]], Pair],
+    shape: tuple[int, ...],
+    coeffs: np.ndarray,
+    scale: int,
+    out_scale: int,
+    work_scale: int = POLY_SCALE,
+    addend: tuple[Pair, int] | None = None,
+    first: int = 0,
+) -> list[pa.Step]:
+    """``polynomial``'s truncations as steps of a chain (``truncate_chain``) whose results
+    from index ``first`` on are theirs, t being ``t_of`` the results before (of ``shape``,
+    at ``scale``): the last step's result is the polynomial's."""
     scale_up, split, count, coef_bits, shift = _polynomial_plan(coeffs, scale, out_scale, work_scale)
-    if scale_up:
-        t = pa.mul_public(t, torch.tensor(1 << scale_up))
-        scale += scale_up
-    if split:
-        pows = powers(ctx, t, count, scale)
-        low = _linear_combination(ctx, pows, coeffs[:count], coef_bits, scale)
-        high = _linear_combination(ctx, pows, coeffs[count:], coef_bits, scale)
-        total = pa.mul_local(pows[count - 1], high) + pa.mul_public(low, torch.tensor(1 << scale))[0]
+    work = scale + scale_up
+
+    def t_at_work(outputs: list[Pair]) -> Pair:
+        t = t_of(outputs)
+        return pa.mul_public(t, torch.tensor(1 << scale_up)) if scale_up else t
+
+    def power_batch(level: int, todo: list[int]) -> Callable[[list[Pair]], torch.Tensor]:
+        def z(outputs: list[Pair]) -> torch.Tensor:
+            known = _powers_known(t_at_work(outputs), count, outputs, first)
+            return pa.mul_local(_stack([known[level]] * len(todo)), _stack([known[k - level] for k in todo]))
+
+        return z
+
+    def last(outputs: list[Pair]) -> torch.Tensor:
+        known = _powers_known(t_at_work(outputs), max(count, 1), outputs, first)
+        pows = [known[k] for k in range(1, max(count, 1) + 1)]
+        if split:
+            low = _linear_combination(ctx, pows, coeffs[:count], coef_bits, work)
+            high = _linear_combination(ctx, pows, coeffs[count:], coef_bits, work)
+            total = pa.mul_local(pows[count - 1], high) + pa.mul_public(low, torch.tensor(1 << work))[0]
+            if addend is not None:
+                total = total + (addend[0][0] << (shift + out_scale - addend[1]))
+            return total
+        combined = _linear_combination(ctx, pows, coeffs, coef_bits, work)
         if addend is not None:
-            total = total + (addend[0][0] << (shift + out_scale - addend[1]))
-        return pa.truncate_additive(ctx, total, shift)
-    pows = powers(ctx, t, count, scale) if count else [t]
-    combined = _linear_combination(ctx, pows, coeffs, coef_bits, scale)
-    if addend is not None:
-        combined = pa.add(combined, pa.mul_public(addend[0], torch.tensor(1 << (shift + out_scale - addend[1]))))
-    return pa.truncate(ctx, combined, shift)
+            combined = pa.add(combined, pa.mul_public(addend[0], torch.tensor(1 << (shift + out_scale - addend[1]))))
+        return combined[0]
+
+    steps: list[pa.Step] = [
+        ((len(todo), *shape), work, power_batch(level, todo)) for level, todo in _power_levels(count)
+    ]
+    return [*steps, (shape, shift, last)]
 
 
 def _polynomial_plan(
@@ -167,6 +197,14 @@ def _polynomial_plan(
     return scale_up, False, degree, coef_bits, scale + coef_bits - out_scale
 
 
+def polynomial_parts(
+    n: int, coeffs: np.ndarray, scale: int, out_scale: int, work_scale: int = POLY_SCALE
+) -> list[tuple[int, int]]:
+    """(elements, bits) of each step of ``polynomial_steps`` on n elements."""
+    scale_up, _, count, _, shift = _polynomial_plan(coeffs, scale, out_scale, work_scale)
+    return [(len(todo) * n, scale + scale_up) for _, todo in _power_levels(count)] + [(n, shift)]
+
+
 def polynomial_cost(
     n: int,
     coeffs: np.ndarray,
@@ -176,8 +214,7 @@ def polynomial_cost(
     network: NetworkProfile | None = None,
 ) -> Cost:
     """Exact (rounds, bytes of all parties) of ``polynomial`` on n elements."""
-    scale_up, _, count, _, shift = _polynomial_plan(coeffs, scale, out_scale, work_scale)
-    return total_cost([powers_cost(n, count, scale + scale_up, network), pa.truncation_cost(n, shift, network)])
+    return pa.truncate_chain_cost(polynomial_parts(n, coeffs, scale, out_scale, work_scale), network)
 
 
 @functools.cache
@@ -350,7 +387,7 @@ def _square_shift(frac_bits: int, name: str) -> int:
 def _gelu_even(ctx: PartyContext, x: Pair, name: str) -> Pair:
     """GeLU by its even form: inside (x/2 + E(x)) + [x > T] x, inside = 1 - [x > T] -
     [x < -T]; x/2 rides in the polynomial's last truncation. Rounds: the comparisons beside
-    2 + the polynomial's 8, then 1."""
+    x^2 and the polynomial (one chain of truncations), then 1."""
     f, s = ctx.frac_bits, TAIL_SCALE
     bound = torch.tensor(round(TAIL_FITS[name][0] * 2**f))
 
@@ -358,9 +395,13 @@ def _gelu_even(ctx: PartyContext, x: Pair, name: str) -> Pair:
         batch = _stack([pa.add_public(ctx, pa.neg(x), bound), pa.add_public(ctx, x, bound)])
         return _unstack(less_than_zero(ctx, batch))  # [x > T], [x < -T]
 
-    def half_plus_even() -> Pair:
-        u = add_constant(ctx, pa.truncate_additive(ctx, pa.mul_local(x, x), _square_shift(f, name)), -1.0, s)
-        return polynomial(ctx, u, _even_fit(name), s, f, work_scale=s, addend=(x, f + 1))
+    def half_plus_even() -> Pair:  # x^2 and the polynomial in one chain of truncations
+        shape = tuple(x[0].shape)
+        square: pa.Step = (shape, _square_shift(f, name), lambda _: pa.mul_local(x, x))
+        poly = polynomial_steps(
+            ctx, lambda outputs: add_constant(ctx, outputs[0], -1.0, s), shape, _even_fit(name), s, f, s, (x, f + 1), 1
+        )
+        return pa.truncate_chain(ctx, [square, *poly])[-1]
 
     (above, below), q = parallel(ctx, [outside, half_plus_even])
     inside = pa.add_public(ctx, pa.neg(pa.add(above, below)), torch.ones((), dtype=torch.int64))
@@ -373,10 +414,8 @@ def _gelu_variants(
 ) -> dict[str, Cost]:
     """Exact (rounds, bytes of all parties) of GeLU's tail form and its even form on n elements."""
     s = TAIL_SCALE
-    even = total_cost([
-        pa.truncation_cost(n, _square_shift(frac_bits, name), network),
-        polynomial_cost(n, _even_fit(name), s, frac_bits, s, network),
-    ])  # fmt: skip
+    square = (n, _square_shift(frac_bits, name))
+    even = pa.truncate_chain_cost([square, *polynomial_parts(n, _even_fit(name), s, frac_bits, s)], network)
     return {
         "tail": _tail_form_cost(name, n, frac_bits, compare_bits, network),
         "even": total_cost([parallel_cost([less_than_zero_cost(2 * n, compare_bits, network), even]), (1, 48 * n)]),
@@ -443,24 +482,29 @@ def exp(ctx: PartyContext, x: Pair) -> Pair:
 
     x at scale f is y = x/32 at scale f + 5 (free); y^2/2 is the product truncated by one
     extra bit; each squaring truncates by f + 5, the last by f + 10 to land at scale f.
-    Max error 2.4e-4 on [-14, 0] (PUMA's (1 + x/32)^32: 8.6e-3). Cost: 12 rounds, 6 products.
+    Max error 2.4e-4 on [-14, 0] (PUMA's (1 + x/32)^32: 8.6e-3). Cost: 6 products, their
+    truncations one chain (``truncate_chain``: 12 rounds, or 13 by the byte-optimal one).
     """
-    f = ctx.frac_bits
-    scale = f + EXP_SQUARINGS
-    y = x
-    half_square = pa.mul_fixed(ctx, y, y, scale + 1)
-    p = add_constant(ctx, pa.add(y, half_square), 1.0, scale)
-    for i in range(EXP_SQUARINGS):
-        last = i == EXP_SQUARINGS - 1
-        p = pa.mul_fixed(ctx, p, p, scale + (EXP_SQUARINGS if last else 0))
-    return p
+    scale = ctx.frac_bits + EXP_SQUARINGS
+    shape = tuple(x[0].shape)
+
+    def first_square(outputs: list[Pair]) -> torch.Tensor:
+        p = add_constant(ctx, pa.add(x, outputs[0]), 1.0, scale)
+        return pa.mul_local(p, p)
+
+    def square(outputs: list[Pair]) -> torch.Tensor:
+        return pa.mul_local(outputs[-1], outputs[-1])
+
+    steps: list[pa.Step] = [(shape, scale + 1, lambda _: pa.mul_local(x, x)), (shape, scale, first_square)]
+    steps += [(shape, scale, square)] * (EXP_SQUARINGS - 2) + [(shape, scale + EXP_SQUARINGS, square)]
+    return pa.truncate_chain(ctx, steps)[-1]
 
 
 def exp_cost(n: int, frac_bits: int = DEFAULT_FRAC_BITS, network: NetworkProfile | None = None) -> Cost:
     """Exact (rounds, bytes of all parties) of ``exp`` on n elements."""
     scale = frac_bits + EXP_SQUARINGS
     shifts = [scale + 1] + [scale] * (EXP_SQUARINGS - 1) + [scale + EXP_SQUARINGS]
-    return total_cost(pa.truncation_cost(n, bits, network) for bits in shifts)
+    return pa.truncate_chain_cost([(n, bits) for bits in shifts], network)
 
 
 # exp by a dealt lookup, for x in [-15.96, 0] (softmax, whose clip zeroes x < -14): x's bits

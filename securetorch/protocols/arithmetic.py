@@ -14,7 +14,8 @@ Share tensors are never modified in place: a returned pair may alias (views of) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -362,61 +363,124 @@ def _truncate_wrap_bits(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
     x_D from the D-B key: A and B swap t_A - x_A and t_B - x_D, and x_B = t_A + t_B - x_A - x_D.
 
     Round 1: D -> B z_D + rho and h_B (packed to d bits); A -> B e (packed bits).
-    Round 2: B -> A d and t_B - x_D. Round 3: A -> B t_A - x_A. D receives nothing.
+    Round 2: B -> A d and t_B - x_D. Round 3: A -> B t_A - x_A. D receives nothing. In a
+    run of them (``truncate_chain``), round 3 rides in the next one's round 1.
     Sources: SecureML-style two-party local truncation (Mohassel & Zhang, S&P 2017, §4.1)
     made exact by the top-bit wrap rule (Huang et al., "Cheetah", USENIX Security 2022, §4;
     Rathee et al., "SiRNN", S&P 2021, §3).
     """
-    shape = z.shape
-    n = z.numel()
-    offset = (1 << (TRUNCATION_HEADROOM_BITS - bits)) - 1  # 2^(62-d) - 1, subtracted by A
+    outputs: list[Pair] = []
+    _wrap_bits_run(ctx, [(tuple(z.shape), bits, lambda _: z)], outputs)
+    return outputs[0]
+
+
+def _wrap_bits_run(ctx: PartyContext, steps: Sequence[Step], outputs: list[Pair]) -> None:
+    """``_truncate_wrap_bits`` on each step of a chain with one dealer, appending the results
+    to ``outputs`` (each z is a function of the outputs before it). A step's round 3 (A -> B
+    only) rides in the next step's round 1, in which only D and A send and after which
+    alone B needs its result: A and D have theirs after round 2 (D's are its masks)."""
     dealer = ctx.next_dealer()
     rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
-    if ctx.rank == dealer:
-        with_a, with_b = ctx.prg_with(rank_a), ctx.prg_with(rank_b)
-        rho = with_a.int64(shape)
-        r_a = with_a.bits(n)
-        h_a = with_a.uniform_bits((n,), bits)
-        r_b = with_b.bits(n)
-        x_a = with_a.int64(shape)
-        x_d = with_b.int64(shape)
-        h_b = pack_uint((r_a * r_b - h_a) & ((1 << bits) - 1), bits)
-        ctx.net.exchange({rank_b: [z + rho, h_b]}, [])
-        ctx.net.exchange({}, [])
-        ctx.net.exchange({}, [])
-        return x_d, x_a
+    late: list[torch.Tensor] = []  # A: its last step's masked share, on its way to B
+    for shape, bits, z_of in steps:
+        n = math.prod(shape)
+        if ctx.rank == dealer:
+            with_a, with_b = ctx.prg_with(rank_a), ctx.prg_with(rank_b)
+            rho = with_a.int64(shape)
+            r_a = with_a.bits(n)
+            h_a = with_a.uniform_bits((n,), bits)
+            r_b = with_b.bits(n)
+            x_a = with_a.int64(shape)
+            x_d = with_b.int64(shape)
+            h_b = pack_uint((r_a * r_b - h_a) & ((1 << bits) - 1), bits)
+            ctx.net.exchange({rank_b: [z_of(outputs) + rho, h_b]}, [])
+            ctx.net.exchange({}, [])
+            outputs.append((x_d, x_a))
+        elif ctx.rank == rank_a:
+            with_d = ctx.prg_with(dealer)
+            rho = with_d.int64(shape)
+            r_a = with_d.bits(n)
+            h_a = with_d.uniform_bits((n,), bits)
+            x_a = with_d.int64(shape)
+            y = (z_of(outputs) - rho + (1 << TRUNCATION_HEADROOM_BITS)).reshape(-1)
+            a = logical_shift_right(y, 63)
+            e = a ^ r_a
+            ctx.net.exchange({rank_b: [pack_bits(e), *late]}, [])
+            got = ctx.net.exchange({}, [rank_b])[rank_b]
+            d = unpack_bits(got[0], n)
+            se, sd = 1 - 2 * e, 1 - 2 * d
+            w = a - d * se * r_a - se * sd * h_a - e * d
+            offset = (1 << (TRUNCATION_HEADROOM_BITS - bits)) - 1  # 2^(62-d) - 1
+            masked = (logical_shift_right(y, bits) - offset - (w << (64 - bits))).reshape(shape) - x_a
+            outputs.append((x_a, masked + got[1]))
+            late = [masked]
+        else:
+            with_d = ctx.prg_with(dealer)
+            r_b = with_d.bits(n)
+            x_d = with_d.int64(shape)
+            got = ctx.net.exchange({}, [dealer, rank_a])
+            if len(got[rank_a]) > 1:  # the last step's result, completed by A's share
+                outputs[-1] = (outputs[-1][0] + got[rank_a][1], outputs[-1][1])
+            y = (z_of(outputs) + got[dealer][0]).reshape(-1)
+            h_b = unpack_uint(got[dealer][1], bits, (n,))
+            e = unpack_bits(got[rank_a][0], n)
+            b = logical_shift_right(y, 63)
+            d = b ^ r_b
+            se, sd = 1 - 2 * e, 1 - 2 * d
+            w = b - e * sd * r_b - se * sd * h_b
+            t = (logical_shift_right(y, bits) - (w << (64 - bits))).reshape(shape)
+            ctx.net.exchange({rank_a: [pack_bits(d), t - x_d]}, [])
+            outputs.append((t - x_d, x_d))  # completed by A's share in the next round
     if ctx.rank == rank_a:
-        with_d = ctx.prg_with(dealer)
-        rho = with_d.int64(shape)
-        r_a = with_d.bits(n)
-        h_a = with_d.uniform_bits((n,), bits)
-        x_a = with_d.int64(shape)
-        y = (z - rho + (1 << TRUNCATION_HEADROOM_BITS)).reshape(-1)
-        a = logical_shift_right(y, 63)
-        e = a ^ r_a
-        ctx.net.exchange({rank_b: [pack_bits(e)]}, [])
-        got = ctx.net.exchange({}, [rank_b])[rank_b]
-        d = unpack_bits(got[0], n)
-        se, sd = 1 - 2 * e, 1 - 2 * d
-        w = a - d * se * r_a - se * sd * h_a - e * d
-        masked = (logical_shift_right(y, bits) - offset - (w << (64 - bits))).reshape(shape) - x_a
-        ctx.net.exchange({rank_b: [masked]}, [])
-        return x_a, masked + got[1]
-    with_d = ctx.prg_with(dealer)
-    r_b = with_d.bits(n)
-    x_d = with_d.int64(shape)
-    got = ctx.net.exchange({}, [dealer, rank_a])
-    y = (z + got[dealer][0]).reshape(-1)
-    h_b = unpack_uint(got[dealer][1], bits, (n,))
-    e = unpack_bits(got[rank_a][0], n)
-    b = logical_shift_right(y, 63)
-    d = b ^ r_b
-    se, sd = 1 - 2 * e, 1 - 2 * d
-    w = b - e * sd * r_b - se * sd * h_b
-    t = (logical_shift_right(y, bits) - (w << (64 - bits))).reshape(shape)
-    ctx.net.exchange({rank_a: [pack_bits(d), t - x_d]}, [])
-    from_a = ctx.net.exchange({}, [rank_a])[rank_a][0]
-    return t - x_d + from_a, x_d
+        ctx.net.exchange({rank_b: late}, [])
+    elif ctx.rank == rank_b:
+        from_a = ctx.net.exchange({}, [rank_a])[rank_a][0]
+        outputs[-1] = (outputs[-1][0] + from_a, outputs[-1][1])
+    else:
+        ctx.net.exchange({}, [])
+
+
+# A truncation in a chain: (the shape of z, the bits to drop, z as a local function of the
+# results of the steps before it: 3-out-of-3 shares).
+Step = tuple[tuple[int, ...], int, Callable[[list[Pair]], torch.Tensor]]
+
+
+def truncate_chain(ctx: PartyContext, steps: Sequence[Step]) -> list[Pair]:
+    """Truncations in sequence, each of a z that is a local function of the results before
+    it (as ``truncate_additive`` takes it: 3-out-of-3 shares, |z| < 2^62): their results.
+
+    Each step runs the truncation the network picks for its size. A run of steps by
+    ``_truncate_wrap_bits`` shares one dealer, and each step's last round rides in the next
+    one's first (``_wrap_bits_run``): 2 rounds a step and 1 at the end of the run, the bytes
+    unchanged (``truncate_chain_cost``). So a chain of squarings or of a polynomial's
+    powers takes 2 rounds a product at the byte-optimal truncation's bytes."""
+    outputs: list[Pair] = []
+    variants = [_truncation_variant(math.prod(shape), bits, ctx.network) for shape, bits, _ in steps]
+    for _, bits, _ in steps:
+        if not 0 < bits <= MAX_TRUNCATION_BITS:
+            raise ValueError("truncation by 1..62 bits")
+    k = 0
+    while k < len(steps):
+        if variants[k] == "masked_open":
+            outputs.append(_truncate_masked_open(ctx, steps[k][2](outputs), steps[k][1]))
+            k += 1
+            continue
+        run = next((j for j in range(k, len(steps)) if variants[j] != "wrap_bits"), len(steps)) - k
+        _wrap_bits_run(ctx, steps[k : k + run], outputs)
+        k += run
+    return outputs
+
+
+def truncate_chain_cost(parts: Sequence[tuple[int, int]], network: NetworkProfile | None = None) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``truncate_chain`` on steps of (elements, bits)."""
+    variants = [_truncation_variant(n, bits, network) for n, bits in parts]
+    rounds = nbytes = 0
+    for k, ((n, bits), variant) in enumerate(zip(parts, variants, strict=True)):
+        step_rounds, step_bytes = _truncation_variants(n, bits)[variant]
+        chained = variant == "wrap_bits" and k + 1 < len(parts) and variants[k + 1] == "wrap_bits"
+        rounds += step_rounds - chained
+        nbytes += step_bytes
+    return rounds, nbytes
 
 
 def _truncation_variants(n: int, bits: int) -> dict[str, tuple[int, int]]:

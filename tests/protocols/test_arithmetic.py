@@ -397,3 +397,58 @@ def test_lookups_refuse_tables_wider_than_the_truncated_value(sim) -> None:
             pa.truncate_many(ctx, [(z, 18, torch.zeros(1, 24, dtype=torch.int64))])
 
     sim.run(fn)
+
+
+def _chain_job(v: torch.Tensor, small: int, beside: bool) -> tuple:
+    """x^2, x^3, x^4 of the first ``small`` elements and x^4 by a chain of truncations whose
+    third step is small enough for the 2-round truncation (so the chain has two runs of the
+    3-round one), alone or beside a comparison (``session.parallel``)."""
+    from securetorch.protocols import comparison as pc
+    from securetorch.session.context import current
+    from securetorch.session.parallel import parallel
+
+    ctx = current()
+    x = puma.share(v if ctx.rank == 0 else None, owner=0, dtype=torch.float64).shares
+    n = (v.numel(),)
+    head = (x[0][:small], x[1][:small])
+    steps: list[pa.Step] = [
+        (n, 18, lambda _: pa.mul_local(x, x)),
+        (n, 18, lambda outs: pa.mul_local(outs[0], x)),
+        ((small,), 18, lambda outs: pa.mul_local((outs[1][0][:small], outs[1][1][:small]), head)),
+        (n, 18, lambda outs: pa.mul_local(outs[1], x)),
+    ]
+    before = puma.stats()
+    if beside:
+        outs, sign = parallel(ctx, [lambda: pa.truncate_chain(ctx, steps), lambda: pc.less_than_zero(ctx, x)])
+    else:
+        outs, sign = pa.truncate_chain(ctx, steps), None
+    cost = puma.stats() - before
+    revealed = [puma.SharedTensor(o, torch.float64).reveal() for o in outs]
+    return revealed, None if sign is None else pa.reveal(ctx, sign), cost
+
+
+@pytest.mark.parametrize("beside", [False, True], ids=["alone", "beside_a_comparison"])
+def test_a_chain_of_truncations_lets_each_last_round_ride_in_the_next(sim, beside) -> None:
+    """In a run of 3-round truncations each step's last round (A -> B) rides in the next
+    step's first: the chain [3-round, 3-round, 2-round, 3-round] takes 2 + 3 + 2 + 3 rounds
+    at the bytes of the four truncations, for every dealer, with each product within its
+    bound (also when a comparison runs beside it and shares the PRG streams' order)."""
+    from securetorch.protocols import comparison as pc
+
+    n, small = pa.BYTES_BOUND_ELEMENTS, 1000
+    v = torch.linspace(-1.5, 1.5, n, dtype=torch.float64)
+    parts = [(n, 18), (n, 18), (small, 18), (n, 18)]
+    assert pa.truncate_chain_cost(parts) == (10, sum(pa.truncation_cost(m, d)[1] for m, d in parts))
+    for _ in range(3):  # every party as the runs' dealer
+        results = sim.run(_chain_job, v, small, beside)
+        (square, cube, fourth_head, fourth), sign, _ = results[0]
+        for got, want in ((square, v**2), (cube, v**3), (fourth_head, v[:small] ** 4), (fourth, v**4)):
+            assert float((got - want).abs().max()) <= 12 * U
+        rounds = {r[2].rounds for r in results}
+        nbytes = sum(r[2].bytes_sent for r in results)
+        if beside:
+            assert torch.equal(sign, (v < 0).long())
+            ltz = pc.less_than_zero_cost(n, 44)
+            assert rounds == {max(10, ltz[0])} and nbytes == pa.truncate_chain_cost(parts)[1] + ltz[1]
+        else:
+            assert (rounds, nbytes) == ({10}, pa.truncate_chain_cost(parts)[1])

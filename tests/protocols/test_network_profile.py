@@ -137,7 +137,7 @@ def test_the_network_picks_each_protocol_variant_and_both_give_the_same_result()
         with puma.Simulator(network=profile) as sim:
             results = sim.run(_truncate_and_inject, x, n_bits)
         truncated, arith = results[0][:2]
-        assert float((truncated - 3 * x).abs().max()) <= 2**-17
+        assert float((truncated - 3 * x).abs().max()) <= 2.5 * 2**-18  # 3 x's encoding error (1.5 units) + 1
         assert torch.equal(arith, (torch.arange(n_bits) % 3 == 0).long())
         measured = (total([r[2] for r in results]), total([r[3] for r in results]))
         assert (measured[0].rounds, measured[0].bytes_sent) == pa.truncation_cost(n, 18, profile)
