@@ -209,3 +209,39 @@ def test_every_message_of_the_zero_test_is_uniform(cluster) -> None:
             rest = [t for _, t in views[rank] if t is not r_shares[0]]
             stat, critical = chi_square_uniform_bytes(uniform_payload(rest))
             assert stat < critical, (rank, stat, critical)
+
+
+def test_every_ring_message_of_chained_protocols_is_uniform() -> None:
+    """Where a protocol's last message rides in the next one's first: a chain of 3-round
+    truncations (exp on 2^17 elements) and the max tree's zero-test levels under wan (the
+    swap that makes a level's results replicated inside the next level's opening). Every
+    ring element a party receives (each masked share, opened value and dealt part) looks
+    uniform; the zero test's values in Z_p are tested above."""
+    from securetorch.comm.profile import PRESETS
+    from securetorch.protocols import approx as ap
+    from securetorch.protocols import arithmetic as pa
+
+    wan = PRESETS["wan"]
+    assert pa._truncation_variant(1 << 17, 23, wan) == "wrap_bits"
+    assert pc._level_variant(4 * 32, 2, False, 44, wan) == "zero_test"
+
+    def fn():
+        ctx = current()
+        x = puma.share(torch.full((1 << 17,), -1.0) if puma.rank() == 0 else None, owner=0)
+        y = puma.share(torch.full((4, 64), 2.0) if puma.rank() == 0 else None, owner=0)
+        got: list[torch.Tensor] = []
+        remove = ctx.net.add_receive_hook(
+            lambda peer, tensors: got.extend(t for t in tensors if t.dtype == torch.int64)
+        )
+        for _ in range(3):  # each party takes the dealer role once
+            ap.exp(ctx, x.shares)
+            pc.max_last_dim(ctx, y.shares, with_index=True)
+        remove()
+        return got
+
+    with puma.Simulator(network=wan, play_network=False) as sim:
+        results = sim.run(fn)
+    for r, tensors in enumerate(results):
+        assert tensors
+        stat, critical = chi_square_uniform_bytes(uniform_payload(tensors))
+        assert stat < critical, (r, stat, critical)
