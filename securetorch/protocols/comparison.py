@@ -258,45 +258,49 @@ def _replicate_additive(
     """Additive shares held by A = D+1 and B = D+2 (``mine``; None for the dealer D) to
     replicated shares, in one round: with c_A (D-A key) and c_D (D-B key), A and B swap their
     share less its mask. D receives nothing."""
-    masks = _replica_masks(ctx, dealer, size)
+    masks = _replica_masks(ctx, dealer, size, torch.int64)
     if mine is None:
         ctx.net.exchange({}, [])
         return masks
-    other = (dealer + 2) % 3 if ctx.rank == (dealer + 1) % 3 else (dealer + 1) % 3
     sent = mine - masks
-    theirs = ctx.net.exchange({other: [_to_wire(sent, ring_bits)]}, [other])[other][0]
-    return _replicated(ctx, dealer, masks, sent, _from_wire(theirs, ring_bits, size))
-
-
-def _replica_masks(ctx: PartyContext, dealer: int, size: tuple[int, ...]) -> Any:
-    """The masks of ``_replicate_additive``, drawn before the round they serve: D's
-    replicated shares (c_D, c_A), A's c_A, B's c_D."""
-    if ctx.rank == dealer:
-        return ctx.prg_with((dealer + 2) % 3).int64(size), ctx.prg_with((dealer + 1) % 3).int64(size)
-    return ctx.prg_with(dealer).int64(size)
-
-
-def _replicated(ctx: PartyContext, dealer: int, mask: torch.Tensor, sent: torch.Tensor, theirs: torch.Tensor) -> Pair:
-    """A's or B's replicated shares once they have swapped their masked shares: (c_A, x_B)
-    for A, (x_B, c_D) for B, x_B being the sum of what they sent."""
-    total = sent + theirs
-    return (mask, total) if ctx.rank == (dealer + 1) % 3 else (total, mask)
+    theirs = _from_wire(_swap(ctx, dealer, _to_wire(sent, ring_bits)), ring_bits, size)
+    return _replicated(ctx, dealer, masks, sent + theirs)
 
 
 def _replicate_xor(ctx: PartyContext, dealer: int, mine: torch.Tensor | None, nbytes: int) -> BitPair:
     """Packed XOR shares (``nbytes`` bytes) held by A and B (``mine``; None for the dealer) to
     replicated XOR shares in one round, as ``_replicate_additive`` does for additive shares."""
-    rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
+    masks = _replica_masks(ctx, dealer, (nbytes,), torch.uint8)
     if mine is None:
-        s_a, s_d = ctx.prg_with(rank_a).uint8((nbytes,)), ctx.prg_with(rank_b).uint8((nbytes,))
         ctx.net.exchange({}, [])
-        return s_d, s_a
-    other = rank_b if ctx.rank == rank_a else rank_a
-    mask = ctx.prg_with(dealer).uint8((nbytes,))  # s_A for A, s_D for B
-    mine = mine ^ mask
-    theirs = ctx.net.exchange({other: [mine]}, [other])[other][0]
-    total = mine ^ theirs
-    return (mask, total) if ctx.rank == rank_a else (total, mask)
+        return masks
+    sent = mine ^ masks
+    return _replicated(ctx, dealer, masks, sent ^ _swap(ctx, dealer, sent))
+
+
+def _replica_masks(ctx: PartyContext, dealer: int, size: tuple[int, ...], dtype: torch.dtype) -> Any:
+    """The masks of ``_replicate_additive`` (int64) or ``_replicate_xor`` (uint8), drawn
+    before the round they serve: D's replicated shares (c_D, c_A), A's c_A, B's c_D."""
+
+    def draw(peer: int) -> torch.Tensor:
+        stream = ctx.prg_with(peer)
+        return stream.int64(size) if dtype == torch.int64 else stream.uint8(size)
+
+    if ctx.rank == dealer:
+        return draw((dealer + 2) % 3), draw((dealer + 1) % 3)
+    return draw(dealer)
+
+
+def _swap(ctx: PartyContext, dealer: int, sent: torch.Tensor) -> torch.Tensor:
+    """A and B swap ``sent`` (1 round): what the other sent."""
+    other = (dealer + 2) % 3 if ctx.rank == (dealer + 1) % 3 else (dealer + 1) % 3
+    return ctx.net.exchange({other: [sent]}, [other])[other][0]
+
+
+def _replicated(ctx: PartyContext, dealer: int, mask: torch.Tensor, total: torch.Tensor) -> Pair:
+    """A's or B's replicated shares once they have swapped their masked shares: (c_A, x_B)
+    for A, (x_B, c_D) for B, x_B being the total of what they sent."""
+    return (mask, total) if ctx.rank == (dealer + 1) % 3 else (total, mask)
 
 
 def bit_sum(ctx: PartyContext, b: BitPair, shape: tuple[int, int], ring_bits: int) -> Pair:
@@ -848,7 +852,7 @@ class _Level:
             out = self.masks
         else:
             assert theirs is not None
-            out = _replicated(ctx, dealer, self.masks, self.sent, theirs)
+            out = _replicated(ctx, dealer, self.masks, self.sent + theirs)
         shape = self.if_false[0][0].shape
         kept = [(f[0] + out[0][j].view(shape), f[1] + out[1][j].view(shape)) for j, f in enumerate(self.if_false)]
         if self.odd is not None:
@@ -893,7 +897,7 @@ def _zero_test_levels(
         if_true, if_false = [_take(t, odds) for t in tracked], [_take(t, evens) for t in tracked]
         diffs = [((t[0] - f[0]).reshape(-1), (t[1] - f[1]).reshape(-1)) for t, f in zip(if_true, if_false, strict=True)]
         shares = _select_shares(ctx, dealer, part, diffs, with_bits)
-        masks = _replica_masks(ctx, dealer, (len(tracked) + with_bits, n))
+        masks = _replica_masks(ctx, dealer, (len(tracked) + with_bits, n), torch.int64)
         odd = [_take(t, slice(width - 1, width)) for t in tracked] if width % 2 else None
         sent = None if shares is None else shares - masks
         pending = _Level(masks, sent, if_false, odd, with_bits)
