@@ -126,7 +126,8 @@ def polynomial(
     truncations in all (the powers' m - 1 in ceil(log2 m) batches, then one).
     Direct otherwise: the powers t..t^d (d - 1 truncations), summed with the coefficients at
     as many bits as sum_k |c_k| leaves below 2^61, truncated once. The truncations form one
-    chain (``truncate_chain``): ceil(log2 m) + 1 of them, 2 or 3 rounds each.
+    chain (``truncate_chain``): ceil(log2 k) + 1 of them (k = m split, d direct), 2 rounds
+    each and 1 more after a run of byte-optimal ones.
     """
     steps = polynomial_steps(ctx, lambda _: t, tuple(t[0].shape), coeffs, scale, out_scale, work_scale, addend)
     return pa.truncate_chain(ctx, steps)[-1]

@@ -14,6 +14,8 @@ Share tensors are never modified in place: a returned pair may alias (views of) 
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -393,7 +395,7 @@ def _wrap_bits_run(ctx: PartyContext, steps: Sequence[Step], outputs: list[Pair]
             x_a = with_a.int64(shape)
             x_d = with_b.int64(shape)
             h_b = pack_uint((r_a * r_b - h_a) & ((1 << bits) - 1), bits)
-            ctx.net.exchange({rank_b: [z_of(outputs) + rho, h_b]}, [])
+            ctx.net.exchange({rank_b: [_step_input(z_of, outputs, shape) + rho, h_b]}, [])
             ctx.net.exchange({}, [])
             outputs.append((x_d, x_a))
         elif ctx.rank == rank_a:
@@ -402,7 +404,7 @@ def _wrap_bits_run(ctx: PartyContext, steps: Sequence[Step], outputs: list[Pair]
             r_a = with_d.bits(n)
             h_a = with_d.uniform_bits((n,), bits)
             x_a = with_d.int64(shape)
-            y = (z_of(outputs) - rho + (1 << TRUNCATION_HEADROOM_BITS)).reshape(-1)
+            y = (_step_input(z_of, outputs, shape) - rho + (1 << TRUNCATION_HEADROOM_BITS)).reshape(-1)
             a = logical_shift_right(y, 63)
             e = a ^ r_a
             ctx.net.exchange({rank_b: [pack_bits(e), *late]}, [])
@@ -421,7 +423,7 @@ def _wrap_bits_run(ctx: PartyContext, steps: Sequence[Step], outputs: list[Pair]
             got = ctx.net.exchange({}, [dealer, rank_a])
             if len(got[rank_a]) > 1:  # the last step's result, completed by A's share
                 outputs[-1] = (outputs[-1][0] + got[rank_a][1], outputs[-1][1])
-            y = (z_of(outputs) + got[dealer][0]).reshape(-1)
+            y = (_step_input(z_of, outputs, shape) + got[dealer][0]).reshape(-1)
             h_b = unpack_uint(got[dealer][1], bits, (n,))
             e = unpack_bits(got[rank_a][0], n)
             b = logical_shift_right(y, 63)
@@ -441,46 +443,85 @@ def _wrap_bits_run(ctx: PartyContext, steps: Sequence[Step], outputs: list[Pair]
 
 
 # A truncation in a chain: (the shape of z, the bits to drop, z as a local function of the
-# results of the steps before it: 3-out-of-3 shares).
+# results of the steps before it: 3-out-of-3 shares). The function must stay local (no
+# round, no PRG draw): B calls it after the step's first round, A and D before it.
 Step = tuple[tuple[int, ...], int, Callable[[list[Pair]], torch.Tensor]]
+
+
+def _step_input(
+    z_of: Callable[[list[Pair]], torch.Tensor], outputs: list[Pair], shape: tuple[int, ...]
+) -> torch.Tensor:
+    """A chain step's z, of the shape the step declared (its parties drew for that shape)."""
+    z = z_of(outputs)
+    if tuple(z.shape) != tuple(shape):
+        raise ValueError(f"a chain step declared shape {tuple(shape)} but made {tuple(z.shape)}")
+    return z
 
 
 def truncate_chain(ctx: PartyContext, steps: Sequence[Step]) -> list[Pair]:
     """Truncations in sequence, each of a z that is a local function of the results before
     it (as ``truncate_additive`` takes it: 3-out-of-3 shares, |z| < 2^62): their results.
 
-    Each step runs the truncation the network picks for its size. A run of steps by
-    ``_truncate_wrap_bits`` shares one dealer, and each step's last round rides in the next
-    one's first (``_wrap_bits_run``): 2 rounds a step and 1 at the end of the run, the bytes
-    unchanged (``truncate_chain_cost``). So a chain of squarings or of a polynomial's
-    powers takes 2 rounds a product at the byte-optimal truncation's bytes."""
-    outputs: list[Pair] = []
-    variants = [_truncation_variant(math.prod(shape), bits, ctx.network) for shape, bits, _ in steps]
+    A run of steps by ``_truncate_wrap_bits`` shares one dealer, and each step's last round
+    rides in the next one's first (``_wrap_bits_run``): 2 rounds a step and 1 at the end of
+    the run, the bytes unchanged. So a chain of squarings or of a polynomial's powers takes
+    2 rounds a product at the byte-optimal truncation's bytes. Which truncation each step
+    takes is chosen for the chain as a whole (``_chain_plan``); ``truncate_chain_cost`` is
+    the exact cost."""
     for _, bits, _ in steps:
         if not 0 < bits <= MAX_TRUNCATION_BITS:
             raise ValueError("truncation by 1..62 bits")
+    outputs: list[Pair] = []
+    plan = _chain_plan(tuple((math.prod(shape), bits) for shape, bits, _ in steps), ctx.network)
     k = 0
     while k < len(steps):
-        if variants[k] == "masked_open":
-            outputs.append(_truncate_masked_open(ctx, steps[k][2](outputs), steps[k][1]))
+        if plan[k] == "masked_open":
+            shape, bits, z_of = steps[k]
+            outputs.append(_truncate_masked_open(ctx, _step_input(z_of, outputs, shape), bits))
             k += 1
             continue
-        run = next((j for j in range(k, len(steps)) if variants[j] != "wrap_bits"), len(steps)) - k
+        run = next((j for j in range(k, len(steps)) if plan[j] != "wrap_bits"), len(steps)) - k
         _wrap_bits_run(ctx, steps[k : k + run], outputs)
         k += run
     return outputs
 
 
-def truncate_chain_cost(parts: Sequence[tuple[int, int]], network: NetworkProfile | None = None) -> tuple[int, int]:
-    """Exact (rounds, bytes of all parties) of ``truncate_chain`` on steps of (elements, bits)."""
-    variants = [_truncation_variant(n, bits, network) for n, bits in parts]
+def _chain_cost(parts: Sequence[tuple[int, int]], plan: Sequence[str]) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of a chain whose steps take ``plan``'s truncations."""
     rounds = nbytes = 0
-    for k, ((n, bits), variant) in enumerate(zip(parts, variants, strict=True)):
+    for k, ((n, bits), variant) in enumerate(zip(parts, plan, strict=True)):
         step_rounds, step_bytes = _truncation_variants(n, bits)[variant]
-        chained = variant == "wrap_bits" and k + 1 < len(parts) and variants[k + 1] == "wrap_bits"
+        chained = variant == "wrap_bits" and k + 1 < len(parts) and plan[k + 1] == "wrap_bits"
         rounds += step_rounds - chained
         nbytes += step_bytes
     return rounds, nbytes
+
+
+# Chains up to this many steps weigh every assignment of the two truncations (2^steps).
+CHAIN_PLAN_STEPS = 8
+
+
+@functools.cache
+def _chain_plan(parts: tuple[tuple[int, int], ...], network: NetworkProfile | None) -> tuple[str, ...]:
+    """The truncation of each step of a chain of (elements, bits) steps: on a network, the
+    assignment with the least projected time (every one for chains of up to
+    CHAIN_PLAN_STEPS steps, else each step's own choice, all byte-optimal or all
+    round-optimal): a byte-optimal step inside a run costs the round-optimal one's rounds at
+    fewer bytes. Without a network, each step's own choice (``_truncation_variant``)."""
+    own = tuple(_truncation_variant(n, bits, network) for n, bits in parts)
+    if network is None:
+        return own
+    if len(parts) <= CHAIN_PLAN_STEPS:
+        plans = list(itertools.product(("masked_open", "wrap_bits"), repeat=len(parts)))
+    else:
+        plans = [("masked_open",) * len(parts), ("wrap_bits",) * len(parts)]
+    options = {",".join(plan): _chain_cost(parts, plan) for plan in [own, *plans]}
+    return tuple(cheapest(network, options, ",".join(own)).split(","))
+
+
+def truncate_chain_cost(parts: Sequence[tuple[int, int]], network: NetworkProfile | None = None) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``truncate_chain`` on steps of (elements, bits)."""
+    return _chain_cost(parts, _chain_plan(tuple(parts), network))
 
 
 def _truncation_variants(n: int, bits: int) -> dict[str, tuple[int, int]]:

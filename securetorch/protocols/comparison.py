@@ -879,7 +879,7 @@ def _zero_test_levels(
     dealer = ctx.next_dealer()
     other = (dealer + 2) % 3 if ctx.rank == (dealer + 1) % 3 else (dealer + 1) % 3
     is_dealer = ctx.rank == dealer
-    halves = None if is_dealer else [_half(ctx, t, dealer) for t in tracked]
+    half = None if is_dealer else _half(ctx, tracked[0], dealer)  # of the candidates
     width = tracked[0][0].shape[-1]
     pending: _Level | None = None
     ride: list[torch.Tensor] = []
@@ -888,7 +888,7 @@ def _zero_test_levels(
         evens, odds = slice(0, width - width % 2, 2), slice(1, width, 2)
         lead = tracked[0][0].shape[:-1]
         n = lead.numel() * (width // 2)
-        diff = None if halves is None else (halves[0][..., evens] - halves[0][..., odds]).reshape(-1)
+        diff = None if half is None else (half[..., evens] - half[..., odds]).reshape(-1)
         part, theirs = _zero_test(ctx, dealer, diff, n, ctx.compare_bits, ride)
         if pending is not None:
             tracked, bit = pending.finish(ctx, dealer, theirs[0] if theirs else None)
@@ -901,11 +901,10 @@ def _zero_test_levels(
         odd = [_take(t, slice(width - 1, width)) for t in tracked] if width % 2 else None
         sent = None if shares is None else shares - masks
         pending = _Level(masks, sent, if_false, odd, with_bits)
-        if shares is not None:
-            shape = if_false[0][0].shape
-            halves = [_half(ctx, f, dealer) + shares[j].view(shape) for j, f in enumerate(if_false)]
+        if shares is not None:  # the kept candidates' halves, for the next level's opening
+            half = _half(ctx, if_false[0], dealer) + shares[0].view(if_false[0][0].shape)
             if odd is not None:
-                halves = [torch.cat([h, _half(ctx, t, dealer)], -1) for h, t in zip(halves, odd, strict=True)]
+                half = torch.cat([half, _half(ctx, odd[0], dealer)], -1)
         ride = [] if sent is None else [sent]
         width = width // 2 + width % 2
     assert pending is not None
@@ -1142,8 +1141,8 @@ ALL_PAIRS_BUDGET = 32768
 def _grouped_max(ctx: PartyContext, x: Pair) -> Pair:
     """Max over the last dim by all-pairs comparisons: of the whole row when that takes at most
     ALL_PAIRS_BUDGET comparisons (10 + ceil(log2(n-1)) rounds: 16 for n = 48), else within
-    groups of 8, then of the winners (13 rounds per level of ceil(log8 n)); the tree needs 10
-    per level of log2 n."""
+    groups of 8, then of the winners (13 rounds per level of ceil(log8 n)); the tree needs a
+    comparison and a round per level of log2 n, or 3 rounds a level by the zero test."""
     if _max_path(tuple(x[0].shape), False, ctx.compare_bits, ctx.network) == "all_pairs":
         return _all_pairs_max(ctx, x)
     while x[0].shape[-1] > GROUP:

@@ -452,3 +452,50 @@ def test_a_chain_of_truncations_lets_each_last_round_ride_in_the_next(sim, besid
             assert rounds == {max(10, ltz[0])} and nbytes == pa.truncate_chain_cost(parts)[1] + ltz[1]
         else:
             assert (rounds, nbytes) == ({10}, pa.truncate_chain_cost(parts)[1])
+
+
+def _planned_chain_job(v: torch.Tensor) -> tuple:
+    """x^2, then x^3 and x^4 in one batch, then x^4 again from x^3: a chain whose middle step
+    is twice the others' size."""
+    from securetorch.session.context import current
+
+    ctx = current()
+    x = puma.share(v if ctx.rank == 0 else None, owner=0, dtype=torch.float64).shares
+    n = tuple(v.shape)
+
+    def batch(outs: list) -> torch.Tensor:
+        stacked = (torch.stack([outs[0][0], outs[0][0]]), torch.stack([outs[0][1], outs[0][1]]))
+        return pa.mul_local(stacked, (torch.stack([x[0], outs[0][0]]), torch.stack([x[1], outs[0][1]])))
+
+    steps: list[pa.Step] = [
+        (n, 18, lambda _: pa.mul_local(x, x)),
+        ((2, *n), 18, batch),
+        (n, 18, lambda outs: pa.mul_local((outs[1][0][0], outs[1][1][0]), x)),
+    ]
+    before = puma.stats()
+    outs = pa.truncate_chain(ctx, steps)
+    cost = puma.stats() - before
+    return [puma.SharedTensor(o, torch.float64).reveal() for o in outs], cost
+
+
+def test_a_chain_takes_the_truncations_fastest_together() -> None:
+    """Each step's own choice is not the chain's best: under wan 98304 elements alone take
+    the 2-round truncation and 196608 the 3-round one (2 + 3 + 2 rounds), but all three
+    3-round ones in one run take as many rounds (2 + 2 + 3) at fewer bytes. The chain takes
+    those, computes x^2, x^3 and x^4 within their bounds, and costs exactly that."""
+    from securetorch.comm.profile import PRESETS
+
+    wan, n = PRESETS["wan"], 98304
+    parts = ((n, 18), (2 * n, 18), (n, 18))
+    own = tuple(pa._truncation_variant(m, d, wan) for m, d in parts)
+    assert own == ("masked_open", "wrap_bits", "masked_open")
+    assert pa._chain_plan(parts, wan) == ("wrap_bits",) * 3
+    cost = pa.truncate_chain_cost(parts, wan)
+    assert cost[0] == pa._chain_cost(parts, own)[0] == 7 and cost[1] < pa._chain_cost(parts, own)[1]
+    v = torch.linspace(-1.5, 1.5, n, dtype=torch.float64)
+    with puma.Simulator(network=wan, play_network=False) as sim:
+        results = sim.run(_planned_chain_job, v)
+    square, (cube, fourth_by_squares), fourth = results[0][0]
+    for got, want, bound in ((square, v**2, 3), (cube, v**3, 7), (fourth_by_squares, v**4, 12), (fourth, v**4, 12)):
+        assert float((got - want).abs().max()) <= bound * U
+    assert ({r[1].rounds for r in results}, sum(r[1].bytes_sent for r in results)) == ({7}, cost[1])
