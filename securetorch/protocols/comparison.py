@@ -1004,16 +1004,53 @@ def _tournament(
     return value, index, level_bits
 
 
+@functools.cache
 def _level_plan(
     rows: int, width: int, tracked: int, with_bits: bool, bits: int, network: NetworkProfile | None
-) -> list[tuple[int, str]]:
-    """(comparisons, variant) of each level of ``_tournament`` on [rows, width]."""
-    plan = []
+) -> tuple[tuple[int, str], ...]:
+    """(comparisons, variant) of each level of ``_tournament`` on [rows, width].
+
+    Each level's own choice (``_level_variant``) weighs a zero-test level at 4 rounds, but
+    inside a run it takes 3; so on a network the plan also weighs every split "comparison
+    and select for the first k levels, the zero test after" (levels shrink, so the zero test
+    pays best last) and takes the one with the least projected time, local work included.
+    Without a network: each level's own choice. Cached: a pure function of public facts."""
+    sizes = []
     while width > 1:
-        pairs = rows * (width // 2)
-        plan.append((pairs, _level_variant(pairs, tracked, with_bits, bits, network)))
+        sizes.append(rows * (width // 2))
         width = width // 2 + width % 2
-    return plan
+    own = tuple(_level_variant(pairs, tracked, with_bits, bits, network) for pairs in sizes)
+    if network is None:
+        return tuple(zip(sizes, own, strict=True))
+    options = {own} | {("select",) * k + ("zero_test",) * (len(sizes) - k) for k in range(len(sizes) + 1)}
+    costs, work = {}, {}
+    for plan in [own, *sorted(options - {own})]:
+        name = ",".join(plan)
+        costs[name] = total_cost(_plan_costs(sizes, plan, tracked, with_bits, bits, network))
+        work[name] = sum(_level_work(pairs, variant, bits, network) for pairs, variant in zip(sizes, plan, strict=True))
+    best = cheapest(network, costs, ",".join(own), work).split(",") if sizes else []
+    return tuple(zip(sizes, best, strict=True))
+
+
+def _plan_costs(
+    sizes: list[int], plan: Sequence[str], tracked: int, with_bits: bool, bits: int, network: NetworkProfile | None
+) -> list[Cost]:
+    """Per level, exact (rounds, bytes of all parties) of a tree whose levels of ``sizes``
+    comparisons take ``plan``'s variants: a zero-test level followed by another has its
+    replicating round inside the next one's first (``_zero_test_levels``)."""
+    costs = []
+    for k, (pairs, variant) in enumerate(zip(sizes, plan, strict=True)):
+        rounds, nbytes = _level_variants(pairs, tracked, with_bits, bits, network)[variant]
+        chained = variant == "zero_test" and k + 1 < len(plan) and plan[k + 1] == "zero_test"
+        costs.append((rounds - chained, nbytes))
+    return costs
+
+
+def _level_work(pairs: int, variant: str, bits: int, network: NetworkProfile | None) -> float:
+    """The estimated local seconds of the zero test in a level (its own, or its comparison's)."""
+    if variant == "zero_test" or _sign_variant(pairs, bits, 64, network) == "zero_test":
+        return _zero_test_seconds(pairs, bits)
+    return 0.0
 
 
 def _level_variants(
@@ -1031,10 +1068,9 @@ def _level_variants(
 @functools.cache
 def _level_variant(pairs: int, tracked: int, with_bit: bool, bits: int, network: NetworkProfile | None) -> str:
     """The faster of ``_level_variants`` on ``network``; without one, a comparison and a select."""
-    work = _zero_test_seconds(pairs, bits)
-    inner = work if _sign_variant(pairs, bits, 64, network) == "zero_test" else 0.0
     variants = _level_variants(pairs, tracked, with_bit, bits, network)
-    return cheapest(network, variants, "select", {"zero_test": work, "select": inner})
+    work = {name: _level_work(pairs, name, bits, network) for name in variants}
+    return cheapest(network, variants, "select", work)
 
 
 # Below this many elements a protocol is bound by rounds, not bytes: spend bytes to save rounds.
@@ -1239,15 +1275,9 @@ def _tournament_cost(
     rows: int, width: int, tracked: int, bits: int, network: NetworkProfile | None, with_bits: bool = False
 ) -> list[Cost]:
     """Per level of ``_tournament`` on [rows, width], moving ``tracked`` values (1, or 2 with
-    the index), keeping each level's bits with ``with_bits``: a zero-test level followed by
-    another has its replicating round inside the next one's first (``_zero_test_levels``)."""
+    the index), keeping each level's bits with ``with_bits`` (``_level_plan``)."""
     plan = _level_plan(rows, width, tracked, with_bits, bits, network)
-    costs = []
-    for k, (pairs, variant) in enumerate(plan):
-        rounds, nbytes = _level_variants(pairs, tracked, with_bits, bits, network)[variant]
-        chained = variant == "zero_test" and k + 1 < len(plan) and plan[k + 1][1] == "zero_test"
-        costs.append((rounds - chained, nbytes))
-    return costs
+    return _plan_costs([pairs for pairs, _ in plan], [v for _, v in plan], tracked, with_bits, bits, network)
 
 
 def _all_pairs_max_cost(rows: int, g: int, bits: int, network: NetworkProfile | None) -> list[Cost]:

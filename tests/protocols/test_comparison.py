@@ -486,15 +486,19 @@ def _tournament_job(v: torch.Tensor) -> tuple:
     )
 
 
-@pytest.mark.parametrize("network", ["wan", None])
+@pytest.mark.parametrize("network", ["wan", "lan", None])
 def test_tournament_levels_with_the_select_inside_the_zero_test(network) -> None:
     """On wan the levels of the max and argmax tree run by the zero test with the select
     inside, each level's replicating round in the next one's first (3 rounds a level, 1 at
-    the end); on loopback a comparison and a product round each.
-    Both give plaintext's max, first index of a tie and one-hot, at exactly their costs."""
+    the end); on lan too, although each level alone (at 4 rounds) would take a comparison
+    and a product round: the plan weighs the tree as a whole. On loopback a comparison and a
+    product round each. All give plaintext's max, first index of a tie and one-hot, at
+    exactly their costs."""
     profile = PRESETS.get(network or "")
     shape = (3, 100)
-    assert pc._level_variant(3 * 50, 2, True, 44, profile) == ("zero_test" if network else "select")
+    assert pc._level_variant(3 * 50, 2, True, 44, profile) == ("zero_test" if network == "wan" else "select")
+    planned = {v for _, v in pc._level_plan(3, 100, 2, True, 44, profile)}
+    assert planned == ({"zero_test"} if network else {"select"})
     values = torch.randn(shape, generator=seeded(3), dtype=torch.float64) * 8
     values[1, 17] = values[1, 90] = values[1].max() + 1  # a tie: the first index wins
     values[2, -1] = -(2.0**20)  # a masked logit
