@@ -94,6 +94,31 @@ def total_cost(costs: Iterable[Cost]) -> Cost:
     return rounds, nbytes
 
 
+def runs(plan: Sequence[str], chained: str) -> list[range]:
+    """The steps of ``plan`` (one protocol variant per step) as they run: each stretch of
+    consecutive ``chained`` steps together (every step of it but the last has its last round
+    ride in the next one's first: ``chained_costs``), every other step alone."""
+    out, start = [], 0
+    while start < len(plan):
+        end = start + 1
+        if plan[start] == chained:
+            while end < len(plan) and plan[end] == chained:
+                end += 1
+        out.append(range(start, end))
+        start = end
+    return out
+
+
+def chained_costs(costs: Sequence[Cost], plan: Sequence[str], chained: str) -> list[Cost]:
+    """Per step, the exact cost of steps run as ``runs`` groups them, from each step's own
+    ``costs``: a round less for every ``chained`` step followed by another."""
+    out = list(costs)
+    for run in runs(plan, chained):
+        for k in run[:-1]:
+            out[k] = (out[k][0] - 1, out[k][1])
+    return out
+
+
 def parallel_cost(costs: Iterable[Cost]) -> Cost:
     """The cost of protocols run side by side (``session.parallel``): the most rounds, all
     the bytes."""

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from securetorch.comm.profile import NetworkProfile, cheapest
+from securetorch.comm.profile import NetworkProfile, chained_costs, cheapest, runs, total_cost
 from securetorch.protocols.boolean import pack_bits, pack_uint, unpack_bits, unpack_uint
 from securetorch.ring import logical_shift_right, ring_matmul
 from securetorch.session.context import PartyContext
@@ -473,28 +473,19 @@ def truncate_chain(ctx: PartyContext, steps: Sequence[Step]) -> list[Pair]:
             raise ValueError("truncation by 1..62 bits")
     outputs: list[Pair] = []
     plan = _chain_plan(tuple((math.prod(shape), bits) for shape, bits, _ in steps), ctx.network)
-    k = 0
-    while k < len(steps):
-        if plan[k] == "masked_open":
-            shape, bits, z_of = steps[k]
+    for run in runs(plan, "wrap_bits"):
+        if plan[run.start] == "wrap_bits":
+            _wrap_bits_run(ctx, steps[run.start : run.stop], outputs)
+        else:
+            shape, bits, z_of = steps[run.start]
             outputs.append(_truncate_masked_open(ctx, _step_input(z_of, outputs, shape), bits))
-            k += 1
-            continue
-        run = next((j for j in range(k, len(steps)) if plan[j] != "wrap_bits"), len(steps)) - k
-        _wrap_bits_run(ctx, steps[k : k + run], outputs)
-        k += run
     return outputs
 
 
 def _chain_cost(parts: Sequence[tuple[int, int]], plan: Sequence[str]) -> tuple[int, int]:
     """Exact (rounds, bytes of all parties) of a chain whose steps take ``plan``'s truncations."""
-    rounds = nbytes = 0
-    for k, ((n, bits), variant) in enumerate(zip(parts, plan, strict=True)):
-        step_rounds, step_bytes = _truncation_variants(n, bits)[variant]
-        chained = variant == "wrap_bits" and k + 1 < len(parts) and plan[k + 1] == "wrap_bits"
-        rounds += step_rounds - chained
-        nbytes += step_bytes
-    return rounds, nbytes
+    steps = [_truncation_variants(n, bits)[variant] for (n, bits), variant in zip(parts, plan, strict=True)]
+    return total_cost(chained_costs(steps, plan, "wrap_bits"))
 
 
 # Chains up to this many steps weigh every assignment of the two truncations (2^steps).

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from securetorch.comm.profile import Cost, NetworkProfile, cheapest, total_cost
+from securetorch.comm.profile import Cost, NetworkProfile, chained_costs, cheapest, runs, total_cost
 from securetorch.prg import AesPrg
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols.arithmetic import Pair, mul
@@ -855,12 +855,15 @@ class _Level:
             out = _replicated(ctx, dealer, self.masks, self.sent + theirs)
         shape = self.if_false[0][0].shape
         kept = [(f[0] + out[0][j].view(shape), f[1] + out[1][j].view(shape)) for j, f in enumerate(self.if_false)]
-        if self.odd is not None:
-            kept = [
-                (torch.cat([k[0], t[0]], -1), torch.cat([k[1], t[1]], -1)) for k, t in zip(kept, self.odd, strict=True)
-            ]
         bit = (out[0][-1].view(shape), out[1][-1].view(shape)) if self.with_bit else None
-        return kept, bit
+        return _with_odd(kept, self.odd), bit
+
+
+def _with_odd(kept: list[Pair], odd: list[Pair] | None) -> list[Pair]:
+    """A tree level's kept values with the odd elements out (passed on unchanged) after them."""
+    if odd is None:
+        return kept
+    return [(torch.cat([k[0], t[0]], -1), torch.cat([k[1], t[1]], -1)) for k, t in zip(kept, odd, strict=True)]
 
 
 def _zero_test_levels(
@@ -877,18 +880,16 @@ def _zero_test_levels(
     ``_replicate_additive``) rides in the next level's round 1 instead of a round of its own:
     3 rounds per level and 1 at the end (``_tournament_cost``)."""
     dealer = ctx.next_dealer()
-    other = (dealer + 2) % 3 if ctx.rank == (dealer + 1) % 3 else (dealer + 1) % 3
-    is_dealer = ctx.rank == dealer
-    half = None if is_dealer else _half(ctx, tracked[0], dealer)  # of the candidates
+    half = None if ctx.rank == dealer else _half(ctx, tracked[0], dealer)  # of the candidates
     width = tracked[0][0].shape[-1]
     pending: _Level | None = None
-    ride: list[torch.Tensor] = []
     level_bits: list[Pair] = []
     for _ in range(levels):
         evens, odds = slice(0, width - width % 2, 2), slice(1, width, 2)
         lead = tracked[0][0].shape[:-1]
         n = lead.numel() * (width // 2)
         diff = None if half is None else (half[..., evens] - half[..., odds]).reshape(-1)
+        ride = () if pending is None or pending.sent is None else (pending.sent,)  # the last level's swap
         part, theirs = _zero_test(ctx, dealer, diff, n, ctx.compare_bits, ride)
         if pending is not None:
             tracked, bit = pending.finish(ctx, dealer, theirs[0] if theirs else None)
@@ -905,11 +906,11 @@ def _zero_test_levels(
             half = _half(ctx, if_false[0], dealer) + shares[0].view(if_false[0][0].shape)
             if odd is not None:
                 half = torch.cat([half, _half(ctx, odd[0], dealer)], -1)
-        ride = [] if sent is None else [sent]
         width = width // 2 + width % 2
     assert pending is not None
-    theirs = ctx.net.exchange({other: ride} if ride else {}, [] if is_dealer else [other])
-    tracked, bit = pending.finish(ctx, dealer, None if is_dealer else theirs[other][0])
+    if pending.sent is None:
+        ctx.net.exchange({}, [])
+    tracked, bit = pending.finish(ctx, dealer, None if pending.sent is None else _swap(ctx, dealer, pending.sent))
     if bit is not None:
         level_bits.append(bit)
     return tracked, level_bits
@@ -971,13 +972,10 @@ def _tournament(
     rows, width = x[0].numel() // max(1, x[0].shape[-1]), x[0].shape[-1]
     plan = [v for _, v in _level_plan(rows, width, len(tracked), with_bits, ctx.compare_bits, ctx.network)]
     level_bits: list[Pair] = []
-    level = 0
-    while level < len(plan):
-        if plan[level] == "zero_test":
-            run = next((k for k in range(level, len(plan)) if plan[k] != "zero_test"), len(plan)) - level
-            tracked, bits = _zero_test_levels(ctx, tracked, run, with_bits)
+    for run in runs(plan, "zero_test"):
+        if plan[run.start] == "zero_test":
+            tracked, bits = _zero_test_levels(ctx, tracked, len(run), with_bits)
             level_bits += bits
-            level += run
             continue
         width = tracked[0][0].shape[-1]
         evens, odds = slice(0, width - width % 2, 2), slice(1, width, 2)
@@ -992,13 +990,7 @@ def _tournament(
         kept = [(chosen[0][i], chosen[1][i]) for i in range(len(tracked))]
         if with_bits:
             level_bits.append(b_wins)
-        if width % 2:
-            kept = [
-                (torch.cat([k[0], t[0][..., -1:]], -1), torch.cat([k[1], t[1][..., -1:]], -1))
-                for k, t in zip(kept, tracked, strict=True)
-            ]
-        tracked = kept
-        level += 1
+        tracked = _with_odd(kept, [_take(t, slice(width - 1, width)) for t in tracked] if width % 2 else None)
     value = (tracked[0][0][..., 0], tracked[0][1][..., 0])
     index = (tracked[1][0][..., 0], tracked[1][1][..., 0]) if with_index else None
     return value, index, level_bits
@@ -1038,12 +1030,10 @@ def _plan_costs(
     """Per level, exact (rounds, bytes of all parties) of a tree whose levels of ``sizes``
     comparisons take ``plan``'s variants: a zero-test level followed by another has its
     replicating round inside the next one's first (``_zero_test_levels``)."""
-    costs = []
-    for k, (pairs, variant) in enumerate(zip(sizes, plan, strict=True)):
-        rounds, nbytes = _level_variants(pairs, tracked, with_bits, bits, network)[variant]
-        chained = variant == "zero_test" and k + 1 < len(plan) and plan[k + 1] == "zero_test"
-        costs.append((rounds - chained, nbytes))
-    return costs
+    levels = [
+        _level_variants(pairs, tracked, with_bits, bits, network)[v] for pairs, v in zip(sizes, plan, strict=True)
+    ]
+    return chained_costs(levels, plan, "zero_test")
 
 
 def _level_work(pairs: int, variant: str, bits: int, network: NetworkProfile | None) -> float:
