@@ -150,9 +150,13 @@ def polynomial_steps(
     scale_up, split, count, coef_bits, shift = _polynomial_plan(coeffs, scale, out_scale, work_scale)
     work = scale + scale_up
 
+    held: list[Pair] = []  # t at the work scale, made once (its results stay as they are)
+
     def t_at_work(outputs: list[Pair]) -> Pair:
-        t = t_of(outputs)
-        return pa.mul_public(t, torch.tensor(1 << scale_up)) if scale_up else t
+        if not held:
+            t = t_of(outputs)
+            held.append(pa.mul_public(t, torch.tensor(1 << scale_up)) if scale_up else t)
+        return held[0]
 
     def power_batch(level: int, todo: list[int]) -> Callable[[list[Pair]], torch.Tensor]:
         def z(outputs: list[Pair]) -> torch.Tensor:
@@ -496,16 +500,21 @@ def exp(ctx: PartyContext, x: Pair) -> Pair:
     def square(outputs: list[Pair]) -> torch.Tensor:
         return pa.mul_local(outputs[-1], outputs[-1])
 
-    steps: list[pa.Step] = [(shape, scale + 1, lambda _: pa.mul_local(x, x)), (shape, scale, first_square)]
-    steps += [(shape, scale, square)] * (EXP_SQUARINGS - 2) + [(shape, scale + EXP_SQUARINGS, square)]
+    products = [lambda _: pa.mul_local(x, x), first_square] + [square] * (EXP_SQUARINGS - 1)
+    steps = [(shape, bits, z) for bits, z in zip(_exp_shifts(ctx.frac_bits), products, strict=True)]
     return pa.truncate_chain(ctx, steps)[-1]
+
+
+def _exp_shifts(frac_bits: int) -> list[int]:
+    """The truncations of ``exp``'s products: y^2 by one more bit, the squarings, the last by
+    EXP_SQUARINGS more."""
+    scale = frac_bits + EXP_SQUARINGS
+    return [scale + 1] + [scale] * (EXP_SQUARINGS - 1) + [scale + EXP_SQUARINGS]
 
 
 def exp_cost(n: int, frac_bits: int = DEFAULT_FRAC_BITS, network: NetworkProfile | None = None) -> Cost:
     """Exact (rounds, bytes of all parties) of ``exp`` on n elements."""
-    scale = frac_bits + EXP_SQUARINGS
-    shifts = [scale + 1] + [scale] * (EXP_SQUARINGS - 1) + [scale + EXP_SQUARINGS]
-    return pa.truncate_chain_cost([(n, bits) for bits in shifts], network)
+    return pa.truncate_chain_cost([(n, bits) for bits in _exp_shifts(frac_bits)], network)
 
 
 # exp by a dealt lookup, for x in [-15.96, 0] (softmax, whose clip zeroes x < -14): x's bits
