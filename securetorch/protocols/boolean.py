@@ -45,11 +45,35 @@ def high_bits_first(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.from_numpy(_value_bits(x, bits)[:, ::-1].astype(np.int16))
 
 
+# From this many elements on, ``bit_planes`` transposes 8 x 8 bit blocks in 64-bit words
+# (no 8x expansion to one byte per bit: 3x faster at 2^14 elements, 8x at 2^17); below, the
+# expansion's few numpy calls cost less than the transposition's torch calls.
+_TRANSPOSE_MIN = 1 << 11
+# The masks of the three delta swaps of an 8 x 8 bit transposition (Warren, "Hacker's
+# Delight", 2nd ed., §7-3): bit 8 r + c of a word moves to bit 8 c + r.
+_TRANSPOSE_STEPS = ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0))
+
+
 def bit_planes(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Bits 0..bits-1 of every element of int64 ``x`` (flattened) as packed planes
-    [bits, ceil(n/8)]: plane j holds bit j of all elements."""
-    planes = np.packbits(np.ascontiguousarray(_value_bits(x, bits).T), axis=1, bitorder="little")
-    return torch.from_numpy(planes)
+    [bits, ceil(n/8)]: plane j holds bit j of all elements.
+
+    Large tensors: byte b of eight consecutive elements 8m..8m+7 forms one 64-bit word (bit
+    8t + k: bit k of element 8m + t); its 8 x 8 bit transposition has in byte k bit k of the
+    eight elements, element 8m + t at bit t: byte m of plane 8b + k. The shifts are
+    arithmetic, but every mask clears the bits a sign could fill."""
+    flat = x.reshape(-1)
+    n = flat.numel()
+    if n < _TRANSPOSE_MIN:
+        return torch.from_numpy(np.packbits(np.ascontiguousarray(_value_bits(flat, bits).T), axis=1, bitorder="little"))
+    groups, nbytes = -(-n // 8), -(-bits // 8)
+    if n % 8:
+        flat = torch.cat([flat, flat.new_zeros(8 * groups - n)])
+    words = flat.view(torch.uint8).view(8 * groups, 8)[:, :nbytes].t().contiguous().view(torch.int64)
+    for shift, mask in _TRANSPOSE_STEPS:
+        swap = (words ^ (words >> shift)) & mask
+        words = words ^ swap ^ (swap << shift)
+    return words.view(torch.uint8).view(nbytes, groups, 8).permute(0, 2, 1).reshape(8 * nbytes, groups)[:bits]
 
 
 @functools.cache
