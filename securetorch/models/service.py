@@ -52,7 +52,7 @@ from securetorch.session import costs
 from securetorch.session.context import PartyContext
 from securetorch.tensor import SharedTensor
 from securetorch.tensor.nn_ops import OneHotTokens
-from securetorch.tensor.shared import as_fixed
+from securetorch.tensor.shared import as_fixed, settle
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 Binding = tuple[str, str, str]  # (module path, attribute, parameter key)
@@ -491,6 +491,7 @@ def forward(
     with torch.no_grad(), _layer_progress(ctx, installed), _pooled_at(installed, pooled):
         out = installed.model(output_attentions=False, output_hidden_states=False, return_dict=True, **model_inputs)
     fields = {name: out[name] for name in DECLARED_OUTPUTS if out.get(name) is not None}
+    costs.measured("outputs", lambda: settle(*fields.values()))  # owed truncations, booked as an op
     return type(out).__name__, fields
 
 

@@ -1156,16 +1156,114 @@ NORM_EXTRA_BITS = 8
 WEIGHT_EXTRA_BITS = 4
 
 
-def _divide_rows(ctx: PartyContext, total: Pair, count: int) -> Pair:
-    """total / count on the (small) per-row tensors: 2^c/count in (1/2, 1] with
-    c = floor(log2 count) is encoded with 20 bits, the rest is part of the truncation."""
+MEAN_FACTOR_BITS = 20
+# Row means merged into an owed input's truncation hold for row sums |sum x| < 2^20.
+MERGED_SUM_BITS = 20
+
+
+def _mean_factor(count: int) -> tuple[int, int]:
+    """(K, c): 1/count = K / 2^(MEAN_FACTOR_BITS + c), K = 2^(20 + c)/count rounded (in
+    (2^19, 2^20]), c = floor(log2 count)."""
     c = count.bit_length() - 1
-    factor = torch.tensor(round(2**20 * 2**c / count), dtype=torch.int64)
-    return pa.truncate(ctx, pa.mul_public(total, factor), 20 + c)
+    return round(2**MEAN_FACTOR_BITS * 2**c / count), c
+
+
+def _divide_rows(ctx: PartyContext, total: Pair, count: int) -> Pair:
+    """total / count on the (small) per-row tensors: one truncation of total K by 20 + c."""
+    factor, c = _mean_factor(count)
+    return pa.truncate(ctx, pa.mul_public(total, torch.tensor(factor, dtype=torch.int64)), MEAN_FACTOR_BITS + c)
+
+
+def _mean_pieces(count: int, bits: int, frac_bits: int) -> list[tuple[int, int]] | None:
+    """K of ``_mean_factor`` cut into pieces K_j 2^s_j of w bits, so that a row sum of an owed
+    z (scale f + bits, |sum x| < 2^MERGED_SUM_BITS) times K_j stays below 2^62, the
+    truncation's range: w = 62 - 20 - f - bits; None where w < 1."""
+    width = 62 - MERGED_SUM_BITS - frac_bits - bits
+    if width < 1:
+        return None
+    factor, _ = _mean_factor(count)
+    pieces = [((factor >> s) & ((1 << width) - 1), s) for s in range(0, factor.bit_length(), width)]
+    return [(piece, s) for piece, s in pieces if piece]
+
+
+def _mean_shifts(count: int, bits: int, frac_bits: int) -> list[int] | None:
+    """The truncations of the merged mean's pieces, K_j's by bits + 20 + c - s_j."""
+    pieces = _mean_pieces(count, bits, frac_bits)
+    c = count.bit_length() - 1
+    return None if pieces is None else [bits + MEAN_FACTOR_BITS + c - s for _, s in pieces]
+
+
+def _row_means_variants(
+    rows: int, count: int, bits: int, frac_bits: int, network: NetworkProfile | None
+) -> dict[str, Cost]:
+    """Exact (rounds, bytes of all parties) of an owed input's truncation and its row means:
+    merged in one ``truncate_many`` call, or the policy's truncation and then the means."""
+    n, c = rows * count, count.bit_length() - 1
+    separate = total_cost(
+        [pa.truncation_cost(n, bits, network), pa.truncation_cost(rows, MEAN_FACTOR_BITS + c, network)]
+    )
+    shifts = _mean_shifts(count, bits, frac_bits)
+    if shifts is None:
+        return {"separate": separate}
+    merged = pa.truncate_many_cost([(n, bits, 0, 0), *((rows, shift, 0, 0) for shift in shifts)])
+    return {"merged": merged, "separate": separate}
+
+
+@functools.cache
+def _row_means_variant(rows: int, count: int, bits: int, frac_bits: int, network: NetworkProfile | None) -> str:
+    """The faster of ``_row_means_variants`` on ``network``; without one, merged where the
+    input's truncation alone would take the 2-round protocol (the merge costs no bytes)."""
+    variants = _row_means_variants(rows, count, bits, frac_bits, network)
+    if "merged" not in variants:
+        return "separate"
+    two_rounds = pa.truncation_cost(rows * count, bits, None)[0] == 2
+    return cheapest(network, variants, "merged" if two_rounds else "separate")
+
+
+def settle_with_row_means(ctx: PartyContext, x: pa.Owed) -> tuple[Pair, Pair] | None:
+    """An owed input x (``pa.Owed``: z at scale f + bits, rows along its last dim) truncated together with its row means, or None where ``_row_means_variant`` finds it
+    faster to truncate x alone (``truncate_additive``) and take the means after.
+
+    The mean sum(x) / count = floor(sum(z) K / 2^(bits + 20 + c)) (``_mean_factor``) by pieces
+    (``_mean_pieces``): sum_j floor(sum(z) K_j / 2^(bits + 20 + c - s_j)), each a part of the
+    same ``truncate_many`` call as x (2 rounds in all, instead of x's truncation and 2 more
+    for the means), within (number of pieces + 1) units of the last place. Holds for row sums
+    |sum x| < 2^MERGED_SUM_BITS. Returns (x, the means with the last dim kept)."""
+    count = x.additive.shape[-1]
+    rows = x.additive.numel() // count
+    if _row_means_variant(rows, count, x.bits, ctx.frac_bits, ctx.network) != "merged":
+        return None
+    pieces = _mean_pieces(count, x.bits, ctx.frac_bits)
+    shifts = _mean_shifts(count, x.bits, ctx.frac_bits)
+    assert pieces is not None and shifts is not None
+    total = x.additive.sum(-1, keepdim=True)
+    parts = [
+        (x.additive, x.bits, None),
+        *((total * piece, shift, None) for (piece, _), shift in zip(pieces, shifts, strict=True)),
+    ]
+    (settled, _), *means = pa.truncate_many(ctx, parts)
+    mean = (sum(m[0][0] for m in means), sum(m[0][1] for m in means))
+    return settled, mean
+
+
+def row_means_cost(
+    rows: int, count: int, bits: int, frac_bits: int = DEFAULT_FRAC_BITS, network: NetworkProfile | None = None
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of an owed input's truncation and its row means
+    (``settle_with_row_means``, or the truncation alone and ``_divide_rows``)."""
+    variants = _row_means_variants(rows, count, bits, frac_bits, network)
+    return variants[_row_means_variant(rows, count, bits, frac_bits, network)]
 
 
 def layer_norm_last_dims(
-    ctx: PartyContext, x: Pair, dims: int, weight: Pair | None, bias: Pair | None, eps: float, rms: bool = False
+    ctx: PartyContext,
+    x: Pair,
+    dims: int,
+    weight: Pair | None,
+    bias: Pair | None,
+    eps: float,
+    rms: bool = False,
+    mean: Pair | None = None,
 ) -> Pair:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last ``dims`` dims (RMSNorm:
     x / sqrt(mean(x^2) + eps) * weight).
@@ -1176,14 +1274,17 @@ def layer_norm_last_dims(
     output's. rsqrt takes count * (var + eps) directly (its public factor sqrt(count) rides
     on a truncation), so the variance needs no division; the squares keep up to 8 extra
     fractional bits (fewer for long rows, whose sum is large anyway) so small variances keep
-    their precision."""
+    their precision. ``mean``: the row means (last dim kept, over the flattened last
+    ``dims``), when already known (``settle_with_row_means``)."""
     f = ctx.frac_bits
     shape = x[0].shape
     flat = tuple(s.reshape(*shape[: len(shape) - dims], -1) for s in x)
     count = flat[0].shape[-1]
     if not rms:
-        total = (flat[0].sum(-1, keepdim=True), flat[1].sum(-1, keepdim=True))
-        flat = pa.sub(flat, _divide_rows(ctx, total, count))
+        if mean is None:
+            total = (flat[0].sum(-1, keepdim=True), flat[1].sum(-1, keepdim=True))
+            mean = _divide_rows(ctx, total, count)
+        flat = pa.sub(flat, mean)
     e_sum = _sum_extra_bits(count)
     if weight is None:
         squares = pa.truncate_additive(ctx, pa.mul_local(flat, flat), f - e_sum)  # scale f + e_sum
@@ -1216,12 +1317,19 @@ def layer_norm_cost(
     frac_bits: int = DEFAULT_FRAC_BITS,
     compare_bits: int = DEFAULT_COMPARE_BITS,
     network: NetworkProfile | None = None,
+    owed_bits: int | None = None,
 ) -> Cost:
     """Exact (rounds, bytes of all parties) of ``layer_norm_last_dims`` on ``rows`` rows of
-    ``count`` elements (``weight``: with a secret weight)."""
+    ``count`` elements (``weight``: with a secret weight), with an owed input's truncation by
+    ``owed_bits`` where given (and its row means: ``row_means_cost``)."""
     f, n = frac_bits, rows * count
     e_sum = _sum_extra_bits(count)
-    costs = [] if rms else [pa.truncation_cost(rows, 20 + count.bit_length() - 1, network)]
+    if owed_bits is None:
+        costs = [] if rms else [pa.truncation_cost(rows, MEAN_FACTOR_BITS + count.bit_length() - 1, network)]
+    else:
+        costs = [
+            pa.truncation_cost(n, owed_bits, network) if rms else row_means_cost(rows, count, owed_bits, f, network)
+        ]
     scaled_scale = f if not weight else f + e_sum + WEIGHT_EXTRA_BITS
     return total_cost([
         *costs,

@@ -18,6 +18,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -174,6 +175,17 @@ def matmul(ctx: PartyContext, x: Pair, y: Pair) -> Pair:
 
 
 # --------------------------------------------------------------------------- truncation
+
+
+@dataclass(frozen=True)
+class Owed:
+    """A fixed-point value whose truncation is still to run: this party's 3-out-of-3 share
+    ``additive`` of z (a local product, possibly plus other terms at its scale); the value is
+    floor(z / 2^bits), by ``truncate_additive`` or inside a protocol that merges it with
+    truncations of its own (``approx.settle_with_row_means``)."""
+
+    additive: torch.Tensor
+    bits: int
 
 
 def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
@@ -541,6 +553,41 @@ def truncation_bytes(n: int, bits: int, network: NetworkProfile | None = None) -
     return truncation_cost(n, bits, network)[1]
 
 
+def _together_variants(
+    parts: tuple[tuple[int, int], ...], network: NetworkProfile | None
+) -> dict[str, tuple[int, int]]:
+    """Exact (rounds, bytes of all parties) of ``truncate_together`` on parts (n elements,
+    bits): in one ``truncate_many`` call, or one after the other by the policy's protocol."""
+    return {
+        "together": truncate_many_cost([(n, bits, 0, 0) for n, bits in parts]),
+        "apart": total_cost(truncation_cost(n, bits, network) for n, bits in parts),
+    }
+
+
+@functools.cache
+def _together_variant(parts: tuple[tuple[int, int], ...], network: NetworkProfile | None) -> str:
+    """The faster of ``_together_variants``; without a network, together where every part
+    alone would take the 2-round protocol (then it saves rounds at no bytes)."""
+    fallback = "together" if all(_truncation_variant(n, b, None) == "masked_open" for n, b in parts) else "apart"
+    return cheapest(network, _together_variants(parts, network), fallback)
+
+
+def truncate_together(ctx: PartyContext, parts: Sequence[Owed]) -> list[Pair]:
+    """The truncations of several owed values (``Owed``) that an op needs at once: in one
+    ``truncate_many`` call (2 rounds for all) or each by ``truncate_additive``, whichever
+    ``_together_variant`` picks (``truncate_together_cost``)."""
+    key = tuple((p.additive.numel(), p.bits) for p in parts)
+    if _together_variant(key, ctx.network) == "together":
+        return [y for y, _ in truncate_many(ctx, [(p.additive, p.bits, None) for p in parts])]
+    return [truncate_additive(ctx, p.additive, p.bits) for p in parts]
+
+
+def truncate_together_cost(parts: Sequence[tuple[int, int]], network: NetworkProfile | None = None) -> tuple[int, int]:
+    """Exact (rounds, bytes of all parties) of ``truncate_together`` on parts (n, bits)."""
+    key = tuple(parts)
+    return _together_variants(key, network)[_together_variant(key, network)]
+
+
 def truncate(ctx: PartyContext, x: Pair, bits: int) -> Pair:
     """floor(x / 2^bits) or one more, for a shared x with |x| < 2^62 (``truncate_additive``)."""
     return truncate_additive(ctx, x[0], bits)
@@ -552,8 +599,3 @@ def mul_fixed(ctx: PartyContext, x: Pair, y: Pair, frac_bits: int) -> Pair:
     2 rounds and 41 bytes per element at f = 18, or from 2^17 elements 3 rounds and 26.5
     bytes (ABY3's mul + SPU's truncation: 3 rounds, 52 bytes)."""
     return truncate_additive(ctx, mul_local(x, y), frac_bits)
-
-
-def matmul_fixed(ctx: PartyContext, x: Pair, y: Pair, frac_bits: int) -> Pair:
-    """Fixed-point x @ y: as ``mul_fixed``, per output element."""
-    return truncate_additive(ctx, matmul_local(x, y), frac_bits)

@@ -2,8 +2,9 @@
 public value. A plain tensor or number mixed in is public (local work, no communication).
 
 Fixed-point rules (f fractional bits):
-* secret x secret: ``mul_fixed`` / ``matmul_fixed`` (one truncation: 2 rounds and 41 B per
-  output element, or 3 rounds and 26.5 B from 2^17 elements);
+* secret x secret: ``mul_fixed``, or ``matmul_local`` with its truncation owed
+  (``SharedTensor.owing``) (one truncation: 2 rounds and 41 B per output element, or 3
+  rounds and 26.5 B from 2^17 elements);
 * secret x public integer values (integer dtype, or floats that are small integers): exact
   ring product, no truncation, no communication;
 * secret integer (bool mask, one-hot) x secret fixed point: exact ring product, 1 round,
@@ -34,7 +35,7 @@ from securetorch.ring import COMPACT_FLOATS, encode, encode_into, ring_matmul
 from securetorch.session.context import current
 from securetorch.tensor.registry import func_name, implements
 from securetorch.tensor.shape_ops import masked_public, public_tensor, share_wise
-from securetorch.tensor.shared import SharedTensor, as_fixed
+from securetorch.tensor.shared import SharedTensor, as_fixed, settle
 
 _T = torch.Tensor
 F = torch.nn.functional
@@ -74,10 +75,47 @@ def _fixed(value: Any) -> Any:
 def _add(a: Any, b: Any) -> SharedTensor:
     a, b = _fixed(a), _fixed(b)
     ctx, dtype = current(), _dtype_of(a, b)
+    owed = _owed_sum(a, b, dtype)
+    if owed is not None:
+        return owed
     if isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
         return SharedTensor(pa.add(a.shares, b.shares), dtype)
     shared, public = (a, b) if isinstance(a, SharedTensor) else (b, a)
     return SharedTensor(pa.add_public(ctx, shared.shares, encode(masked_public(public), ctx.frac_bits)), dtype)
+
+
+def _owed_sum(a: Any, b: Any, dtype: torch.dtype) -> SharedTensor | None:
+    """a + b still owed where a side is an owed product (``SharedTensor.owed``, z at scale
+    f + bits): the other side joins z at that scale, exactly (floor((z + y 2^bits) / 2^bits)
+    = floor(z / 2^bits) + y), so the sum takes the product's one truncation, wherever it
+    runs. A secret side joins by its first share (P_i's y_i: 3-out-of-3 shares of y) or,
+    owed too, by its z at the same bits; a public one by P_0 alone, if it lies within the
+    truncation's range with room for the product (|y| 2^(f + bits) < 2^61). None otherwise."""
+    ctx = current()
+    if isinstance(a, SharedTensor) and a.owed is not None:
+        owing, other = a, b
+    elif isinstance(b, SharedTensor) and b.owed is not None:
+        owing, other = b, a
+    else:
+        return None
+    owed = owing.owed
+    assert owed is not None
+    if isinstance(other, SharedTensor):
+        theirs = other.owed
+        if theirs is not None:
+            if theirs.bits != owed.bits:
+                return None
+            term = theirs.additive
+        else:
+            term = other.shares[0] << owed.bits
+    else:
+        public = masked_public(other)
+        largest = float(public.abs().max()) if public.numel() else 0.0
+        if largest * 2.0 ** (ctx.frac_bits + owed.bits) >= 2.0**61:
+            return None
+        encoded = encode(public, ctx.frac_bits) << owed.bits
+        term = encoded if ctx.rank == 0 else torch.zeros_like(encoded)
+    return SharedTensor.owing(owed.additive + term, owed.bits, dtype)
 
 
 def _neg(a: SharedTensor) -> SharedTensor:
@@ -128,12 +166,15 @@ def _mul(a: Any, b: Any) -> SharedTensor:
     a, b = _fixed(a), _fixed(b)
     dtype = _dtype_of(a, b)
     if isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
+        settle(a, b)
         return SharedTensor(pa.mul_fixed(current(), a.shares, b.shares, current().frac_bits), dtype)
     shared, public = (a, b) if isinstance(a, SharedTensor) else (b, a)
     return SharedTensor(mul_by_public(shared.shares, public), dtype)
 
 
-def _matmul(a: Any, b: Any, owed: bool = False) -> SharedTensor:
+def _matmul(a: Any, b: Any) -> SharedTensor:
+    """a @ b with a secret side; a fixed-point product keeps its truncation owed
+    (``SharedTensor.owing``): it runs when the shares are read, after what can ride in it."""
     if _integer_secret(a) != _integer_secret(b) and isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
         # e.g. a secret one-hot matrix times a secret embedding table: exact, 1 round
         fixed = b if _integer_secret(a) else a
@@ -142,10 +183,8 @@ def _matmul(a: Any, b: Any, owed: bool = False) -> SharedTensor:
         secret_first = isinstance(a, SharedTensor)
         return _public_matmul(a if secret_first else b, public_tensor(b if secret_first else a), secret_first)
     a, b = as_fixed(a), as_fixed(b)
-    ctx = current()
-    if owed:  # its truncation runs when its shares are read (a power-of-two scaling rides in it)
-        return SharedTensor.owing(pa.matmul_local(a.shares, b.shares), ctx.frac_bits, _dtype_of(a, b))
-    return SharedTensor(pa.matmul_fixed(ctx, a.shares, b.shares, ctx.frac_bits), _dtype_of(a, b))
+    settle(a, b)
+    return SharedTensor.owing(pa.matmul_local(a.shares, b.shares), current().frac_bits, _dtype_of(a, b))
 
 
 def _public_blocks(public: torch.Tensor, secret_first: bool) -> tuple[int, bool, list[tuple[int, int]]]:
@@ -200,8 +239,8 @@ def _public_matmul(x: SharedTensor, public: torch.Tensor, secret_first: bool) ->
                 part.append(product)
     products = [part[0] if len(part) == 1 else torch.cat(part, out_dim) for part in parts]
     dtype = x.dtype if x.dtype.is_floating_point else torch.get_default_dtype()
-    if truncated:
-        return SharedTensor(pa.truncate_additive(ctx, products[0], ctx.frac_bits), dtype)
+    if truncated:  # owed, as a product of secrets (``_matmul``)
+        return SharedTensor.owing(products[0], ctx.frac_bits, dtype)
     return SharedTensor((products[0], products[1]), dtype)
 
 
@@ -271,12 +310,12 @@ def _imul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Shared
 
 @implements(torch.matmul, _T.matmul, _T.__matmul__, torch.bmm, _T.bmm, torch.mm, _T.mm)
 def _matmul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    return _matmul(args[0], args[1], owed=True)
+    return _matmul(args[0], args[1])
 
 
 @implements(_T.__rmatmul__)
 def _rmatmul_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTensor:
-    return _matmul(args[1], args[0], owed=True)
+    return _matmul(args[1], args[0])
 
 
 @implements(torch.addmm, _T.addmm, torch.baddbmm, _T.baddbmm)
@@ -296,7 +335,8 @@ def _linear_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Shar
     x, weight = args[0], args[1]
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     out = _matmul(
-        x, weight.transpose(-1, -2) if isinstance(weight, SharedTensor) else public_tensor(weight).transpose(-1, -2)
+        x,
+        weight.transpose(-1, -2) if isinstance(weight, SharedTensor) else public_tensor(weight).transpose(-1, -2),
     )
     return out if bias is None else _add(out, bias)
 

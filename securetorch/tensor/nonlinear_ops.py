@@ -154,7 +154,14 @@ def _norm(args: tuple[Any, ...], kwargs: dict[str, Any], names: tuple[str, ...],
     dims = len(shape) if isinstance(shape, (tuple, list, torch.Size)) else 1
     eps = eps if bound.get("eps") is None else bound["eps"]
     weight, bias = _optional_pair(bound.get("weight")), _optional_pair(bound.get("bias"))
-    return SharedTensor(ap.layer_norm_last_dims(current(), x.shares, dims, weight, bias, eps, rms=rms), x.dtype)
+    ctx, mean, owed = current(), None, x.owed
+    if owed is not None and not rms:  # an owed input (a linear layer plus the residual)
+        rows = pa.Owed(owed.additive.reshape(*x.shape[: x.dim() - dims], -1), owed.bits)
+        settled = ap.settle_with_row_means(ctx, rows)
+        if settled is not None:  # truncated with its row means: the owing tensor takes the shares
+            x.settle((settled[0][0].reshape(x.shape), settled[0][1].reshape(x.shape)))
+            mean = settled[1]
+    return SharedTensor(ap.layer_norm_last_dims(ctx, x.shares, dims, weight, bias, eps, rms=rms, mean=mean), x.dtype)
 
 
 @implements(F.layer_norm)

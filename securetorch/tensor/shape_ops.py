@@ -41,16 +41,29 @@ def _no_secret(value: Any, func: Any) -> None:
 
 
 def share_wise(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Apply ``func`` to each share of the first argument; everything else must be public."""
+    """Apply ``func`` to each share of the first argument; everything else must be public.
+    A reshaping of an owed product (``_REORDERING``) stays owed (``SharedTensor.viewed``)."""
     self_, rest = args[0], list(args[1:])
     if func in _SHAPE_FROM_OTHER and rest and isinstance(rest[0], SharedTensor):
         rest[0] = rest[0].shares[0]
     _no_secret(rest, func)
     _no_secret(list(kwargs.values()), func)
+    if func in _REORDERING:
+        viewed = self_.viewed(lambda t: func(t, *rest, **kwargs), self_.dtype)
+        if viewed is not None:
+            return viewed
     first = func(self_.shares[0], *rest, **kwargs)
     second = func(self_.shares[1], *rest, **kwargs)
     return wrap(first, second, self_.dtype)
 
+
+# Single-result ops that keep every element (a truncation owed by the whole is owed by it).
+_REORDERING = {
+    _T.view, _T.reshape, torch.reshape, _T.permute, torch.permute, _T.transpose, torch.transpose,
+    _T.t, torch.t, _T.contiguous, _T.view_as, _T.reshape_as, _T.squeeze, torch.squeeze,
+    _T.unsqueeze, torch.unsqueeze, _T.flatten, torch.flatten, _T.unflatten, torch.unflatten,
+    _T.movedim, torch.movedim, _T.swapaxes, torch.swapaxes, _T.T.__get__, _T.mT.__get__,
+}  # fmt: skip
 
 implements(
     _T.view, _T.reshape, torch.reshape, _T.permute, torch.permute, _T.transpose, torch.transpose,
@@ -114,6 +127,10 @@ def _retype(self_: SharedTensor, dtype: Any, func: Any) -> SharedTensor:
             f"securetorch: {func_name(func)} to {dtype}: a fixed-point secret cannot become an integer "
             "(no secure rounding to integers)"
         )
+    if self_.dtype.is_floating_point:
+        viewed = self_.viewed(lambda t: t, dtype)
+        if viewed is not None:
+            return viewed
     return SharedTensor(as_fixed(self_).shares, dtype)
 
 

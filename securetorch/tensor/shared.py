@@ -15,6 +15,7 @@ existing check.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,14 +59,42 @@ def decode_as(ring_value: torch.Tensor, frac_bits: int, dtype: torch.dtype) -> t
     return decode(ring_value, frac_bits, dtype)
 
 
+class _OwedTruncation:
+    """A product's truncation still to run (``pa.Owed``), run at most once for the product
+    and every reshaped view of it (``SharedTensor.viewed``)."""
+
+    __slots__ = ("owed", "shares")
+
+    def __init__(self, owed: pa.Owed) -> None:
+        self.owed, self.shares = owed, None
+
+    def run(self) -> pa.Pair:
+        if self.shares is None:
+            additive = self.owed.additive
+            if additive.device.type == "meta":  # a dry run's stand-in: nothing to compute
+                self.shares = (additive, additive)
+            else:
+                self.shares = pa.truncate_additive(current(), additive, self.owed.bits)
+        return self.shares
+
+
+View = Callable[[torch.Tensor], torch.Tensor]
+
+
 class SharedTensor(torch.Tensor):
     """A secret tensor: this party's replicated shares plus a logical dtype.
 
     Floating dtypes hold fixed-point values (f fractional bits); ``torch.bool`` and integer
-    dtypes hold plain integers (comparison results, argmax indices)."""
+    dtypes hold plain integers (comparison results, argmax indices).
+
+    A fixed-point product may hold its truncation still owed (``owing``): it runs when the
+    shares are first read, so that what comes before that read can ride in it: a public
+    power-of-two factor (``times_power_of_two``), a sum with another secret or a public
+    value (``owed``, ``arith_ops``), reshaping (``viewed``), and a LayerNorm's row means
+    (``nonlinear_ops``). A model's matmuls and linear layers give such products."""
 
     _shares: pa.Pair | None
-    _owed: tuple[torch.Tensor, int] | None
+    _owed: tuple[_OwedTruncation, View | None] | None
 
     @staticmethod
     def __new__(cls, shares: pa.Pair, dtype: torch.dtype = torch.float32) -> SharedTensor:
@@ -82,11 +111,9 @@ class SharedTensor(torch.Tensor):
     @classmethod
     def owing(cls, additive: torch.Tensor, bits: int, dtype: torch.dtype) -> SharedTensor:
         """A fixed-point product whose truncation by ``bits`` is still owed (``additive``:
-        this party's 3-out-of-3 share of the product). It runs when the shares are first
-        read, so that a public power-of-two factor applied first rides in it
-        (``times_power_of_two``): a matmul and its scaling take one truncation."""
+        this party's 3-out-of-3 share of the product)."""
         out = _wrapper(cls, additive, dtype)
-        out._shares, out._owed = None, (additive, bits)
+        out._shares, out._owed = None, (_OwedTruncation(pa.Owed(additive, bits)), None)
         return out
 
     @property
@@ -95,25 +122,54 @@ class SharedTensor(torch.Tensor):
         every party reads a tensor's shares at the same point of the same program)."""
         if self._shares is None:
             assert self._owed is not None
-            additive, bits = self._owed
-            if additive.device.type == "meta":  # a dry run's stand-in: nothing to compute
-                self._shares = (additive, additive)
-            else:
-                self._shares = pa.truncate_additive(current(), additive, bits)
+            truncation, view = self._owed
+            base = truncation.run()
+            self._shares = base if view is None else (view(base[0]), view(base[1]))
             self._owed = None
         return self._shares
+
+    @property
+    def owed(self) -> pa.Owed | None:
+        """The product with its truncation still owed, in this tensor's shape; None once the
+        truncation has run (reading the shares is free then) or if there is none."""
+        if self._owed is None or self._owed[0].shares is not None:
+            return None
+        owed, view = self._owed[0].owed, self._owed[1]
+        return owed if view is None else pa.Owed(view(owed.additive), owed.bits)
+
+    def viewed(self, view: View, dtype: torch.dtype) -> SharedTensor | None:
+        """``view`` (a reshaping that keeps every element: view, transpose, ...) applied to an
+        owed product, still owed and sharing its truncation; None if nothing is owed."""
+        if self.owed is None:
+            return None
+        assert self._owed is not None
+        truncation, before = self._owed
+        composed = view if before is None else (lambda t: view(before(t)))
+        out = _wrapper(SharedTensor, composed(truncation.owed.additive), dtype)
+        out._shares, out._owed = None, (truncation, composed)
+        return out
 
     def set_shares(self, shares: pa.Pair) -> None:
         """Replace the value (in-place ops)."""
         self._shares, self._owed = shares, None
 
+    def settle(self, shares: pa.Pair) -> None:
+        """The shares of this tensor's owed product (``owed``), from its truncation run
+        outside ``shares`` (with other truncations in one call); the product's other views
+        get them too where this tensor is the product itself."""
+        assert self._owed is not None
+        truncation, view = self._owed
+        if view is None:
+            truncation.shares = shares
+        self._shares, self._owed = shares, None
+
     def times_power_of_two(self, exponent: int) -> SharedTensor | None:
         """self * 2^exponent folded into an owed truncation (no round of its own), or None
         if there is none or it cannot take the factor."""
-        if self._owed is None or not 1 <= self._owed[1] - exponent <= pa.MAX_TRUNCATION_BITS:
+        owed = self.owed
+        if owed is None or not 1 <= owed.bits - exponent <= pa.MAX_TRUNCATION_BITS:
             return None
-        additive, bits = self._owed
-        return SharedTensor.owing(additive, bits - exponent, self.dtype)
+        return SharedTensor.owing(owed.additive, owed.bits - exponent, self.dtype)
 
     def reveal(self, to: int | None = None) -> torch.Tensor | None:
         """Open the value: a plaintext tensor on every party (``to=None``) or on party ``to``
@@ -154,6 +210,19 @@ class SharedTensor(torch.Tensor):
             f"securetorch has no secure protocol for {func}({type_names(args, kwargs or {})}); "
             "it was not run (no fallback on shares, nothing revealed)"
         )
+
+
+def settle(*values: Any) -> None:
+    """Run now the owed truncations of the secrets among ``values`` (an op about to read
+    them, a model's outputs): several together (``pa.truncate_together``: one call where that
+    is faster), not one after the other as each read would."""
+    owing = list({id(v): v for v in values if isinstance(v, SharedTensor) and v.owed is not None}.values())
+    if len(owing) < 2 or any(v.owed.additive.device.type == "meta" for v in owing):
+        for value in owing:  # one alone (or a dry run's stand-ins): as its read would
+            value.set_shares(value.shares)
+        return
+    for value, shares in zip(owing, pa.truncate_together(current(), [v.owed for v in owing]), strict=True):
+        value.settle(shares)
 
 
 def share(value: torch.Tensor | None, owner: int, dtype: torch.dtype | None = None) -> SharedTensor:

@@ -115,6 +115,9 @@ def _public_products(x: torch.Tensor, w: torch.Tensor, table: torch.Tensor, ids:
     )
     before = puma.stats()
     right, left = xs @ w, w.T @ xs.T
+    assert (puma.stats() - before).rounds == 0  # each product's truncation is owed until read
+    for product in (right, left):
+        assert product.shares is not None
     middle = puma.stats()
     rows = onehot @ table
     after = puma.stats()
@@ -207,7 +210,8 @@ def test_a_power_of_two_scaling_rides_in_the_products_truncation(sim) -> None:
         outs, rounds = [], []
         for scale in (lambda p: p * 0.125, lambda p: p / 8, lambda p: 2 * p, lambda p: p * 0.3, lambda p: p * 2.0**-50):
             before = puma.stats()
-            out = scale(torch.matmul(x, y)) + 1.0  # the addition reads the shares
+            out = scale(torch.matmul(x, y)) + 1.0
+            assert out.shares is not None  # the truncation runs when the shares are read
             rounds.append((puma.stats() - before).rounds)
             outs.append(out.reveal())
         owed = x @ y
@@ -227,3 +231,91 @@ def test_a_power_of_two_scaling_rides_in_the_products_truncation(sim) -> None:
     for got, want in zip(outs, wants, strict=True):
         assert float((got - want).abs().max()) <= 1e-4
     assert rounds == [2, 2, 2, 4, 4, 2]  # 2^-50 would take the truncation past 62 bits: one of its own
+
+
+def _owed_sums(x, w1, b1, w2, residual, gamma, beta):
+    from securetorch.protocols import approx as ap
+    from securetorch.protocols import arithmetic as pa
+
+    F = torch.nn.functional
+    xs, w1s, b1s, w2s, rs, gs, bs = (
+        puma.share(v if puma.rank() == 0 else None, owner=0, dtype=torch.float64)
+        for v in (x, w1, b1, w2, residual, gamma, beta)
+    )
+    from securetorch.session.context import current
+
+    ctx = current()
+    f = ctx.frac_bits
+    rows, count = x.shape[0] * x.shape[1], w1.shape[0]
+    costs = {}
+    before = puma.stats()
+    h = F.linear(xs, w1s, b1s) + rs + 0.5  # a bias, a secret residual and a public term: still owed
+    viewed = h.view(rows, count).transpose(0, 1).float().T  # reshaped and retyped: owed, the same truncation
+    costs["owed"] = puma.stats() - before
+    before = puma.stats()
+    normed = F.layer_norm(h, (count,), gs, bs, 1e-5)  # truncated with its row means
+    costs["layer_norm"] = puma.stats() - before
+    before = puma.stats()
+    plain = h.reveal()  # read once: the view shares it
+    same = viewed.reveal()
+    costs["views"] = puma.stats() - before
+    q, k = xs @ w2s, xs @ (w2s * 1.0)  # two owed operands of one product: truncated together
+    before = puma.stats()
+    product = q @ k.transpose(-1, -2)
+    costs["together"] = puma.stats() - before
+    scores = product.reveal()
+    before = puma.stats()
+    large = F.linear(xs, w1s) + 4e7  # too large to join the product's scale: its truncation runs first
+    costs["too_large"] = puma.stats() - before
+    unmerged = F.layer_norm(F.linear(xs, w1s), (count,), gs, bs, 1e-5)
+    assert unmerged.shares is not None
+    expected = {
+        "layer_norm": ap.layer_norm_cost(rows, count, True, False, f, ctx.compare_bits, ctx.network, owed_bits=f),
+        "merged": ap.row_means_cost(rows, count, f, f, ctx.network),
+        "unmerged": ap.layer_norm_cost(rows, count, True, False, f, ctx.compare_bits, ctx.network),
+        "truncation": pa.truncation_cost(rows * count, f, ctx.network),
+        "together": pa.truncate_together_cost([(q.numel(), f)] * 2, ctx.network),
+    }
+    return normed.reveal(), unmerged.reveal(), large.reveal(), plain, same, scores, costs, expected
+
+
+def test_sums_views_and_layer_norms_ride_in_an_owed_truncation(sim) -> None:
+    """A linear layer's product owes its truncation through a bias, a secret residual, a
+    public term, a reshaping and a dtype change (no round until read), and a view shares it
+    with the sum (one truncation for both). A LayerNorm on such a sum truncates it together
+    with its row means: exactly ``layer_norm_cost`` with the owed bits, 2 rounds fewer than
+    the truncation and then the LayerNorm. Two owed operands of one product are truncated in
+    one call (2 rounds, not 4). A public term too large for the truncation's range takes the
+    product's truncation first. Every value within the fixed-point bounds of the float64
+    reference."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 6, 32, generator=g, dtype=torch.float64)
+    w1, b1 = (
+        torch.randn(32, 32, generator=g, dtype=torch.float64) / 4,
+        torch.randn(32, generator=g, dtype=torch.float64),
+    )
+    w2 = torch.randn(32, 16, generator=g, dtype=torch.float64) / 4
+    residual = torch.randn(2, 6, 32, generator=g, dtype=torch.float64) * 3 + 1
+    gamma, beta = torch.randn(32, generator=g, dtype=torch.float64), torch.randn(32, generator=g, dtype=torch.float64)
+    results = sim.run(_owed_sums, x, w1, b1, w2, residual, gamma, beta)
+    normed, unmerged, large, plain, same, scores, _, expected = results[0]
+    costs = {  # rounds (the same on every party) and the bytes of all parties
+        name: (results[0][6][name].rounds, sum(r[6][name].bytes_sent for r in results)) for name in results[0][6]
+    }
+    F = torch.nn.functional
+    h = F.linear(x, w1, b1) + residual + 0.5
+    assert float((plain - h).abs().max()) <= 32 * 2 * U
+    assert torch.equal(same.double(), plain.view(12, 32).double())
+    assert float((normed - F.layer_norm(h, (32,), gamma, beta, 1e-5)).abs().max()) <= 1e-3
+    assert float((unmerged - F.layer_norm(F.linear(x, w1), (32,), gamma, beta, 1e-5)).abs().max()) <= 1e-3
+    assert float((large - F.linear(x, w1) - 4e7).abs().max()) <= 32 * 2 * U
+    q = x @ w2
+    assert float((scores - q @ q.transpose(-1, -2)).abs().max()) <= 1e-3
+    assert costs["owed"] == (0, 0)
+    assert costs["layer_norm"] == expected["layer_norm"]
+    merged, unmerged_cost, truncation = expected["merged"], expected["unmerged"], expected["truncation"]
+    assert merged[0] == 2 and expected["layer_norm"][0] == unmerged_cost[0] + truncation[0] - 2
+    assert costs["views"][0] == 2  # two reveals, no truncation
+    assert costs["together"] == expected["together"]
+    assert expected["together"][0] == 2
+    assert costs["too_large"] == truncation
