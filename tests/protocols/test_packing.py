@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from securetorch.protocols.boolean import pack_bits, pack_uint, unpack_bits, unpack_uint
+from securetorch.protocols.boolean import bit_planes, pack_bits, pack_uint, unpack_bits, unpack_uint
 
 from ..conftest import seeded
 
@@ -38,3 +38,14 @@ def test_pack_bits_round_trip() -> None:
     packed = pack_bits(bits)
     assert packed.shape == (3, 126)
     assert torch.equal(unpack_bits(packed, 1001), bits)
+
+
+@pytest.mark.parametrize("bits", [1, 8, 20, 43, 44, 64])
+@pytest.mark.parametrize("n", [1, 13, 2047, 2048, (1 << 14) + 5])  # both paths (expansion, 8 x 8 transpositions)
+def test_bit_planes_hold_bit_j_of_every_element_in_plane_j(bits: int, n: int) -> None:
+    x = torch.randint(-(2**63), 2**63 - 1, (n,), generator=seeded(bits + n), dtype=torch.int64)
+    x[0] = -1  # the sign bit set: the transposition's shifts are arithmetic
+    planes = bit_planes(x, bits)
+    assert planes.shape == (bits, (n + 7) // 8) and planes.dtype == torch.uint8
+    want = torch.stack([(x >> j) & 1 for j in range(bits)])
+    assert torch.equal(unpack_bits(planes, n), want)
