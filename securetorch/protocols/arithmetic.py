@@ -201,6 +201,7 @@ def truncate_additive(ctx: PartyContext, z: torch.Tensor, bits: int) -> Pair:
     """
     if not 0 < bits <= MAX_TRUNCATION_BITS:
         raise ValueError("truncation by 1..62 bits")
+    z = z.contiguous()  # the results' layout is then the same on every party
     if _truncation_variant(z.numel(), bits, ctx.network) == "masked_open":
         return _truncate_masked_open(ctx, z, bits)
     return _truncate_wrap_bits(ctx, z, bits)
@@ -248,7 +249,7 @@ def truncate_many(
     """
     dealer = ctx.next_dealer()
     rank_a, rank_b = (dealer + 1) % 3, (dealer + 2) % 3
-    parts = [(z + zero_share(ctx, z.shape), bits, tables) for z, bits, tables in parts]
+    parts = [(z.contiguous() + zero_share(ctx, z.shape), bits, tables) for z, bits, tables in parts]
     for _, bits, tables in parts:
         if not 0 < bits <= MAX_TRUNCATION_BITS:
             raise ValueError("truncation by 1..62 bits")

@@ -111,14 +111,14 @@ class Simulator:
         ctx.net.begin_job(job)
         args, kwargs = map_structure(call, lambda v: to_shared(v) if isinstance(v, SharePayload) else v)
         try:
-            with activate(ctx):
+            with activate(ctx):  # results inside too: an owed truncation runs when they are read
                 result = fn(*args, **kwargs)
+                return map_structure(result, lambda v: from_shared(v) if isinstance(v, SharedTensor) else v)
         except BaseException as exc:
             if not isinstance(exc, PeerAbort):
                 self.hub.abort(job, f"party {rank} raised {type(exc).__name__}: {exc}")
                 exc.add_note(f"raised in party {rank} (simulated, job {job})")
             raise
-        return map_structure(result, lambda v: from_shared(v) if isinstance(v, SharedTensor) else v)
 
     def stats(self) -> list[CommStats]:
         """The parties' communication counters, in rank order."""

@@ -112,6 +112,7 @@ class SharedTensor(torch.Tensor):
     def owing(cls, additive: torch.Tensor, bits: int, dtype: torch.dtype) -> SharedTensor:
         """A fixed-point product whose truncation by ``bits`` is still owed (``additive``:
         this party's 3-out-of-3 share of the product)."""
+        additive = additive.contiguous()  # as every party's: a product's layout may not be
         out = _wrapper(cls, additive, dtype)
         out._shares, out._owed = None, (_OwedTruncation(pa.Owed(additive, bits)), None)
         return out
@@ -137,15 +138,20 @@ class SharedTensor(torch.Tensor):
         owed, view = self._owed[0].owed, self._owed[1]
         return owed if view is None else pa.Owed(view(owed.additive), owed.bits)
 
-    def viewed(self, view: View, dtype: torch.dtype) -> SharedTensor | None:
-        """``view`` (a reshaping that keeps every element: view, transpose, ...) applied to an
-        owed product, still owed and sharing its truncation; None if nothing is owed."""
+    def viewed(self, view: View | None, dtype: torch.dtype) -> SharedTensor | None:
+        """``view`` (a reshaping that keeps every element: view, transpose, ...; None: the
+        same elements, another dtype) applied to an owed product, still owed and sharing its
+        truncation; None if nothing is owed."""
         if self.owed is None:
             return None
         assert self._owed is not None
         truncation, before = self._owed
-        composed = view if before is None else (lambda t: view(before(t)))
-        out = _wrapper(SharedTensor, composed(truncation.owed.additive), dtype)
+        if view is None or before is None:
+            composed = before if view is None else view
+        else:
+            composed = lambda t: view(before(t))  # noqa: E731
+        additive = truncation.owed.additive
+        out = _wrapper(SharedTensor, additive if composed is None else composed(additive), dtype)
         out._shares, out._owed = None, (truncation, composed)
         return out
 
@@ -216,13 +222,14 @@ def settle(*values: Any) -> None:
     """Run now the owed truncations of the secrets among ``values`` (an op about to read
     them, a model's outputs): several together (``pa.truncate_together``: one call where that
     is faster), not one after the other as each read would."""
-    owing = list({id(v): v for v in values if isinstance(v, SharedTensor) and v.owed is not None}.values())
-    if len(owing) < 2 or any(v.owed.additive.device.type == "meta" for v in owing):
-        for value in owing:  # one alone (or a dry run's stand-ins): as its read would
-            value.set_shares(value.shares)
-        return
-    for value, shares in zip(owing, pa.truncate_together(current(), [v.owed for v in owing]), strict=True):
-        value.settle(shares)
+    owing = [v for v in values if isinstance(v, SharedTensor) and v.owed is not None]
+    cells = list({id(c): c for c in (v._owed[0] for v in owing if v._owed is not None)}.values())
+    if len(cells) >= 2 and all(c.owed.additive.device.type != "meta" for c in cells):
+        # each product once, whatever views of it are read: they take theirs from its shares
+        for cell, shares in zip(cells, pa.truncate_together(current(), [c.owed for c in cells]), strict=True):
+            cell.shares = shares
+    for value in owing:  # reads the shares (one alone, or a dry run's stand-ins: as a read would)
+        value.set_shares(value.shares)
 
 
 def share(value: torch.Tensor | None, owner: int, dtype: torch.dtype | None = None) -> SharedTensor:
