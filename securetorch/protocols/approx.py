@@ -1177,20 +1177,14 @@ def _divide_rows(ctx: PartyContext, total: Pair, count: int) -> Pair:
 def _mean_pieces(count: int, bits: int, frac_bits: int) -> list[tuple[int, int]] | None:
     """K of ``_mean_factor`` cut into pieces K_j 2^s_j of w bits, so that a row sum of an owed
     z (scale f + bits, |sum x| < 2^MERGED_SUM_BITS) times K_j stays below 2^62, the
-    truncation's range: w = 62 - 20 - f - bits; None where w < 1."""
+    truncation's range: w = 62 - 20 - f - bits; each with its truncation, by bits + 20 + c -
+    s_j; None where w < 1."""
     width = 62 - MERGED_SUM_BITS - frac_bits - bits
     if width < 1:
         return None
-    factor, _ = _mean_factor(count)
+    factor, c = _mean_factor(count)
     pieces = [((factor >> s) & ((1 << width) - 1), s) for s in range(0, factor.bit_length(), width)]
-    return [(piece, s) for piece, s in pieces if piece]
-
-
-def _mean_shifts(count: int, bits: int, frac_bits: int) -> list[int] | None:
-    """The truncations of the merged mean's pieces, K_j's by bits + 20 + c - s_j."""
-    pieces = _mean_pieces(count, bits, frac_bits)
-    c = count.bit_length() - 1
-    return None if pieces is None else [bits + MEAN_FACTOR_BITS + c - s for _, s in pieces]
+    return [(piece, bits + MEAN_FACTOR_BITS + c - s) for piece, s in pieces if piece]
 
 
 def _row_means_variants(
@@ -1202,10 +1196,10 @@ def _row_means_variants(
     separate = total_cost(
         [pa.truncation_cost(n, bits, network), pa.truncation_cost(rows, MEAN_FACTOR_BITS + c, network)]
     )
-    shifts = _mean_shifts(count, bits, frac_bits)
-    if shifts is None:
+    pieces = _mean_pieces(count, bits, frac_bits)
+    if pieces is None:
         return {"separate": separate}
-    merged = pa.truncate_many_cost([(n, bits, 0, 0), *((rows, shift, 0, 0) for shift in shifts)])
+    merged = pa.truncate_many_cost([(n, bits, 0, 0), *((rows, shift, 0, 0) for _, shift in pieces)])
     return {"merged": merged, "separate": separate}
 
 
@@ -1221,8 +1215,9 @@ def _row_means_variant(rows: int, count: int, bits: int, frac_bits: int, network
 
 
 def settle_with_row_means(ctx: PartyContext, x: pa.Owed) -> tuple[Pair, Pair] | None:
-    """An owed input x (``pa.Owed``: z at scale f + bits, rows along its last dim) truncated together with its row means, or None where ``_row_means_variant`` finds it
-    faster to truncate x alone (``truncate_additive``) and take the means after.
+    """An owed input x (``pa.Owed``: z at scale f + bits, rows along its last dim) truncated
+    together with its row means, or None where ``_row_means_variant`` finds it faster to
+    truncate x alone (``truncate_additive``) and take the means after.
 
     The mean sum(x) / count = floor(sum(z) K / 2^(bits + 20 + c)) (``_mean_factor``) by pieces
     (``_mean_pieces``): sum_j floor(sum(z) K_j / 2^(bits + 20 + c - s_j)), each a part of the
@@ -1234,13 +1229,9 @@ def settle_with_row_means(ctx: PartyContext, x: pa.Owed) -> tuple[Pair, Pair] | 
     if _row_means_variant(rows, count, x.bits, ctx.frac_bits, ctx.network) != "merged":
         return None
     pieces = _mean_pieces(count, x.bits, ctx.frac_bits)
-    shifts = _mean_shifts(count, x.bits, ctx.frac_bits)
-    assert pieces is not None and shifts is not None
+    assert pieces is not None
     total = x.additive.sum(-1, keepdim=True)
-    parts = [
-        (x.additive, x.bits, None),
-        *((total * piece, shift, None) for (piece, _), shift in zip(pieces, shifts, strict=True)),
-    ]
+    parts = [(x.additive, x.bits, None), *((total * piece, shift, None) for piece, shift in pieces)]
     (settled, _), *means = pa.truncate_many(ctx, parts)
     mean = (sum(m[0][0] for m in means), sum(m[0][1] for m in means))
     return settled, mean

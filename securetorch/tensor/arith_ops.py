@@ -91,17 +91,15 @@ def _owed_sum(a: Any, b: Any, dtype: torch.dtype) -> SharedTensor | None:
     runs. A secret side joins by its first share (P_i's y_i: 3-out-of-3 shares of y) or,
     owed too, by its z at the same bits; a public one by P_0 alone, if it lies within the
     truncation's range with room for the product (|y| 2^(f + bits) < 2^61). None otherwise."""
-    ctx = current()
-    if isinstance(a, SharedTensor) and a.owed is not None:
-        owing, other = a, b
-    elif isinstance(b, SharedTensor) and b.owed is not None:
-        owing, other = b, a
+    mine = a.owed if isinstance(a, SharedTensor) else None
+    theirs = b.owed if isinstance(b, SharedTensor) else None
+    if mine is not None:
+        owed, other = mine, b
+    elif theirs is not None:
+        owed, other, theirs = theirs, a, None
     else:
         return None
-    owed = owing.owed
-    assert owed is not None
     if isinstance(other, SharedTensor):
-        theirs = other.owed
         if theirs is not None:
             if theirs.bits != owed.bits:
                 return None
@@ -109,6 +107,7 @@ def _owed_sum(a: Any, b: Any, dtype: torch.dtype) -> SharedTensor | None:
         else:
             term = other.shares[0] << owed.bits
     else:
+        ctx = current()
         public = masked_public(other)
         largest = float(public.abs().max()) if public.numel() else 0.0
         if largest * 2.0 ** (ctx.frac_bits + owed.bits) >= 2.0**61:
@@ -335,8 +334,7 @@ def _linear_op(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Shar
     x, weight = args[0], args[1]
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     out = _matmul(
-        x,
-        weight.transpose(-1, -2) if isinstance(weight, SharedTensor) else public_tensor(weight).transpose(-1, -2),
+        x, weight.transpose(-1, -2) if isinstance(weight, SharedTensor) else public_tensor(weight).transpose(-1, -2)
     )
     return out if bias is None else _add(out, bias)
 

@@ -222,14 +222,15 @@ def settle(*values: Any) -> None:
     """Run now the owed truncations of the secrets among ``values`` (an op about to read
     them, a model's outputs): several together (``pa.truncate_together``: one call where that
     is faster), not one after the other as each read would."""
-    owing = [v for v in values if isinstance(v, SharedTensor) and v.owed is not None]
-    cells = list({id(c): c for c in (v._owed[0] for v in owing if v._owed is not None)}.values())
+    # each product once, however many views of it are among them: the views read its shares
+    cells = list(
+        {id(v._owed[0]): v._owed[0] for v in values if isinstance(v, SharedTensor) and v.owed is not None}.values()
+    )
     if len(cells) >= 2 and all(c.owed.additive.device.type != "meta" for c in cells):
-        # each product once, whatever views of it are read: they take theirs from its shares
         for cell, shares in zip(cells, pa.truncate_together(current(), [c.owed for c in cells]), strict=True):
             cell.shares = shares
-    for value in owing:  # reads the shares (one alone, or a dry run's stand-ins: as a read would)
-        value.set_shares(value.shares)
+    for cell in cells:  # one alone (or a dry run's stand-ins): as a read would
+        cell.run()
 
 
 def share(value: torch.Tensor | None, owner: int, dtype: torch.dtype | None = None) -> SharedTensor:
