@@ -1,9 +1,15 @@
 """Wire formats: tensors as dtype, shape and raw bytes; no pickle anywhere.
 
-Between parties a message is a multipart ZeroMQ message::
+Between parties a message is a ZeroMQ message::
 
     header  = b"STP1" | sender u8 | job u64 | step u64 | count u32
     then per tensor:  meta = dtype code u8 | ndim u8 | shape (ndim x i64);  data = raw bytes
+
+in one of two layouts: *packed*, one frame holding the header and every tensor's meta and
+data back to back, for payloads up to ``PACKED_MAX_BYTES`` (most protocol rounds: one copy
+of a few KiB is cheaper than a frame per part, which costs ZeroMQ a message part and Python
+a ``Frame`` each); or *multipart*, the header and then a meta frame and a data frame per
+tensor, sent without copying the data.
 
 Between a driver and a party (both directions) a message is typed::
 
@@ -102,8 +108,17 @@ def decode_tensors(frames: Sequence[Buffer]) -> list[torch.Tensor]:
     return tensors
 
 
+PACKED_MAX_BYTES = 1 << 16
+
+
 def encode_message(sender: int, job: int, step: int, tensors: list[torch.Tensor]) -> list[Buffer]:
-    return [_HEADER.pack(MAGIC, sender, job, step, len(tensors)), *encode_tensors(tensors)]
+    """A peer message's frames: packed (one frame) for payloads up to ``PACKED_MAX_BYTES``,
+    else multipart (see the module docstring)."""
+    header = _HEADER.pack(MAGIC, sender, job, step, len(tensors))
+    parts = encode_tensors(tensors)
+    if payload_bytes(tensors) <= PACKED_MAX_BYTES:
+        return [b"".join([header, *parts])]
+    return [header, *parts]
 
 
 def payload_bytes(tensors: list[torch.Tensor]) -> int:
@@ -111,9 +126,11 @@ def payload_bytes(tensors: list[torch.Tensor]) -> int:
 
 
 def decode_header(frame: Buffer) -> Header:
-    if len(frame) != _HEADER.size:
+    """The header at the start of ``frame`` (a multipart message's first frame is exactly a
+    header; a packed one continues with the tensors)."""
+    if len(frame) < _HEADER.size:
         raise FrameError(f"header of {len(frame)} bytes, expected {_HEADER.size}")
-    magic, sender, job, step, count = _HEADER.unpack(frame)
+    magic, sender, job, step, count = _HEADER.unpack_from(frame)
     if magic != MAGIC:
         raise FrameError("bad magic")
     if sender > 2:
@@ -125,9 +142,38 @@ def decode_message(frames: Sequence[Buffer]) -> tuple[Header, list[torch.Tensor]
     if not frames:
         raise FrameError("empty message")
     head = decode_header(frames[0])
+    if len(frames[0]) > _HEADER.size or (len(frames) == 1 and head.count):
+        if len(frames) != 1:
+            raise FrameError(f"a packed message of {len(frames)} frames")
+        return head, decode_tensors(_unpack_parts(memoryview(frames[0]).cast("B"), head.count))
     if len(frames) != 1 + 2 * head.count:
         raise FrameError(f"{len(frames)} frames for {head.count} tensors")
     return head, decode_tensors(frames[1:])
+
+
+def _unpack_parts(frame: memoryview, count: int) -> list[Buffer]:
+    """A packed message's (meta, data) parts, cut by each meta's dtype and shape;
+    ``decode_tensors`` then checks them as it checks a multipart message's frames."""
+    parts: list[Buffer] = []
+    at = _HEADER.size
+    for _ in range(count):
+        if len(frame) < at + _META.size:
+            raise FrameError("short tensor meta")
+        code, ndim = _META.unpack_from(frame, at)
+        if code >= len(_DTYPES) or ndim > MAX_DIMS or len(frame) < at + _META.size + 8 * ndim:
+            raise FrameError("bad tensor meta")
+        shape = _SHAPES[ndim].unpack_from(frame, at + _META.size)
+        if any(not 0 <= s <= MAX_DIM_SIZE for s in shape):
+            raise FrameError(f"bad tensor of shape {shape}")
+        end = at + _META.size + 8 * ndim
+        size = math.prod(shape) * _NUMPY[code].itemsize
+        if len(frame) < end + size:
+            raise FrameError(f"data of {len(frame) - end} bytes for shape {shape} of {_DTYPES[code]}")
+        parts += [frame[at:end], frame[end : end + size]]
+        at = end + size
+    if at != len(frame):
+        raise FrameError(f"{len(frame) - at} bytes after the last tensor")
+    return parts
 
 
 def encode_typed(kind: str, header: dict, tensors: Sequence[torch.Tensor] = ()) -> list[Buffer]:

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securetorch.comm.frames import FrameError, decode_message, encode_message
+from securetorch.comm.frames import PACKED_MAX_BYTES, FrameError, decode_message, encode_message
 
 
 def as_bytes(frames: list) -> list[bytes]:
@@ -60,3 +60,32 @@ def test_an_empty_tensor_of_absurd_dimensions_is_a_frame_error() -> None:
     frames = [struct.pack("<4sBQQI", b"STP1", 1, 1, 1, 1), meta, b""]
     with pytest.raises(FrameError, match="bad tensor"):
         decode_message(frames)
+
+
+def test_small_messages_are_packed_into_one_frame_and_large_ones_are_not() -> None:
+    """Up to ``PACKED_MAX_BYTES`` of payload a message is one frame (header, metas and data
+    back to back); beyond, a header frame and a meta and a data frame per tensor. Both
+    decode to the same tensors."""
+    small = [torch.arange(10), torch.ones(2, 2, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.uint8)]
+    large = [torch.arange(PACKED_MAX_BYTES // 8 + 1), torch.tensor([True, False])]
+    for tensors, frames_expected in ((small, 1), (large, 1 + 2 * len(large))):
+        frames = as_bytes(encode_message(1, 5, 7, tensors))
+        assert len(frames) == frames_expected
+        head, got = decode_message(frames)
+        assert (head.sender, head.job, head.step, head.count) == (1, 5, 7, len(tensors))
+        for a, b in zip(tensors, got, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+def test_malformed_packed_messages_are_refused() -> None:
+    (packed,) = as_bytes(encode_message(2, 1, 3, [torch.arange(6), torch.ones(3)]))
+    header = packed[:25]
+    for frames in (
+        [packed + b"\x00"],  # bytes after the last tensor
+        [packed, b""],  # a packed message is one frame
+        [header + packed[25:27]],  # a meta cut short
+        [header[:-4] + struct.pack("<I", 3) + packed[25:]],  # one tensor more than it holds
+        [header + bytes([9, 1]) + packed[27:]],  # an unknown dtype code
+    ):
+        with pytest.raises(FrameError):
+            decode_message(frames)
