@@ -58,3 +58,35 @@ def test_a_failing_branch_raises_in_the_caller(sim) -> None:
         return pa.reveal(ctx, pa.truncate(ctx, pa.mul_public(x, torch.tensor(4)), 1))  # the links work on
 
     assert set(sim.run(fn)[0].tolist()) <= {2, 3}  # floor(4 / 2) or one more
+
+
+def test_branches_run_in_the_callers_thread_and_a_failure_unwinds_the_others(sim) -> None:
+    """Branches are coroutines of the calling thread (no thread per branch); when one fails,
+    the others still running are unwound (their ``finally`` blocks run) before the error
+    reaches the caller, and the party's links are its own again."""
+    import threading
+
+    def fn():
+        ctx = current()
+        x = pa.share_from_party(ctx, torch.ones(4, dtype=torch.int64) if ctx.rank == 0 else None, owner=0)
+        caller, seen, unwound = threading.get_ident(), [], []
+
+        def long_run():
+            try:
+                seen.append(threading.get_ident())
+                return ap.exp(ctx, x)
+            finally:
+                unwound.append(True)
+
+        def fails():
+            seen.append(threading.get_ident())
+            pa.truncate(ctx, x, 2)
+            raise ValueError("branch 1 failed")
+
+        links = ctx.net
+        with pytest.raises(ValueError, match="branch 1 failed"):
+            parallel(ctx, [long_run, fails])
+        assert seen == [caller, caller] and unwound == [True] and ctx.net is links
+        return True
+
+    assert sim.run(fn) == [True, True, True]
