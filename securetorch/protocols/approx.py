@@ -429,9 +429,12 @@ def _gelu_variants(
 
 @functools.cache
 def _gelu_variant(name: str, n: int, frac_bits: int, compare_bits: int, network: NetworkProfile | None) -> str:
-    """The faster form on ``network``; without one, the tail form (cached: a pure function
-    of public facts, asked on every call)."""
-    return cheapest(network, _gelu_variants(name, n, frac_bits, compare_bits, network), "tail")
+    """The faster form on ``network``; without one, the even form up to ``SMALL_ELEMENTS``
+    elements and the tail form beyond (on loopback, [3072]: 11 rounds in 14.9 ms against 19
+    in 15.2 ms; [32, 3072]: 12 rounds in 106 ms against 29 in 97 ms). Cached: a pure
+    function of public facts, asked on every call."""
+    fallback = "even" if n <= SMALL_ELEMENTS else "tail"
+    return cheapest(network, _gelu_variants(name, n, frac_bits, compare_bits, network), fallback)
 
 
 def _relu_minus_tail(ctx: PartyContext, x: Pair, name: str) -> Pair:

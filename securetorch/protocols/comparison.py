@@ -444,11 +444,12 @@ def _table_plan(depth: int, bits: int, ring_bits: int | None) -> TablePlan | Non
 
 
 _TABLE_PLANS = {f"tables{depth}": functools.cache(functools.partial(_table_plan, depth)) for depth in (1, 2, 3)}
-# Without a network: the tables (4 rounds for a comparison at depth 2, against 8 or 9) up to
-# this many elements, the bit circuit (a third of the bytes, less local work) beyond. On
-# loopback, GPT-2 base decode steps took a median 1.9-2.1 s with 512, 1.9-2.4 s with 2048
-# and 2.2-2.8 s without tables (two runs each, 5 steps).
-TABLE_ELEMENTS = 1024
+# Without a network: the masked zero test (4 rounds for integer outputs, 3 for bits, against
+# 8 or 9) up to this many elements, the bit circuit (the least local work) beyond. On
+# loopback (3 party processes, 2 cores), ms per comparison with integer outputs by the
+# zero test / depth-2 tables / circuit: 2.0 / 2.4 / 3.9 at 42 elements, 2.9 / 3.9 / 4.4 at
+# 504, 9.1 / 9.6 / 5.4 at 3072.
+ZERO_TEST_ELEMENTS = 1024
 
 
 def _sign_variants(
@@ -469,7 +470,7 @@ def _sign_variants(
 
 def _sign_variant(n: int, bits: int, ring_bits: int | None, network: NetworkProfile | None) -> str:
     variants = _sign_variants(n, bits, ring_bits, network)
-    fallback = "tables2" if n <= TABLE_ELEMENTS and "tables2" in variants else "circuit"
+    fallback = "zero_test" if n <= ZERO_TEST_ELEMENTS else "circuit"
     return cheapest(network, variants, fallback, {"zero_test": _zero_test_seconds(n, bits)})
 
 

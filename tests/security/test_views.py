@@ -85,16 +85,22 @@ def test_every_message_of_dealt_lookups_is_uniform(cluster) -> None:
 
 def test_every_message_of_comparisons_is_uniform(cluster) -> None:
     """Comparisons of constants by the bit circuit with both bit injections (large and small
-    batches) and by the dealt tables (small batches, integer and bit outputs): all received
-    payloads (packed bits, 2-bit table entries, small and full ring elements) look uniform."""
+    batches), the all-pairs max and the dealt tables (integer and bit outputs): all received
+    payloads (packed bits, 2-bit table entries, small and full ring elements) look uniform.
+    (The zero test's values in Z_p: ``test_every_message_of_the_zero_test_is_uniform``.)"""
 
     def fn():
+        ctx = current()
         n = 1 << 17  # from here on the bit injection takes the dealer-assisted product
         x = puma.share(torch.full((n,), 3.0) if puma.rank() == 0 else None, owner=0)
         # each party takes the dealer role once in each protocol
         large = [x < 1.0 for _ in range(3)] + [x[:4000] < 1.0]
-        tables = [x[:1000] < 1.0 for _ in range(3)] + [x[:600].reshape(100, 6).amax(-1) for _ in range(3)]
-        return large + tables
+        pairs = [x[:600].reshape(100, 6).amax(-1) for _ in range(3)]
+        small = x[:1000].shares
+        for ring_bits in (64, None):
+            for _ in range(3):
+                pc._dealt_sign(ctx, small, 44, pc._TABLE_PLANS["tables2"](44, ring_bits), ring_bits)
+        return large + pairs
 
     for r, tensors in enumerate(cluster.run(recording(fn))):
         assert tensors
