@@ -162,11 +162,17 @@ class SharedTensor(torch.Tensor):
     def settle(self, shares: pa.Pair) -> None:
         """The shares of this tensor's owed product (``owed``), from its truncation run
         outside ``shares`` (with other truncations in one call); the product's other views
-        get them too where this tensor is the product itself."""
+        get them too where this tensor holds the product's elements in the product's order
+        (the product itself, or a view or reshape of it)."""
         assert self._owed is not None
         truncation, view = self._owed
+        base = truncation.owed.additive
         if view is None:
             truncation.shares = shares
+        else:
+            mine = view(base)
+            if mine.is_contiguous() and mine.data_ptr() == base.data_ptr() and mine.numel() == base.numel():
+                truncation.shares = (shares[0].reshape(base.shape), shares[1].reshape(base.shape))
         self._shares, self._owed = shares, None
 
     def times_power_of_two(self, exponent: int) -> SharedTensor | None:

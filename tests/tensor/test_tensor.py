@@ -339,23 +339,35 @@ def _truncated_once(x, w, residual):
     before = puma.stats()
     _ = h.shares
     rounds["residual after LayerNorm"] = (puma.stats() - before).rounds
+    h = F.linear(xs, ws) + rs
+    rows = F.layer_norm(h.view(-1, w.shape[0]), (w.shape[0],))  # a reshaped view: the sum shares its truncation
+    before = puma.stats()
+    _ = h.shares
+    rounds["residual after LayerNorm on a view"] = (puma.stats() - before).rounds
     flat = F.linear(xs, ws).view(-1)  # a secret weight's product viewed like a plain tensor's
-    return F.linear(xs, ws), flat, normed, rounds  # owed results come back settled
+    return F.linear(xs, ws), flat, normed, rows, h, rounds  # owed results come back settled
 
 
 def test_an_owed_product_is_truncated_once_whatever_reads_it(sim) -> None:
     """A product read as both operands of a product, through two views, or by a LayerNorm on
-    a retyped view while the residual sum is read later, is truncated once (2 rounds, then
-    none); a secret weight's linear output can be viewed as a plain tensor can; an owed
+    a retyped or reshaped view while the residual sum is read later, is truncated once (2
+    rounds, then none); a secret weight's linear output can be viewed as a plain tensor can; an owed
     result returned from the parties' function is settled there (``Simulator.run``)."""
     g = torch.Generator().manual_seed(12)
     x = torch.randn(3, 5, 16, generator=g, dtype=torch.float64)
     w = torch.randn(16, 16, generator=g, dtype=torch.float64) / 4
     residual = torch.randn(3, 5, 16, generator=g, dtype=torch.float64)
-    product, flat, normed, rounds = sim.run(_truncated_once, x, w, residual)[0]
+    product, flat, normed, rows, h, rounds = sim.run(_truncated_once, x, w, residual)[0]
     want = torch.nn.functional.linear(x, w)
     assert float((product - want).abs().max()) <= 16 * 2 * U
     assert float((flat - want.reshape(-1)).abs().max()) <= 16 * 2 * U
     want_normed = torch.nn.functional.layer_norm(want + residual, (16,))
     assert float((normed.double() - want_normed).abs().max()) <= 1e-3
-    assert rounds == {"p @ p.mT": 2, "two views": 2, "residual after LayerNorm": 0}
+    assert float((rows - want_normed.reshape(-1, 16)).abs().max()) <= 1e-3
+    assert float((h - want - residual).abs().max()) <= 16 * 2 * U
+    assert rounds == {
+        "p @ p.mT": 2,
+        "two views": 2,
+        "residual after LayerNorm": 0,
+        "residual after LayerNorm on a view": 0,
+    }
