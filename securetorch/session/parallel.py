@@ -24,7 +24,7 @@ from greenlet import GreenletExit, getcurrent, greenlet
 from securetorch.comm.links import Links
 from securetorch.session.context import PartyContext
 
-Round = tuple[Mapping[int, Sequence[torch.Tensor]], list[int]]
+_Round = tuple[Mapping[int, Sequence[torch.Tensor]], list[int]]
 
 
 class _BranchLinks:
@@ -47,7 +47,7 @@ class _BranchLinks:
 def parallel(ctx: PartyContext, fns: Sequence[Callable[[], Any]]) -> list[Any]:
     """The results of ``fns``, run side by side: their rounds travel together (see the
     module's docstring). The functions must not call ``parallel`` themselves. A branch's
-    exception is raised here, after the branches still running are closed."""
+    exception is raised here, after the branches still running are unwound."""
     if isinstance(ctx.net, _BranchLinks):
         raise RuntimeError("parallel: branches cannot run branches of their own")
     links = ctx.net
@@ -63,7 +63,7 @@ def parallel(ctx: PartyContext, fns: Sequence[Callable[[], Any]]) -> list[Any]:
         replies: dict[int, dict[int, list[torch.Tensor]]] = {}
         alive = list(range(len(fns)))
         while alive:
-            posted: list[Round] = []
+            posted: list[_Round] = []
             for index in alive:  # each runs until its next round, or to its end
                 branch = branches[index]
                 out = branch.switch(replies.pop(index)) if index in replies else branch.switch()
