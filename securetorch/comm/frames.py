@@ -87,25 +87,40 @@ def decode_tensors(frames: Sequence[Buffer]) -> list[torch.Tensor]:
         raise FrameError("tensor frames come in pairs (meta, data)")
     tensors = []
     for meta, data in zip(frames[0::2], frames[1::2], strict=True):
-        if len(meta) < _META.size:
-            raise FrameError("short tensor meta")
-        code, ndim = _META.unpack_from(meta)
-        if code >= len(_DTYPES) or ndim > MAX_DIMS or len(meta) != _META.size + 8 * ndim:
+        code, shape, end = _read_meta(meta, 0)
+        if end != len(meta):
             raise FrameError("bad tensor meta")
-        shape = _SHAPES[ndim].unpack_from(meta, _META.size)
-        if any(s < 0 for s in shape):
-            raise FrameError("negative dimension")
-        if any(s > MAX_DIM_SIZE for s in shape):  # even an empty tensor may not claim one
-            raise FrameError(f"bad tensor of shape {shape}: a dimension above 2^40")
-        np_dtype = _NUMPY[code]
-        if len(data) != math.prod(shape) * np_dtype.itemsize:
-            raise FrameError(f"data of {len(data)} bytes for shape {shape} of {_DTYPES[code]}")
-        try:
-            arr = np.frombuffer(data, dtype=np_dtype).reshape(shape).copy()
-        except (ValueError, MemoryError) as exc:  # e.g. an empty tensor of absurd dimensions
-            raise FrameError(f"bad tensor of shape {shape}: {exc}") from None
-        tensors.append(torch.from_numpy(arr))
+        tensors.append(_read_data(code, shape, data))
     return tensors
+
+
+def _read_meta(buffer: Buffer, at: int) -> tuple[int, tuple[int, ...], int]:
+    """(dtype code, shape, where the meta ends) of the tensor meta at ``at`` in ``buffer``;
+    ``FrameError`` unless it is whole and well-formed."""
+    if len(buffer) < at + _META.size:
+        raise FrameError("short tensor meta")
+    code, ndim = _META.unpack_from(buffer, at)
+    end = at + _META.size + 8 * ndim
+    if code >= len(_DTYPES) or ndim > MAX_DIMS or len(buffer) < end:
+        raise FrameError("bad tensor meta")
+    shape = _SHAPES[ndim].unpack_from(buffer, at + _META.size)
+    if any(s < 0 for s in shape):
+        raise FrameError("negative dimension")
+    if any(s > MAX_DIM_SIZE for s in shape):  # even an empty tensor may not claim one
+        raise FrameError(f"bad tensor of shape {shape}: a dimension above 2^40")
+    return code, shape, end
+
+
+def _read_data(code: int, shape: tuple[int, ...], data: Buffer) -> torch.Tensor:
+    """The tensor of dtype ``code`` and ``shape`` whose raw bytes are ``data`` (copied)."""
+    np_dtype = _NUMPY[code]
+    if len(data) != math.prod(shape) * np_dtype.itemsize:
+        raise FrameError(f"data of {len(data)} bytes for shape {shape} of {_DTYPES[code]}")
+    try:
+        arr = np.frombuffer(data, dtype=np_dtype).reshape(shape).copy()
+    except (ValueError, MemoryError) as exc:  # e.g. an empty tensor of absurd dimensions
+        raise FrameError(f"bad tensor of shape {shape}: {exc}") from None
+    return torch.from_numpy(arr)
 
 
 PACKED_MAX_BYTES = 1 << 16
@@ -145,35 +160,25 @@ def decode_message(frames: Sequence[Buffer]) -> tuple[Header, list[torch.Tensor]
     if len(frames[0]) > _HEADER.size or (len(frames) == 1 and head.count):
         if len(frames) != 1:
             raise FrameError(f"a packed message of {len(frames)} frames")
-        return head, decode_tensors(_unpack_parts(memoryview(frames[0]).cast("B"), head.count))
+        return head, _decode_packed(memoryview(frames[0]).cast("B"), head.count)
     if len(frames) != 1 + 2 * head.count:
         raise FrameError(f"{len(frames)} frames for {head.count} tensors")
     return head, decode_tensors(frames[1:])
 
 
-def _unpack_parts(frame: memoryview, count: int) -> list[Buffer]:
-    """A packed message's (meta, data) parts, cut by each meta's dtype and shape;
-    ``decode_tensors`` then checks them as it checks a multipart message's frames."""
-    parts: list[Buffer] = []
+def _decode_packed(frame: memoryview, count: int) -> list[torch.Tensor]:
+    """The ``count`` tensors of a packed message, each meta followed by its data."""
+    tensors = []
     at = _HEADER.size
     for _ in range(count):
-        if len(frame) < at + _META.size:
-            raise FrameError("short tensor meta")
-        code, ndim = _META.unpack_from(frame, at)
-        if code >= len(_DTYPES) or ndim > MAX_DIMS or len(frame) < at + _META.size + 8 * ndim:
-            raise FrameError("bad tensor meta")
-        shape = _SHAPES[ndim].unpack_from(frame, at + _META.size)
-        if any(not 0 <= s <= MAX_DIM_SIZE for s in shape):
-            raise FrameError(f"bad tensor of shape {shape}")
-        end = at + _META.size + 8 * ndim
-        size = math.prod(shape) * _NUMPY[code].itemsize
-        if len(frame) < end + size:
+        code, shape, end = _read_meta(frame, at)
+        at = end + math.prod(shape) * _NUMPY[code].itemsize
+        if len(frame) < at:
             raise FrameError(f"data of {len(frame) - end} bytes for shape {shape} of {_DTYPES[code]}")
-        parts += [frame[at:end], frame[end : end + size]]
-        at = end + size
+        tensors.append(_read_data(code, shape, frame[end:at]))
     if at != len(frame):
         raise FrameError(f"{len(frame) - at} bytes after the last tensor")
-    return parts
+    return tensors
 
 
 def encode_typed(kind: str, header: dict, tensors: Sequence[torch.Tensor] = ()) -> list[Buffer]:
