@@ -14,7 +14,7 @@ import math
 import pathlib
 from collections.abc import Callable
 
-from securetorch.comm.profile import PRESETS, Cost, NetworkProfile
+from securetorch.comm.profile import PRESETS, Cost, NetworkProfile, total_cost
 from securetorch.protocols import approx as ap
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols import comparison as pc
@@ -47,6 +47,7 @@ def _rows() -> list[tuple[str, str, int, CostOf]]:
         add("row max", where, shape, lambda s, net: pc.max_last_dim_cost(s, False, L, net))
         add("exp", where, shape, lambda s, net: ap.exp_cost(n(s), F, net))
         add("softmax (max, exp, clip, reciprocal)", where, shape, lambda s, net: ap.softmax_cost(s, F, L, net))
+        add("softmax then @ V, divided after (head dim 64)", where, shape, _softmax_times_value)
     for shape, where in (((1, 3072), "decode"), ((128, 3072), "128 tokens")):
         add("GeLU", where, shape, lambda s, net: ap.activation_cost("gelu", n(s), F, L, net))
     for shape, where in (((1, 768), "decode"), ((128, 768), "128 tokens")):
@@ -55,6 +56,17 @@ def _rows() -> list[tuple[str, str, int, CostOf]]:
         add("reciprocal", where, shape, lambda s, net: ap.reciprocal_cost(n(s), F, L, net))
     add("argmax (secure, index and one-hot)", "GPT-2 logits", (1, 50257), lambda s, net: pc.argmax_cost(s, L, net))
     return rows
+
+
+def _softmax_times_value(shape: tuple[int, ...], network: NetworkProfile | None) -> Cost:
+    """A softmax whose division runs after its product with V (64 wide, already settled):
+    the numerators, then the reciprocal beside e @ V's truncation."""
+    rows = math.prod(shape[:-1])
+    product = pa.truncation_cost(rows * 64, F, network)
+    return total_cost([
+        ap.softmax_numerators_cost(shape, F, L, network),
+        ap.divide_rows_after_cost(rows, product, F, L, network),
+    ])  # fmt: skip
 
 
 def _cell(cost: Cost, elements: int) -> str:

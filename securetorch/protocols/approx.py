@@ -929,9 +929,10 @@ RECIPROCAL_SCALE = 20
 _RECIPROCAL_FIT = _monomial_fit(lambda t: 4 / (t + 3), -1.0, 7)
 
 
-def reciprocal(ctx: PartyContext, x: Pair, multiplier: Multiplier | None = None) -> Pair:
+def reciprocal(ctx: PartyContext, x: Pair, multiplier: Multiplier | None = None, extra_bits: int = 0) -> Pair:
     """1/x for 2^-(f-1) <= x < 2^(l-1-f) (l = compare_bits), or M/x for a ``multiplier``
-    (M, its scale) broadcast against x (|M/x| < 2^(61 - 2f - 8)); at f bits.
+    (M, its scale) broadcast against x (|M/x| < 2^(61 - 2f - 8)); at f + ``extra_bits`` bits
+    (|1/x| < 2^(61 - f - extra_bits); the last truncation drops that many bits fewer).
 
     Normalise: X = x 2^f has highest bit p; G = 2^(T-p) (T = l-1) from p's one-hot; c = X G /
     2^(T+1) in [1/2, 1). Then y = 1/c, either by the dealt lookup and one product
@@ -942,7 +943,7 @@ def reciprocal(ctx: PartyContext, x: Pair, multiplier: Multiplier | None = None)
     """
     f, bits = ctx.frac_bits, ctx.compare_bits
     top, n = bits - 1, x[0].numel()
-    out = _Output(top + 1 - 2 * f, 0, 1.0, _multiplier_size(x, multiplier), ctx.network)
+    out = _Output(top + 1 - 2 * f - extra_bits, 0, 1.0, _multiplier_size(x, multiplier), ctx.network)
     (g,) = powers_of_highest_bit(ctx, x, bits, [[top - j for j in range(bits)]])
     side = out.side(g, multiplier)
     z = pa.mul_local(x, g)  # c 2^(T+1)
@@ -984,10 +985,11 @@ def reciprocal_cost(
     compare_bits: int = DEFAULT_COMPARE_BITS,
     network: NetworkProfile | None = None,
     multiplier: tuple[int, int] | None = None,
+    extra_bits: int = 0,
 ) -> Cost:
     """Exact (rounds, bytes of all parties) of ``reciprocal`` on n elements (``multiplier``:
     its elements after broadcasting and its scale)."""
-    out = _Output(compare_bits - 2 * frac_bits, 0, 1.0, multiplier, network)
+    out = _Output(compare_bits - 2 * frac_bits - extra_bits, 0, 1.0, multiplier, network)
     return _reciprocal_variants(n, frac_bits, compare_bits, out)[_reciprocal_variant(n, frac_bits, compare_bits, out)]
 
 
@@ -1115,10 +1117,17 @@ EXP_CLIP = -14.0
 
 
 def softmax_last_dim(ctx: PartyContext, x: Pair, row_max: Pair) -> Pair:
-    """softmax over the last dim given the row max: e = exp(x - max) (``exp`` or
+    """softmax over the last dim given the row max: the numerators e and row sums s
+    (``softmax_numerators``), then one reciprocal per row with e as its multiplier."""
+    e, total = softmax_numerators(ctx, x, row_max)
+    return reciprocal(ctx, total, multiplier=(e, ctx.frac_bits))
+
+
+def softmax_numerators(ctx: PartyContext, x: Pair, row_max: Pair) -> tuple[Pair, Pair]:
+    """A softmax's numerators and row sums, given the row max: e = exp(x - max) (``exp`` or
     ``exp_lookup``, whichever ``_softmax_exp_variant`` picks) side by side with the clip
-    [x - max < -14] (exp(-14) < 2^-18; ``session.parallel``), zeroed there, one reciprocal
-    per row with e as its multiplier."""
+    [x - max < -14] (exp(-14) < 2^-18; ``session.parallel``), zeroed there; s = e's row sums
+    (local), in [1, n] up to exp's error (the max's own term is 1)."""
     f = ctx.frac_bits
     shifted = pa.sub(x, (row_max[0].unsqueeze(-1), row_max[1].unsqueeze(-1)))
     lookup = _softmax_exp_variant(shifted[0].numel(), f, ctx.network) == "lookup"
@@ -1131,8 +1140,55 @@ def softmax_last_dim(ctx: PartyContext, x: Pair, row_max: Pair) -> Pair:
     )
     one = torch.ones((), dtype=torch.int64)
     (e,) = ring_mul_many(ctx, [pa.add_public(ctx, pa.neg(clipped), one)], [e])
-    total = (e[0].sum(-1, keepdim=True), e[1].sum(-1, keepdim=True))
-    return reciprocal(ctx, total, multiplier=(e, f))
+    return e, (e[0].sum(-1, keepdim=True), e[1].sum(-1, keepdim=True))
+
+
+def divide_rows_after(ctx: PartyContext, total: Pair, product: Callable[[], Pair]) -> pa.Owed:
+    """(e / s) @ V as (e @ V) / s: a softmax's division moved past its product with V.
+
+    Row scaling commutes with a product on the right: (diag(1/s) e) V = diag(1/s) (e V). So
+    the reciprocal of the row sums (at f + 8 bits, ``INVERSE_EXTRA_BITS``) runs side by side
+    (``session.parallel``) with ``product`` (the fixed-point e @ V, V's own owed truncation
+    included), and their product is left owed (truncation by f + 8): the division costs no
+    round after the reciprocal, e @ V none of its own, and the multiplier is e @ V, not e
+    (fewer elements wherever V is narrower than the rows are long). Error: 1/s's relative
+    error and 2^-(f+8) grid scale the output relatively (as e/s's scale P V), plus e @ V's
+    truncation unit times 1/s <= 1. Cost: ``divide_rows_after_cost``."""
+    f = ctx.frac_bits
+    inverse, numerator = parallel(ctx, [lambda: reciprocal(ctx, total, extra_bits=INVERSE_EXTRA_BITS), product])
+    return pa.Owed(pa.mul_local(numerator, _expand(inverse, numerator)), f + INVERSE_EXTRA_BITS)
+
+
+def divide_rows_after_cost(
+    rows: int,
+    product: Cost,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    compare_bits: int = DEFAULT_COMPARE_BITS,
+    network: NetworkProfile | None = None,
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``divide_rows_after`` for ``rows`` row sums,
+    given the cost of ``product``."""
+    inverse = reciprocal_cost(rows, frac_bits, compare_bits, network, extra_bits=INVERSE_EXTRA_BITS)
+    return parallel_cost([inverse, product])
+
+
+def softmax_numerators_cost(
+    shape: tuple[int, ...],
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    compare_bits: int = DEFAULT_COMPARE_BITS,
+    network: NetworkProfile | None = None,
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of the row max (``max_last_dim``) and
+    ``softmax_numerators`` over the last dim of ``shape``."""
+    n = math.prod(shape)
+    return total_cost([
+        max_last_dim_cost(shape, False, compare_bits, network),
+        parallel_cost([
+            less_than_zero_cost(n, compare_bits, network),
+            _softmax_exp_variants(n, frac_bits, network)[_softmax_exp_variant(n, frac_bits, network)],
+        ]),
+        (1, 24 * n),
+    ])  # fmt: skip
 
 
 def softmax_cost(
@@ -1145,12 +1201,7 @@ def softmax_cost(
     row max (``max_last_dim``) and ``softmax_last_dim``."""
     n = math.prod(shape)
     return total_cost([
-        max_last_dim_cost(shape, False, compare_bits, network),
-        parallel_cost([
-            less_than_zero_cost(n, compare_bits, network),
-            _softmax_exp_variants(n, frac_bits, network)[_softmax_exp_variant(n, frac_bits, network)],
-        ]),
-        (1, 24 * n),
+        softmax_numerators_cost(shape, frac_bits, compare_bits, network),
         reciprocal_cost(n // shape[-1], frac_bits, compare_bits, network, multiplier=(n, frac_bits)),
     ])  # fmt: skip
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from securetorch.protocols import approx as ap
 from securetorch.protocols import arithmetic as pa
 from securetorch.ring import COMPACT_FLOATS, encode, encode_into, ring_matmul
 from securetorch.session.context import current
@@ -173,7 +174,12 @@ def _mul(a: Any, b: Any) -> SharedTensor:
 
 def _matmul(a: Any, b: Any) -> SharedTensor:
     """a @ b with a secret side; a fixed-point product keeps its truncation owed
-    (``SharedTensor.owing``): it runs when the shares are read, after what can ride in it."""
+    (``SharedTensor.owing``): it runs when the shares are read, after what can ride in it.
+    A softmax whose division is owed, times a fixed-point secret, divides after the product
+    (``ap.divide_rows_after``)."""
+    if isinstance(a, SharedTensor) and a.division is not None and isinstance(b, SharedTensor):
+        if b.dtype.is_floating_point:
+            return _divided_matmul(a, b)
     if _integer_secret(a) != _integer_secret(b) and isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
         # e.g. a secret one-hot matrix times a secret embedding table: exact, 1 round
         fixed = b if _integer_secret(a) else a
@@ -184,6 +190,20 @@ def _matmul(a: Any, b: Any) -> SharedTensor:
     a, b = as_fixed(a), as_fixed(b)
     settle(a, b)
     return SharedTensor.owing(pa.matmul_local(a.shares, b.shares), current().frac_bits, _dtype_of(a, b))
+
+
+def _divided_matmul(a: SharedTensor, b: SharedTensor) -> SharedTensor:
+    """(e / s) @ b for a softmax ``a`` whose division is owed: e @ b (with b's own owed
+    truncation) beside the reciprocal of s, their product left owed."""
+    ctx = current()
+    numerators, totals = a.division  # type: ignore[misc]
+
+    def product() -> pa.Pair:
+        settle(b)
+        return pa.truncate_additive(ctx, pa.matmul_local(numerators, b.shares), ctx.frac_bits)
+
+    owed = ap.divide_rows_after(ctx, totals, product)
+    return SharedTensor.owing(owed.additive, owed.bits, _dtype_of(a, b))
 
 
 def _public_blocks(public: torch.Tensor, secret_first: bool) -> tuple[int, bool, list[tuple[int, int]]]:

@@ -121,11 +121,15 @@ def _pow(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTens
 
 def softmax(x: SharedTensor, dim: int, dtype: torch.dtype | None = None) -> SharedTensor:
     """Softmax along ``dim``: row max by the comparison tree, exp of x - max clipped below -14,
-    one reciprocal per row. Public -inf/finfo.min masks added before act as -2^20 (weight 0)."""
+    one reciprocal per row. Public -inf/finfo.min masks added before act as -2^20 (weight 0).
+    Over the last dim the division is left owed (``SharedTensor.dividing``): a product with
+    V next divides after it, any other read divides first."""
     ctx = current()
     x = as_fixed(x)
     moved = tuple(s.movedim(dim, -1) for s in x.shares)
     row_max, _ = pc.max_last_dim(ctx, moved, with_index=False)
+    if dim in (-1, x.dim() - 1):
+        return SharedTensor.dividing(*ap.softmax_numerators(ctx, moved, row_max), dtype or x.dtype)
     out = ap.softmax_last_dim(ctx, moved, row_max)
     out = tuple(s.movedim(-1, dim) for s in out)
     return SharedTensor(out, dtype or x.dtype)

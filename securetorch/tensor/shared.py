@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from securetorch.protocols import approx as ap
 from securetorch.protocols import arithmetic as pa
 from securetorch.ring import decode, encode
 from securetorch.session import costs
@@ -78,6 +79,23 @@ class _OwedTruncation:
         return self.shares
 
 
+class _RowDivision:
+    """A softmax's division by its row sums still to run: its numerators e and row sums s
+    (``ap.softmax_numerators``), so that a product e/s @ V can divide after the product
+    (``ap.divide_rows_after``, in ``arith_ops``); any other read divides first."""
+
+    __slots__ = ("numerators", "shares", "totals")
+
+    def __init__(self, numerators: pa.Pair, totals: pa.Pair) -> None:
+        self.numerators, self.totals, self.shares = numerators, totals, None
+
+    def run(self) -> pa.Pair:
+        if self.shares is None:
+            ctx = current()
+            self.shares = ap.reciprocal(ctx, self.totals, multiplier=(self.numerators, ctx.frac_bits))
+        return self.shares
+
+
 View = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -91,10 +109,15 @@ class SharedTensor(torch.Tensor):
     shares are first read, so that what comes before that read can ride in it: a public
     power-of-two factor (``times_power_of_two``), a sum with another secret or a public
     value (``owed``, ``arith_ops``), reshaping (``viewed``), and a LayerNorm's row means
-    (``nonlinear_ops``). A model's matmuls and linear layers give such products."""
+    (``nonlinear_ops``). A model's matmuls and linear layers give such products.
+
+    A softmax over the last dim holds its division by the row sums still owed
+    (``dividing``), so that the product with V that attention takes next can divide after
+    it (``divide_rows_after``); a retype keeps it owed, any other read divides first."""
 
     _shares: pa.Pair | None
     _owed: tuple[_OwedTruncation, View | None] | None
+    _division: _RowDivision | None
 
     @staticmethod
     def __new__(cls, shares: pa.Pair, dtype: torch.dtype = torch.float32) -> SharedTensor:
@@ -102,7 +125,7 @@ class SharedTensor(torch.Tensor):
         if first.dtype != torch.int64 or second.dtype != torch.int64 or first.shape != second.shape:
             raise ValueError("shares must be two int64 tensors of one shape")
         out = _wrapper(cls, first, dtype)
-        out._shares, out._owed = (first, second), None
+        out._shares, out._owed, out._division = (first, second), None, None
         return out
 
     def __init__(self, shares: pa.Pair, dtype: torch.dtype = torch.float32) -> None:
@@ -114,13 +137,29 @@ class SharedTensor(torch.Tensor):
         this party's 3-out-of-3 share of the product)."""
         additive = additive.contiguous()  # as every party's: a product's layout may not be
         out = _wrapper(cls, additive, dtype)
-        out._shares, out._owed = None, (_OwedTruncation(pa.Owed(additive, bits)), None)
+        out._shares, out._owed, out._division = None, (_OwedTruncation(pa.Owed(additive, bits)), None), None
         return out
+
+    @classmethod
+    def dividing(cls, numerators: pa.Pair, totals: pa.Pair, dtype: torch.dtype) -> SharedTensor:
+        """A softmax over the last dim, numerators / row sums, whose division is still owed."""
+        out = _wrapper(cls, numerators[0], dtype)
+        out._shares, out._owed, out._division = None, None, _RowDivision(numerators, totals)
+        return out
+
+    @property
+    def division(self) -> tuple[pa.Pair, pa.Pair] | None:
+        """(numerators, row sums) of a softmax whose division is still owed; None otherwise."""
+        if self._division is None or self._division.shares is not None:
+            return None
+        return self._division.numerators, self._division.totals
 
     @property
     def shares(self) -> pa.Pair:
         """This party's pair (x_i, x_{i+1}) of ring tensors (an owed truncation runs first:
         every party reads a tensor's shares at the same point of the same program)."""
+        if self._shares is None and self._division is not None:
+            self._shares, self._division = self._division.run(), None
         if self._shares is None:
             assert self._owed is not None
             truncation, view = self._owed
@@ -141,7 +180,11 @@ class SharedTensor(torch.Tensor):
     def viewed(self, view: View | None, dtype: torch.dtype) -> SharedTensor | None:
         """``view`` (a reshaping that keeps every element: view, transpose, ...; None: the
         same elements, another dtype) applied to an owed product, still owed and sharing its
-        truncation; None if nothing is owed."""
+        truncation (an owed division: a retype only); None if nothing is owed."""
+        if view is None and self.division is not None:
+            out = _wrapper(SharedTensor, self.division[0][0], dtype)
+            out._shares, out._owed, out._division = None, None, self._division
+            return out
         if self.owed is None:
             return None
         assert self._owed is not None
@@ -152,12 +195,12 @@ class SharedTensor(torch.Tensor):
             composed = lambda t: view(before(t))  # noqa: E731
         additive = truncation.owed.additive
         out = _wrapper(SharedTensor, additive if composed is None else composed(additive), dtype)
-        out._shares, out._owed = None, (truncation, composed)
+        out._shares, out._owed, out._division = None, (truncation, composed), None
         return out
 
     def set_shares(self, shares: pa.Pair) -> None:
         """Replace the value (in-place ops)."""
-        self._shares, self._owed = shares, None
+        self._shares, self._owed, self._division = shares, None, None
 
     def settle(self, shares: pa.Pair) -> None:
         """The shares of this tensor's owed product (``owed``), from its truncation run
@@ -173,7 +216,7 @@ class SharedTensor(torch.Tensor):
             mine = view(base)
             if mine.is_contiguous() and mine.data_ptr() == base.data_ptr() and mine.numel() == base.numel():
                 truncation.shares = (shares[0].reshape(base.shape), shares[1].reshape(base.shape))
-        self._shares, self._owed = shares, None
+        self._shares, self._owed, self._division = shares, None, None
 
     def times_power_of_two(self, exponent: int) -> SharedTensor | None:
         """self * 2^exponent folded into an owed truncation (no round of its own), or None

@@ -14,7 +14,7 @@ import torch
 
 import securetorch as puma
 from benchmarks.nonlinear import secure_op, workloads
-from securetorch.comm.profile import PRESETS, NetworkProfile
+from securetorch.comm.profile import PRESETS, NetworkProfile, total_cost
 from securetorch.protocols import approx as ap
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols import comparison as pc
@@ -36,6 +36,7 @@ def _run(name: str, x: torch.Tensor, params: tuple) -> tuple[torch.Tensor | None
     op = secure_op(name, x, params)
     before = puma.stats()
     out = op()
+    _ = out.shares  # the whole op: a softmax's owed division runs here
     cost = puma.stats() - before
     return out.reveal(), cost
 
@@ -81,6 +82,10 @@ COMPOSITES = {
         lambda c, x: ap.softmax_last_dim(c, x, pc.max_last_dim(c, x, with_index=False)[0]),
         lambda shape, net: ap.softmax_cost(shape, _FB, _CB, net),
     ),
+    "softmax_times_value": (
+        lambda c, x: _softmax_times_value(c, x),
+        lambda shape, net: _softmax_times_value_cost(shape, net),
+    ),
     "layernorm": (
         lambda c, x: ap.layer_norm_last_dims(c, x, 1, (x[0][0], x[1][0]), None, 1e-5),
         lambda shape, net: ap.layer_norm_cost(math.prod(shape[:-1]), shape[-1], True, False, _FB, _CB, net),
@@ -99,6 +104,24 @@ COMPOSITES = {
     ),
     "argmax": (lambda c, x: pc.argmax_onehot_last_dim(c, x), lambda shape, net: pc.argmax_cost(shape, _CB, net)),
 }
+
+
+def _softmax_times_value(ctx, x):
+    """softmax(x) @ x^T with the division after the product (``ap.divide_rows_after``)."""
+    e, total = ap.softmax_numerators(ctx, x, pc.max_last_dim(ctx, x, with_index=False)[0])
+    value = (x[0].mT, x[1].mT)
+    return ap.divide_rows_after(ctx, total, lambda: pa.truncate_additive(ctx, pa.matmul_local(e, value), _FB))
+
+
+def _softmax_times_value_cost(shape, network):
+    rows = math.prod(shape[:-1])
+    product = pa.truncation_cost(rows * shape[-2], _FB, network)  # e @ x^T: rows x shape[-2]
+    return total_cost([
+        ap.softmax_numerators_cost(shape, _FB, _CB, network),
+        ap.divide_rows_after_cost(rows, product, _FB, _CB, network),
+    ])  # fmt: skip
+
+
 SHAPES = {
     "exp": [(768,), (3, 5000)],
     "gelu": [(768,), (3072,), (5000,)],
@@ -108,6 +131,7 @@ SHAPES = {
     "rsqrt": [(1,), (30,), (5000,)],
     # the normalisers' multiplier rides in their first truncation up to FOLD_ELEMENTS (no profile)
     "softmax": [(12, 1, 33), (12, 16, 16), (2, 64, 128), (2, 80, 128)],
+    "softmax_times_value": [(12, 1, 33), (12, 16, 16), (2, 64, 128)],
     "layernorm": [(1, 768), (8, 768), (130, 64), (150, 128)],
     "rmsnorm": [(1, 2048), (200, 32)],
     "max": [(12, 1, 9), (4, 100), (3, 300), (2, 5000)],

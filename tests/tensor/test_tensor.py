@@ -6,6 +6,10 @@ import pytest
 import torch
 
 import securetorch as puma
+from securetorch.comm.profile import total_cost
+from securetorch.protocols import approx as ap
+from securetorch.protocols import arithmetic as pa
+from securetorch.ring import DEFAULT_FRAC_BITS
 
 U = 2.0**-18
 
@@ -371,3 +375,48 @@ def test_an_owed_product_is_truncated_once_whatever_reads_it(sim) -> None:
         "residual after LayerNorm": 0,
         "residual after LayerNorm on a view": 0,
     }
+
+
+def _attention(scores, x, w):
+    F = torch.nn.functional
+    s, xs, ws = (puma.share(v if puma.rank() == 0 else None, owner=0, dtype=torch.float64) for v in (scores, x, w))
+    rounds = {}
+    before = puma.stats()
+    p = F.softmax(s, -1)
+    v = F.linear(xs, ws)  # owed: its truncation rides beside the reciprocal
+    deferred = p.to(torch.float32).to(torch.float64) @ v  # a retype keeps the division owed
+    _ = deferred.shares
+    rounds["divided after"] = (puma.stats() - before).rounds
+    again = p.reveal()  # read itself: divided now, the numerators times 1/s
+    before = puma.stats()
+    p = F.softmax(s, -1)
+    v = F.linear(xs, ws)
+    _ = p.shares  # divided first, as before
+    _ = (p @ v).shares
+    rounds["divided first"] = (puma.stats() - before).rounds
+    other_dim = F.softmax(s, 1)  # not over the last dim: divided at once
+    return deferred, again, (p @ v), other_dim, rounds
+
+
+def test_a_softmax_divides_after_its_product_with_v(sim) -> None:
+    """softmax(s) @ V runs as (e @ V) / s: the reciprocal beside V's truncation and e @ V's,
+    their product owed, fewer rounds than dividing first; the same probabilities read
+    directly (after the product used them), over another dim, and by the old order."""
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64) * 4
+    x = torch.randn(2, 3, 7, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 6, generator=g, dtype=torch.float64) / 2
+    deferred, again, first, other_dim, rounds = sim.run(_attention, scores, x, w)[0]
+    probs = torch.softmax(scores, -1)
+    want = probs @ torch.nn.functional.linear(x, w)
+    assert float((deferred - want).abs().max()) <= 2e-3
+    assert float((first - want).abs().max()) <= 2e-3
+    assert float((again - probs).abs().max()) <= 2e-3
+    assert float((other_dim - torch.softmax(scores, 1)).abs().max()) <= 2e-3
+    rows, f = 2 * 3 * 5, DEFAULT_FRAC_BITS
+    truncations = total_cost([pa.truncation_cost(x.numel(), f), pa.truncation_cost(rows * 6, f)])  # V, e @ V
+    assert rounds["divided after"] == total_cost([
+        ap.softmax_numerators_cost(tuple(scores.shape)),
+        ap.divide_rows_after_cost(rows, truncations),
+        pa.truncation_cost(rows * 6, f + ap.INVERSE_EXTRA_BITS),  # the owed product, read
+    ])[0] < rounds["divided first"]  # fmt: skip
