@@ -197,6 +197,8 @@ def _divided_matmul(a: SharedTensor, b: SharedTensor) -> SharedTensor:
     truncation) beside the reciprocal of s, their product left owed."""
     ctx = current()
     numerators, totals = a.division  # type: ignore[misc]
+    if b.dim() == 1:  # a vector: the product drops the rows' last dim
+        totals = (totals[0].squeeze(-1), totals[1].squeeze(-1))
 
     def product() -> pa.Pair:
         settle(b)

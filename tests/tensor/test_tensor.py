@@ -395,7 +395,8 @@ def _attention(scores, x, w):
     _ = (p @ v).shares
     rounds["divided first"] = (puma.stats() - before).rounds
     other_dim = F.softmax(s, 1)  # not over the last dim: divided at once
-    return deferred, again, (p @ v), other_dim, rounds
+    vector = F.softmax(s, -1) @ xs[0, 0, :, 0]  # a vector on the right: the rows' dim goes
+    return deferred, again, (p @ v), other_dim, vector, rounds
 
 
 def test_a_softmax_divides_after_its_product_with_v(sim) -> None:
@@ -406,13 +407,14 @@ def test_a_softmax_divides_after_its_product_with_v(sim) -> None:
     scores = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64) * 4
     x = torch.randn(2, 3, 7, 6, generator=g, dtype=torch.float64)
     w = torch.randn(6, 6, generator=g, dtype=torch.float64) / 2
-    deferred, again, first, other_dim, rounds = sim.run(_attention, scores, x, w)[0]
+    deferred, again, first, other_dim, vector, rounds = sim.run(_attention, scores, x, w)[0]
     probs = torch.softmax(scores, -1)
     want = probs @ torch.nn.functional.linear(x, w)
     assert float((deferred - want).abs().max()) <= 2e-3
     assert float((first - want).abs().max()) <= 2e-3
     assert float((again - probs).abs().max()) <= 2e-3
     assert float((other_dim - torch.softmax(scores, 1)).abs().max()) <= 2e-3
+    assert float((vector - probs @ x[0, 0, :, 0]).abs().max()) <= 2e-3 * float(x[0, 0, :, 0].abs().max())
     rows, f = 2 * 3 * 5, DEFAULT_FRAC_BITS
     truncations = total_cost([pa.truncation_cost(x.numel(), f), pa.truncation_cost(rows * 6, f)])  # V, e @ V
     assert rounds["divided after"] == total_cost([
