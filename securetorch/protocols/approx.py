@@ -1119,8 +1119,13 @@ EXP_CLIP = -14.0
 def softmax_last_dim(ctx: PartyContext, x: Pair, row_max: Pair) -> Pair:
     """softmax over the last dim given the row max: the numerators e and row sums s
     (``softmax_numerators``), then one reciprocal per row with e as its multiplier."""
-    e, total = softmax_numerators(ctx, x, row_max)
-    return reciprocal(ctx, total, multiplier=(e, ctx.frac_bits))
+    return divide_rows(ctx, *softmax_numerators(ctx, x, row_max))
+
+
+def divide_rows(ctx: PartyContext, numerators: Pair, total: Pair) -> Pair:
+    """e / s for a softmax's numerators e and row sums s: one reciprocal per row with e as
+    its multiplier (``reciprocal_cost`` with the multiplier)."""
+    return reciprocal(ctx, total, multiplier=(numerators, ctx.frac_bits))
 
 
 def softmax_numerators(ctx: PartyContext, x: Pair, row_max: Pair) -> tuple[Pair, Pair]:
@@ -1152,8 +1157,9 @@ def divide_rows_after(ctx: PartyContext, total: Pair, product: Callable[[], Pair
     included), and their product is left owed (truncation by f + 8): the division costs no
     round after the reciprocal, e @ V none of its own, and the multiplier is e @ V, not e
     (fewer elements wherever V is narrower than the rows are long). Error: 1/s's relative
-    error and 2^-(f+8) grid scale the output relatively (as e/s's scale P V), plus e @ V's
-    truncation unit times 1/s <= 1. Cost: ``divide_rows_after_cost``."""
+    error (and its 2^-(f+8) grid, relative to 1/s >= 1/n at most n 2^-(f+8)) becomes the
+    output's relative error, as it is of e/s in ``divide_rows``; e @ V's truncation adds
+    one unit times 1/s <= 1. Cost: ``divide_rows_after_cost``."""
     f = ctx.frac_bits
     inverse, numerator = parallel(ctx, [lambda: reciprocal(ctx, total, extra_bits=INVERSE_EXTRA_BITS), product])
     return pa.Owed(pa.mul_local(numerator, _expand(inverse, numerator)), f + INVERSE_EXTRA_BITS)
@@ -1170,6 +1176,53 @@ def divide_rows_after_cost(
     given the cost of ``product``."""
     inverse = reciprocal_cost(rows, frac_bits, compare_bits, network, extra_bits=INVERSE_EXTRA_BITS)
     return parallel_cost([inverse, product])
+
+
+def _division_variants(
+    rows: int,
+    row_len: int,
+    out_elements: int,
+    value: Cost,
+    frac_bits: int,
+    compare_bits: int,
+    network: NetworkProfile | None,
+) -> dict[str, Cost]:
+    """Exact (rounds, bytes of all parties) of a softmax's division and its product with V,
+    up to and including the truncation of that product (which the next op runs): dividing
+    first (``divide_rows``, then V's own truncation ``value`` and the product's) or after
+    (``divide_rows_after``, the product's truncation by f + 8)."""
+    f = frac_bits
+    product = pa.truncation_cost(out_elements, f, network)
+    return {
+        "first": total_cost([
+            reciprocal_cost(rows, f, compare_bits, network, multiplier=(rows * row_len, f)), value, product
+        ]),
+        "after": total_cost([
+            divide_rows_after_cost(rows, total_cost([value, product]), f, compare_bits, network),
+            pa.truncation_cost(out_elements, f + INVERSE_EXTRA_BITS, network),
+        ]),
+    }  # fmt: skip
+
+
+@functools.cache
+def divides_after(
+    rows: int,
+    row_len: int,
+    out_elements: int,
+    value: Cost,
+    frac_bits: int,
+    compare_bits: int,
+    network: NetworkProfile | None,
+) -> bool:
+    """Whether a softmax of ``rows`` rows of ``row_len`` times V (``out_elements`` in the
+    product; ``value``: the cost of V's own owed truncation, (0, 0) if none) divides after
+    the product: the faster of ``_division_variants`` on ``network``; without one, the one
+    with fewer rounds, then fewer bytes. Dividing after saves V's truncation and the product's
+    rounds where the reciprocal is long, but where V is wider than the rows are long it
+    truncates more elements (a decode step: the same rounds, more bytes). Cached: a pure
+    function of public facts."""
+    variants = _division_variants(rows, row_len, out_elements, value, frac_bits, compare_bits, network)
+    return cheapest(network, variants, min(variants, key=lambda name: variants[name])) == "after"
 
 
 def softmax_numerators_cost(

@@ -176,10 +176,9 @@ def _matmul(a: Any, b: Any) -> SharedTensor:
     """a @ b with a secret side; a fixed-point product keeps its truncation owed
     (``SharedTensor.owing``): it runs when the shares are read, after what can ride in it.
     A softmax whose division is owed, times a fixed-point secret, divides after the product
-    (``ap.divide_rows_after``)."""
-    if isinstance(a, SharedTensor) and a.division is not None and isinstance(b, SharedTensor):
-        if b.dtype.is_floating_point:
-            return _divided_matmul(a, b)
+    (``ap.divide_rows_after``) where the policy finds that faster (``_divides_after``)."""
+    if isinstance(a, SharedTensor) and isinstance(b, SharedTensor) and _divides_after(a, b):
+        return _divided_matmul(a, b)
     if _integer_secret(a) != _integer_secret(b) and isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
         # e.g. a secret one-hot matrix times a secret embedding table: exact, 1 round
         fixed = b if _integer_secret(a) else a
@@ -190,6 +189,21 @@ def _matmul(a: Any, b: Any) -> SharedTensor:
     a, b = as_fixed(a), as_fixed(b)
     settle(a, b)
     return SharedTensor.owing(pa.matmul_local(a.shares, b.shares), current().frac_bits, _dtype_of(a, b))
+
+
+def _divides_after(a: SharedTensor, b: SharedTensor) -> bool:
+    """Whether a @ b is a softmax with its division owed times a fixed-point secret that
+    divides after the product (``ap.divides_after``: the policy's choice on the network)."""
+    if a.division is None or not b.dtype.is_floating_point:
+        return False
+    ctx = current()
+    numerators, _ = a.division
+    owed = b.owed
+    value = (0, 0) if owed is None else pa.truncation_cost(owed.additive.numel(), owed.bits, ctx.network)
+    row_len = numerators[0].shape[-1]
+    out = torch.matmul(torch.empty(numerators[0].shape, device="meta"), torch.empty(b.shape, device="meta"))
+    args = (numerators[0].numel() // row_len, row_len, out.numel(), value, ctx.frac_bits, ctx.compare_bits)
+    return ap.divides_after(*args, ctx.network)
 
 
 def _divided_matmul(a: SharedTensor, b: SharedTensor) -> SharedTensor:

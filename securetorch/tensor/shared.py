@@ -91,8 +91,7 @@ class _RowDivision:
 
     def run(self) -> pa.Pair:
         if self.shares is None:
-            ctx = current()
-            self.shares = ap.reciprocal(ctx, self.totals, multiplier=(self.numerators, ctx.frac_bits))
+            self.shares = ap.divide_rows(current(), self.numerators, self.totals)
         return self.shares
 
 

@@ -16,6 +16,7 @@ import torch
 import securetorch as puma
 from securetorch.comm.profile import PRESETS
 from securetorch.protocols import approx as ap
+from securetorch.protocols import arithmetic as pa
 from securetorch.session.context import current
 
 from ..conftest import seeded
@@ -259,3 +260,18 @@ def test_gelu_by_its_even_form_where_rounds_are_dear(approximate) -> None:
     assert float((results[0][0] - torch.nn.functional.gelu(x, approximate=approximate)).abs().max()) <= 2e-4
     measured = (results[0][1].rounds, sum(r[1].bytes_sent for r in results))
     assert measured == ap.activation_cost(name, x.numel(), network=wan)
+
+
+def test_the_policy_divides_a_softmax_after_its_product_with_v_where_that_is_faster() -> None:
+    """BERT-base at 128 tokens (V owed, rows of 128 keys, 64 wide): dividing after the
+    product saves rounds and bytes on every profile. A decode step (V read from the cache,
+    rows of 33 keys): the same rounds, more bytes (V is wider than the rows are long), so
+    the division runs first."""
+    for network in (None, *PRESETS.values()):
+        v = pa.truncation_cost(128 * 768, 18, network)
+        bert = ap._division_variants(1536, 128, 12 * 128 * 64, v, 18, 44, network)
+        assert bert["after"][0] < bert["first"][0] and bert["after"][1] < bert["first"][1]
+        assert ap.divides_after(1536, 128, 12 * 128 * 64, v, 18, 44, network)
+        decode = ap._division_variants(12, 33, 12 * 64, (0, 0), 18, 44, network)
+        assert decode["after"][0] == decode["first"][0] and decode["after"][1] > decode["first"][1]
+        assert not ap.divides_after(12, 33, 12 * 64, (0, 0), 18, 44, network)
