@@ -827,9 +827,13 @@ class _Output:
     2^-(w_scale + base) at the output scale, or times M w g 2^-(w_scale + base + M's scale)
     with a multiplier (``multiplier``: M's elements after broadcasting and its scale).
 
-    ``times`` rides as ``extra`` bits in a truncation. The multiplier's first product M g
-    rides in the normalisation's truncation call (``folded``: 2 rounds fewer, one more
-    truncation of M's size); otherwise w g comes first, at 8 more bits, and M (w g) last."""
+    ``times`` rides as ``extra`` bits in a truncation. The multiplier's first product M g is
+    truncated in the normalisation's truncation call (``mode`` "folded") or beside the
+    normalisation by the network's own truncation (``session.parallel``; "beside": where
+    that truncation takes fewer bytes, as the 3-round one does, and no more rounds than the
+    normalisation, whose lookup takes 4), and M g w takes the last product: 2 rounds fewer,
+    one more truncation of M's size. Otherwise ("separate") w g comes first, at 8 more bits,
+    and M (w g) last."""
 
     base: int
     extra: int
@@ -846,21 +850,48 @@ class _Output:
         return bits
 
     @property
-    def folded(self) -> bool:
-        """Fold where the bytes of M g in the normalisation's call cost less than the two
-        rounds it saves; without a network, up to FOLD_ELEMENTS elements of M."""
+    def mode(self) -> str:
+        """How M g is truncated: "folded" or "beside" where the bytes of its truncation cost
+        less than the two rounds it saves, else "separate"; without a network, folded up to
+        FOLD_ELEMENTS elements of M."""
         if self.multiplier is None:
-            return False
-        bytes_of_first = pa.truncate_many_cost([(self.multiplier[0], self.first_bits, 0, 0)])[1]
-        variants = {"folded": (0, bytes_of_first), "separate": (2, 0)}
-        fallback = "folded" if self.multiplier[0] <= FOLD_ELEMENTS else "separate"
-        return cheapest(self.network, variants, fallback) == "folded"
+            return "separate"
+        elements, bits = self.multiplier[0], self.first_bits
+        variants = {
+            "folded": (0, pa.truncate_many_cost([(elements, bits, 0, 0)])[1]),
+            "beside": (0, pa.truncation_cost(elements, bits, self.network)[1]),
+            "separate": (2, 0),
+        }
+        fallback = "folded" if elements <= FOLD_ELEMENTS else "separate"
+        return cheapest(self.network, variants, fallback)
 
-    def side(self, g: Pair, multiplier: Multiplier | None) -> list[tuple[torch.Tensor, int, None]]:
-        """The folded multiplier's first product, as a part for ``truncate_many``."""
-        if multiplier is None or not self.folded:
-            return []
-        return [(self._times(pa.mul_local(multiplier[0], g)), self.first_bits, None)]
+    def normalise(
+        self,
+        ctx: PartyContext,
+        fn: Callable[[list[tuple[torch.Tensor, int, None]]], tuple[Pair, list[Pair]]],
+        g: Pair,
+        multiplier: Multiplier | None,
+    ) -> tuple[Pair, list[Pair]]:
+        """``fn(side)`` (the normalisation, with ``side`` parts in its first truncation call)
+        and M g truncated as ``mode`` says: (w, [M g]) or (w, []) where separate."""
+        mode = self.mode
+        if multiplier is None or mode == "separate":
+            return fn([])
+        first = self._times(pa.mul_local(multiplier[0], g))
+        if mode == "folded":
+            return fn([(first, self.first_bits, None)])
+        (w, _), settled = parallel(ctx, [lambda: fn([]), lambda: pa.truncate_additive(ctx, first, self.first_bits)])
+        return w, [settled]
+
+    def normalise_cost(self, fn: Callable[[list[tuple[int, int, int, int]]], list[Cost]]) -> list[Cost]:
+        """The costs of ``normalise``, given those of ``fn`` for its side parts."""
+        mode = self.mode
+        if self.multiplier is None or mode == "separate":
+            return fn([])
+        if mode == "folded":
+            return fn([(self.multiplier[0], self.first_bits, 0, 0)])
+        beside = pa.truncation_cost(self.multiplier[0], self.first_bits, self.network)
+        return [parallel_cost([total_cost(fn([])), beside])]
 
     def result(
         self, ctx: PartyContext, w: Pair, w_scale: int, g: Pair, side: list[Pair], multiplier: Multiplier | None
@@ -876,12 +907,9 @@ class _Output:
         factor, scale = multiplier
         return pa.truncate_additive(ctx, pa.mul_local(factor, wg), scale + INVERSE_EXTRA_BITS)
 
-    def side_cost(self) -> list[tuple[int, int, int, int]]:
-        return [(self.multiplier[0], self.first_bits, 0, 0)] if self.folded else []
-
     def result_cost(self, n: int, w_scale: int) -> list[Cost]:
         bits = w_scale + self.base + self.extra
-        if self.folded:
+        if self.mode != "separate":
             return [pa.truncation_cost(self.multiplier[0], w_scale, self.network)]
         if self.multiplier is None:
             return [pa.truncation_cost(n, bits, self.network)]
@@ -902,7 +930,11 @@ def _expand(w: Pair, like: Pair) -> Pair:
 def _multiplier_size(x: Pair, multiplier: Multiplier | None) -> tuple[int, int] | None:
     if multiplier is None:
         return None
-    return torch.broadcast_shapes(x[0].shape, multiplier[0][0].shape).numel(), multiplier[1]
+    return _broadcast_size(x, multiplier[0][0]), multiplier[1]
+
+
+def _broadcast_size(x: Pair, factor: torch.Tensor) -> int:
+    return torch.broadcast_shapes(x[0].shape, factor.shape).numel()
 
 
 def _truncate_with(
@@ -945,15 +977,17 @@ def reciprocal(ctx: PartyContext, x: Pair, multiplier: Multiplier | None = None,
     top, n = bits - 1, x[0].numel()
     out = _Output(top + 1 - 2 * f - extra_bits, 0, 1.0, _multiplier_size(x, multiplier), ctx.network)
     (g,) = powers_of_highest_bit(ctx, x, bits, [[top - j for j in range(bits)]])
-    side = out.side(g, multiplier)
     z = pa.mul_local(x, g)  # c 2^(T+1)
-    if _reciprocal_variant(n, f, bits, out) == "lookup":
-        y, side = _normalised_lookup(ctx, z, top + 1, "reciprocal", f, side)  # y G < 2^62 at f bits
-        return out.result(ctx, y, f, g, side, multiplier)
     s = RECIPROCAL_SCALE
-    c, side = _truncate_with(ctx, z, top + 1 - s, side)
-    t = pa.add_public(ctx, pa.mul_public(c, torch.tensor(4)), torch.tensor(-3 << s))  # 4c - 3
-    y = polynomial(ctx, t, _RECIPROCAL_FIT, s, f, work_scale=s)
+
+    def normalise(side: list[tuple[torch.Tensor, int, None]]) -> tuple[Pair, list[Pair]]:
+        if _reciprocal_variant(n, f, bits, out) == "lookup":
+            return _normalised_lookup(ctx, z, top + 1, "reciprocal", f, side)  # y G < 2^62 at f bits
+        c, settled = _truncate_with(ctx, z, top + 1 - s, side)
+        t = pa.add_public(ctx, pa.mul_public(c, torch.tensor(4)), torch.tensor(-3 << s))  # 4c - 3
+        return polynomial(ctx, t, _RECIPROCAL_FIT, s, f, work_scale=s), settled
+
+    y, side = out.normalise(ctx, normalise, g, multiplier)
     return out.result(ctx, y, f, g, side, multiplier)
 
 
@@ -961,13 +995,17 @@ def _reciprocal_variants(n: int, frac_bits: int, compare_bits: int, out: _Output
     """Exact (rounds, bytes of all parties) of ``reciprocal``'s two variants on n elements."""
     top, s, f, network = compare_bits - 1, RECIPROCAL_SCALE, frac_bits, out.network
     powers = powers_of_highest_bit_cost(n, compare_bits, [[top - j for j in range(compare_bits)]], network)
-    side, last = out.side_cost(), out.result_cost(n, f)
+    last = out.result_cost(n, f)
     return {
-        "lookup": total_cost([powers, _lookup_cost(n, top + 1, f, side, network), *last]),
+        "lookup": total_cost([
+            powers, *out.normalise_cost(lambda side: [_lookup_cost(n, top + 1, f, side, network)]), *last
+        ]),
         "polynomial": total_cost([
             powers,
-            _truncate_with_cost(n, top + 1 - s, side, network),
-            polynomial_cost(n, _RECIPROCAL_FIT, s, f, s, network),
+            *out.normalise_cost(lambda side: [
+                _truncate_with_cost(n, top + 1 - s, side, network),
+                polynomial_cost(n, _RECIPROCAL_FIT, s, f, s, network),
+            ]),
             *last,
         ]),
     }  # fmt: skip
@@ -994,6 +1032,8 @@ def reciprocal_cost(
 
 
 RSQRT_SCALE = 28
+# u 2^(2 T2) < 2^62, the truncations' range, for T2 = l / 2.
+RSQRT_MAX_BITS = 62
 # u^(-1/2) on [1/4, 1] by degree 4 (relative error 2.2e-3): one Newton step then gives 7e-6.
 _RSQRT_INIT = _monomial_fit(lambda u: u**-0.5, 0.25, 4)
 
@@ -1004,11 +1044,15 @@ def rsqrt(
     in_scale: int | None = None,
     out_scale: int | None = None,
     times: float = 1.0,
-    multiplier: Multiplier | None = None,
+    multiplier: tuple[Pair | pa.Owed, int] | None = None,
+    compare_bits: int | None = None,
 ) -> Pair:
     """times / sqrt(x) for x > 0 with X = x 2^in_scale in [2, 2^(l-1)), or times M / sqrt(x)
     for a ``multiplier`` (M, its scale) broadcast against x; relative error < 1e-4. Scales
-    default to f; ``times`` is a public factor folded into a truncation.
+    default to f; ``times`` is a public factor folded into a truncation; l is
+    ``compare_bits`` (at most 62), by default the context's. A multiplier whose truncation
+    is owed (``pa.Owed``) is truncated side by side with the normalisation's comparisons
+    (``session.parallel``), at no round of its own where those take as many.
 
     Normalise to u = X / 2^(2r) in [1/4, 1) with r = ceil((p+1)/2) (p: X's highest bit):
     G2 = 2^(T2 - r) and G1 = 2^(2(T2 - r)) from p's one-hot (for large tensors one round
@@ -1019,33 +1063,51 @@ def rsqrt(
     truncations and the last product takes w. ``rsqrt_cost`` gives the variant each network
     takes and its exact cost (small tensors on loopback: G + 2 + 2 + 2 = 10 rounds).
     """
-    f, bits = ctx.frac_bits, ctx.compare_bits
+    f, bits = ctx.frac_bits, ctx.compare_bits if compare_bits is None else compare_bits
     in_scale = f if in_scale is None else in_scale
     out_scale = f if out_scale is None else out_scale
     if in_scale % 2:
         raise ValueError("rsqrt needs an even input scale")
+    if bits > RSQRT_MAX_BITS:
+        raise ValueError(f"rsqrt compares on at most {RSQRT_MAX_BITS} bits, got {bits}")
     n = x[0].numel()
     half_top, lists = _rsqrt_powers(n, bits)
-    size = _multiplier_size(x, multiplier)
+    owed = multiplier[0] if multiplier is not None and isinstance(multiplier[0], pa.Owed) else None
+    size = (
+        None if multiplier is None else (_broadcast_size(x, owed.additive if owed else multiplier[0][0]), multiplier[1])
+    )
     out = _Output(half_top - in_scale // 2 - out_scale, _rsqrt_extra_bits(times), times, size, ctx.network)
-    powers = powers_of_highest_bit(ctx, x, bits, lists)
+    if owed is None:
+        powers = powers_of_highest_bit(ctx, x, bits, lists)
+    else:
+        powers, settled = parallel(
+            ctx,
+            [
+                lambda: powers_of_highest_bit(ctx, x, bits, lists),
+                lambda: pa.truncate_additive(ctx, owed.additive, owed.bits),
+            ],
+        )
+        multiplier = (settled, multiplier[1])
     g2 = powers[0]
     g1 = powers[1] if len(powers) == 2 else ring_mul_many(ctx, [g2], [g2])[0]  # large: G1 = G2^2
-    side = out.side(g2, multiplier)
     z = pa.mul_local(x, g1)  # u 2^(2 T2)
-    if _rsqrt_variant(n, f, bits, out) == "lookup":
-        w, side = _normalised_lookup(ctx, z, 2 * half_top, "rsqrt", LOOKUP_SCALE, side)
-        return out.result(ctx, w, LOOKUP_SCALE, g2, side, multiplier)
+    lookup = _rsqrt_variant(n, f, bits, out, owed.bits if owed else None) == "lookup"
     s = RSQRT_SCALE
-    u, side = _truncate_with(ctx, z, 2 * half_top - s, side)
-    w = polynomial(ctx, u, _RSQRT_INIT, s, s)
-    # one truncation by s: u w and w^2 at scale s, and w itself at scale f (its product with
-    # 2^f is local: P_i's additive share is 2^f w_i)
-    batch = torch.stack([pa.mul_local(u, w), pa.mul_local(w, w), w[0] << f])
-    uw, w2, w_f = _unstack(pa.truncate_additive(ctx, batch, s))
-    half_cube = pa.truncate_additive(ctx, pa.mul_local(uw, w2), 2 * s - f)  # u w^3 / 2 at scale f + 1
-    w = pa.sub(pa.mul_public(w_f, torch.tensor(3)), half_cube)  # 1.5 w - u w^3 / 2 at scale f + 1
-    return out.result(ctx, w, f + 1, g2, side, multiplier)
+
+    def normalise(side: list[tuple[torch.Tensor, int, None]]) -> tuple[Pair, list[Pair]]:
+        if lookup:
+            return _normalised_lookup(ctx, z, 2 * half_top, "rsqrt", LOOKUP_SCALE, side)
+        u, settled = _truncate_with(ctx, z, 2 * half_top - s, side)
+        w = polynomial(ctx, u, _RSQRT_INIT, s, s)
+        # one truncation by s: u w and w^2 at scale s, and w itself at scale f (its product
+        # with 2^f is local: P_i's additive share is 2^f w_i)
+        batch = torch.stack([pa.mul_local(u, w), pa.mul_local(w, w), w[0] << f])
+        uw, w2, w_f = _unstack(pa.truncate_additive(ctx, batch, s))
+        half_cube = pa.truncate_additive(ctx, pa.mul_local(uw, w2), 2 * s - f)  # u w^3 / 2 at scale f + 1
+        return pa.sub(pa.mul_public(w_f, torch.tensor(3)), half_cube), settled  # 1.5 w - u w^3 / 2 at f + 1
+
+    w, side = out.normalise(ctx, normalise, g2, multiplier)
+    return out.result(ctx, w, LOOKUP_SCALE if lookup else f + 1, g2, side, multiplier)
 
 
 def _rsqrt_powers(n: int, bits: int) -> tuple[int, list[list[int]]]:
@@ -1062,33 +1124,41 @@ def _rsqrt_extra_bits(times: float) -> int:
     return 0 if times == 1.0 else 12
 
 
-def _rsqrt_variants(n: int, frac_bits: int, compare_bits: int, out: _Output) -> dict[str, Cost]:
-    """Exact (rounds, bytes of all parties) of ``rsqrt``'s two variants on n elements."""
+def _rsqrt_variants(
+    n: int, frac_bits: int, compare_bits: int, out: _Output, owed: int | None = None
+) -> dict[str, Cost]:
+    """Exact (rounds, bytes of all parties) of ``rsqrt``'s two variants on n elements (``owed``:
+    the bits of a multiplier's owed truncation)."""
     f, s, network = frac_bits, RSQRT_SCALE, out.network
     half_top, lists = _rsqrt_powers(n, compare_bits)
-    powers = [powers_of_highest_bit_cost(n, compare_bits, lists, network)] + ([] if len(lists) == 2 else [(1, 24 * n)])
-    side = out.side_cost()
+    first = powers_of_highest_bit_cost(n, compare_bits, lists, network)
+    if owed is not None:
+        assert out.multiplier is not None
+        first = parallel_cost([first, pa.truncation_cost(out.multiplier[0], owed, network)])
+    powers = [first] + ([] if len(lists) == 2 else [(1, 24 * n)])
     return {
         "lookup": total_cost([
             *powers,
-            _lookup_cost(n, 2 * half_top, LOOKUP_SCALE, side, network),
+            *out.normalise_cost(lambda side: [_lookup_cost(n, 2 * half_top, LOOKUP_SCALE, side, network)]),
             *out.result_cost(n, LOOKUP_SCALE),
         ]),
         "polynomial": total_cost([
             *powers,
-            _truncate_with_cost(n, 2 * half_top - s, side, network),
-            polynomial_cost(n, _RSQRT_INIT, s, s, network=network),
-            pa.truncation_cost(3 * n, s, network),
-            pa.truncation_cost(n, 2 * s - f, network),
+            *out.normalise_cost(lambda side: [
+                _truncate_with_cost(n, 2 * half_top - s, side, network),
+                polynomial_cost(n, _RSQRT_INIT, s, s, network=network),
+                pa.truncation_cost(3 * n, s, network),
+                pa.truncation_cost(n, 2 * s - f, network),
+            ]),
             *out.result_cost(n, f + 1),
         ]),
     }  # fmt: skip
 
 
 @functools.cache
-def _rsqrt_variant(n: int, frac_bits: int, compare_bits: int, out: _Output) -> str:
+def _rsqrt_variant(n: int, frac_bits: int, compare_bits: int, out: _Output, owed: int | None = None) -> str:
     """The variant ``rsqrt`` runs (cached: a pure function of public facts)."""
-    return _normaliser_variant(n, _rsqrt_variants(n, frac_bits, compare_bits, out), out.network)
+    return _normaliser_variant(n, _rsqrt_variants(n, frac_bits, compare_bits, out, owed), out.network)
 
 
 def rsqrt_cost(
@@ -1100,14 +1170,16 @@ def rsqrt_cost(
     compare_bits: int = DEFAULT_COMPARE_BITS,
     network: NetworkProfile | None = None,
     multiplier: tuple[int, int] | None = None,
+    owed: int | None = None,
 ) -> Cost:
     """Exact (rounds, bytes of all parties) of ``rsqrt`` on n elements (``multiplier``: its
-    elements after broadcasting and its scale)."""
+    elements after broadcasting and its scale; ``owed``: the bits of its owed truncation)."""
     in_scale = frac_bits if in_scale is None else in_scale
     out_scale = frac_bits if out_scale is None else out_scale
     half_top = _rsqrt_powers(n, compare_bits)[0]
     out = _Output(half_top - in_scale // 2 - out_scale, _rsqrt_extra_bits(times), times, multiplier, network)
-    return _rsqrt_variants(n, frac_bits, compare_bits, out)[_rsqrt_variant(n, frac_bits, compare_bits, out)]
+    variant = _rsqrt_variant(n, frac_bits, compare_bits, out, owed)
+    return _rsqrt_variants(n, frac_bits, compare_bits, out, owed)[variant]
 
 
 # --------------------------------------------------------------------------- composites
@@ -1366,14 +1438,18 @@ def layer_norm_last_dims(
     """(x - mean) / sqrt(var + eps) * weight + bias over the last ``dims`` dims (RMSNorm:
     x / sqrt(mean(x^2) + eps) * weight).
 
-    Row statistics live on small per-row tensors; the big tensor sees three products: the
-    square and (x - mean) * weight in one batch, then two inside rsqrt (its ``multiplier``):
-    (x - mean) * weight * G2 in the same call as rsqrt's normalising truncations, and the
-    output's. rsqrt takes count * (var + eps) directly (its public factor sqrt(count) rides
-    on a truncation), so the variance needs no division; the squares keep up to 8 extra
-    fractional bits (fewer for long rows, whose sum is large anyway) so small variances keep
-    their precision. ``mean``: the row means (last dim kept, over the flattened last
-    ``dims``), when already known (``settle_with_row_means``)."""
+    Row statistics live on small per-row tensors. The sum of squares is exact: each party
+    sums its 3-out-of-3 shares of the squares (x - mean)^2 over the row, at 2f bits, and one
+    resharing of the row sums (1 round, no truncation) makes count * (var + eps) rsqrt's
+    input, compared on l + f - e bits (``_norm_compare_bits``: the range l bits give at
+    f + e bits). (x - mean) * weight stays owed and is truncated side by side with rsqrt's
+    comparisons; inside rsqrt (its ``multiplier``) the big tensor sees two more products:
+    (x - mean) * weight * G2, in the same call as rsqrt's normalising truncations where that
+    pays, and the output's. rsqrt's public factor sqrt(count) rides on a truncation, so the
+    variance needs no division. Where l + f - e exceeds 62 bits the squares are truncated to
+    f + e bits instead (e up to 8 extra fractional bits, fewer for long rows, whose sum is
+    large anyway), in one batch with (x - mean) * weight. ``mean``: the row means (last dim
+    kept, over the flattened last ``dims``), when already known (``settle_with_row_means``)."""
     f = ctx.frac_bits
     shape = x[0].shape
     flat = tuple(s.reshape(*shape[: len(shape) - dims], -1) for s in x)
@@ -1384,21 +1460,40 @@ def layer_norm_last_dims(
             mean = _divide_rows(ctx, total, count)
         flat = pa.sub(flat, mean)
     e_sum = _sum_extra_bits(count)
-    if weight is None:
-        squares = pa.truncate_additive(ctx, pa.mul_local(flat, flat), f - e_sum)  # scale f + e_sum
-        scaled = flat  # scale f
-    else:  # (x - mean) * weight rides in the same truncation as the squares, at scale
-        # f + e_sum + 4 (it is multiplied by 1/std next); |(x - mean) * weight| < 2^(22 - e_sum)
-        w = tuple((share.reshape(-1) << WEIGHT_EXTRA_BITS).expand_as(flat[0]) for share in weight)
-        squares, scaled = mul_many(ctx, [flat, flat], [flat, w], f - e_sum)
-    sum_sq = (squares[0].sum(-1, keepdim=True), squares[1].sum(-1, keepdim=True))
-    total_sq = add_constant(ctx, sum_sq, eps * count, f + e_sum)  # count (var + eps)
+    wide = _norm_compare_bits(count, f, ctx.compare_bits)
+    # (x - mean) * weight, at scale f + e_sum + 4 (it is multiplied by 1/std next);
+    # |(x - mean) * weight| < 2^(22 - e_sum)
+    w = (
+        None
+        if weight is None
+        else tuple((share.reshape(-1) << WEIGHT_EXTRA_BITS).expand_as(flat[0]) for share in weight)
+    )
     scaled_scale = f if weight is None else f + e_sum + WEIGHT_EXTRA_BITS
-    normed = rsqrt(ctx, total_sq, f + e_sum, f, math.sqrt(count), multiplier=(scaled, scaled_scale))
+    if wide is not None:  # the row sums of exact squares, at 2f bits: one resharing
+        sum_sq = pa.reshare(ctx, pa.mul_local(flat, flat).sum(-1, keepdim=True))
+        in_scale = 2 * f
+        scaled: Pair | pa.Owed = flat if w is None else pa.Owed(pa.mul_local(flat, w), f - e_sum)
+    else:  # squares truncated to f + e_sum bits, (x - mean) * weight in the same call
+        in_scale, wide = f + e_sum, ctx.compare_bits
+        if w is None:
+            squares, scaled = pa.truncate_additive(ctx, pa.mul_local(flat, flat), f - e_sum), flat
+        else:
+            squares, scaled = mul_many(ctx, [flat, flat], [flat, w], f - e_sum)
+        sum_sq = (squares[0].sum(-1, keepdim=True), squares[1].sum(-1, keepdim=True))
+    total_sq = add_constant(ctx, sum_sq, eps * count, in_scale)  # count (var + eps)
+    normed = rsqrt(ctx, total_sq, in_scale, f, math.sqrt(count), (scaled, scaled_scale), wide)
     normed = (normed[0].reshape(shape), normed[1].reshape(shape))
     if bias is not None:
         normed = pa.add(normed, bias)
     return normed
+
+
+def _norm_compare_bits(count: int, frac_bits: int, compare_bits: int) -> int | None:
+    """The width on which rsqrt compares count * var held exactly at 2f bits, for the range
+    that l bits give it at f + e bits (``_sum_extra_bits``): l + f - e, or None where that
+    exceeds rsqrt's 62 (then the squares are truncated first)."""
+    wide = compare_bits + frac_bits - _sum_extra_bits(count)
+    return wide if wide <= RSQRT_MAX_BITS else None
 
 
 def _sum_extra_bits(count: int) -> int:
@@ -1429,8 +1524,16 @@ def layer_norm_cost(
             pa.truncation_cost(n, owed_bits, network) if rms else row_means_cost(rows, count, owed_bits, f, network)
         ]
     scaled_scale = f if not weight else f + e_sum + WEIGHT_EXTRA_BITS
+    wide = _norm_compare_bits(count, f, compare_bits)
+    if wide is None:
+        return total_cost([
+            *costs,
+            pa.truncation_cost(2 * n if weight else n, f - e_sum, network),
+            rsqrt_cost(rows, f + e_sum, f, math.sqrt(count), f, compare_bits, network, multiplier=(n, scaled_scale)),
+        ])  # fmt: skip
+    owed = f - e_sum if weight else None
     return total_cost([
         *costs,
-        pa.truncation_cost(2 * n if weight else n, f - e_sum, network),
-        rsqrt_cost(rows, f + e_sum, f, math.sqrt(count), f, compare_bits, network, multiplier=(n, scaled_scale)),
+        (1, 24 * rows),
+        rsqrt_cost(rows, 2 * f, f, math.sqrt(count), f, wide, network, multiplier=(n, scaled_scale), owed=owed),
     ])  # fmt: skip

@@ -17,6 +17,7 @@ import securetorch as puma
 from securetorch.comm.profile import PRESETS
 from securetorch.protocols import approx as ap
 from securetorch.protocols import arithmetic as pa
+from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
 from securetorch.session.context import current
 
 from ..conftest import seeded
@@ -156,22 +157,56 @@ def norms(x, w, b):
     }
 
 
+def plain_norms(x, w, b):
+    """``norms`` in float64."""
+    return {
+        "secret_affine": F.layer_norm(x, (x.shape[-1],), w, b, 1e-5),
+        "public_affine": F.layer_norm(x, (x.shape[-1],), w, b, 1e-12),
+        "no_affine": F.layer_norm(x, (x.shape[-1],)),
+        "two_dims": F.layer_norm(x, tuple(x.shape[-2:])),
+        "rms": F.rms_norm(x, (x.shape[-1],), w, 1e-6),
+        "module": F.layer_norm(x, (x.shape[-1],)),
+    }
+
+
 def test_layer_norm_and_rms_norm(sim) -> None:
     g = seeded(3)
     x = torch.randn(4, 6, 96, generator=g, dtype=torch.float64) * 5 + 2
     w = torch.randn(96, generator=g, dtype=torch.float64)
     b = torch.randn(96, generator=g, dtype=torch.float64)
     got = sim.run(norms, x, w, b)[0]
-    want = {
-        "secret_affine": F.layer_norm(x, (96,), w, b, 1e-5),
-        "public_affine": F.layer_norm(x, (96,), w, b, 1e-12),
-        "no_affine": F.layer_norm(x, (96,)),
-        "two_dims": F.layer_norm(x, (6, 96)),
-        "rms": F.rms_norm(x, (96,), w, 1e-6),
-        "module": F.layer_norm(x, (96,)),
-    }
-    for name, expected in want.items():
+    for name, expected in plain_norms(x, w, b).items():
         assert float((got[name] - expected).abs().max()) <= 1e-3, name
+
+
+def _norm_costs(x: torch.Tensor, w: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
+    ctx = current()
+    shares = secret(x).shares
+    weight = secret(w, 1).shares
+    before = puma.stats()
+    ap.layer_norm_last_dims(ctx, shares, 1, weight, None, 1e-5)
+    spent = puma.stats() - before
+    return norms(x, w, torch.zeros_like(w)), (spent.rounds, spent.bytes_sent)
+
+
+# l + f = 62: the exact sum of squares (one resharing); 66: above rsqrt's 62 bits, so the
+# squares are truncated first
+@pytest.mark.parametrize("compare_bits", [DEFAULT_COMPARE_BITS, 48])
+def test_layer_norm_on_both_ways_to_its_sum_of_squares(compare_bits) -> None:
+    g = seeded(5)
+    x = torch.randn(3, 4, 96, generator=g, dtype=torch.float64) * 5 + 2
+    x[0, 0] = torch.linspace(-400.0, 400.0, 96, dtype=torch.float64)  # sum of squares 2^22.3 (range: 2^23)
+    x[0, 1] = 3 + torch.randn(96, generator=g, dtype=torch.float64) * 0.1  # a small variance
+    w = torch.randn(96, generator=g, dtype=torch.float64)
+    with puma.Simulator(compare_bits=compare_bits) as sim:
+        results = sim.run(_norm_costs, x, w)
+    got, _ = results[0]
+    for name, expected in plain_norms(x, w, torch.zeros_like(w)).items():
+        assert float((got[name] - expected).abs().max()) <= 1e-3, name
+    rounds = {cost[0] for _, cost in results}
+    measured = (rounds.pop(), sum(cost[1] for _, cost in results))
+    assert not rounds
+    assert measured == ap.layer_norm_cost(12, 96, True, False, DEFAULT_FRAC_BITS, compare_bits)
 
 
 def test_hf_style_rmsnorm_code_runs_on_shares(sim) -> None:
