@@ -47,26 +47,29 @@ def _rows() -> list[tuple[str, str, int, CostOf]]:
         add("row max", where, shape, lambda s, net: pc.max_last_dim_cost(s, False, L, net))
         add("exp", where, shape, lambda s, net: ap.exp_cost(n(s), F, net))
         add("softmax (max, exp, clip, reciprocal)", where, shape, lambda s, net: ap.softmax_cost(s, F, L, net))
-        add("softmax then @ V, divided after (head dim 64)", where, shape, _softmax_times_value)
+        add(
+            "softmax then @ V (head dim 64), divided in the policy's order, truncated",
+            where,
+            shape,
+            _softmax_times_value,
+        )
     for shape, where in (((1, 3072), "decode"), ((128, 3072), "128 tokens")):
         add("GeLU", where, shape, lambda s, net: ap.activation_cost("gelu", n(s), F, L, net))
     for shape, where in (((1, 768), "decode"), ((128, 768), "128 tokens")):
         add("LayerNorm (weight and bias)", where, shape, lambda s, net: ap.layer_norm_cost(s[0], s[1], True, False, F, L, net))  # fmt: skip
     for shape, where in (((12,), "decode, softmax rows"), ((1536,), "128 tokens, softmax rows")):
         add("reciprocal", where, shape, lambda s, net: ap.reciprocal_cost(n(s), F, L, net))
+    add("tanh", "BERT's pooler", (1, 768), lambda s, net: ap.activation_cost("tanh", n(s), F, L, net))
     add("argmax (secure, index and one-hot)", "GPT-2 logits", (1, 50257), lambda s, net: pc.argmax_cost(s, L, net))
     return rows
 
 
 def _softmax_times_value(shape: tuple[int, ...], network: NetworkProfile | None) -> Cost:
-    """A softmax whose division runs after its product with V (64 wide, already settled):
-    the numerators, then the reciprocal beside e @ V's truncation."""
+    """A softmax times V (64 wide, already settled), divided in the order the policy picks
+    (``ap.division_order``): the numerators, then the division and the product, truncated."""
     rows = math.prod(shape[:-1])
-    product = pa.truncation_cost(rows * 64, F, network)
-    return total_cost([
-        ap.softmax_numerators_cost(shape, F, L, network),
-        ap.divide_rows_after_cost(rows, product, F, L, network),
-    ])  # fmt: skip
+    division = ap.division_cost(rows, shape[-1], rows * 64, (0, 0), F, L, network)
+    return total_cost([ap.softmax_numerators_cost(shape, F, L, network), division])
 
 
 def _cell(cost: Cost, elements: int) -> str:

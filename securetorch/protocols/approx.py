@@ -350,7 +350,26 @@ def activation_cost(
         return _gelu_variants(name, n, frac_bits, compare_bits, network)[
             _gelu_variant(name, n, frac_bits, compare_bits, network)
         ]
-    return _tail_form_cost(name, n, frac_bits, compare_bits, network)
+    return _tail_variants(name, n, frac_bits, compare_bits, network)[
+        _tail_variant(name, n, frac_bits, compare_bits, network)
+    ]
+
+
+def _tail_variants(
+    name: str, n: int, frac_bits: int, compare_bits: int, network: NetworkProfile | None
+) -> dict[str, Cost]:
+    """Exact (rounds, bytes of all parties) of SiLU's, sigmoid's or tanh's tail form and
+    lookup form on n elements."""
+    return {
+        "tail": _tail_form_cost(name, n, frac_bits, compare_bits, network),
+        "lookup": activation_lookup_cost(name, n, frac_bits, compare_bits, network),
+    }
+
+
+@functools.cache
+def _tail_variant(name: str, n: int, frac_bits: int, compare_bits: int, network: NetworkProfile | None) -> str:
+    """The faster form on ``network``; without one, the tail form. Cached."""
+    return cheapest(network, _tail_variants(name, n, frac_bits, compare_bits, network), "tail")
 
 
 def _tail_form_cost(name: str, n: int, frac_bits: int, compare_bits: int, network: NetworkProfile | None) -> Cost:
@@ -424,6 +443,7 @@ def _gelu_variants(
     return {
         "tail": _tail_form_cost(name, n, frac_bits, compare_bits, network),
         "even": total_cost([parallel_cost([less_than_zero_cost(2 * n, compare_bits, network), even]), (1, 48 * n)]),
+        "lookup": activation_lookup_cost(name, n, frac_bits, compare_bits, network),
     }
 
 
@@ -437,6 +457,109 @@ def _gelu_variant(name: str, n: int, frac_bits: int, compare_bits: int, network:
     return cheapest(network, _gelu_variants(name, n, frac_bits, compare_bits, network), fallback)
 
 
+# The lookup form, where rounds are dear and elements few (a pooler's tanh under wan): x's
+# bits down to 2^-ACTIVATION_LOOKUP_FRAC read F and F' from dealt tables on [-T, T) with
+# T = 2^ACTIVATION_LOOKUP_RANGE_BITS in the truncation that makes them, one product corrects
+# (F(x) ~ F(j) + F'(j) d, |d| <= 2^-6: error <= max|F''| 2^-13: tanh 9.4e-5, GeLU 9.7e-5,
+# SiLU 6.1e-5, sigmoid 1.2e-5), and beyond T the limits: F(x) = x or a constant (as the
+# tail forms take them: sigmoid leaves 1 by 3.4e-4 there, SiLU leaves x by 2.7e-3).
+ACTIVATION_LOOKUP_FRAC = 6
+ACTIVATION_LOOKUP_RANGE_BITS = 3
+
+
+def _gelu_tanh_slope(x: np.ndarray) -> np.ndarray:
+    k = math.sqrt(2 / math.pi)
+    t = np.tanh(k * (x + 0.044715 * x**3))
+    return (1 + t) / 2 + x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x) / 2
+
+
+_ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    "gelu": (
+        lambda x: x * (1 + _erf(x / math.sqrt(2))) / 2,
+        lambda x: (1 + _erf(x / math.sqrt(2))) / 2 + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi),
+    ),
+    "gelu_tanh": (
+        lambda x: x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))) / 2,
+        _gelu_tanh_slope,
+    ),
+    "silu": (lambda x: x / (1 + np.exp(-x)), lambda x: (1 + np.exp(-x) + x * np.exp(-x)) / (1 + np.exp(-x)) ** 2),
+    "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2),
+    "tanh": (np.tanh, lambda x: 1 - np.tanh(x) ** 2),
+}
+# F's limits below -T and above T: a constant, or x itself (None)
+_LIMITS: dict[str, tuple[float, float | None]] = {
+    "gelu": (0.0, None),
+    "gelu_tanh": (0.0, None),
+    "silu": (0.0, None),
+    "sigmoid": (0.0, 1.0),
+    "tanh": (-1.0, 1.0),
+}
+
+
+@functools.cache
+def _activation_tables(name: str, frac_bits: int) -> torch.Tensor:
+    """(2, 2^K) ring values, K = range bits + 1 + frac: F(j / 2^frac) at f bits and F' at
+    LOOKUP_SCALE, entry j for the signed j (two's complement in K bits)."""
+    bits = ACTIVATION_LOOKUP_RANGE_BITS + 1 + ACTIVATION_LOOKUP_FRAC
+    signed = np.arange(1 << bits, dtype=np.float64)
+    signed[signed >= 1 << (bits - 1)] -= 1 << bits
+    fn, slope = _ACTIVATIONS[name]
+    x = signed / 2**ACTIVATION_LOOKUP_FRAC
+    values = np.stack([fn(x) * 2.0**frac_bits, slope(x) * 2.0**LOOKUP_SCALE])
+    return torch.from_numpy(np.round(values).astype(np.int64))
+
+
+def activation_by_lookup(ctx: PartyContext, x: Pair, name: str) -> Pair:
+    """F(x) for ``name`` in gelu, gelu_tanh, silu, sigmoid, tanh by dealt tables (above):
+    beside the clip comparisons [x >= T - 2^-6] and [x < -T] (``session.parallel``; the top
+    64th of the range takes the limit, as the truncation may read one entry up), x truncated to
+    its bits down to 2^-6 reads F(j) and F'(j) (``truncate_many``'s lookups: 2 rounds, 16 KiB
+    per element dealt), d = x - j is local, F'(j) d takes one truncation; then inside F(j) +
+    F'(j) d, [x >= T] times x or the upper limit and [x < -T] times the lower one take one
+    product round. Cost: ``activation_lookup_cost``."""
+    f, frac = ctx.frac_bits, ACTIVATION_LOOKUP_FRAC
+    bound = 1 << (f + ACTIVATION_LOOKUP_RANGE_BITS)
+    top = bound - (1 << (f - frac))  # T - 2^-6: below it, j + 1 < 2^(K-1) reads no wrapped entry
+    low, high = _LIMITS[name]
+
+    def outside() -> list[Pair]:
+        batch = _stack(
+            [pa.add_public(ctx, pa.neg(x), torch.tensor(top - 1)), pa.add_public(ctx, x, torch.tensor(bound))]
+        )
+        return _unstack(less_than_zero(ctx, batch))  # [x >= T - 2^-6], [x < -T]
+
+    def inside_value() -> Pair:
+        ((index, looked_up),) = pa.truncate_many(ctx, [(x[0], f - frac, _activation_tables(name, f))])
+        value, slope = _unstack(looked_up)
+        d = pa.sub(x, pa.mul_public(index, torch.tensor(1 << (f - frac))))  # x - j 2^-frac, at f bits
+        return pa.add(value, pa.truncate_additive(ctx, pa.mul_local(slope, d), LOOKUP_SCALE))
+
+    (above, below), value = parallel(ctx, [outside, inside_value])
+    one = torch.ones((), dtype=torch.int64)
+    inside = pa.add_public(ctx, pa.neg(pa.add(above, below)), one)
+    if high is None:  # x itself above T
+        kept, upper = ring_mul_many(ctx, [inside, above], [value, x])
+    else:
+        (kept,) = ring_mul_many(ctx, [inside], [value])
+        upper = pa.mul_public(above, torch.tensor(round(high * 2**f)))
+    return pa.add(pa.add(kept, upper), pa.mul_public(below, torch.tensor(round(low * 2**f))))
+
+
+def activation_lookup_cost(
+    name: str, n: int, frac_bits: int, compare_bits: int, network: NetworkProfile | None
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``activation_by_lookup`` on n elements."""
+    bits = ACTIVATION_LOOKUP_RANGE_BITS + 1 + ACTIVATION_LOOKUP_FRAC
+    products = 2 if _LIMITS[name][1] is None else 1
+    lookup = total_cost([
+        pa.truncate_many_cost([(n, frac_bits - ACTIVATION_LOOKUP_FRAC, 2, bits)]),
+        pa.truncation_cost(n, LOOKUP_SCALE, network),
+    ])  # fmt: skip
+    return total_cost(
+        [parallel_cost([less_than_zero_cost(2 * n, compare_bits, network), lookup]), (1, 24 * products * n)]
+    )
+
+
 def _relu_minus_tail(ctx: PartyContext, x: Pair, name: str) -> Pair:
     _, neg_x, inside, tail = _fitted_tail(ctx, x, name)
     return pa.sub(pa.sub(x, neg_x), ring_mul_many(ctx, [inside], [tail])[0])
@@ -447,20 +570,34 @@ def gelu(ctx: PartyContext, x: Pair, approximate: str = "none") -> Pair:
     [0, 4] and 0 beyond (|error| < 2e-4 before fixed point). ``approximate="tanh"`` fits the
     tanh form's tail instead. Cost (``activation_cost``): the signs (``tail_signs_cost``:
     one or two comparisons and a product), the polynomial (8 rounds) and a product; or, where
-    the network makes rounds dear, the even form (``_gelu_even``: 3 rounds fewer)."""
+    the network makes rounds dear, the even form (``_gelu_even``: 3 rounds fewer), or for few
+    elements the lookup form (``activation_by_lookup``)."""
     name = "gelu_tanh" if approximate == "tanh" else "gelu"
-    if _gelu_variant(name, x[0].numel(), ctx.frac_bits, ctx.compare_bits, ctx.network) == "even":
+    variant = _gelu_variant(name, x[0].numel(), ctx.frac_bits, ctx.compare_bits, ctx.network)
+    if variant == "even":
         return _gelu_even(ctx, x, name)
+    if variant == "lookup":
+        return activation_by_lookup(ctx, x, name)
     return _relu_minus_tail(ctx, x, name)
 
 
 def silu(ctx: PartyContext, x: Pair) -> Pair:
-    """SiLU(x) = x sigmoid(x) = relu(x) - t sigmoid(-t), t = |x|, fitted on [0, 8]."""
+    """SiLU(x) = x sigmoid(x) = relu(x) - t sigmoid(-t), t = |x|, fitted on [0, 8]; or by
+    lookup (``activation_by_lookup``) where the network makes that faster."""
+    if _tail_variant("silu", x[0].numel(), ctx.frac_bits, ctx.compare_bits, ctx.network) == "lookup":
+        return activation_by_lookup(ctx, x, "silu")
     return _relu_minus_tail(ctx, x, "silu")
 
 
 def sigmoid(ctx: PartyContext, x: Pair) -> Pair:
-    """sigmoid(x) = [x >= 0] + (2[x < 0] - 1) q(|x|), q(t) = sigmoid(-t) fitted on [0, 8]."""
+    """sigmoid(x) = [x >= 0] + (2[x < 0] - 1) q(|x|), q(t) = sigmoid(-t) fitted on [0, 8]; or
+    by lookup (``activation_by_lookup``) where the network makes that faster."""
+    if _tail_variant("sigmoid", x[0].numel(), ctx.frac_bits, ctx.compare_bits, ctx.network) == "lookup":
+        return activation_by_lookup(ctx, x, "sigmoid")
+    return _sigmoid_tail_form(ctx, x)
+
+
+def _sigmoid_tail_form(ctx: PartyContext, x: Pair) -> Pair:
     f = ctx.frac_bits
     negative, _, inside, q = _fitted_tail(ctx, x, "sigmoid")
     one = torch.ones((), dtype=torch.int64)
@@ -472,10 +609,13 @@ def sigmoid(ctx: PartyContext, x: Pair) -> Pair:
 
 
 def tanh(ctx: PartyContext, x: Pair) -> Pair:
-    """tanh(x) = 2 sigmoid(2x) - 1."""
+    """tanh(x) = 2 sigmoid(2x) - 1; or by lookup (``activation_by_lookup``) where the network
+    makes that faster."""
+    if _tail_variant("tanh", x[0].numel(), ctx.frac_bits, ctx.compare_bits, ctx.network) == "lookup":
+        return activation_by_lookup(ctx, x, "tanh")
     f = ctx.frac_bits
     doubled = pa.add(x, x)
-    s = sigmoid(ctx, doubled)
+    s = _sigmoid_tail_form(ctx, doubled)
     return add_constant(ctx, pa.add(s, s), -1.0, f)
 
 
@@ -974,41 +1114,71 @@ def reciprocal(ctx: PartyContext, x: Pair, multiplier: Multiplier | None = None,
     exact cost (small tensors on loopback: G + 2 + 2 + 2 = 10 rounds).
     """
     f, bits = ctx.frac_bits, ctx.compare_bits
-    top, n = bits - 1, x[0].numel()
-    out = _Output(top + 1 - 2 * f - extra_bits, 0, 1.0, _multiplier_size(x, multiplier), ctx.network)
-    (g,) = powers_of_highest_bit(ctx, x, bits, [[top - j for j in range(bits)]])
+    n = x[0].numel()
+    out = _Output(bits - 2 * f - extra_bits, 0, 1.0, _multiplier_size(x, multiplier), ctx.network)
+    g = _reciprocal_power(ctx, x)
     z = pa.mul_local(x, g)  # c 2^(T+1)
-    s = RECIPROCAL_SCALE
-
-    def normalise(side: list[tuple[torch.Tensor, int, None]]) -> tuple[Pair, list[Pair]]:
-        if _reciprocal_variant(n, f, bits, out) == "lookup":
-            return _normalised_lookup(ctx, z, top + 1, "reciprocal", f, side)  # y G < 2^62 at f bits
-        c, settled = _truncate_with(ctx, z, top + 1 - s, side)
-        t = pa.add_public(ctx, pa.mul_public(c, torch.tensor(4)), torch.tensor(-3 << s))  # 4c - 3
-        return polynomial(ctx, t, _RECIPROCAL_FIT, s, f, work_scale=s), settled
-
-    y, side = out.normalise(ctx, normalise, g, multiplier)
+    variant = _reciprocal_variant(n, f, bits, out)
+    y, side = out.normalise(ctx, lambda side: _inverse_of_normalised(ctx, z, variant, side), g, multiplier)
     return out.result(ctx, y, f, g, side, multiplier)
+
+
+def _reciprocal_power(ctx: PartyContext, x: Pair) -> Pair:
+    """G = 2^(T-p) for X = x 2^f with highest bit p (T = l - 1)."""
+    bits = ctx.compare_bits
+    return powers_of_highest_bit(ctx, x, bits, [[bits - 1 - j for j in range(bits)]])[0]
+
+
+def _inverse_of_normalised(
+    ctx: PartyContext, z: torch.Tensor, variant: str, side: list[tuple[torch.Tensor, int, None]]
+) -> tuple[Pair, list[Pair]]:
+    """y = 1/c at f bits for z = c 2^l (3-out-of-3 shares), c in [1/2, 1), by ``variant``
+    ("lookup" or "polynomial"), with the ``side`` truncations in its first call."""
+    f, top, s = ctx.frac_bits, ctx.compare_bits - 1, RECIPROCAL_SCALE
+    if variant == "lookup":
+        return _normalised_lookup(ctx, z, top + 1, "reciprocal", f, side)  # y G < 2^62 at f bits
+    c, settled = _truncate_with(ctx, z, top + 1 - s, side)
+    t = pa.add_public(ctx, pa.mul_public(c, torch.tensor(4)), torch.tensor(-3 << s))  # 4c - 3
+    return polynomial(ctx, t, _RECIPROCAL_FIT, s, f, work_scale=s), settled
+
+
+def _inverse_of_normalised_cost(
+    n: int,
+    frac_bits: int,
+    compare_bits: int,
+    variant: str,
+    side: list[tuple[int, int, int, int]],
+    network: NetworkProfile | None,
+) -> list[Cost]:
+    """Exact (rounds, bytes of all parties) of ``_inverse_of_normalised`` on n elements."""
+    top, s, f = compare_bits - 1, RECIPROCAL_SCALE, frac_bits
+    if variant == "lookup":
+        return [_lookup_cost(n, top + 1, f, side, network)]
+    return [_truncate_with_cost(n, top + 1 - s, side, network), polynomial_cost(n, _RECIPROCAL_FIT, s, f, s, network)]
 
 
 def _reciprocal_variants(n: int, frac_bits: int, compare_bits: int, out: _Output) -> dict[str, Cost]:
     """Exact (rounds, bytes of all parties) of ``reciprocal``'s two variants on n elements."""
-    top, s, f, network = compare_bits - 1, RECIPROCAL_SCALE, frac_bits, out.network
-    powers = powers_of_highest_bit_cost(n, compare_bits, [[top - j for j in range(compare_bits)]], network)
-    last = out.result_cost(n, f)
+    network = out.network
+    powers = _reciprocal_power_cost(n, compare_bits, network)
+    last = out.result_cost(n, frac_bits)
     return {
-        "lookup": total_cost([
-            powers, *out.normalise_cost(lambda side: [_lookup_cost(n, top + 1, f, side, network)]), *last
-        ]),
-        "polynomial": total_cost([
-            powers,
-            *out.normalise_cost(lambda side: [
-                _truncate_with_cost(n, top + 1 - s, side, network),
-                polynomial_cost(n, _RECIPROCAL_FIT, s, f, s, network),
-            ]),
-            *last,
-        ]),
-    }  # fmt: skip
+        variant: total_cost(
+            [
+                powers,
+                *out.normalise_cost(
+                    lambda side, v=variant: _inverse_of_normalised_cost(n, frac_bits, compare_bits, v, side, network)
+                ),
+                *last,
+            ]
+        )
+        for variant in ("lookup", "polynomial")
+    }
+
+
+def _reciprocal_power_cost(n: int, compare_bits: int, network: NetworkProfile | None) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``_reciprocal_power`` on n elements."""
+    return powers_of_highest_bit_cost(n, compare_bits, [[compare_bits - 1 - j for j in range(compare_bits)]], network)
 
 
 @functools.cache
@@ -1250,6 +1420,59 @@ def divide_rows_after_cost(
     return parallel_cost([inverse, product])
 
 
+def divide_rows_beside(ctx: PartyContext, total: Pair, product: Callable[[], Pair]) -> pa.Owed:
+    """(e / s) @ V as ((e @ V) G) y, for row sums s in ``reciprocal``'s range and
+    |e @ V / s| < 2^(62 - l) (a softmax's: a weighted mean of V's rows): the reciprocal's
+    factors meet e @ V separately.
+
+    1/s = G y / 2^(T+1-f) (``reciprocal``: G = 2^(T-p) from the comparisons, y = 1/c of the
+    normalised c). Two branches run side by side (``session.parallel``): G, then y; and
+    ``product`` (e @ V, V's own owed truncation included), then, once G is there (idle
+    rounds until then), M = (e @ V) G truncated by T + 1 - f, beside y's normalisation. Their
+    product M y is left owed (truncation by f). Against ``divide_rows_after`` the truncation
+    of y G (2 rounds after y) moves beside y's normalisation, for a truncation of e @ V's
+    size: rounds max(P + N, max(V, P) + 3) instead of P + N + 2, the policy's to weigh.
+    Error: M's truncation adds one unit times y <= 2; y's relative error is the output's.
+    Cost: ``divide_rows_beside_cost``."""
+    f, top = ctx.frac_bits, ctx.compare_bits - 1
+    rows = total[0].numel()
+    variant = _reciprocal_variant(rows, f, ctx.compare_bits, _Output(top + 1 - 2 * f, 0, 1.0, None, ctx.network))
+    found: list[Pair] = []
+
+    def inverse() -> Pair:
+        g = _reciprocal_power(ctx, total)
+        found.append(g)
+        return _inverse_of_normalised(ctx, pa.mul_local(total, g), variant, [])[0]
+
+    def scaled() -> Pair:
+        numerator = product()
+        while not found:  # G comes from the other branch
+            ctx.net.exchange({}, [])
+        return pa.truncate_additive(ctx, pa.mul_local(numerator, _expand(found[0], numerator)), top + 1 - f)
+
+    y, m = parallel(ctx, [inverse, scaled])
+    return pa.Owed(pa.mul_local(m, _expand(y, m)), f)
+
+
+def divide_rows_beside_cost(
+    rows: int,
+    out_elements: int,
+    product: Cost,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    compare_bits: int = DEFAULT_COMPARE_BITS,
+    network: NetworkProfile | None = None,
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of ``divide_rows_beside`` for ``rows`` row sums and
+    a product of ``out_elements`` costing ``product``."""
+    f = frac_bits
+    variant = _reciprocal_variant(rows, f, compare_bits, _Output(compare_bits - 2 * f, 0, 1.0, None, network))
+    power = _reciprocal_power_cost(rows, compare_bits, network)
+    inverse = total_cost(_inverse_of_normalised_cost(rows, f, compare_bits, variant, [], network))
+    scaled = pa.truncation_cost(out_elements, compare_bits - f, network)
+    rounds = max(power[0] + inverse[0], max(product[0], power[0]) + scaled[0])
+    return rounds, power[1] + inverse[1] + product[1] + scaled[1]
+
+
 def _division_variants(
     rows: int,
     row_len: int,
@@ -1261,23 +1484,28 @@ def _division_variants(
 ) -> dict[str, Cost]:
     """Exact (rounds, bytes of all parties) of a softmax's division and its product with V,
     up to and including the truncation of that product (which the next op runs): dividing
-    first (``divide_rows``, then V's own truncation ``value`` and the product's) or after
-    (``divide_rows_after``, the product's truncation by f + 8)."""
+    first (``divide_rows``, then V's own truncation ``value`` and the product's), after
+    (``divide_rows_after``, the product's truncation by f + 8) or beside
+    (``divide_rows_beside``, the product's truncation by f)."""
     f = frac_bits
     product = pa.truncation_cost(out_elements, f, network)
+    with_value = total_cost([value, product])
     return {
         "first": total_cost([
             reciprocal_cost(rows, f, compare_bits, network, multiplier=(rows * row_len, f)), value, product
         ]),
         "after": total_cost([
-            divide_rows_after_cost(rows, total_cost([value, product]), f, compare_bits, network),
+            divide_rows_after_cost(rows, with_value, f, compare_bits, network),
             pa.truncation_cost(out_elements, f + INVERSE_EXTRA_BITS, network),
+        ]),
+        "beside": total_cost([
+            divide_rows_beside_cost(rows, out_elements, with_value, f, compare_bits, network), product
         ]),
     }  # fmt: skip
 
 
 @functools.cache
-def divides_after(
+def division_order(
     rows: int,
     row_len: int,
     out_elements: int,
@@ -1285,16 +1513,32 @@ def divides_after(
     frac_bits: int,
     compare_bits: int,
     network: NetworkProfile | None,
-) -> bool:
-    """Whether a softmax of ``rows`` rows of ``row_len`` times V (``out_elements`` in the
-    product; ``value``: the cost of V's own owed truncation, (0, 0) if none) divides after
-    the product: the faster of ``_division_variants`` on ``network``; without one, the one
-    with fewer rounds, then fewer bytes. Dividing after saves V's truncation and the product's
-    rounds where the reciprocal is long, but where V is wider than the rows are long it
-    truncates more elements (a decode step: the same rounds, more bytes). Cached: a pure
-    function of public facts."""
+) -> str:
+    """Where a softmax of ``rows`` rows of ``row_len`` times V (``out_elements`` in the
+    product; ``value``: the cost of V's own owed truncation, (0, 0) if none) divides: "first",
+    "after" or "beside" the product (``_division_variants``), the fastest on ``network``;
+    without one, the one with the fewest rounds, then bytes. Dividing after saves V's
+    truncation and the product's rounds where the reciprocal is long, but where V is wider
+    than the rows are long it truncates more elements (a decode step: the same rounds, more
+    bytes); beside saves two more rounds for a truncation of the product's size, which pays
+    where rounds are dear. Cached: a pure function of public facts."""
     variants = _division_variants(rows, row_len, out_elements, value, frac_bits, compare_bits, network)
-    return cheapest(network, variants, min(variants, key=lambda name: variants[name])) == "after"
+    return cheapest(network, variants, min(variants, key=lambda name: variants[name]))
+
+
+def division_cost(
+    rows: int,
+    row_len: int,
+    out_elements: int,
+    value: Cost,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    compare_bits: int = DEFAULT_COMPARE_BITS,
+    network: NetworkProfile | None = None,
+) -> Cost:
+    """Exact (rounds, bytes of all parties) of a softmax's division and its product with V in
+    the order ``division_order`` picks, up to and including the product's truncation."""
+    args = (rows, row_len, out_elements, value, frac_bits, compare_bits)
+    return _division_variants(*args, network)[division_order(*args, network)]
 
 
 def softmax_numerators_cost(

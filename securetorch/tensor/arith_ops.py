@@ -176,9 +176,12 @@ def _matmul(a: Any, b: Any) -> SharedTensor:
     """a @ b with a secret side; a fixed-point product keeps its truncation owed
     (``SharedTensor.owing``): it runs when the shares are read, after what can ride in it.
     A softmax whose division is owed, times a fixed-point secret, divides after the product
-    (``ap.divide_rows_after``) where the policy finds that faster (``_divides_after``)."""
-    if isinstance(a, SharedTensor) and isinstance(b, SharedTensor) and _divides_after(a, b):
-        return _divided_matmul(a, b)
+    or beside it (``ap.divide_rows_after``, ``ap.divide_rows_beside``) where the policy finds
+    that faster (``_division_order``)."""
+    if isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
+        order = _division_order(a, b)
+        if order != "first":
+            return _divided_matmul(a, b, order)
     if _integer_secret(a) != _integer_secret(b) and isinstance(a, SharedTensor) and isinstance(b, SharedTensor):
         # e.g. a secret one-hot matrix times a secret embedding table: exact, 1 round
         fixed = b if _integer_secret(a) else a
@@ -191,11 +194,11 @@ def _matmul(a: Any, b: Any) -> SharedTensor:
     return SharedTensor.owing(pa.matmul_local(a.shares, b.shares), current().frac_bits, _dtype_of(a, b))
 
 
-def _divides_after(a: SharedTensor, b: SharedTensor) -> bool:
-    """Whether a @ b is a softmax with its division owed times a fixed-point secret that
-    divides after the product (``ap.divides_after``: the policy's choice on the network)."""
+def _division_order(a: SharedTensor, b: SharedTensor) -> str:
+    """Where a @ b divides, for a softmax with its division owed times a fixed-point secret
+    (``ap.division_order``: the policy's choice on the network); "first" for anything else."""
     if a.division is None or not b.dtype.is_floating_point:
-        return False
+        return "first"
     ctx = current()
     numerators, _ = a.division
     owed = b.owed
@@ -203,12 +206,13 @@ def _divides_after(a: SharedTensor, b: SharedTensor) -> bool:
     row_len = numerators[0].shape[-1]
     out = torch.matmul(torch.empty(numerators[0].shape, device="meta"), torch.empty(b.shape, device="meta"))
     args = (numerators[0].numel() // row_len, row_len, out.numel(), value, ctx.frac_bits, ctx.compare_bits)
-    return ap.divides_after(*args, ctx.network)
+    return ap.division_order(*args, ctx.network)
 
 
-def _divided_matmul(a: SharedTensor, b: SharedTensor) -> SharedTensor:
+def _divided_matmul(a: SharedTensor, b: SharedTensor, order: str) -> SharedTensor:
     """(e / s) @ b for a softmax ``a`` whose division is owed: e @ b (with b's own owed
-    truncation) beside the reciprocal of s, their product left owed."""
+    truncation) beside the reciprocal of s (``order`` "after") or beside its factors
+    ("beside"), their product left owed."""
     ctx = current()
     numerators, totals = a.division  # type: ignore[misc]
     if b.dim() == 1:  # a vector: the product drops the rows' last dim
@@ -218,7 +222,7 @@ def _divided_matmul(a: SharedTensor, b: SharedTensor) -> SharedTensor:
         settle(b)
         return pa.truncate_additive(ctx, pa.matmul_local(numerators, b.shares), ctx.frac_bits)
 
-    owed = ap.divide_rows_after(ctx, totals, product)
+    owed = (ap.divide_rows_after if order == "after" else ap.divide_rows_beside)(ctx, totals, product)
     return SharedTensor.owing(owed.additive, owed.bits, _dtype_of(a, b))
 
 

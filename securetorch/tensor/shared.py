@@ -81,8 +81,8 @@ class _OwedTruncation:
 
 class _RowDivision:
     """A softmax's division by its row sums still to run: its numerators e and row sums s
-    (``ap.softmax_numerators``), so that a product e/s @ V can divide after the product
-    (``ap.divide_rows_after``, in ``arith_ops``); any other read divides first."""
+    (``ap.softmax_numerators``), so that a product e/s @ V can divide after the product or
+    beside it (``ap.division_order``, in ``arith_ops``); any other read divides first."""
 
     __slots__ = ("numerators", "shares", "totals")
 
@@ -112,7 +112,8 @@ class SharedTensor(torch.Tensor):
 
     A softmax over the last dim holds its division by the row sums still owed
     (``dividing``), so that the product with V that attention takes next can divide after
-    it (``divide_rows_after``); a retype keeps it owed, any other read divides first."""
+    or beside it (``ap.division_order``); a retype keeps it owed, any other read divides
+    first."""
 
     _shares: pa.Pair | None
     _owed: tuple[_OwedTruncation, View | None] | None

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import securetorch as puma
-from securetorch.comm.profile import PRESETS
+from securetorch.comm.profile import PRESETS, cheapest
 from securetorch.protocols import approx as ap
 from securetorch.protocols import arithmetic as pa
+from securetorch.protocols import comparison as pc
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
 from securetorch.session.context import current
 
@@ -299,14 +300,87 @@ def test_gelu_by_its_even_form_where_rounds_are_dear(approximate) -> None:
 
 def test_the_policy_divides_a_softmax_after_its_product_with_v_where_that_is_faster() -> None:
     """BERT-base at 128 tokens (V owed, rows of 128 keys, 64 wide): dividing after the
-    product saves rounds and bytes on every profile. A decode step (V read from the cache,
-    rows of 33 keys): the same rounds, more bytes (V is wider than the rows are long), so
-    the division runs first."""
+    product saves rounds and bytes on every profile, and beside it (the reciprocal's factors
+    apart) two more rounds for more bytes, which wan takes. A decode step (V read from the
+    cache, rows of 33 keys): after costs the same rounds as first and more bytes; beside
+    saves rounds for a few bytes more. The choice is the least time, and both orders after
+    the product give the same result."""
     for network in (None, *PRESETS.values()):
         v = pa.truncation_cost(128 * 768, 18, network)
         bert = ap._division_variants(1536, 128, 12 * 128 * 64, v, 18, 44, network)
         assert bert["after"][0] < bert["first"][0] and bert["after"][1] < bert["first"][1]
-        assert ap.divides_after(1536, 128, 12 * 128 * 64, v, 18, 44, network)
+        assert bert["beside"][0] < bert["after"][0] and bert["beside"][1] > bert["after"][1]
         decode = ap._division_variants(12, 33, 12 * 64, (0, 0), 18, 44, network)
         assert decode["after"][0] == decode["first"][0] and decode["after"][1] > decode["first"][1]
-        assert not ap.divides_after(12, 33, 12 * 64, (0, 0), 18, 44, network)
+        assert decode["beside"][0] < decode["first"][0]
+        for variants, shape in ((bert, (1536, 128, 12 * 128 * 64, v)), (decode, (12, 33, 12 * 64, (0, 0)))):
+            fastest = cheapest(network, variants, min(variants, key=lambda name: variants[name]))
+            assert ap.division_order(*shape, 18, 44, network) == fastest
+    wan = PRESETS["wan"]
+    assert ap.division_order(1536, 128, 12 * 128 * 64, pa.truncation_cost(128 * 768, 18, wan), 18, 44, wan) == "beside"
+    lan = PRESETS["lan"]
+    assert ap.division_order(1536, 128, 12 * 128 * 64, pa.truncation_cost(128 * 768, 18, lan), 18, 44, lan) == "after"
+
+
+def _both_orders(scores: torch.Tensor, value: torch.Tensor) -> list[torch.Tensor]:
+    ctx = current()
+    s, v = secret(scores).shares, secret(value).shares
+    out = []
+    for divide in (ap.divide_rows_after, ap.divide_rows_beside):
+        e, total = ap.softmax_numerators(ctx, s, pc.max_last_dim(ctx, s, with_index=False)[0])
+        owed = divide(ctx, total, lambda e=e: pa.truncate_additive(ctx, pa.matmul_local(e, v), ctx.frac_bits))
+        out.append(puma.SharedTensor.owing(owed.additive, owed.bits, torch.float64).reveal())
+    return out
+
+
+def test_dividing_after_and_beside_the_product_agree(sim) -> None:
+    g = seeded(8)
+    scores = torch.randn(3, 4, 9, generator=g, dtype=torch.float64) * 5
+    value = torch.randn(3, 9, 5, generator=g, dtype=torch.float64) * 50
+    after, beside = sim.run(_both_orders, scores, value)[0]
+    want = torch.softmax(scores, -1) @ value
+    bound = 2e-3 * float(value.abs().max())  # the probabilities' error, times V
+    assert float((after - want).abs().max()) <= bound
+    assert float((beside - want).abs().max()) <= bound
+    assert float((beside - after).abs().max()) <= bound
+
+
+def _by_lookup(x: torch.Tensor) -> dict[str, tuple[torch.Tensor, tuple[int, int]]]:
+    ctx = current()
+    shares = secret(x).shares
+    out = {}
+    for name in ("gelu", "gelu_tanh", "silu", "sigmoid", "tanh"):
+        before = puma.stats()
+        y = ap.activation_by_lookup(ctx, shares, name)
+        spent = puma.stats() - before
+        out[name] = (puma.SharedTensor(y, torch.float64).reveal(), (spent.rounds, spent.bytes_sent))
+    return out
+
+
+def test_activations_by_lookup_match_float64_and_their_cost() -> None:
+    """The lookup form over [-T, T) and beyond, at the range's edges (where the truncation
+    may read one entry up) and far out, within 2e-4; beyond T, as the tail forms, sigmoid
+    leaves 1 by 3.4e-4 and SiLU leaves x by 2.7e-3."""
+    g = seeded(9)
+    edges = torch.tensor([-8.0, -8.0 + 2**-18, -7.99, 7.98, 8.0 - 2**-7, 8.0 - 2**-18, 8.0, 8.01, -1e4, 1e4, 0.0])
+    x = torch.cat([torch.linspace(-9, 9, 700, dtype=torch.float64), torch.randn(300, generator=g) * 3, edges]).double()
+    with puma.Simulator(network="wan", play_network=False) as sim:
+        results = sim.run(_by_lookup, x)
+    f = torch.nn.functional
+    want = {
+        "gelu": f.gelu(x),
+        "gelu_tanh": f.gelu(x, approximate="tanh"),
+        "silu": f.silu(x),
+        "sigmoid": torch.sigmoid(x),
+        "tanh": torch.tanh(x),
+    }
+    for name, expected in want.items():
+        got, _ = results[0][name]
+        bound = {"silu": 3e-3, "sigmoid": 4e-4}.get(name, 2e-4)
+        assert float((got - expected).abs().max()) <= bound, name
+        rounds = {r[name][1][0] for r in results}
+        assert len(rounds) == 1
+        measured = (rounds.pop(), sum(r[name][1][1] for r in results))
+        assert measured == ap.activation_lookup_cost(
+            name, x.numel(), DEFAULT_FRAC_BITS, DEFAULT_COMPARE_BITS, PRESETS["wan"]
+        )

@@ -86,6 +86,10 @@ COMPOSITES = {
         lambda c, x: _softmax_times_value(c, x),
         lambda shape, net: _softmax_times_value_cost(shape, net),
     ),
+    "softmax_times_value_beside": (
+        lambda c, x: _softmax_times_value(c, x, ap.divide_rows_beside),
+        lambda shape, net: _softmax_times_value_cost(shape, net, beside=True),
+    ),
     "layernorm": (
         lambda c, x: ap.layer_norm_last_dims(c, x, 1, (x[0][0], x[1][0]), None, 1e-5),
         lambda shape, net: ap.layer_norm_cost(math.prod(shape[:-1]), shape[-1], True, False, _FB, _CB, net),
@@ -106,20 +110,23 @@ COMPOSITES = {
 }
 
 
-def _softmax_times_value(ctx, x):
-    """softmax(x) @ x^T with the division after the product (``ap.divide_rows_after``)."""
+def _softmax_times_value(ctx, x, divide=ap.divide_rows_after):
+    """softmax(x) @ x^T with the division after the product (``ap.divide_rows_after``, or
+    ``divide``)."""
     e, total = ap.softmax_numerators(ctx, x, pc.max_last_dim(ctx, x, with_index=False)[0])
     value = (x[0].mT, x[1].mT)
-    return ap.divide_rows_after(ctx, total, lambda: pa.truncate_additive(ctx, pa.matmul_local(e, value), _FB))
+    return divide(ctx, total, lambda: pa.truncate_additive(ctx, pa.matmul_local(e, value), _FB))
 
 
-def _softmax_times_value_cost(shape, network):
+def _softmax_times_value_cost(shape, network, beside=False):
     rows = math.prod(shape[:-1])
     product = pa.truncation_cost(rows * shape[-2], _FB, network)  # e @ x^T: rows x shape[-2]
-    return total_cost([
-        ap.softmax_numerators_cost(shape, _FB, _CB, network),
-        ap.divide_rows_after_cost(rows, product, _FB, _CB, network),
-    ])  # fmt: skip
+    division = (
+        ap.divide_rows_beside_cost(rows, rows * shape[-2], product, _FB, _CB, network)
+        if beside
+        else ap.divide_rows_after_cost(rows, product, _FB, _CB, network)
+    )
+    return total_cost([ap.softmax_numerators_cost(shape, _FB, _CB, network), division])
 
 
 SHAPES = {
@@ -132,6 +139,7 @@ SHAPES = {
     # the normalisers' multiplier rides in their first truncation up to FOLD_ELEMENTS (no profile)
     "softmax": [(12, 1, 33), (12, 16, 16), (2, 64, 128), (2, 80, 128)],
     "softmax_times_value": [(12, 1, 33), (12, 16, 16), (2, 64, 128)],
+    "softmax_times_value_beside": [(12, 1, 33), (12, 16, 16), (2, 64, 128)],
     "layernorm": [(1, 768), (8, 768), (130, 64), (150, 128), (128, 768)],  # wan: M G beside rsqrt at 128 x 768
     "rmsnorm": [(1, 2048), (200, 32)],
     "max": [(12, 1, 9), (4, 100), (3, 300), (2, 5000)],

@@ -9,7 +9,7 @@ import securetorch as puma
 from securetorch.comm.profile import total_cost
 from securetorch.protocols import approx as ap
 from securetorch.protocols import arithmetic as pa
-from securetorch.ring import DEFAULT_FRAC_BITS
+from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
 
 U = 2.0**-18
 
@@ -400,9 +400,10 @@ def _attention(scores, x, w):
 
 
 def test_a_softmax_divides_after_its_product_with_v(sim) -> None:
-    """softmax(s) @ V runs as (e @ V) / s: the reciprocal beside V's truncation and e @ V's,
-    their product owed, fewer rounds than dividing first; the same probabilities read
-    directly (after the product used them), over another dim, and by the old order."""
+    """softmax(s) @ V runs as (e @ V) / s, in the order the policy picks (the reciprocal, or
+    its factors, beside V's truncation and e @ V's, their product owed), in fewer rounds than
+    dividing first; the same probabilities read directly (after the product used them), over
+    another dim, and by the old order."""
     g = torch.Generator().manual_seed(3)
     scores = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64) * 4
     x = torch.randn(2, 3, 7, 6, generator=g, dtype=torch.float64)
@@ -415,10 +416,10 @@ def test_a_softmax_divides_after_its_product_with_v(sim) -> None:
     assert float((again - probs).abs().max()) <= 2e-3
     assert float((other_dim - torch.softmax(scores, 1)).abs().max()) <= 2e-3
     assert float((vector - probs @ x[0, 0, :, 0]).abs().max()) <= 2e-3 * float(x[0, 0, :, 0].abs().max())
-    rows, f = 2 * 3 * 5, DEFAULT_FRAC_BITS
-    truncations = total_cost([pa.truncation_cost(x.numel(), f), pa.truncation_cost(rows * 6, f)])  # V, e @ V
+    rows, f, bits = 2 * 3 * 5, DEFAULT_FRAC_BITS, DEFAULT_COMPARE_BITS
+    value = pa.truncation_cost(x.numel(), f)  # V's own truncation
+    assert ap.division_order(rows, 7, rows * 6, value, f, bits, None) != "first"
+    division = ap.division_cost(rows, 7, rows * 6, value, f, bits, None)  # the owed product read
     assert rounds["divided after"] == total_cost([
-        ap.softmax_numerators_cost(tuple(scores.shape)),
-        ap.divide_rows_after_cost(rows, truncations),
-        pa.truncation_cost(rows * 6, f + ap.INVERSE_EXTRA_BITS),  # the owed product, read
+        ap.softmax_numerators_cost(tuple(scores.shape)), division
     ])[0] < rounds["divided first"]  # fmt: skip
