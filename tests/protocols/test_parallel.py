@@ -53,8 +53,12 @@ def test_a_failing_branch_raises_in_the_caller(sim) -> None:
 
         with pytest.raises(ValueError, match="branch 1 failed"):
             parallel(ctx, [lambda: ap.exp(ctx, x), fails])
-        with pytest.raises(RuntimeError, match="cannot run branches"):
-            parallel(ctx, [lambda: parallel(ctx, [lambda: None])])
+        before = puma.stats()
+        nested = parallel(
+            ctx, [lambda: parallel(ctx, [lambda: pa.truncate(ctx, x, 1)] * 2), lambda: pa.truncate(ctx, x, 2)]
+        )
+        spent = (puma.stats() - before).rounds  # inside a branch one after the other: 2 + 2 rounds
+        assert spent == 2 * pa.truncation_cost(4, 1)[0] and len(nested[0]) == 2
         return pa.reveal(ctx, pa.truncate(ctx, pa.mul_public(x, torch.tensor(4)), 1))  # the links work on
 
     assert set(sim.run(fn)[0].tolist()) <= {2, 3}  # floor(4 / 2) or one more
