@@ -465,6 +465,7 @@ def _gelu_variant(name: str, n: int, frac_bits: int, compare_bits: int, network:
 # tail forms take them: sigmoid leaves 1 by 3.4e-4 there, SiLU leaves x by 2.7e-3).
 ACTIVATION_LOOKUP_FRAC = 6
 ACTIVATION_LOOKUP_RANGE_BITS = 3
+ACTIVATION_LOOKUP_BITS = ACTIVATION_LOOKUP_RANGE_BITS + 1 + ACTIVATION_LOOKUP_FRAC  # the tables' index bits K
 
 
 def _gelu_tanh_slope(x: np.ndarray) -> np.ndarray:
@@ -473,17 +474,15 @@ def _gelu_tanh_slope(x: np.ndarray) -> np.ndarray:
     return (1 + t) / 2 + x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x) / 2
 
 
+# F itself from the tails' definitions (relu(t) - F(t), for any real t, and sigmoid(-t)), and F'
 _ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
     "gelu": (
-        lambda x: x * (1 + _erf(x / math.sqrt(2))) / 2,
+        lambda x: x - _gelu_tail(x),
         lambda x: (1 + _erf(x / math.sqrt(2))) / 2 + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi),
     ),
-    "gelu_tanh": (
-        lambda x: x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))) / 2,
-        _gelu_tanh_slope,
-    ),
-    "silu": (lambda x: x / (1 + np.exp(-x)), lambda x: (1 + np.exp(-x) + x * np.exp(-x)) / (1 + np.exp(-x)) ** 2),
-    "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2),
+    "gelu_tanh": (lambda x: x - _gelu_tanh_tail(x), _gelu_tanh_slope),
+    "silu": (lambda x: x - _silu_tail(x), lambda x: (1 + np.exp(-x) + x * np.exp(-x)) / (1 + np.exp(-x)) ** 2),
+    "sigmoid": (lambda x: _sigmoid_tail(-x), lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2),
     "tanh": (np.tanh, lambda x: 1 - np.tanh(x) ** 2),
 }
 # F's limits below -T and above T: a constant, or x itself (None)
@@ -500,7 +499,7 @@ _LIMITS: dict[str, tuple[float, float | None]] = {
 def _activation_tables(name: str, frac_bits: int) -> torch.Tensor:
     """(2, 2^K) ring values, K = range bits + 1 + frac: F(j / 2^frac) at f bits and F' at
     LOOKUP_SCALE, entry j for the signed j (two's complement in K bits)."""
-    bits = ACTIVATION_LOOKUP_RANGE_BITS + 1 + ACTIVATION_LOOKUP_FRAC
+    bits = ACTIVATION_LOOKUP_BITS
     signed = np.arange(1 << bits, dtype=np.float64)
     signed[signed >= 1 << (bits - 1)] -= 1 << bits
     fn, slope = _ACTIVATIONS[name]
@@ -549,10 +548,9 @@ def activation_lookup_cost(
     name: str, n: int, frac_bits: int, compare_bits: int, network: NetworkProfile | None
 ) -> Cost:
     """Exact (rounds, bytes of all parties) of ``activation_by_lookup`` on n elements."""
-    bits = ACTIVATION_LOOKUP_RANGE_BITS + 1 + ACTIVATION_LOOKUP_FRAC
     products = 2 if _LIMITS[name][1] is None else 1
     lookup = total_cost([
-        pa.truncate_many_cost([(n, frac_bits - ACTIVATION_LOOKUP_FRAC, 2, bits)]),
+        pa.truncate_many_cost([(n, frac_bits - ACTIVATION_LOOKUP_FRAC, 2, ACTIVATION_LOOKUP_BITS)]),
         pa.truncation_cost(n, LOOKUP_SCALE, network),
     ])  # fmt: skip
     return total_cost(
@@ -1067,14 +1065,13 @@ def _expand(w: Pair, like: Pair) -> Pair:
     return w[0].expand_as(like[0]), w[1].expand_as(like[1])
 
 
-def _multiplier_size(x: Pair, multiplier: Multiplier | None) -> tuple[int, int] | None:
+def _multiplier_size(x: Pair, multiplier: tuple[Pair | pa.Owed, int] | None) -> tuple[int, int] | None:
+    """(M's elements broadcast against x, M's scale), M as shares or with its truncation owed."""
     if multiplier is None:
         return None
-    return _broadcast_size(x, multiplier[0][0]), multiplier[1]
-
-
-def _broadcast_size(x: Pair, factor: torch.Tensor) -> int:
-    return torch.broadcast_shapes(x[0].shape, factor.shape).numel()
+    factor = multiplier[0]
+    shape = factor.additive.shape if isinstance(factor, pa.Owed) else factor[0].shape
+    return torch.broadcast_shapes(x[0].shape, shape).numel(), multiplier[1]
 
 
 def _truncate_with(
@@ -1243,9 +1240,7 @@ def rsqrt(
     n = x[0].numel()
     half_top, lists = _rsqrt_powers(n, bits)
     owed = multiplier[0] if multiplier is not None and isinstance(multiplier[0], pa.Owed) else None
-    size = (
-        None if multiplier is None else (_broadcast_size(x, owed.additive if owed else multiplier[0][0]), multiplier[1])
-    )
+    size = _multiplier_size(x, multiplier)
     out = _Output(half_top - in_scale // 2 - out_scale, _rsqrt_extra_bits(times), times, size, ctx.network)
     if owed is None:
         powers = powers_of_highest_bit(ctx, x, bits, lists)
@@ -1436,7 +1431,7 @@ def divide_rows_beside(ctx: PartyContext, total: Pair, product: Callable[[], Pai
     Cost: ``divide_rows_beside_cost``."""
     f, top = ctx.frac_bits, ctx.compare_bits - 1
     rows = total[0].numel()
-    variant = _reciprocal_variant(rows, f, ctx.compare_bits, _Output(top + 1 - 2 * f, 0, 1.0, None, ctx.network))
+    variant = _bare_reciprocal_variant(rows, f, ctx.compare_bits, ctx.network)
     found: list[Pair] = []
 
     def inverse() -> Pair:
@@ -1454,6 +1449,11 @@ def divide_rows_beside(ctx: PartyContext, total: Pair, product: Callable[[], Pai
     return pa.Owed(pa.mul_local(m, _expand(y, m)), f)
 
 
+def _bare_reciprocal_variant(n: int, frac_bits: int, compare_bits: int, network: NetworkProfile | None) -> str:
+    """The normalisation ``reciprocal`` would take on n elements without a multiplier."""
+    return _reciprocal_variant(n, frac_bits, compare_bits, _Output(compare_bits - 2 * frac_bits, 0, 1.0, None, network))
+
+
 def divide_rows_beside_cost(
     rows: int,
     out_elements: int,
@@ -1465,7 +1465,7 @@ def divide_rows_beside_cost(
     """Exact (rounds, bytes of all parties) of ``divide_rows_beside`` for ``rows`` row sums and
     a product of ``out_elements`` costing ``product``."""
     f = frac_bits
-    variant = _reciprocal_variant(rows, f, compare_bits, _Output(compare_bits - 2 * f, 0, 1.0, None, network))
+    variant = _bare_reciprocal_variant(rows, f, compare_bits, network)
     power = _reciprocal_power_cost(rows, compare_bits, network)
     inverse = total_cost(_inverse_of_normalised_cost(rows, f, compare_bits, variant, [], network))
     scaled = pa.truncation_cost(out_elements, compare_bits - f, network)
