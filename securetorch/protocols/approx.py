@@ -621,36 +621,64 @@ def tanh(ctx: PartyContext, x: Pair) -> Pair:
 
 
 EXP_SQUARINGS = 5
+# q(y) = 1 + 2y + 2y^2 + c3 y^3 + c4 y^4 ~ e^(2y) on y = x/32 in [-14/32, 0]; c3, c4 at
+# EXP_QUARTIC_BITS fractional bits (their rounding moves exp by < 1e-9).
+EXP_QUARTIC_BITS = 14
+
+
+@functools.cache
+def _exp_quartic() -> tuple[int, int]:
+    """(c3, c4) of ``exp``'s q at EXP_QUARTIC_BITS bits: least squares of e^(2y) - 1 - 2y -
+    2y^2 on Chebyshev nodes of y in [-14/32, 0], weighted by e^(30y) (an error d in q
+    moves q^16 by about 16 e^(30y) d), so the absolute error of exp is what is minimised."""
+    low = -14 / 2**EXP_SQUARINGS
+    y = low / 2 * (1 - np.cos(np.pi * (np.arange(4000) + 0.5) / 4000))
+    weight = np.exp(2 * (2 ** (EXP_SQUARINGS - 1) - 1) * y)
+    basis = np.stack([y**3, y**4], 1) * weight[:, None]
+    target = (np.exp(2 * y) - 1 - 2 * y - 2 * y * y) * weight
+    c3, c4 = np.linalg.lstsq(basis, target, rcond=None)[0]
+    return round(c3 * 2**EXP_QUARTIC_BITS), round(c4 * 2**EXP_QUARTIC_BITS)
 
 
 def exp(ctx: PartyContext, x: Pair) -> Pair:
-    """exp(x) = p(x / 32)^32 with p(y) = 1 + y + y^2/2, for x in [-32, 16].
+    """exp(x) = q(x / 32)^16 with q(y) = 1 + 2y + 2y^2 + c3 y^3 + c4 y^4 ~ e^(2y) (c3, c4
+    fitted: ``_exp_quartic``), for x in [-32, 11] (above 11 the last product overflows).
 
-    x at scale f is y = x/32 at scale f + 5 (free); y^2/2 is the product truncated by one
-    extra bit; each squaring truncates by f + 5, the last by f + 10 to land at scale f.
-    Max error 2.4e-4 on [-14, 0] (PUMA's (1 + x/32)^32: 8.6e-3). Cost: 6 products, their
-    truncations one chain (``truncate_chain``: 12 rounds, or 13 by the byte-optimal one).
+    x at scale f is y = x/32 at scale s = f + 5 (free). y^2 is x x truncated by s. c3 y^3 +
+    c4 y^4 is one truncation, by s + 14, of c3 y^2 y + c4 y^2 y^2: both are products of
+    y^2, so they take one depth, and 1 + 2y + 2y^2 is added to it locally. Four squarings
+    follow, each truncated by s, the last by s + 5 to land at scale f. Max error 4.4e-7 on
+    [-14, 0] before fixed-point rounding; the old (1 + y + y^2/2)^32 erred by up to 2.4e-4,
+    always upwards, so a softmax's row sums drifted with the row's length; PUMA's
+    (1 + x/32)^32: 8.6e-3. Cost: 6 products, their truncations one chain
+    (``truncate_chain``: 12 rounds, or 13 by the byte-optimal one).
     """
     scale = ctx.frac_bits + EXP_SQUARINGS
     shape = tuple(x[0].shape)
+    c3, c4 = (torch.tensor(c) for c in _exp_quartic())
+
+    def quartic(outputs: list[Pair]) -> torch.Tensor:
+        square = outputs[0]
+        return pa.mul_local(square, x) * c3 + pa.mul_local(square, square) * c4
 
     def first_square(outputs: list[Pair]) -> torch.Tensor:
-        p = add_constant(ctx, pa.add(x, outputs[0]), 1.0, scale)
-        return pa.mul_local(p, p)
+        linear = pa.add(pa.add(x, x), pa.add(outputs[0], outputs[0]))
+        q = add_constant(ctx, pa.add(linear, outputs[1]), 1.0, scale)
+        return pa.mul_local(q, q)
 
     def square(outputs: list[Pair]) -> torch.Tensor:
         return pa.mul_local(outputs[-1], outputs[-1])
 
-    products = [lambda _: pa.mul_local(x, x), first_square] + [square] * (EXP_SQUARINGS - 1)
+    products = [lambda _: pa.mul_local(x, x), quartic, first_square] + [square] * (EXP_SQUARINGS - 2)
     steps = [(shape, bits, z) for bits, z in zip(_exp_shifts(ctx.frac_bits), products, strict=True)]
     return pa.truncate_chain(ctx, steps)[-1]
 
 
 def _exp_shifts(frac_bits: int) -> list[int]:
-    """The truncations of ``exp``'s products: y^2 by one more bit, the squarings, the last by
-    EXP_SQUARINGS more."""
+    """The truncations of ``exp``'s products: y^2, q's cubic and quartic terms by
+    EXP_QUARTIC_BITS more, the squarings, the last by EXP_SQUARINGS more."""
     scale = frac_bits + EXP_SQUARINGS
-    return [scale + 1] + [scale] * (EXP_SQUARINGS - 1) + [scale + EXP_SQUARINGS]
+    return [scale, scale + EXP_QUARTIC_BITS] + [scale] * (EXP_SQUARINGS - 2) + [scale + EXP_SQUARINGS]
 
 
 def exp_cost(n: int, frac_bits: int = DEFAULT_FRAC_BITS, network: NetworkProfile | None = None) -> Cost:
