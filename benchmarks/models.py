@@ -35,9 +35,7 @@ def _timed(cluster: puma.LocalCluster, call):
     return result, round(seconds, 2), total(cluster.stats())
 
 
-def _forward_row(
-    cluster: puma.LocalCluster, secure_model, model, ids: torch.Tensor, workload: str, output: str
-) -> dict:
+def forward_row(cluster: puma.LocalCluster, secure_model, model, ids: torch.Tensor, workload: str, output: str) -> dict:
     """One secure forward call: its cost (and the part of it that checks the client's one-hot
     input), and the max error of ``output`` vs plaintext."""
     with cluster.cost_report() as report:
@@ -64,7 +62,7 @@ def bert_rows(cluster: puma.LocalCluster, layers: int) -> list[dict]:
     for tokens in (16, 32, 128):
         ids = torch.randint(1000, 20000, (1, tokens))
         workload = f"BERT-base ({layers} layers), {tokens} tokens"
-        rows.append(_forward_row(cluster, secure_model, model, ids, workload, "last_hidden_state"))
+        rows.append(forward_row(cluster, secure_model, model, ids, workload, "last_hidden_state"))
     secure_model.close()
     return rows
 
@@ -75,7 +73,7 @@ def gpt2_rows(cluster: puma.LocalCluster, layers: int) -> list[dict]:
     secure_model = puma.secure(model, cluster=cluster)
     ids = torch.randint(1000, 20000, (1, 32))
     rows = [
-        _forward_row(cluster, secure_model, model, ids, f"GPT-2 base ({layers} layers), 32 tokens -> logits", "logits")
+        forward_row(cluster, secure_model, model, ids, f"GPT-2 base ({layers} layers), 32 tokens -> logits", "logits")
     ]
     for new_tokens in (1, 16):
         with cluster.cost_report() as report:
