@@ -621,31 +621,39 @@ def tanh(ctx: PartyContext, x: Pair) -> Pair:
 
 
 EXP_SQUARINGS = 5
-# q(y) = 1 + 2y + 2y^2 + c3 y^3 + c4 y^4 ~ e^(2y) on y = x/32 in [-14/32, 0]; c3, c4 at
-# EXP_QUARTIC_BITS fractional bits (their rounding moves exp by < 1e-8).
+# q(y) = 1 + 2y + 2y^2 + c3 y^3 + c4 y^4 ~ e^(2y) on y = x/32 in [-14/32, 0]; c3, c4 at up to
+# EXP_QUARTIC_BITS fractional bits (their rounding moves exp by < 1e-8 at f = 18).
 EXP_QUARTIC_BITS = 14
 
 
 @functools.cache
-def _exp_quartic() -> tuple[int, int]:
-    """(c3, c4) of ``exp``'s q at EXP_QUARTIC_BITS bits: least squares of e^(2y) - 1 - 2y -
-    2y^2 on Chebyshev nodes of y in [-14/32, 0], weighted by e^(30y) (an error d in q
-    moves q^16 by about 16 e^(30y) d), so the absolute error of exp is what is minimised."""
+def _exp_quartic(frac_bits: int) -> tuple[int, int, int]:
+    """(c3, c4, b): ``exp``'s q's coefficients at b fractional bits, b = EXP_QUARTIC_BITS or
+    fewer where c3 y^2 y + c4 y^2 y^2 at scale 2s + b (s = f + 5) could reach 2^62 for
+    |y| <= 1 (it is below 1.93 2^(2s+b)): b = min(14, 60 - 2s), 14 up to f = 18, 10 at
+    f = 20, 2 at f = 24 (beyond, too few to fit: refused). The fit: least squares of e^(2y) - 1 - 2y - 2y^2 on Chebyshev nodes
+    of y in [-14/32, 0], weighted by e^(30y) (an error d in q moves q^16 by about
+    16 e^(30y) d), so the absolute error of exp is what is minimised."""
+    bits = min(EXP_QUARTIC_BITS, 60 - 2 * (frac_bits + EXP_SQUARINGS))
+    if bits < 2:
+        raise ValueError(f"exp needs frac_bits <= {29 - EXP_SQUARINGS}, got {frac_bits}")
     low = -14 / 2**EXP_SQUARINGS
     y = low / 2 * (1 - np.cos(np.pi * (np.arange(4000) + 0.5) / 4000))
     weight = np.exp(2 * (2 ** (EXP_SQUARINGS - 1) - 1) * y)
     basis = np.stack([y**3, y**4], 1) * weight[:, None]
     target = (np.exp(2 * y) - 1 - 2 * y - 2 * y * y) * weight
     c3, c4 = np.linalg.lstsq(basis, target, rcond=None)[0]
-    return round(c3 * 2**EXP_QUARTIC_BITS), round(c4 * 2**EXP_QUARTIC_BITS)
+    return round(c3 * 2**bits), round(c4 * 2**bits), bits
 
 
 def exp(ctx: PartyContext, x: Pair) -> Pair:
     """exp(x) = q(x / 32)^16 with q(y) = 1 + 2y + 2y^2 + c3 y^3 + c4 y^4 ~ e^(2y) (c3, c4
-    fitted: ``_exp_quartic``), for x in [-32, 11] (above 11 the last product overflows).
+    fitted: ``_exp_quartic``), for x in [-32, (62 - 2s) ln 2], s = f + 5: [-32, 11] at
+    f = 18 (above, the last product, e^x at scale 2s, overflows).
 
-    x at scale f is y = x/32 at scale s = f + 5 (free). y^2 is x x truncated by s. c3 y^3 +
-    c4 y^4 is one truncation, by s + 14, of c3 y^2 y + c4 y^2 y^2: both are products of
+    x at scale f is y = x/32 at scale s (free). y^2 is x x truncated by s. c3 y^3 + c4 y^4
+    is one truncation, by s + b, of c3 y^2 y + c4 y^2 y^2 (the coefficients at b bits, 14
+    at f = 18, fewer above, so the sum stays below 2^62): both are products of
     y^2, so they take one depth, and 1 + 2y + 2y^2 is added to it locally. Four squarings
     follow, each truncated by s, the last by s + 5 to land at scale f. Max error 4.4e-7 on
     [-14, 0] before fixed-point rounding (6e-6 after it); above 0, where q is not fitted, the
@@ -656,7 +664,7 @@ def exp(ctx: PartyContext, x: Pair) -> Pair:
     """
     scale = ctx.frac_bits + EXP_SQUARINGS
     shape = tuple(x[0].shape)
-    c3, c4 = (torch.tensor(c) for c in _exp_quartic())
+    c3, c4, _ = (torch.tensor(c) for c in _exp_quartic(ctx.frac_bits))
 
     def quartic(outputs: list[Pair]) -> torch.Tensor:
         square = outputs[0]
@@ -676,10 +684,10 @@ def exp(ctx: PartyContext, x: Pair) -> Pair:
 
 
 def _exp_shifts(frac_bits: int) -> list[int]:
-    """The truncations of ``exp``'s products: y^2, q's cubic and quartic terms by
-    EXP_QUARTIC_BITS more, the squarings, the last by EXP_SQUARINGS more."""
+    """The truncations of ``exp``'s products: y^2, q's cubic and quartic terms by their
+    coefficients' bits more, the squarings, the last by EXP_SQUARINGS more."""
     scale = frac_bits + EXP_SQUARINGS
-    return [scale, scale + EXP_QUARTIC_BITS] + [scale] * (EXP_SQUARINGS - 2) + [scale + EXP_SQUARINGS]
+    return [scale, scale + _exp_quartic(frac_bits)[2]] + [scale] * (EXP_SQUARINGS - 2) + [scale + EXP_SQUARINGS]
 
 
 def exp_cost(n: int, frac_bits: int = DEFAULT_FRAC_BITS, network: NetworkProfile | None = None) -> Cost:

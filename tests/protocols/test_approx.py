@@ -163,6 +163,25 @@ def test_softmax_on_long_rows_keeps_its_row_sums(sim, name) -> None:
     assert float((got - torch.softmax(x, -1)).abs().max()) <= bound
 
 
+@pytest.mark.parametrize("frac_bits", [20, 22, 24])
+def test_exp_at_more_fractional_bits(frac_bits) -> None:
+    """More fractional bits leave fewer for q's coefficients (the cubic and quartic terms'
+    products must stay below 2^62) and shrink the range at the top; exp stays as accurate on
+    [-32, (62 - 2(f + 5)) ln 2]."""
+    top = (62 - 2 * (frac_bits + ap.EXP_SQUARINGS)) * math.log(2)
+    x = torch.linspace(-32, top, 2001, dtype=torch.float64)
+    with puma.Simulator(frac_bits=frac_bits, compare_bits=frac_bits + 26) as sim:
+        got = sim.run(lambda v: torch.exp(secret(v)).reveal(), x)[0]
+    want = x.exp()
+    assert float((got - want)[x <= 0].abs().max()) <= 1e-4
+    assert float(((got - want) / want)[x > -8].abs().max()) <= 3e-2
+
+
+def test_exp_refuses_a_setting_too_fine_for_its_coefficients() -> None:
+    with pytest.raises(ValueError, match="frac_bits <= 24"):
+        ap.exp_cost(10, frac_bits=25)
+
+
 def norms(x, w, b):
     s, ws, bs = secret(x), secret(w, 1), secret(b, 2)
     return {
