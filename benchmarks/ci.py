@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import machine
+from benchmarks.common import machine, write_between
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "benchmarks" / "ci.json"
@@ -57,10 +57,7 @@ def readme_line(result: dict) -> str:
 
 
 def update_readme(result: dict) -> None:
-    path = ROOT / "README.md"
-    text = path.read_text()
-    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
-    path.write_text(text[:start] + "\n" + readme_line(result) + "\n" + text[end:])
+    write_between(ROOT / "README.md", README_BEGIN, README_END, readme_line(result))
 
 
 def main() -> None:

@@ -83,3 +83,11 @@ def machine() -> dict[str, Any]:
 
 def emit(name: str, rows: list[dict[str, Any]]) -> None:
     print(json.dumps({"benchmark": name, "machine": machine(), "results": rows}, indent=2))
+
+
+def write_between(path: pathlib.Path, begin: str, end: str, generated: str) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` in ``path`` with
+    ``generated`` (on lines of its own): how every generated table gets into the docs."""
+    text = path.read_text()
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    path.write_text(text[:start] + "\n" + generated + "\n" + text[stop:])

@@ -14,6 +14,7 @@ import math
 import pathlib
 from collections.abc import Callable
 
+from benchmarks.common import write_between
 from securetorch.comm.profile import PRESETS, Cost, NetworkProfile, total_cost
 from securetorch.protocols import approx as ap
 from securetorch.protocols import arithmetic as pa
@@ -96,9 +97,7 @@ def table() -> str:
 def update() -> None:
     generated = table()
     for path in TARGETS:
-        text = path.read_text()
-        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-        path.write_text(text[:start] + "\n" + generated + "\n" + text[end:])
+        write_between(path, BEGIN, END, generated)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import torch
 import transformers as hf
 
 import securetorch as puma
+from benchmarks.common import write_between
 from securetorch.comm.stats import total
 
 hf.logging.set_verbosity_error()
@@ -285,10 +286,7 @@ def readme_table(rows: list[dict[str, Any]]) -> str:
 
 
 def update_readme(rows: list[dict[str, Any]]) -> None:
-    path = ROOT / "README.md"
-    text = path.read_text()
-    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
-    path.write_text(text[:start] + "\n" + readme_table(rows) + "\n" + text[end:])
+    write_between(ROOT / "README.md", README_BEGIN, README_END, readme_table(rows))
 
 
 def run() -> list[dict[str, Any]]:

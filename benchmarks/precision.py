@@ -18,7 +18,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import securetorch as puma
-from benchmarks.common import machine
+from benchmarks.common import machine, write_between
 from benchmarks.models import forward_row
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
 
@@ -64,16 +64,10 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(results: list[dict[str, Any]]) -> None:
-    text = DOC.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    DOC.write_text(text[:start] + "\n" + table(results) + "\n" + text[end:])
-
-
 def main() -> None:
     results = rows()
     OUTPUT.write_text(json.dumps({"machine": machine(), "results": results}, indent=2) + "\n")
-    write_doc(results)
+    write_between(DOC, BEGIN, END, table(results))
     print(table(results))
     print(f"wrote {OUTPUT.relative_to(ROOT)} and the precision table in {DOC.relative_to(ROOT)}")
 

@@ -21,7 +21,7 @@ import pathlib
 from typing import Any
 
 from benchmarks import costs, coverage, engine, llama7b, models, network, nonlinear, precision, public_weights, sampling
-from benchmarks.common import ROOT_RESULTS, SPU_MODELS, machine
+from benchmarks.common import ROOT_RESULTS, SPU_MODELS, machine, write_between
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -483,10 +483,7 @@ def _public_weights_rows(results: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def update_readme(results: dict[str, list[dict[str, Any]]]) -> None:
-    path = ROOT / "README.md"
-    text = path.read_text()
-    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
-    path.write_text(text[:start] + "\n" + readme_table(results) + "\n" + text[end:])
+    write_between(ROOT / "README.md", README_BEGIN, README_END, readme_table(results))
 
 
 def main() -> None:

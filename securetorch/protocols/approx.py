@@ -222,14 +222,19 @@ def polynomial_cost(
     return pa.truncate_chain_cost(polynomial_parts(n, coeffs, scale, out_scale, work_scale), network)
 
 
+def _chebyshev_nodes(count: int = 4000) -> np.ndarray:
+    """The ``count`` Chebyshev nodes cos(pi (k + 1/2) / count) in (-1, 1), where the least-squares
+    fits here are taken."""
+    return np.cos(np.pi * (np.arange(count) + 0.5) / count)
+
+
 @functools.cache
 def chebyshev_fit(name: str, upper: float, degree: int) -> np.ndarray:
     """Least-squares fit of the named function on [0, upper] (a power of two), on Chebyshev
     nodes: monomial coefficients in u = 2t/upper - 1 in [-1, 1], where they stay small
     (sum |c_k| <= 2 for the tails here; in t/upper they reach ~1000)."""
     fn = _TARGETS[name]
-    nodes = 4000
-    u = np.cos(np.pi * (np.arange(nodes) + 0.5) / nodes)
+    u = _chebyshev_nodes()
     vander = np.vander(u, degree + 1, increasing=True)
     coeffs, *_ = np.linalg.lstsq(vander, fn(upper / 2 * (1 + u)), rcond=None)
     return coeffs
@@ -397,7 +402,7 @@ def _even_fit(name: str) -> np.ndarray:
     """Monomial coefficients (constant first) in u in [-1, 1] of E(x) = x/2 - tail(|x|),
     x = T sqrt((1 + u) / 2): least squares on Chebyshev nodes."""
     upper = TAIL_FITS[name][0]
-    u = np.cos(np.pi * (np.arange(4000) + 0.5) / 4000)
+    u = _chebyshev_nodes()
     t = upper * np.sqrt((1 + u) / 2)
     vander = np.vander(u, EVEN_DEGREE + 1, increasing=True)
     return np.linalg.lstsq(vander, t / 2 - _TARGETS[name](t), rcond=None)[0]
@@ -631,14 +636,15 @@ def _exp_quartic(frac_bits: int) -> tuple[int, int, int]:
     """(c3, c4, b): ``exp``'s q's coefficients at b fractional bits, b = EXP_QUARTIC_BITS or
     fewer where c3 y^2 y + c4 y^2 y^2 at scale 2s + b (s = f + 5) could reach 2^62 for
     |y| <= 1 (it is below 1.93 2^(2s+b)): b = min(14, 60 - 2s), 14 up to f = 18, 10 at
-    f = 20, 2 at f = 24 (beyond, too few to fit: refused). The fit: least squares of e^(2y) - 1 - 2y - 2y^2 on Chebyshev nodes
-    of y in [-14/32, 0], weighted by e^(30y) (an error d in q moves q^16 by about
-    16 e^(30y) d), so the absolute error of exp is what is minimised."""
+    f = 20, 2 at f = 24 (beyond, too few to fit: refused). The fit: least squares of
+    e^(2y) - 1 - 2y - 2y^2 on Chebyshev nodes of y in [-14/32, 0], weighted by e^(30y) (an
+    error d in q moves q^16 by about 16 e^(30y) d), so the absolute error of exp is what is
+    minimised."""
     bits = min(EXP_QUARTIC_BITS, 60 - 2 * (frac_bits + EXP_SQUARINGS))
     if bits < 2:
         raise ValueError(f"exp needs frac_bits <= {29 - EXP_SQUARINGS}, got {frac_bits}")
     low = -14 / 2**EXP_SQUARINGS
-    y = low / 2 * (1 - np.cos(np.pi * (np.arange(4000) + 0.5) / 4000))
+    y = low / 2 * (1 - _chebyshev_nodes())
     weight = np.exp(2 * (2 ** (EXP_SQUARINGS - 1) - 1) * y)
     basis = np.stack([y**3, y**4], 1) * weight[:, None]
     target = (np.exp(2 * y) - 1 - 2 * y - 2 * y * y) * weight
@@ -704,7 +710,7 @@ EXP_LOOKUP_STEP_BITS = 6
 EXP_LOOKUP_SCALE = 28
 EXP_LOOKUP_LINEAR_BITS = 12
 EXP_LOOKUP_BITS = 10
-_EXP_NODES = np.cos(np.pi * (np.arange(200) + 0.5) / 200) / 2**EXP_LOOKUP_STEP_BITS
+_EXP_NODES = _chebyshev_nodes(200) / 2**EXP_LOOKUP_STEP_BITS
 _EXP_LINEAR = np.polyfit(_EXP_NODES, np.exp(_EXP_NODES), 1)[::-1]  # alpha, beta
 
 
@@ -922,7 +928,7 @@ def powers_of_highest_bit_cost(
 
 def _monomial_fit(fn: Callable[[np.ndarray], np.ndarray], low: float, degree: int) -> np.ndarray:
     """Least-squares monomial coefficients (constant first) of ``fn`` on [low, 1], Chebyshev nodes."""
-    nodes = (1 + low) / 2 + (1 - low) / 2 * np.cos(np.pi * (np.arange(4000) + 0.5) / 4000)
+    nodes = (1 + low) / 2 + (1 - low) / 2 * _chebyshev_nodes()
     return np.polyfit(nodes, fn(nodes), degree)[::-1]
 
 
