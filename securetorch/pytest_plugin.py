@@ -5,7 +5,8 @@ three parties are threads of the test process (``Simulator``: no start-up, a fai
 one traceback), with the same outputs, bytes and rounds as processes. ``cluster`` is three
 party processes (``LocalCluster``) for what needs real process boundaries. Both start once
 per test session. Options: ``--securetorch-timeout`` (seconds a party waits for a peer,
-default 60).
+default 60) and ``--securetorch-device`` (where the parties of both compute, default
+``cpu``: ``--securetorch-device cuda`` runs a suite's protocols on the GPU).
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ from securetorch.runtime.simulator import Simulator
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("securetorch")
     group.addoption("--securetorch-timeout", type=float, default=60.0, help="party receive timeout in seconds")
+    group.addoption("--securetorch-device", default="cpu", help="the device the parties compute on (default cpu)")
 
 
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     """Three local parties (a ``LocalCluster``) shared by the whole test session."""
-    with LocalCluster(timeout=request.config.getoption("--securetorch-timeout")) as c:
+    options = request.config.getoption
+    with LocalCluster(timeout=options("--securetorch-timeout"), device=options("--securetorch-device")) as c:
         yield c
 
 
 @pytest.fixture(scope="session")
 def sim(request: pytest.FixtureRequest) -> Iterator[Simulator]:
     """Three in-process parties (a ``Simulator``) shared by the whole test session."""
-    with Simulator(timeout=request.config.getoption("--securetorch-timeout")) as s:
+    options = request.config.getoption
+    with Simulator(timeout=options("--securetorch-timeout"), device=options("--securetorch-device")) as s:
         yield s

@@ -17,7 +17,8 @@ The ring matrix product has two exact kernels:
   BLAS threads, so it wins on machines with many cores.
 
 ``auto`` (the default) times both once per process on a transformer-sized product and keeps
-the faster one.
+the faster one. On an accelerator the product always takes ``limbs`` (torch has no int64
+GEMM there).
 """
 
 from __future__ import annotations
@@ -184,4 +185,6 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor, kernel: MatmulKernel | None = 
     """Exact matrix product in Z_2^64 of int64 tensors, with torch.matmul's broadcasting."""
     if a.is_meta or b.is_meta:  # shapes only (a dry run's stand-in shares): no kernel to choose or run
         return torch.matmul(a, b)
+    if a.device.type != "cpu":  # accelerators have no int64 GEMM, but exact float64 ones on limbs
+        return limb_matmul(a, b)
     return _KERNELS[resolve_kernel(kernel)](a, b)

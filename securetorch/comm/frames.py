@@ -16,6 +16,10 @@ Between a driver and a party (both directions) a message is typed::
     kind (ASCII, <= 32 bytes) | header (a JSON object, <= 16 MiB) | tensors as above
 
 Parsing checks every length and code and raises ``FrameError`` on anything malformed.
+Tensors leave from and arrive on the CPU: encoding hands a tensor's bytes to ZeroMQ (a
+tensor on another device is copied to the CPU first, the one place numpy is used, for its
+buffer protocol); decoding copies the bytes into a fresh CPU tensor, which the links move to
+their party's device.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 MAGIC = b"STP1"
@@ -48,7 +51,7 @@ _DTYPES: list[torch.dtype] = [
     torch.bool,
 ]
 _CODE = {dt: i for i, dt in enumerate(_DTYPES)}
-_NUMPY = [np.dtype(np.bool_) if dt == torch.bool else torch.empty((), dtype=dt).numpy().dtype for dt in _DTYPES]
+_ITEMSIZE = [dt.itemsize for dt in _DTYPES]
 _SHAPES = [struct.Struct(f"<{n}q") for n in range(MAX_DIMS + 1)]
 
 
@@ -76,6 +79,8 @@ def encode_tensors(tensors: Sequence[torch.Tensor]) -> list[Buffer]:
         if t.dim() > MAX_DIMS:
             raise TypeError(f"cannot send tensors of more than {MAX_DIMS} dimensions")
         t = t.detach().contiguous()
+        if not t.is_cpu:
+            t = t.cpu()
         frames.append(_META.pack(_CODE[t.dtype], t.dim()) + _SHAPES[t.dim()].pack(*t.shape))
         frames.append(memoryview(t.numpy()).cast("B") if t.numel() else b"")
     return frames
@@ -112,15 +117,18 @@ def _read_meta(buffer: Buffer, at: int) -> tuple[int, tuple[int, ...], int]:
 
 
 def _read_data(code: int, shape: tuple[int, ...], data: Buffer) -> torch.Tensor:
-    """The tensor of dtype ``code`` and ``shape`` whose raw bytes are ``data`` (copied)."""
-    np_dtype = _NUMPY[code]
-    if len(data) != math.prod(shape) * np_dtype.itemsize:
-        raise FrameError(f"data of {len(data)} bytes for shape {shape} of {_DTYPES[code]}")
+    """The CPU tensor of dtype ``code`` and ``shape`` whose raw bytes are ``data`` (copied
+    into memory of its own, so it outlives the message and is aligned for its dtype)."""
+    dtype = _DTYPES[code]
+    if len(data) != math.prod(shape) * _ITEMSIZE[code]:
+        raise FrameError(f"data of {len(data)} bytes for shape {shape} of {dtype}")
     try:
-        arr = np.frombuffer(data, dtype=np_dtype).reshape(shape).copy()
-    except (ValueError, MemoryError) as exc:  # e.g. an empty tensor of absurd dimensions
+        if not data:
+            return torch.empty(shape, dtype=dtype)
+        tensor = torch.frombuffer(bytearray(data), dtype=dtype)
+        return tensor if len(shape) == 1 else tensor.view(shape)
+    except (ValueError, RuntimeError, MemoryError) as exc:  # e.g. an empty tensor of absurd dimensions
         raise FrameError(f"bad tensor of shape {shape}: {exc}") from None
-    return torch.from_numpy(arr)
 
 
 PACKED_MAX_BYTES = 1 << 16
@@ -172,7 +180,7 @@ def _decode_packed(frame: memoryview, count: int) -> list[torch.Tensor]:
     at = _HEADER.size
     for _ in range(count):
         code, shape, end = _read_meta(frame, at)
-        at = end + math.prod(shape) * _NUMPY[code].itemsize
+        at = end + math.prod(shape) * _ITEMSIZE[code]
         if len(frame) < at:
             raise FrameError(f"data of {len(frame) - end} bytes for shape {shape} of {_DTYPES[code]}")
         tensors.append(_read_data(code, shape, frame[end:at]))

@@ -42,11 +42,13 @@ class PeerAbort(PartyError):
 
 
 class Links:
-    """One party's links to its two peers: rounds, counters, hooks."""
+    """One party's links to its two peers: rounds, counters, hooks. What arrives is moved to
+    ``device`` (the party's) before the hooks and the protocol see it."""
 
-    def __init__(self, rank: int, timeout: float) -> None:
+    def __init__(self, rank: int, timeout: float, device: torch.device | str = "cpu") -> None:
         self.rank = rank
         self.timeout = timeout
+        self.device = torch.device(device)
         self.stats = CommStats()
         self.job = 0
         self.step = 0
@@ -93,6 +95,8 @@ class Links:
             got = {}
             for peer in recv_from:
                 tensors = self._take(peer)
+                if self.device.type != "cpu":
+                    tensors = [t.to(self.device) for t in tensors]
                 self.stats.bytes_received += payload_bytes(tensors)
                 for hook in list(self._hooks):
                     hook(peer, tensors)

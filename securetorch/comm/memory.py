@@ -30,9 +30,9 @@ class MemoryHub:
         self._boxes: list[dict[tuple[int, int, int], list[torch.Tensor]]] = [{}, {}, {}]
         self._aborted: dict[int, str] = {}
 
-    def links(self, rank: int, timeout: float) -> MemoryNetwork:
-        """Party ``rank``'s links."""
-        return MemoryNetwork(self, rank, timeout)
+    def links(self, rank: int, timeout: float, device: torch.device | str = "cpu") -> MemoryNetwork:
+        """Party ``rank``'s links (what it receives lands on ``device``)."""
+        return MemoryNetwork(self, rank, timeout, device)
 
     def post(self, sender: int, receiver: int, job: int, step: int, tensors: list[torch.Tensor]) -> None:
         copies = [t.detach().clone(memory_format=torch.contiguous_format) for t in tensors]
@@ -78,8 +78,8 @@ class MemoryHub:
 class MemoryNetwork(Links):
     """One party's links through a ``MemoryHub``."""
 
-    def __init__(self, hub: MemoryHub, rank: int, timeout: float) -> None:
-        super().__init__(rank, timeout)
+    def __init__(self, hub: MemoryHub, rank: int, timeout: float, device: torch.device | str = "cpu") -> None:
+        super().__init__(rank, timeout, device)
         self.hub = hub
 
     def _deliver(self, peer: int, tensors: list[torch.Tensor]) -> None:

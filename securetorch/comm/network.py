@@ -71,8 +71,9 @@ class PeerNetwork(Links):
         control_socket: zmq.Socket | None = None,
         credential: Credential | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        device: torch.device | str = "cpu",
     ) -> None:
-        super().__init__(rank, timeout)
+        super().__init__(rank, timeout, device)
         self.log = logging.getLogger(f"securetorch.party{rank}")
         self._ctx = zmq_context
         self._pull = zmq_context.socket(zmq.PULL)

@@ -303,9 +303,12 @@ def build(
     bindings: list[Binding],
     buffers: list[Buffer],
     absent: Sequence[str] = (),
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.nn.Module, FamilySpec]:
     """Build the model without weights, swap modules, check and put the shares (or, in
-    public-weight mode, the public tensors) in place."""
+    public-weight mode, the public tensors) in place, on the party's ``device``."""
+    params = {key: _placed(value, device) for key, value in params.items()}  # type: ignore[assignment]
+    buffers = [(module_name, attr, _placed(value, device)) for module_name, attr, value in buffers]
     model, spec = skeleton(class_name, config, absent)
     _check_bindings(model, params, bindings)
     _check_buffers(model, buffers)
@@ -328,6 +331,15 @@ def build(
             module.register_forward_pre_hook(lambda *_, name=name: costs.enter_module(name))
             module.register_forward_hook(lambda *_: costs.exit_module())
     return model, spec
+
+
+def _placed(value: SharedTensor | torch.Tensor, device: torch.device | str) -> SharedTensor | torch.Tensor:
+    """A parameter or buffer on ``device``: a public tensor moved, a secret's two shares moved
+    (a dry run's meta stand-ins stay as they are)."""
+    if isinstance(value, SharedTensor):
+        first, second = value.shares
+        return value if first.is_meta else SharedTensor((first.to(device), second.to(device)), value.dtype)
+    return value if value.is_meta else value.to(device)
 
 
 def _module(model: torch.nn.Module, path: Any) -> torch.nn.Module:
@@ -508,7 +520,7 @@ def _pooled_at(installed: InstalledModel, positions: torch.Tensor | None) -> Ite
             raise NotImplementedError(
                 f"securetorch: {installed.spec.pooled_head} returns {out.dim()}-D outputs, not [batch, sequence, labels]"
             )
-        picked = out[torch.arange(out.shape[0]), positions]
+        picked = out[torch.arange(out.shape[0], device=out.device), positions.to(out.device)]
         return torch.cat([out[:, :-1], picked.unsqueeze(1)], dim=1)
 
     handle = installed.model.get_submodule(installed.spec.pooled_head).register_forward_hook(move)
@@ -639,7 +651,7 @@ def step(
     if not installed.spec.encoder_decoder:
         model_inputs = {"inputs_embeds": _embed(installed, generation.onehot), "logits_to_keep": 1, **public}
     elif generation.onehot is None:
-        start = torch.full((generation.batch, 1), decoder_start(installed.config), dtype=torch.long)
+        start = torch.full((generation.batch, 1), decoder_start(installed.config), dtype=torch.long, device=ctx.device)
         model_inputs = {**generation.encoded, "decoder_input_ids": start}
     else:
         model_inputs = {**generation.encoded, "decoder_inputs_embeds": _embed(installed, generation.onehot)}
@@ -655,7 +667,7 @@ def step(
     generation.length += length
     logits = out.logits[:, -1, :]
     if suppress:
-        bias = torch.zeros(logits.shape[-1])
+        bias = torch.zeros(logits.shape[-1], device=ctx.device)
         bias[list(suppress)] = -SUPPRESSED
         logits = logits + bias  # public: local
     if generation.sampling is None:

@@ -92,9 +92,9 @@ def owner_of(path: str | os.PathLike[str]) -> str | None:
     return meta["owner"]
 
 
-def load(path: str | os.PathLike[str], rank: int, frac_bits: int) -> InstalledModel:
-    """Read a party's shares file and build the model. Refuses a file of another party or
-    another fixed-point setting, of an older format, or of an unsupported class."""
+def load(path: str | os.PathLike[str], rank: int, frac_bits: int, device: torch.device | str = "cpu") -> InstalledModel:
+    """Read a party's shares file and build the model on ``device``. Refuses a file of another
+    party or another fixed-point setting, of an older format, or of an unsupported class."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
@@ -122,7 +122,7 @@ def load(path: str | os.PathLike[str], rank: int, frac_bits: int) -> InstalledMo
     public = None if source is None else PublicCheckpoint(str(source[0]), str(source[1]))
     if public is not None:
         params = public_parameters(checkpoint.open_checkpoint(public.path, public.sha256), bindings)  # type: ignore[arg-type]
-    model, spec = build(meta["class"], json.loads(meta["config"]), params, bindings, buffers, absent)  # type: ignore[arg-type]
+    model, spec = build(meta["class"], json.loads(meta["config"]), params, bindings, buffers, absent, device)  # type: ignore[arg-type]
     return InstalledModel(
         name=check_model_name(meta["name"]),
         owner=meta["owner"],

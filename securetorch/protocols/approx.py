@@ -68,7 +68,7 @@ def ring_mul_many(ctx: PartyContext, lefts: list[Pair], rights: list[Pair]) -> l
 
 
 def add_constant(ctx: PartyContext, x: Pair, value: float, scale: int) -> Pair:
-    return pa.add_public(ctx, x, torch.tensor(round(value * 2**scale), dtype=torch.int64))
+    return pa.add_public(ctx, x, round(value * 2**scale))
 
 
 def _power_levels(degree: int) -> list[tuple[int, list[int]]]:
@@ -90,6 +90,7 @@ def _powers_known(t: Pair, degree: int, outputs: list[Pair], first: int) -> dict
     return result
 
 
+_CPU = torch.device("cpu")
 POLY_SCALE = 30
 # The split evaluation needs this many coefficient bits at least (rounding below 2^-19).
 SPLIT_COEF_BITS = 18
@@ -100,7 +101,7 @@ def _linear_combination(ctx: PartyContext, pows: list[Pair], coeffs: np.ndarray,
     zero = torch.zeros_like(pows[0][0])
     acc = add_constant(ctx, (zero, zero), float(coeffs[0]), scale + coef_bits)
     for c, p in zip(coeffs[1:], pows, strict=False):
-        acc = pa.add(acc, pa.mul_public(p, torch.tensor(round(float(c) * 2**coef_bits), dtype=torch.int64)))
+        acc = pa.add(acc, pa.mul_public(p, round(float(c) * 2**coef_bits)))
     return acc
 
 
@@ -155,7 +156,7 @@ def polynomial_steps(
     def t_at_work(outputs: list[Pair]) -> Pair:
         if not held:
             t = t_of(outputs)
-            held.append(pa.mul_public(t, torch.tensor(1 << scale_up)) if scale_up else t)
+            held.append(pa.mul_public(t, 1 << scale_up) if scale_up else t)
         return held[0]
 
     def power_batch(level: int, todo: list[int]) -> Callable[[list[Pair]], torch.Tensor]:
@@ -171,13 +172,13 @@ def polynomial_steps(
         if split:
             low = _linear_combination(ctx, pows, coeffs[:count], coef_bits, work)
             high = _linear_combination(ctx, pows, coeffs[count:], coef_bits, work)
-            total = pa.mul_local(pows[count - 1], high) + pa.mul_public(low, torch.tensor(1 << work))[0]
+            total = pa.mul_local(pows[count - 1], high) + pa.mul_public(low, 1 << work)[0]
             if addend is not None:
                 total = total + (addend[0][0] << (shift + out_scale - addend[1]))
             return total
         combined = _linear_combination(ctx, pows, coeffs, coef_bits, work)
         if addend is not None:
-            combined = pa.add(combined, pa.mul_public(addend[0], torch.tensor(1 << (shift + out_scale - addend[1]))))
+            combined = pa.add(combined, pa.mul_public(addend[0], 1 << (shift + out_scale - addend[1])))
         return combined[0]
 
     steps: list[pa.Step] = [
@@ -293,7 +294,7 @@ def _fitted_tail(ctx: PartyContext, x: Pair, name: str) -> tuple[Pair, Pair, Pai
     u = 2|x|/T - 1 is |x| read at scale f + log2(T) - 1, less 1: free."""
     f = ctx.frac_bits
     upper, degree = TAIL_FITS[name]
-    bound = torch.tensor(round(upper * 2**f))
+    bound = round(upper * 2**f)
     if _tail_signs_variant(x[0].numel(), ctx.compare_bits, ctx.network) == "batched":
         batch = _stack([x, pa.add_public(ctx, pa.neg(x), bound), pa.add_public(ctx, x, bound)])
         negative, above, below = _unstack(less_than_zero(ctx, batch))
@@ -308,7 +309,7 @@ def _fitted_tail(ctx: PartyContext, x: Pair, name: str) -> tuple[Pair, Pair, Pai
     scale = _tail_scale(f, name)
     u = add_constant(ctx, absolute, -1.0, scale)
     tail = polynomial(ctx, u, chebyshev_fit(name, upper, degree), scale, f, work_scale=TAIL_SCALE)
-    inside = pa.add_public(ctx, pa.neg(outside), torch.ones((), dtype=torch.int64))
+    inside = pa.add_public(ctx, pa.neg(outside), 1)
     return negative, neg_x, inside, tail
 
 
@@ -418,7 +419,7 @@ def _gelu_even(ctx: PartyContext, x: Pair, name: str) -> Pair:
     [x < -T]; x/2 rides in the polynomial's last truncation. Rounds: the comparisons beside
     x^2 and the polynomial (one chain of truncations), then 1."""
     f, s = ctx.frac_bits, TAIL_SCALE
-    bound = torch.tensor(round(TAIL_FITS[name][0] * 2**f))
+    bound = round(TAIL_FITS[name][0] * 2**f)
 
     def outside() -> list[Pair]:
         batch = _stack([pa.add_public(ctx, pa.neg(x), bound), pa.add_public(ctx, x, bound)])
@@ -433,7 +434,7 @@ def _gelu_even(ctx: PartyContext, x: Pair, name: str) -> Pair:
         return pa.truncate_chain(ctx, [square, *poly])[-1]
 
     (above, below), q = parallel(ctx, [outside, half_plus_even])
-    inside = pa.add_public(ctx, pa.neg(pa.add(above, below)), torch.ones((), dtype=torch.int64))
+    inside = pa.add_public(ctx, pa.neg(pa.add(above, below)), 1)
     kept, relu = ring_mul_many(ctx, [inside, above], [q, x])
     return pa.add(kept, relu)
 
@@ -501,16 +502,16 @@ _LIMITS: dict[str, tuple[float, float | None]] = {
 
 
 @functools.cache
-def _activation_tables(name: str, frac_bits: int) -> torch.Tensor:
+def _activation_tables(name: str, frac_bits: int, device: torch.device) -> torch.Tensor:
     """(2, 2^K) ring values, K = range bits + 1 + frac: F(j / 2^frac) at f bits and F' at
-    LOOKUP_SCALE, entry j for the signed j (two's complement in K bits)."""
+    LOOKUP_SCALE, entry j for the signed j (two's complement in K bits), on ``device``."""
     bits = ACTIVATION_LOOKUP_BITS
     signed = np.arange(1 << bits, dtype=np.float64)
     signed[signed >= 1 << (bits - 1)] -= 1 << bits
     fn, slope = _ACTIVATIONS[name]
     x = signed / 2**ACTIVATION_LOOKUP_FRAC
     values = np.stack([fn(x) * 2.0**frac_bits, slope(x) * 2.0**LOOKUP_SCALE])
-    return torch.from_numpy(np.round(values).astype(np.int64))
+    return torch.from_numpy(np.round(values).astype(np.int64)).to(device)
 
 
 def activation_by_lookup(ctx: PartyContext, x: Pair, name: str) -> Pair:
@@ -527,26 +528,24 @@ def activation_by_lookup(ctx: PartyContext, x: Pair, name: str) -> Pair:
     low, high = _LIMITS[name]
 
     def outside() -> list[Pair]:
-        batch = _stack(
-            [pa.add_public(ctx, pa.neg(x), torch.tensor(top - 1)), pa.add_public(ctx, x, torch.tensor(bound))]
-        )
+        batch = _stack([pa.add_public(ctx, pa.neg(x), top - 1), pa.add_public(ctx, x, bound)])
         return _unstack(less_than_zero(ctx, batch))  # [x >= T - 2^-6], [x < -T]
 
     def inside_value() -> Pair:
-        ((index, looked_up),) = pa.truncate_many(ctx, [(x[0], f - frac, _activation_tables(name, f))])
+        ((index, looked_up),) = pa.truncate_many(ctx, [(x[0], f - frac, _activation_tables(name, f, ctx.device))])
         value, slope = _unstack(looked_up)
-        d = pa.sub(x, pa.mul_public(index, torch.tensor(1 << (f - frac))))  # x - j 2^-frac, at f bits
+        d = pa.sub(x, pa.mul_public(index, 1 << (f - frac)))  # x - j 2^-frac, at f bits
         return pa.add(value, pa.truncate_additive(ctx, pa.mul_local(slope, d), LOOKUP_SCALE))
 
     (above, below), value = parallel(ctx, [outside, inside_value])
-    one = torch.ones((), dtype=torch.int64)
+    one = 1
     inside = pa.add_public(ctx, pa.neg(pa.add(above, below)), one)
     if high is None:  # x itself above T
         kept, upper = ring_mul_many(ctx, [inside, above], [value, x])
     else:
         (kept,) = ring_mul_many(ctx, [inside], [value])
-        upper = pa.mul_public(above, torch.tensor(round(high * 2**f)))
-    return pa.add(pa.add(kept, upper), pa.mul_public(below, torch.tensor(round(low * 2**f))))
+        upper = pa.mul_public(above, round(high * 2**f))
+    return pa.add(pa.add(kept, upper), pa.mul_public(below, round(low * 2**f)))
 
 
 def activation_lookup_cost(
@@ -603,12 +602,12 @@ def sigmoid(ctx: PartyContext, x: Pair) -> Pair:
 def _sigmoid_tail_form(ctx: PartyContext, x: Pair) -> Pair:
     f = ctx.frac_bits
     negative, _, inside, q = _fitted_tail(ctx, x, "sigmoid")
-    one = torch.ones((), dtype=torch.int64)
+    one = 1
     sign = pa.add_public(ctx, pa.add(negative, negative), -one)  # 2[x < 0] - 1
     (masked_q,) = ring_mul_many(ctx, [inside], [q])
     (signed_q,) = ring_mul_many(ctx, [sign], [masked_q])
     nonneg = pa.add_public(ctx, pa.neg(negative), one)  # [x >= 0]
-    return pa.add(pa.mul_public(nonneg, torch.tensor(1 << f)), signed_q)
+    return pa.add(pa.mul_public(nonneg, 1 << f), signed_q)
 
 
 def tanh(ctx: PartyContext, x: Pair) -> Pair:
@@ -670,7 +669,7 @@ def exp(ctx: PartyContext, x: Pair) -> Pair:
     """
     scale = ctx.frac_bits + EXP_SQUARINGS
     shape = tuple(x[0].shape)
-    c3, c4, _ = (torch.tensor(c) for c in _exp_quartic(ctx.frac_bits))
+    c3, c4, _ = _exp_quartic(ctx.frac_bits)
 
     def quartic(outputs: list[Pair]) -> torch.Tensor:
         square = outputs[0]
@@ -715,16 +714,18 @@ _EXP_LINEAR = np.polyfit(_EXP_NODES, np.exp(_EXP_NODES), 1)[::-1]  # alpha, beta
 
 
 @functools.cache
-def _exp_table() -> torch.Tensor:
+def _exp_table(device: torch.device) -> torch.Tensor:
     """exp(v / 64) at EXP_LOOKUP_SCALE bits at index v mod 2^10, for v in [-1022, 1]: v = 1
     (x just below 0 truncated one up) shares its entry with v = -1023 (x < -15.96, which the
-    clip zeroes)."""
+    clip zeroes); on ``device``."""
     size = 1 << EXP_LOOKUP_BITS
     v = np.arange(size, dtype=np.float64)
     v = np.where(v <= 1, v, v - size)
-    return torch.from_numpy(
-        np.round(np.exp(v / 2**EXP_LOOKUP_STEP_BITS) * 2**EXP_LOOKUP_SCALE).astype(np.int64)
-    ).unsqueeze(0)
+    return (
+        torch.from_numpy(np.round(np.exp(v / 2**EXP_LOOKUP_STEP_BITS) * 2**EXP_LOOKUP_SCALE).astype(np.int64))
+        .unsqueeze(0)
+        .to(device)
+    )
 
 
 def exp_lookup(ctx: PartyContext, x: Pair) -> Pair:
@@ -734,10 +735,10 @@ def exp_lookup(ctx: PartyContext, x: Pair) -> Pair:
     truncation (``truncate_many``); with t = x - y / 64 in [-1/64, 1/64], exp(x) = T
     (alpha + beta t), alpha + beta t local at f + 12 bits: one product. 4 rounds."""
     f, c = ctx.frac_bits, EXP_LOOKUP_LINEAR_BITS
-    ((y, looked_up),) = pa.truncate_many(ctx, [(x[0], f - EXP_LOOKUP_STEP_BITS, _exp_table())])
-    t = pa.sub(x, pa.mul_public(y, torch.tensor(1 << (f - EXP_LOOKUP_STEP_BITS))))
+    ((y, looked_up),) = pa.truncate_many(ctx, [(x[0], f - EXP_LOOKUP_STEP_BITS, _exp_table(ctx.device))])
+    t = pa.sub(x, pa.mul_public(y, 1 << (f - EXP_LOOKUP_STEP_BITS)))
     alpha, beta = float(_EXP_LINEAR[0]), float(_EXP_LINEAR[1])
-    linear = add_constant(ctx, pa.mul_public(t, torch.tensor(round(beta * 2**c))), alpha, f + c)
+    linear = add_constant(ctx, pa.mul_public(t, round(beta * 2**c)), alpha, f + c)
     table = (looked_up[0][0], looked_up[1][0])
     return pa.truncate_additive(ctx, pa.mul_local(table, linear), EXP_LOOKUP_SCALE + c)
 
@@ -763,13 +764,16 @@ def _softmax_exp_variant(n: int, frac_bits: int, network: NetworkProfile | None)
 
 
 @functools.cache
-def _prefix_plan(m: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _prefix_plan(m: int, device: torch.device = _CPU) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The levels of a Sklansky prefix over m positions: at step d, each position i in the
-    upper half of its 2d-block (target) combines with the top of the lower half (source)."""
+    upper half of its 2d-block (target) combines with the top of the lower half (source)
+    (index tensors on ``device``)."""
     plan, d = [], 1
     while d < m:
         targets = [i for i in range(m) if (i // d) % 2 == 1]
-        plan.append((torch.tensor(targets), torch.tensor([(i // d) * d - 1 for i in targets])))
+        plan.append(
+            (torch.tensor(targets, device=device), torch.tensor([(i // d) * d - 1 for i in targets], device=device))
+        )
         d *= 2
     return plan
 
@@ -779,7 +783,7 @@ def _prefix(ctx: PartyContext, g: BitPair, p: BitPair | None) -> BitPair:
     G_i of [0, i]; without p, prefix ANDs. ceil(log2 m) rounds."""
     g = (g[0].clone(), g[1].clone())
     p = None if p is None else (p[0].clone(), p[1].clone())
-    for targets, sources in _prefix_plan(g[0].shape[0]):
+    for targets, sources in _prefix_plan(g[0].shape[0], g[0].device):
         k = len(targets)
         if p is None:
             r = and_(ctx, (g[0][targets], g[1][targets]), (g[0][sources], g[1][sources]))
@@ -845,17 +849,19 @@ def _threshold_powers(ctx: PartyContext, x: Pair, bits: int, exponent_lists: lis
     9 by the bit circuit), instead of the 14 of A2B, a prefix AND and an injection."""
     n = x[0].numel()
     flat = (x[0].reshape(1, -1), x[1].reshape(1, -1))
-    thresholds = torch.ones(bits - 2, 1, dtype=torch.int64) << torch.arange(1, bits - 1).unsqueeze(1)
+    thresholds = 1 << torch.arange(1, bits - 1, device=ctx.device).unsqueeze(1)
     diffs = pa.add_public(ctx, (flat[0].expand(bits - 2, n), flat[1].expand(bits - 2, n)), -thresholds)
     below = less_than_zero(ctx, (diffs[0].reshape(bits - 2, n), diffs[1].reshape(bits - 2, n)), bits)
     out = []
     for exponents in exponent_lists:
         # sum_j (h_j - h_{j+1}) 2^v(j) = 2^v(0) + sum_{j>=1} h_j (2^v(j) - 2^v(j-1)), h_j = 1 - below_j
-        steps = torch.tensor([(1 << exponents[j]) - (1 << exponents[j - 1]) for j in range(1, bits - 1)])
+        steps = torch.tensor(
+            [(1 << exponents[j]) - (1 << exponents[j - 1]) for j in range(1, bits - 1)], device=ctx.device
+        )
         weights = steps.unsqueeze(1)
         base = (1 << exponents[0]) + int(steps.sum())
         acc = pa.neg(((below[0] * weights).sum(0), (below[1] * weights).sum(0)))
-        out.append(pa.add_public(ctx, acc, torch.tensor(base, dtype=torch.int64)))
+        out.append(pa.add_public(ctx, acc, base))
     return out
 
 
@@ -898,10 +904,7 @@ def powers_of_two(ctx: PartyContext, onehot: BitPair, exponent_lists: list[list[
     for exponents in exponent_lists:
         nbits = max(1, max(exponents).bit_length())
         arith = _unstack(bit_to_arith(ctx, _function_bits(onehot, exponents, nbits), (nbits, n)))
-        factors = [
-            pa.add_public(ctx, pa.mul_public(b, torch.tensor(2 ** (2**i) - 1)), torch.tensor(1))
-            for i, b in enumerate(arith)
-        ]
+        factors = [pa.add_public(ctx, pa.mul_public(b, 2 ** (2**i) - 1), 1) for i, b in enumerate(arith)]
         while len(factors) > 1:
             half = len(factors) // 2
             factors = ring_mul_many(ctx, factors[:half], factors[half : 2 * half]) + factors[2 * half :]
@@ -947,16 +950,16 @@ _NORMALISED: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.nd
 
 
 @functools.cache
-def _lookup_tables(name: str, value_scale: int) -> torch.Tensor:
+def _lookup_tables(name: str, value_scale: int, device: torch.device) -> torch.Tensor:
     """(2, 2^k) ring values: f(j / 2^k) at ``value_scale`` and f'(j / 2^k) at LOOKUP_SCALE,
     for j in [low 2^k, 2^k), and at entry 0 those of j = 2^k (a truncation may give one more
-    than the floor, and 2^k wraps to 0); entries below low 2^k are never read."""
+    than the floor, and 2^k wraps to 0); entries below low 2^k are never read. On ``device``."""
     fn, slope, low = _NORMALISED[name]
     size = 1 << LOOKUP_BITS
     j = np.maximum(np.arange(size, dtype=np.float64), low * size)
     j[0] = size
     values = np.stack([fn(j / size) * 2.0**value_scale, slope(j / size) * 2.0**LOOKUP_SCALE])
-    return torch.from_numpy(np.round(values).astype(np.int64))
+    return torch.from_numpy(np.round(values).astype(np.int64)).to(device)
 
 
 def _normalised_lookup(
@@ -973,11 +976,11 @@ def _normalised_lookup(
     <= 2^-k (either truncation may be one more than the floor). Error <= max|f''| 2^-2k / 2:
     rsqrt 1.2e-5, reciprocal 7.7e-6 (relative). Rounds: 2 + 2."""
     s, k = LOOKUP_SCALE, LOOKUP_BITS
-    tables = _lookup_tables(name, out_scale)
+    tables = _lookup_tables(name, out_scale, ctx.device)
     outs = pa.truncate_many(ctx, [(z, z_scale - s, None), (z, z_scale - k, tables), *side])
     fine, (index, looked_up) = outs[0][0], outs[1]
     value, slope = _unstack(looked_up)
-    d = pa.sub(fine, pa.mul_public(index, torch.tensor(1 << (s - k))))
+    d = pa.sub(fine, pa.mul_public(index, 1 << (s - k)))
     correction = pa.truncate_additive(ctx, pa.mul_local(slope, d), 2 * s - out_scale)
     return pa.add(value, correction), [y for y, _ in outs[2:]]
 
@@ -1178,7 +1181,7 @@ def _inverse_of_normalised(
     if variant == "lookup":
         return _normalised_lookup(ctx, z, top + 1, "reciprocal", f, side)  # y G < 2^62 at f bits
     c, settled = _truncate_with(ctx, z, top + 1 - s, side)
-    t = pa.add_public(ctx, pa.mul_public(c, torch.tensor(4)), torch.tensor(-3 << s))  # 4c - 3
+    t = pa.add_public(ctx, pa.mul_public(c, 4), -3 << s)  # 4c - 3
     return polynomial(ctx, t, _RECIPROCAL_FIT, s, f, work_scale=s), settled
 
 
@@ -1312,7 +1315,7 @@ def rsqrt(
         batch = torch.stack([pa.mul_local(u, w), pa.mul_local(w, w), w[0] << f])
         uw, w2, w_f = _unstack(pa.truncate_additive(ctx, batch, s))
         half_cube = pa.truncate_additive(ctx, pa.mul_local(uw, w2), 2 * s - f)  # u w^3 / 2 at scale f + 1
-        return pa.sub(pa.mul_public(w_f, torch.tensor(3)), half_cube), settled  # 1.5 w - u w^3 / 2 at f + 1
+        return pa.sub(pa.mul_public(w_f, 3), half_cube), settled  # 1.5 w - u w^3 / 2 at f + 1
 
     w, side = out.normalise(ctx, normalise, g2, multiplier)
     return out.result(ctx, w, LOOKUP_SCALE if lookup else f + 1, g2, side, multiplier)
@@ -1423,7 +1426,7 @@ def softmax_numerators(ctx: PartyContext, x: Pair, row_max: Pair) -> tuple[Pair,
             lambda: exp_lookup(ctx, shifted) if lookup else exp(ctx, shifted),
         ],
     )
-    one = torch.ones((), dtype=torch.int64)
+    one = 1
     (e,) = ring_mul_many(ctx, [pa.add_public(ctx, pa.neg(clipped), one)], [e])
     return e, (e[0].sum(-1, keepdim=True), e[1].sum(-1, keepdim=True))
 
@@ -1637,7 +1640,7 @@ def _mean_factor(count: int) -> tuple[int, int]:
 def _divide_rows(ctx: PartyContext, total: Pair, count: int) -> Pair:
     """total / count on the (small) per-row tensors: one truncation of total K by 20 + c."""
     factor, c = _mean_factor(count)
-    return pa.truncate(ctx, pa.mul_public(total, torch.tensor(factor, dtype=torch.int64)), MEAN_FACTOR_BITS + c)
+    return pa.truncate(ctx, pa.mul_public(total, factor), MEAN_FACTOR_BITS + c)
 
 
 def _mean_pieces(count: int, bits: int, frac_bits: int) -> list[tuple[int, int]] | None:

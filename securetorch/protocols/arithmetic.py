@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from securetorch.comm.profile import NetworkProfile, chained_costs, cheapest, runs, total_cost
-from securetorch.protocols.boolean import pack_bits, pack_uint, unpack_bits, unpack_uint
+from securetorch.protocols.boolean import pack_bits, pack_uint, random_bits, unpack_bits, unpack_uint
 from securetorch.ring import logical_shift_right, ring_matmul
 from securetorch.session.context import PartyContext
 
@@ -121,10 +121,12 @@ def neg(x: Pair) -> Pair:
     return -x[0], -x[1]
 
 
-def add_public(ctx: PartyContext, x: Pair, p: torch.Tensor) -> Pair:
-    """x + p for a public ring tensor p (added to share x_0, held by P_0 and P_2)."""
-    shape = torch.broadcast_shapes(x[0].shape, p.shape)
-    first, second = x[0].expand(shape), x[1].expand(shape)
+def add_public(ctx: PartyContext, x: Pair, p: torch.Tensor | int) -> Pair:
+    """x + p for a public ring tensor or integer p (added to share x_0, held by P_0 and P_2)."""
+    first, second = x
+    if isinstance(p, torch.Tensor):
+        shape = torch.broadcast_shapes(first.shape, p.shape)
+        first, second = first.expand(shape), second.expand(shape)
     if ctx.rank == 0:
         first = first + p
     elif ctx.rank == 2:
@@ -132,8 +134,9 @@ def add_public(ctx: PartyContext, x: Pair, p: torch.Tensor) -> Pair:
     return first, second
 
 
-def mul_public(x: Pair, p: torch.Tensor) -> Pair:
-    """x * p for a public ring tensor p; exact in the ring (no truncation)."""
+def mul_public(x: Pair, p: torch.Tensor | int) -> Pair:
+    """x * p for a public ring tensor or integer p (|p| < 2^63); exact in the ring (no
+    truncation)."""
     return x[0] * p, x[1] * p
 
 
@@ -336,7 +339,7 @@ def _truncate_many_dealer(
             rho_a = with_a.int64((rows, *z.shape))
             rho_d = with_b.int64((rows, *z.shape))
             # entry j of element e: tables[:, (j - u_e) mod 2^k]
-            rotated = (torch.arange(size).unsqueeze(0) - u.reshape(-1, 1)) & (size - 1)
+            rotated = (torch.arange(size, device=u.device).unsqueeze(0) - u.reshape(-1, 1)) & (size - 1)
             to_b.append(tables[:, rotated] - table_a)
             looked_up = (rho_d, rho_a)
         out.append(((-b, -a), looked_up))
@@ -402,9 +405,9 @@ def _wrap_bits_run(ctx: PartyContext, steps: Sequence[Step], outputs: list[Pair]
         if ctx.rank == dealer:
             with_a, with_b = ctx.prg_with(rank_a), ctx.prg_with(rank_b)
             rho = with_a.int64(shape)
-            r_a = with_a.bits(n)
+            r_a = random_bits(with_a, n)
             h_a = with_a.uniform_bits((n,), bits)
-            r_b = with_b.bits(n)
+            r_b = random_bits(with_b, n)
             x_a = with_a.int64(shape)
             x_d = with_b.int64(shape)
             h_b = pack_uint((r_a * r_b - h_a) & ((1 << bits) - 1), bits)
@@ -414,7 +417,7 @@ def _wrap_bits_run(ctx: PartyContext, steps: Sequence[Step], outputs: list[Pair]
         elif ctx.rank == rank_a:
             with_d = ctx.prg_with(dealer)
             rho = with_d.int64(shape)
-            r_a = with_d.bits(n)
+            r_a = random_bits(with_d, n)
             h_a = with_d.uniform_bits((n,), bits)
             x_a = with_d.int64(shape)
             y = (_step_input(z_of, outputs, shape) - rho + (1 << TRUNCATION_HEADROOM_BITS)).reshape(-1)
@@ -431,7 +434,7 @@ def _wrap_bits_run(ctx: PartyContext, steps: Sequence[Step], outputs: list[Pair]
             late = [masked]
         else:
             with_d = ctx.prg_with(dealer)
-            r_b = with_d.bits(n)
+            r_b = random_bits(with_d, n)
             x_d = with_d.int64(shape)
             got = ctx.net.exchange({}, [dealer, rank_a])
             if len(got[rank_a]) > 1:  # the last step's result, completed by A's share

@@ -3,7 +3,7 @@
 A secret bit vector b = b_0 xor b_1 xor b_2 is held like arithmetic shares: P_i holds
 (b_i, b_{i+1}). Bits are packed eight to a byte (``pack_bits``), so a protocol over n bits
 moves ceil(n/8) bytes per message; a *plane* is one packed bit vector. Many planes are
-processed at once as a ``[planes, bytes]`` uint8 tensor. Packing runs in numpy's C loops.
+processed at once as a ``[planes, bytes]`` uint8 tensor.
 
 Sources: ABY3 §4 (boolean sharing, AND with one round of resharing).
 """
@@ -12,26 +12,79 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 import torch
 
+from securetorch.prg import AesPrg
 from securetorch.session.context import PartyContext
 
 BitPair = tuple[torch.Tensor, torch.Tensor]
 
 
+# Packing has two kernels. torch's run on any device; numpy's C loops (``packbits``,
+# ``unpackbits``) serve CPU tensors below the sizes where torch's ops win, since there a
+# packing is a few numpy calls against six to twelve torch ops of a few microseconds each
+# (measured at the sizes of a decode step: 5-30 us against 15-80 us). numpy shares the
+# tensor's memory: nothing is copied either way. SECURETORCH_PACKING=torch makes every
+# packing use torch's kernels (the tests run the protocols so on the CPU).
+_PACKING = "SECURETORCH_PACKING"
+_NEVER = math.inf
+
+
+def packing_kernel() -> str:
+    """The packing kernels in use: ``auto`` (numpy for small CPU tensors, torch for the rest)
+    or ``torch`` (torch everywhere), from the ``SECURETORCH_PACKING`` environment variable."""
+    kernel = os.environ.get(_PACKING, "auto")
+    if kernel not in ("auto", "torch"):
+        raise ValueError(f"{_PACKING} is 'auto' or 'torch', not {kernel!r}")
+    return kernel
+
+
+def _numpy_serves(t: torch.Tensor, n: int, below: float = _NEVER) -> bool:
+    """Whether numpy's C loops pack ``t`` (n values): a CPU tensor of fewer than ``below``."""
+    return t.device.type == "cpu" and n < below and packing_kernel() == "auto"
+
+
+@functools.cache
+def _bit_shifts(device: torch.device) -> torch.Tensor:
+    """0..7 as uint8 on ``device``: the shifts that spread a byte over its eight bits."""
+    return torch.arange(8, dtype=torch.uint8, device=device)
+
+
+# Multiplying a 64-bit word whose byte k is bit b_k (0 or 1) by this gathers b_0..b_7 into
+# its top byte: term b_k 2^(8k) 2^(56-7j) lands on bit 56 + k for j = k, at or above bit 64
+# for j < k and on distinct bits below 56 for j > k, so no carry reaches the top byte.
+_GATHER = 0x0102040810204080
+
+
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """Pack 0/1 values along the last dim, eight to a byte (little bit order):
     [..., n] -> uint8 [..., ceil(n/8)]."""
-    packed = np.packbits(bits.to(torch.uint8).numpy(), axis=-1, bitorder="little")
-    return torch.from_numpy(packed)
+    n = bits.shape[-1]
+    if _numpy_serves(bits, bits.numel()):
+        return torch.from_numpy(np.packbits(bits.to(torch.uint8).numpy(), axis=-1, bitorder="little"))
+    groups = -(-n // 8)
+    spread = bits.to(torch.uint8)
+    if n % 8:
+        spread = torch.nn.functional.pad(spread, (0, 8 * groups - n))
+    words = spread.contiguous().view(*spread.shape[:-1], groups, 8).view(torch.int64).squeeze(-1)
+    return (((words * _GATHER) >> 56) & 255).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of ``pack_bits``: uint8 [..., ceil(n/8)] -> int64 0/1 [..., n]."""
-    bits = np.unpackbits(packed.numpy(), axis=-1, count=n, bitorder="little")
-    return torch.from_numpy(bits).to(torch.int64)
+    if _numpy_serves(packed, packed.numel()):
+        return torch.from_numpy(np.unpackbits(packed.numpy(), axis=-1, count=n, bitorder="little")).to(torch.int64)
+    bits = (packed.unsqueeze(-1) >> _bit_shifts(packed.device)) & 1
+    return bits.flatten(-2)[..., :n].to(torch.int64)
+
+
+def random_bits(stream: AesPrg, n: int) -> torch.Tensor:
+    """n uniform bits (int64 0/1) from the next ceil(n/8) bytes of ``stream``: bit i is bit
+    i mod 8 of byte i // 8, as ``unpack_bits`` reads them."""
+    return unpack_bits(stream.uint8(((n + 7) // 8,)), n)
 
 
 def _value_bits(x: torch.Tensor, bits: int) -> np.ndarray:
@@ -42,12 +95,15 @@ def _value_bits(x: torch.Tensor, bits: int) -> np.ndarray:
 
 def high_bits_first(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Bits bits-1 .. 0 of every element of int64 ``x`` (flattened), as int16 [n, bits]."""
-    return torch.from_numpy(_value_bits(x, bits)[:, ::-1].astype(np.int16))
+    if _numpy_serves(x, x.numel()):
+        return torch.from_numpy(_value_bits(x, bits)[:, ::-1].astype(np.int16))
+    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.int64, device=x.device)
+    return ((x.reshape(-1, 1) >> shifts) & 1).to(torch.int16)
 
 
 # From this many elements on, ``bit_planes`` transposes 8 x 8 bit blocks in 64-bit words
-# (no 8x expansion to one byte per bit: 3x faster at 2^14 elements, 8x at 2^17); below, the
-# expansion's few numpy calls cost less than the transposition's torch calls.
+# even on the CPU (no 8x expansion to one byte per bit: 3x faster at 2^14 elements, 8x at
+# 2^17); below, numpy's expansion (a few calls) costs less than the transposition's ops.
 _TRANSPOSE_MIN = 1 << 11
 # The masks of the three delta swaps of an 8 x 8 bit transposition (Warren, "Hacker's
 # Delight", 2nd ed., §7-3): bit 8 r + c of a word moves to bit 8 c + r.
@@ -58,13 +114,13 @@ def bit_planes(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Bits 0..bits-1 of every element of int64 ``x`` (flattened) as packed planes
     [bits, ceil(n/8)]: plane j holds bit j of all elements.
 
-    Large tensors: byte b of eight consecutive elements 8m..8m+7 forms one 64-bit word (bit
-    8t + k: bit k of element 8m + t); its 8 x 8 bit transposition has in byte k bit k of the
-    eight elements, element 8m + t at bit t: byte m of plane 8b + k. The shifts are
+    The transposition: byte b of eight consecutive elements 8m..8m+7 forms one 64-bit word
+    (bit 8t + k: bit k of element 8m + t); its 8 x 8 bit transposition has in byte k bit k of
+    the eight elements, element 8m + t at bit t: byte m of plane 8b + k. The shifts are
     arithmetic, but every mask clears the bits a sign could fill."""
     flat = x.reshape(-1)
     n = flat.numel()
-    if n < _TRANSPOSE_MIN:
+    if _numpy_serves(flat, n, _TRANSPOSE_MIN):
         return torch.from_numpy(np.packbits(np.ascontiguousarray(_value_bits(flat, bits).T), axis=1, bitorder="little"))
     groups, nbytes = -(-n // 8), -(-bits // 8)
     if n % 8:
@@ -77,21 +133,28 @@ def bit_planes(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 @functools.cache
-def _uint_layout(bits: int) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _uint_layout(bits: int, device: torch.device) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Values of ``bits`` bits laid end to end in little-endian 64-bit words repeat their
     layout every g = 64 / gcd(bits, 64) values, which fill ``bits * g / 64`` words: (g, words,
-    each value's word and shift, and which values run into the next word)."""
+    each value's word and shift, and which values run into the next word), on ``device``."""
     group = 64 // math.gcd(bits, 64)
-    start = torch.arange(group, dtype=torch.int64) * bits
+    start = torch.arange(group, dtype=torch.int64, device=device) * bits
     word, shift = start >> 6, start & 63
     return group, bits * group // 64, word, shift, shift > 64 - bits
 
 
-# Below this many values, packing expands every value to its bits in numpy (a few fixed
-# costs); above, it works on 64-bit words (no 64x expansion: 2-4x faster on large tensors).
+@functools.cache
+def _byte_group_shifts(bits: int, device: torch.device) -> torch.Tensor:
+    """0, bits, ..., 7 bits on ``device``: where eight values of ``bits`` <= 8 bits sit in a word."""
+    return torch.arange(8, dtype=torch.int64, device=device) * bits
+
+
+# Below this many values, numpy expands every value of a CPU tensor to its bits (a few fixed
+# costs); above, torch works on 64-bit words (no 64x expansion: 2-4x faster on large tensors).
 _WORD_PACKING_MIN = 1 << 14
-# From this many values of at most 8 bits, eight values are packed into one 64-bit word and
-# its low ``bits`` bytes kept (about twice as fast as the general word layout).
+# From this many values of at most 8 bits (on the CPU; any number elsewhere), eight values
+# are packed into one 64-bit word and its low ``bits`` bytes kept (about twice as fast as
+# the general word layout).
 _BYTE_GROUP_MIN = 1 << 10
 
 
@@ -100,20 +163,21 @@ def pack_uint(values: torch.Tensor, bits: int) -> torch.Tensor:
     bytes (value i holds stream bits [i bits, (i+1) bits), little-endian)."""
     flat = values.reshape(-1).long()
     n = flat.numel()
-    if bits <= 8 and n >= _BYTE_GROUP_MIN:  # eight values fill ``bits`` bytes of one word
+    device = flat.device
+    if bits <= 8 and not _numpy_serves(flat, n, _BYTE_GROUP_MIN):  # eight values fill ``bits`` bytes of one word
         groups = -(-n // 8)
-        grid = torch.zeros(groups * 8, dtype=torch.int64)
+        grid = flat.new_zeros(groups * 8)
         grid[:n] = flat
-        words = (grid.view(groups, 8) << (torch.arange(8, dtype=torch.int64) * bits)).sum(1)
+        words = (grid.view(groups, 8) << _byte_group_shifts(bits, device)).sum(1)
         return words.view(torch.uint8).view(groups, 8)[:, :bits].reshape(-1)[: (n * bits + 7) // 8]
-    if n < _WORD_PACKING_MIN:
+    if _numpy_serves(flat, n, _WORD_PACKING_MIN):
         return torch.from_numpy(np.packbits(_value_bits(flat, bits).reshape(-1), bitorder="little"))
-    group, nwords, word, shift, spills = _uint_layout(bits)
+    group, nwords, word, shift, spills = _uint_layout(bits, device)
     rows = -(-n // group)
-    grid = torch.zeros(rows * group, dtype=torch.int64)
+    grid = flat.new_zeros(rows * group)
     grid[:n] = flat
     grid = grid.view(rows, group)
-    words = torch.zeros(rows, nwords, dtype=torch.int64)  # a group ends at a word's end: no spill past it
+    words = flat.new_zeros(rows, nwords)  # a group ends at a word's end: no spill past it
     words.index_add_(1, word, grid << shift)  # disjoint bit ranges: the sum is an OR
     words.index_add_(1, word[spills] + 1, grid[:, spills] >> (64 - shift[spills]))
     return words.view(-1).view(torch.uint8)[: (n * bits + 7) // 8].clone()
@@ -122,22 +186,23 @@ def pack_uint(values: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_uint(packed: torch.Tensor, bits: int, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """Inverse of ``pack_uint`` for a tensor of ``shape``."""
     n = torch.Size(shape).numel()
-    if bits <= 8 and n >= _BYTE_GROUP_MIN:
+    device = packed.device
+    if bits <= 8 and not _numpy_serves(packed, n, _BYTE_GROUP_MIN):
         groups = -(-n // 8)
-        wide = torch.zeros(groups, 8, dtype=torch.uint8)
-        spread = torch.zeros(groups * bits, dtype=torch.uint8)
+        wide = packed.new_zeros(groups, 8)
+        spread = packed.new_zeros(groups * bits)
         spread[: packed.numel()] = packed
         wide[:, :bits] = spread.view(groups, bits)
-        values = (wide.view(torch.int64) >> (torch.arange(8, dtype=torch.int64) * bits)) & ((1 << bits) - 1)
+        values = (wide.view(torch.int64) >> _byte_group_shifts(bits, device)) & ((1 << bits) - 1)
         return values.view(-1)[:n].reshape(tuple(shape))
-    if n < _WORD_PACKING_MIN:
+    if _numpy_serves(packed, n, _WORD_PACKING_MIN):
         flat = np.unpackbits(packed.numpy(), count=n * bits, bitorder="little").reshape(n, bits)
         wide = np.zeros((n, 64), dtype=np.uint8)
         wide[:, :bits] = flat
         return torch.from_numpy(np.packbits(wide, axis=1, bitorder="little").view(np.int64).reshape(tuple(shape)))
-    group, nwords, word, shift, spills = _uint_layout(bits)
+    group, nwords, word, shift, spills = _uint_layout(bits, device)
     rows = -(-n // group)
-    padded = torch.zeros(rows * nwords * 8, dtype=torch.uint8)
+    padded = packed.new_zeros(rows * nwords * 8)
     padded[: packed.numel()] = packed
     words = padded.view(torch.int64).view(rows, nwords)
     low_bits = torch.clamp(64 - shift, max=bits)  # the bits of each value in its first word

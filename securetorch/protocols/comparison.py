@@ -30,6 +30,7 @@ from securetorch.protocols.boolean import (
     high_bits_first,
     pack_bits,
     pack_uint,
+    random_bits,
     reshare_bits,
     unpack_bits,
     unpack_uint,
@@ -223,13 +224,13 @@ def _dealer_additive(
     if ctx.rank == dealer:  # holds (b_D, b_A)
         with_a = ctx.prg_with(rank_a)
         y = unpack_bits(b[0], count)
-        r, h_a = with_a.bits(y.numel()).reshape(size), with_a.int64(size)
+        r, h_a = random_bits(with_a, y.numel()).reshape(size), with_a.int64(size)
         ctx.net.exchange({rank_b: [_to_wire(r * y - h_a, ring_bits)]}, [])
         return dealer, rank_a, rank_b, None
     if ctx.rank == rank_a:  # holds (b_A, b_B)
         with_d = ctx.prg_with(dealer)
         x = unpack_bits(b[0] ^ b[1], count)
-        r, h_a = with_d.bits(x.numel()).reshape(size), with_d.int64(size)
+        r, h_a = random_bits(with_d, x.numel()).reshape(size), with_d.int64(size)
         e = x ^ r
         ctx.net.exchange({rank_b: [pack_bits(e)]}, [])
         return dealer, rank_a, rank_b, x - 2 * (1 - 2 * e) * h_a
@@ -314,7 +315,7 @@ def bit_sum(ctx: PartyContext, b: BitPair, shape: tuple[int, int], ring_bits: in
     """
     rows, cols = shape
     mine = _dealer_additive(ctx, b, (rows * cols,), ring_bits)[3]
-    total = torch.zeros(rows, dtype=torch.int64) if mine is None else mine.view(rows, cols).sum(-1)
+    total = torch.zeros(rows, dtype=torch.int64, device=ctx.device) if mine is None else mine.view(rows, cols).sum(-1)
     return pa.reshare(ctx, total)
 
 
@@ -329,7 +330,7 @@ def bits_to_arith_word(ctx: PartyContext, planes: BitPair, n: int) -> Pair:
     sum_j 2^j [b_j], all planes injected in one batch (``bit_to_arith``)."""
     bits = planes[0].shape[0]
     arith = bit_to_arith(ctx, planes, (bits, n))
-    weights = torch.ones(bits, 1, dtype=torch.int64) << torch.arange(bits, dtype=torch.int64).unsqueeze(1)
+    weights = 1 << torch.arange(bits, dtype=torch.int64, device=ctx.device).unsqueeze(1)
     return (arith[0] * weights).sum(0), (arith[1] * weights).sum(0)
 
 
@@ -475,16 +476,16 @@ def _sign_variant(n: int, bits: int, ring_bits: int | None, network: NetworkProf
 
 
 @functools.cache
-def _table_layout(plan: TablePlan) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+def _table_layout(plan: TablePlan, device: torch.device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
     """(where each node's table starts among the symbol entries, per level below the root;
-    each block's lowest bit; each block's mask)."""
+    each block's lowest bit; each block's mask), on ``device``."""
     sizes = [[1 << w for w in plan.widths]] + [[4**g for g in level] for level in plan.levels[:-1]]
     offsets, start = [], 0
     for level in sizes:
-        offsets.append(torch.tensor([start + sum(level[:i]) for i in range(len(level))], dtype=torch.int64))
+        offsets.append(torch.tensor([start + sum(level[:i]) for i in range(len(level))], device=device))
         start += sum(level)
-    shifts = torch.tensor([sum(plan.widths[:j]) for j in range(len(plan.widths))], dtype=torch.int64)
-    block_masks = torch.tensor([(1 << w) - 1 for w in plan.widths], dtype=torch.int64)
+    shifts = torch.tensor([sum(plan.widths[:j]) for j in range(len(plan.widths))], device=device)
+    block_masks = torch.tensor([(1 << w) - 1 for w in plan.widths], device=device)
     return tuple(offsets), shifts, block_masks
 
 
@@ -501,10 +502,13 @@ def _pack_symbols(symbols: torch.Tensor) -> torch.Tensor:
 
 def _unpack_symbols(packed: torch.Tensor, count: int) -> torch.Tensor:
     """Inverse of ``_pack_symbols``: the first ``count`` 2-bit values (uint8)."""
-    return ((packed.unsqueeze(1) >> _SYMBOL_SHIFTS) & 3).reshape(-1)[:count]
+    return ((packed.unsqueeze(1) >> _symbol_shifts(packed.device)) & 3).reshape(-1)[:count]
 
 
-_SYMBOL_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
+@functools.cache
+def _symbol_shifts(device: torch.device) -> torch.Tensor:
+    """0, 2, 4, 6 as uint8 on ``device``: where a byte holds its four 2-bit symbols."""
+    return torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=device)
 
 
 def _symbol_at(packed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -565,14 +569,14 @@ def _deal_tables(
     for j, width in enumerate(plan.widths):
         r_j = ((r_low >> start) & ((1 << width) - 1)).unsqueeze(1)
         start += width
-        v = torch.arange(1 << width, dtype=torch.int64)
+        v = torch.arange(1 << width, dtype=torch.int64, device=ctx.device)
         symbol = (v < r_j).to(torch.uint8) | ((v == r_j).to(torch.uint8) << 1)
         tables.append(symbol ^ masks[0][:, j : j + 1])
-    root = torch.empty(0)
+    root = torch.empty(0, device=ctx.device)
     for i, level in enumerate(plan.levels):
         child = 0
         for k, group in enumerate(level):
-            w = torch.arange(4**group, dtype=torch.int64)
+            w = torch.arange(4**group, dtype=torch.int64, device=ctx.device)
             opened = [((w >> (2 * t)) & 3).to(torch.uint8) for t in range(group)]
             symbols = [o ^ masks[i][:, child + t : child + t + 1] for t, o in enumerate(opened)]
             lt, eq = _combine([(s & 1, s >> 1) for s in symbols])
@@ -637,8 +641,8 @@ def _dealt_sign(ctx: PartyContext, x: Pair, bits: int, plan: TablePlan, ring_bit
     c = mine + _from_wire(got[other][0], bits, (n,))
     low = bits - 1
     c_low, c_top = c & ((1 << low) - 1), (c >> low) & 1
-    offsets, shifts, block_masks = _table_layout(plan)
-    rows = torch.arange(n, dtype=torch.int64).unsqueeze(1)
+    offsets, shifts, block_masks = _table_layout(plan, ctx.device)
+    rows = torch.arange(n, dtype=torch.int64, device=ctx.device).unsqueeze(1)
     held = _symbol_at(symbols, rows * entries + offsets[0] + ((c_low.unsqueeze(1) >> shifts) & block_masks))
     for i, level in enumerate(plan.levels):
         theirs = ctx.net.exchange({other: [_pack_symbols(held)]}, [other])[other][0]
@@ -679,7 +683,7 @@ def _draw_below(stream: AesPrg, shape: tuple[int, ...], q: int) -> torch.Tensor:
     q are kept in order (a draw is refused with probability below q / 2^31, and as many are
     drawn again), so both holders of a key keep the same ones."""
     need, limit = math.prod(shape), (1 << 31) - (1 << 31) % q
-    kept: list[torch.Tensor] = [torch.zeros(0, dtype=torch.int32)]
+    kept: list[torch.Tensor] = [torch.zeros(0, dtype=torch.int32, device=stream.device)]
     count = 0
     while count < need:
         raw = stream.uint8((4 * (need - count),)).view(torch.int32) & 0x7FFFFFFF
@@ -724,7 +728,7 @@ def _zero_test(
     c = mine + _from_wire(got[other][0], bits, (n,))
     c_low, c_top = c & ((1 << low) - 1), (c >> low) & 1
     with_peer = ctx.prg_with(other)  # the A-B key: the same draws on both
-    beta = with_peer.bits(n)
+    beta = random_bits(with_peer, n)
     scale = _draw_below(with_peer, (n, low), p - 1).short() + 1
     blind = _draw_below(with_peer, (n, low), p).short()
     turn = _draw_below(with_peer, (n, 1), low).long()
@@ -736,12 +740,12 @@ def _zero_test(
     wrapped = (t >> low).bool()  # r <= c_low always holds: one zero, anywhere
     if is_a:
         d += sign * t_bits + t_bits.cumsum(1, dtype=torch.int16) - t_bits + 1
-        d[wrapped] = (torch.arange(low) > 0).short()
+        d[wrapped] = (torch.arange(low, device=ctx.device) > 0).short()
         d = (scale * (d % p) + blind) % p
     else:
         d[wrapped] = 0
         d = (scale * (d % p) - blind) % p
-    rotated = torch.cat([d, d], 1).gather(1, torch.arange(low) + turn)  # row i from column turn_i
+    rotated = torch.cat([d, d], 1).gather(1, torch.arange(low, device=ctx.device) + turn)  # row i from column turn_i
     ctx.net.exchange({dealer: [pack_uint(rotated, width)]}, [])
     return c_top ^ beta, got[other][1:]
 
@@ -968,7 +972,7 @@ def _tournament(
     """
     tracked = [x]
     if with_index:
-        positions = torch.arange(x[0].shape[-1], dtype=torch.int64)
+        positions = torch.arange(x[0].shape[-1], dtype=torch.int64, device=ctx.device)
         tracked.append(pa.add_public(ctx, (torch.zeros_like(x[0]), torch.zeros_like(x[0])), positions))
     rows, width = x[0].numel() // max(1, x[0].shape[-1]), x[0].shape[-1]
     plan = [v for _, v in _level_plan(rows, width, len(tracked), with_bits, ctx.compare_bits, ctx.network)]
@@ -1073,13 +1077,18 @@ _PAD = -(2**41)
 
 
 @functools.cache
-def _pair_literals(g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pair_literals(g: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The pairs i < j of g candidates, and for candidate i its g-1 literals: pair (i, j)
-    negated for j > i, pair (j, i) as is for j < i (indices into the pair list, and flags)."""
-    ii, jj = torch.triu_indices(g, g, 1)
-    pair_of = {(int(a), int(b)): k for k, (a, b) in enumerate(zip(ii, jj, strict=True))}
-    index = torch.tensor([[pair_of[(min(i, j), max(i, j))] for j in range(g) if j != i] for i in range(g)])
-    negate = torch.tensor([[j > i for j in range(g) if j != i] for i in range(g)])
+    negated for j > i, pair (j, i) as is for j < i (indices into the pair list, and flags),
+    on ``device``."""
+    pairs = [(i, j) for i in range(g) for j in range(i + 1, g)]
+    pair_of = {pair: k for k, pair in enumerate(pairs)}
+    ii = torch.tensor([i for i, _ in pairs], dtype=torch.int64, device=device)
+    jj = torch.tensor([j for _, j in pairs], dtype=torch.int64, device=device)
+    index = torch.tensor(
+        [[pair_of[(min(i, j), max(i, j))] for j in range(g) if j != i] for i in range(g)], device=device
+    )
+    negate = torch.tensor([[j > i for j in range(g) if j != i] for i in range(g)], device=device)
     return ii, jj, index, negate
 
 
@@ -1099,7 +1108,7 @@ def _all_pairs_max(ctx: PartyContext, x: Pair) -> Pair:
     lead = x[0].shape[:-1]
     rows = lead.numel()
     first, second = (s.reshape(rows, g) for s in x)
-    ii, jj, index, negate = _pair_literals(g)
+    ii, jj, index, negate = _pair_literals(g, ctx.device)
     pairs = ii.numel()
     if _all_pairs_variant(rows, g, ctx.compare_bits, ctx.network) == "count":
         diffs = ((first[:, ii] - first[:, jj]).reshape(-1), (second[:, ii] - second[:, jj]).reshape(-1))
@@ -1108,7 +1117,7 @@ def _all_pairs_max(ctx: PartyContext, x: Pair) -> Pair:
         counts = pa.add_public(
             ctx, tuple(torch.where(negate, -share, share).sum(-1) for share in smaller), negate.sum(-1)
         )
-        ((_, wins),) = pa.truncate_many(ctx, [(counts[0] * 2, 1, _count_table(g))])
+        ((_, wins),) = pa.truncate_many(ctx, [(counts[0] * 2, 1, _count_table(g, ctx.device))])
         weights = mul(ctx, (wins[0][0], wins[1][0]), (first, second))
         return weights[0].sum(-1).reshape(lead), weights[1].sum(-1).reshape(lead)
     smaller = msb(
@@ -1131,10 +1140,14 @@ def _all_pairs_max(ctx: PartyContext, x: Pair) -> Pair:
 
 
 @functools.cache
-def _count_table(g: int) -> torch.Tensor:
-    """[v = g - 1] for v in [0, 2^k), k = bit length of g - 1: the all-pairs winner's count."""
-    size = 1 << max(1, (g - 1).bit_length())
-    return (torch.arange(size) == g - 1).long().unsqueeze(0)
+def _count_table(g: int, device: torch.device) -> torch.Tensor:
+    """[v = g - 1] for v in [0, 2^k), k = bit length of g - 1: the all-pairs winner's count
+    (on ``device``)."""
+    return (torch.arange(_count_table_size(g), device=device) == g - 1).long().unsqueeze(0)
+
+
+def _count_table_size(g: int) -> int:
+    return 1 << max(1, (g - 1).bit_length())
 
 
 def _all_pairs_variants(rows: int, g: int, bits: int, network: NetworkProfile | None) -> dict[str, list[Cost]]:
@@ -1145,7 +1158,7 @@ def _all_pairs_variants(rows: int, g: int, bits: int, network: NetworkProfile | 
         and_tree.append((1, 3 * g * (terms // 2) * packed))
         terms -= terms // 2
     and_tree.append(bit_to_arith_cost(rows, 64, network, rows=g))
-    size = _count_table(g).shape[1]
+    size = _count_table_size(g)
     count = [
         less_than_zero_cost(pairs, bits, network),
         pa.truncate_many_cost([(rows * g, 1, 1, size.bit_length() - 1)]),
@@ -1176,7 +1189,7 @@ def _grouped_max(ctx: PartyContext, x: Pair) -> Pair:
         width = x[0].shape[-1]
         pad = (-width) % GROUP
         if pad:
-            filler = torch.full((*x[0].shape[:-1], pad), _PAD, dtype=torch.int64)
+            filler = torch.full((*x[0].shape[:-1], pad), _PAD, dtype=torch.int64, device=ctx.device)
             x = pa.add_public(
                 ctx,
                 (torch.cat([x[0], torch.zeros_like(filler)], -1), torch.cat([x[1], torch.zeros_like(filler)], -1)),
@@ -1240,7 +1253,7 @@ def argmax_onehot_last_dim(ctx: PartyContext, x: Pair) -> tuple[Pair, Pair]:
     ceil(log2 levels) rounds."""
     n = x[0].shape[-1]
     _, index, level_bits = _tournament(ctx, x, with_index=True, with_bits=True)
-    positions = torch.arange(n, dtype=torch.int64)
+    positions = torch.arange(n, dtype=torch.int64, device=ctx.device)
     selectors: list[Pair] = []
     for level, bits in enumerate(level_bits):
         half = bits[0].shape[-1]
@@ -1252,7 +1265,9 @@ def argmax_onehot_last_dim(ctx: PartyContext, x: Pair) -> tuple[Pair, Pair]:
         selectors.append(pa.add_public(ctx, (bit[0] * sign, bit[1] * sign), (~odd).long()))
     if not selectors:
         zero = torch.zeros_like(x[0])
-        return (zero[..., 0], zero[..., 0]), pa.add_public(ctx, (zero, zero), torch.ones(n, dtype=torch.int64))
+        return (zero[..., 0], zero[..., 0]), pa.add_public(
+            ctx, (zero, zero), torch.ones(n, dtype=torch.int64, device=ctx.device)
+        )
     while len(selectors) > 1:
         half = len(selectors) // 2
         left = tuple(torch.stack([selectors[i][j] for i in range(half)]) for j in range(2))

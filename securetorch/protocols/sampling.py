@@ -151,9 +151,9 @@ def top_k_mask(ctx: PartyContext, y: Pair, k: int) -> Pair:
     rows, vocab = y[0].shape
     f = ctx.frac_bits
     count_bits, levels = _top_k_layout(vocab, f)
-    z = pa.add_public(ctx, y, torch.tensor(1 << (f + TOP_K_RANGE_BITS)))
+    z = pa.add_public(ctx, y, 1 << (f + TOP_K_RANGE_BITS))
     planes = bit_decompose(ctx, z, ctx.compare_bits)
-    minus_k = torch.tensor(-k, dtype=torch.int64)
+    minus_k = -k
 
     def short(marked: BitPair) -> BitPair:  # [#marked < k]
         count = bit_sum(ctx, marked, (rows, vocab), count_bits)
@@ -188,7 +188,7 @@ def top_p_mask(ctx: PartyContext, q: Pair, p: float) -> Pair:
     rows, vocab = q[0].shape
     bits, levels = _top_p_layout(ctx.frac_bits)
     planes = bit_decompose(ctx, q, bits)
-    minus_p = torch.tensor(-round(p * (1 << ctx.frac_bits)), dtype=torch.int64)
+    minus_p = -round(p * (1 << ctx.frac_bits))
     columns = (q[0].unsqueeze(-1), q[1].unsqueeze(-1))
 
     def short(marked: BitPair) -> BitPair:  # [sum of marked q < p]
@@ -224,7 +224,7 @@ def uniform(ctx: PartyContext, rows: int, seed: int | None = None, draw: int = 0
     AES keyed by SHA-256 of the seed, stream ``draw`` (reproducible; local)."""
     if seed is not None:
         key = hashlib.sha256(seed.to_bytes(8, "big")).digest()[:KEY_BYTES]
-        words = AesPrg(key, draw).int64((rows,))
+        words = AesPrg(key, draw, ctx.device).int64((rows,))
         return pa.public_shares(ctx, words & ((1 << ctx.frac_bits) - 1))
     shape = (ctx.frac_bits, (rows + 7) // 8)
     planes = (ctx.prg_prev.uint8(shape), ctx.prg_next.uint8(shape))
@@ -239,14 +239,14 @@ def sample(ctx: PartyContext, logits: Pair, settings: SamplingSettings, draw: in
     rows, vocab = logits[0].shape
     y = logits
     if settings.temperature != 1:
-        y = pa.truncate(ctx, pa.mul_public(y, torch.tensor(round((1 << f) / settings.temperature))), f)
+        y = pa.truncate(ctx, pa.mul_public(y, round((1 << f) / settings.temperature)), f)
     row_max, _ = max_last_dim(ctx, y, with_index=False)
     y = pa.sub(y, _rows(row_max))
     if settings.top_k is not None and settings.top_k < vocab:
         kept = top_k_mask(ctx, y, settings.top_k)
-        dropped = pa.add_public(ctx, pa.neg(kept), torch.ones((), dtype=torch.int64))
-        y = pa.sub(y, pa.mul_public(dropped, torch.tensor(DROPPED << f)))
-    zero = pa.public_shares(ctx, torch.zeros(rows, dtype=torch.int64))
+        dropped = pa.add_public(ctx, pa.neg(kept), 1)
+        y = pa.sub(y, pa.mul_public(dropped, DROPPED << f))
+    zero = pa.public_shares(ctx, torch.zeros(rows, dtype=torch.int64, device=ctx.device))
     q = softmax_last_dim(ctx, y, zero)
     if settings.top_p is not None and settings.top_p < 1:
         q = pa.mul(ctx, top_p_mask(ctx, q, settings.top_p), q)
@@ -254,11 +254,11 @@ def sample(ctx: PartyContext, logits: Pair, settings: SamplingSettings, draw: in
     total = (cumulative[0][:, -1], cumulative[1][:, -1])
     threshold = pa.mul_fixed(ctx, uniform(ctx, rows, settings.seed, draw), total, f)
     crossed = less_than_zero(ctx, pa.sub(_rows(threshold), cumulative), f + PROBABILITY_BITS)  # [c_j > u total]
-    last = pa.public_shares(ctx, torch.ones(rows, 1, dtype=torch.int64))
+    last = pa.public_shares(ctx, torch.ones(rows, 1, dtype=torch.int64, device=ctx.device))
     crossed = (torch.cat([crossed[0][:, :-1], last[0]], 1), torch.cat([crossed[1][:, :-1], last[1]], 1))
     before = (torch.nn.functional.pad(crossed[0][:, :-1], (1, 0)), torch.nn.functional.pad(crossed[1][:, :-1], (1, 0)))
     onehot = pa.sub(crossed, before)
-    positions = torch.arange(vocab, dtype=torch.int64)
+    positions = torch.arange(vocab, dtype=torch.int64, device=ctx.device)
     index = ((onehot[0] * positions).sum(-1), (onehot[1] * positions).sum(-1))
     return index, onehot
 

@@ -26,6 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -42,13 +43,13 @@ from securetorch.runtime.deployment import (
     PROTOCOL_VERSION,
     ClusterConfig,
     ConfigError,
-    PartyAddress,
     local_config,
 )
 from securetorch.runtime.party import PartyServer
 from securetorch.runtime.shipping import pack_call
 from securetorch.runtime.verbs import Status, Verb, decode_reply, encode_request
 from securetorch.session import costs
+from securetorch.session.context import check_device
 from securetorch.tensor.payload import RANKS, deal, deal_tree, reconstruct_tree
 
 log = logging.getLogger("securetorch.cluster")
@@ -480,6 +481,7 @@ def _private_parties(
     timeout: float,
     network: NetworkProfile | None,
     play_network: bool = True,
+    device: str = "cpu",
 ) -> tuple[ClusterConfig, list[Credential], Credential]:
     """The configuration of three parties private to one driver, their credentials and the
     driver's: ipc sockets in ``directory`` (mode 0700) with random PLAIN passwords, or
@@ -490,17 +492,22 @@ def _private_parties(
     if transport == "ipc":
         passwords = {name: PlainPassword(name) for name in [*names, LOCAL_DRIVER]}
         digests = {n: p.digest() for n, p in passwords.items()}
-        config = local_config(frac_bits, compare_bits, timeout, None, digests, network, play_network)
+        config = local_config(frac_bits, compare_bits, timeout, None, digests, network, play_network, device)
         credentials, driver = [passwords[n] for n in names], passwords[LOCAL_DRIVER]
         addresses = [(f"ipc://{directory}/p{r}-control", f"ipc://{directory}/p{r}-peer") for r in RANKS]
     else:
         keys = [CurveKeys.generate() for _ in RANKS]
         driver_keys = CurveKeys.generate()
-        config = local_config(frac_bits, compare_bits, timeout, driver_keys.public, {}, network, play_network)
+        config = local_config(frac_bits, compare_bits, timeout, driver_keys.public, {}, network, play_network, device)
         credentials, driver = list(keys), driver_keys
         addresses = [("tcp://127.0.0.1:*", "tcp://127.0.0.1:*") for _ in RANKS]
     parties = tuple(
-        type(p)(p.rank, addresses[p.rank][0], addresses[p.rank][1], getattr(credentials[p.rank], "public", None))
+        replace(
+            p,
+            control=addresses[p.rank][0],
+            peer=addresses[p.rank][1],
+            public_key=getattr(credentials[p.rank], "public", None),
+        )
         for p in config.parties
     )
     return config.with_parties(parties), credentials, driver  # type: ignore[arg-type]
@@ -525,7 +532,9 @@ class LocalCluster(Cluster):
     ``"wan"`` or a ``NetworkProfile``: every round lasts at least its RTT plus the bytes sent
     at its bandwidth; ``comm/profile.py``), default none (loopback as it is), for which the
     parties also pick protocol variants; ``play_network=False``: they pick for it but run at
-    loopback speed (the exact rounds and bytes a deployment on that link would see, quickly).
+    loopback speed (the exact rounds and bytes a deployment on that link would see, quickly);
+    ``device``: where the parties compute (``"cpu"``, or an accelerator such as ``"cuda"``;
+    a party that cannot use it fails at start).
     """
 
     def __init__(
@@ -538,9 +547,11 @@ class LocalCluster(Cluster):
         progress: bool | None = None,
         network: str | NetworkProfile | None = None,
         play_network: bool = True,
+        device: str = "cpu",
     ) -> None:
         if transport not in ("ipc", "tcp"):
             raise ValueError(f"transport is 'ipc' or 'tcp', not {transport!r}")
+        check_device(device)
         profile = network_profile(network)
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
@@ -548,7 +559,7 @@ class LocalCluster(Cluster):
         self._closed = True  # until the session is open
         self._tmpdir = tempfile.mkdtemp(prefix="securetorch-")  # mode 0700
         try:
-            self._start(frac_bits, timeout, threads, transport, compare_bits, progress, profile, play_network)
+            self._start(frac_bits, timeout, threads, transport, compare_bits, progress, profile, play_network, device)
         except BaseException:
             self._kill()
             raise
@@ -563,9 +574,10 @@ class LocalCluster(Cluster):
         progress: bool | None,
         network: NetworkProfile | None,
         play_network: bool,
+        device: str,
     ) -> None:
         config, credentials, driver = _private_parties(
-            self._tmpdir, transport, frac_bits, compare_bits, timeout, network, play_network
+            self._tmpdir, transport, frac_bits, compare_bits, timeout, network, play_network, device
         )
         keys = [c for c in credentials if isinstance(c, CurveKeys)] or None
         secrets_ = [
@@ -692,9 +704,11 @@ class InProcessCluster(Cluster):
         progress: bool | None = None,
         network: str | NetworkProfile | None = None,
         play_network: bool = True,
+        device: str = "cpu",
     ) -> None:
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
+        check_device(device)
         profile = network_profile(network)
         self._closed = True  # until the session is open
         self._servers: list[PartyServer] = []
@@ -702,11 +716,11 @@ class InProcessCluster(Cluster):
         self._tmpdir = tempfile.mkdtemp(prefix="securetorch-")  # mode 0700
         try:
             config, credentials, driver = _private_parties(
-                self._tmpdir, "ipc", frac_bits, compare_bits, timeout, profile, play_network
+                self._tmpdir, "ipc", frac_bits, compare_bits, timeout, profile, play_network, device
             )
             self._servers = [PartyServer(r, config, credentials[r]) for r in RANKS]
             parties = tuple(
-                PartyAddress(r, server.control_address, server.net.address, None)
+                replace(config.parties[r], control=server.control_address, peer=server.net.address)
                 for r, server in enumerate(self._servers)
             )
             for server in self._servers:

@@ -15,6 +15,7 @@ may connect with their roles, and the fixed-point setting every party and driver
     public_key = "Z85 public key of party 0 (securetorch keygen)"
     shares_dir = "/var/lib/securetorch"   # optional: where this party saves and loads shares
     checkpoints_dir = "/srv/models"       # optional: public-weight checkpoints this party opens
+    device = "cuda:0"                     # optional: where this party computes (default "cpu")
     # ... ranks 1 and 2
 
     [[drivers]]
@@ -49,6 +50,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+import torch
+
 from securetorch.comm.network import DEFAULT_MAX_MESSAGE_BYTES
 from securetorch.comm.profile import NetworkProfile, network_profile
 from securetorch.comm.security import CurveKeys, KeyFileError, load_keypair
@@ -79,6 +82,7 @@ class PartyAddress:
     public_key: bytes | None
     shares_dir: str | None = None
     checkpoints_dir: str | None = None
+    device: str = "cpu"  # where this party computes (its own choice: the wire carries bytes)
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,7 @@ class ClusterConfig:
                     "public_key": _text(p.public_key),
                     "shares_dir": p.shares_dir,
                     "checkpoints_dir": p.checkpoints_dir,
+                    "device": p.device,
                 }
                 for p in self.parties
             ],
@@ -231,6 +236,16 @@ class _Fields:
             raise self.error(name, expected)
         return value
 
+    def device(self, name: str) -> str:
+        """A torch device name (checked for syntax here; for presence by the party at start)."""
+        value = self.table.get(name, "cpu")
+        try:
+            if not isinstance(value, str) or torch.device(value).type == "meta":
+                raise ValueError
+        except (RuntimeError, ValueError):
+            raise self.error(name, 'a torch device such as "cpu", "cuda" or "cuda:1"') from None
+        return value
+
     def key(self, name: str) -> bytes | None:
         value = self.table.get(name)
         if value is None:
@@ -259,7 +274,8 @@ def _parse(doc: dict[str, Any], source: str) -> ClusterConfig:
         peer = fields.string("peer", ("tcp://", "ipc://"))
         shares_dir = fields.string("shares_dir", optional=True)
         checkpoints_dir = fields.string("checkpoints_dir", optional=True)
-        parties[rank] = PartyAddress(rank, control, peer, fields.key("public_key"), shares_dir, checkpoints_dir)  # type: ignore[arg-type]
+        device = fields.device("device")
+        parties[rank] = PartyAddress(rank, control, peer, fields.key("public_key"), shares_dir, checkpoints_dir, device)  # type: ignore[arg-type]
     if sorted(parties) != [0, 1, 2]:
         raise ConfigError(
             f"{source}: need exactly three [[parties]] with ranks 0, 1, 2 (found ranks {sorted(parties)})"
@@ -332,11 +348,13 @@ def local_config(
     password_digests: dict[str, str],
     network: NetworkProfile | None = None,
     play_network: bool = True,
+    device: str = "cpu",
 ) -> ClusterConfig:
     """A ``LocalCluster``'s configuration before its parties bind: one admin driver, and
     either CURVE keys (tcp) or PLAIN password digests (ipc) for every endpoint; the network
-    profile its parties pick protocols for, and play unless ``play_network`` is False."""
-    pending = PartyAddress(0, "", "", None)
+    profile its parties pick protocols for, and play unless ``play_network`` is False; the
+    device all three compute on."""
+    pending = PartyAddress(0, "", "", None, device=device)
     return ClusterConfig(
         parties=(pending, replace(pending, rank=1), replace(pending, rank=2)),
         drivers=(DriverEntry(LOCAL_DRIVER, driver_key, "admin"),),

@@ -44,7 +44,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -84,13 +84,12 @@ from securetorch.prg import new_key
 from securetorch.runtime.deployment import (
     ClusterConfig,
     ConfigError,
-    PartyAddress,
     settings_mismatch,
 )
 from securetorch.runtime.shipping import unpack_call
 from securetorch.runtime.verbs import Args, Request, Status, Verb, decode_request, encode_reply
 from securetorch.session import costs
-from securetorch.session.context import PartyContext, PartyKeys, activate
+from securetorch.session.context import PartyContext, PartyKeys, activate, check_device
 from securetorch.tensor.payload import SharePayload, from_shared, map_structure, to_shared
 from securetorch.tensor.shared import SharedTensor
 
@@ -151,6 +150,7 @@ class PartyServer:
         self.rank = rank
         self.config = config
         self.log = logging.getLogger(f"securetorch.party{rank}")
+        device = check_device(config.parties[rank].device)  # before any socket opens
         self.zmq = zmq.Context()
         self.auth: Authenticator | None = None
         if credential is not None:
@@ -172,6 +172,7 @@ class PartyServer:
             self.control,
             credential,
             config.max_message_bytes,
+            device,
         )
         if config.local and config.play_network:  # a local cluster plays its network; a deployment's is real
             self.net.emulated = config.network
@@ -594,7 +595,8 @@ class PartyServer:
                 raise ValueError("run: a call (bytes) and its secrets")
             if not all(isinstance(s, SharePayload) for s in secrets_):
                 raise ValueError("run: secrets must be share pairs")
-            fn, fn_args, fn_kwargs = unpack_call(call.numpy().tobytes(), [to_shared(s) for s in secrets_])
+            secret_args = [to_shared(s, ctx.device) for s in secrets_]
+            fn, fn_args, fn_kwargs = unpack_call(call.numpy().tobytes(), secret_args)
             return map_structure(
                 fn(*fn_args, **fn_kwargs), lambda v: from_shared(v) if isinstance(v, SharedTensor) else v
             )
@@ -635,9 +637,9 @@ class PartyServer:
             spec = installed.spec
             secrets_ = ("decoder_onehot",) if spec.encoder_decoder else ()
             args = Args(verb, values, ("model", "onehot" if spec.tokens else "pixel_values", "inputs", *secrets_))
-            secret = self._onehot(args) if spec.tokens else to_shared(args.secret("pixel_values"))
+            secret = self._onehot(args) if spec.tokens else to_shared(args.secret("pixel_values"), ctx.device)
             decoder = self._onehot(args, "decoder_onehot") if spec.encoder_decoder else None
-            output, fields = forward(ctx, installed, secret, args.tensors("inputs"), decoder)
+            output, fields = forward(ctx, installed, secret, args.tensors("inputs", ctx.device), decoder)
             return {"output": output, "fields": {k: from_shared(v) for k, v in fields.items()}}
         if verb is Verb.GENERATE_START:
             args = Args(verb, values, ("model", "onehot", "inputs", "sampling", "suppress"))
@@ -646,7 +648,12 @@ class PartyServer:
             session.generations.pop(name, None)
             sampling = sampling_settings(args.raw("sampling"))
             generation, token = generate_start(
-                ctx, installed, self._onehot(args), args.tensors("inputs"), sampling, args.raw("suppress") or []
+                ctx,
+                installed,
+                self._onehot(args),
+                args.tensors("inputs", ctx.device),
+                sampling,
+                args.raw("suppress") or [],
             )
             session.generations[name] = generation
             return from_shared(token)
@@ -658,7 +665,7 @@ class PartyServer:
             if generation is None:
                 raise ValueError(f"no generation of {name!r} in progress in this session: start one first")
             suppress = args.raw("suppress") or []
-            return from_shared(generate_step(ctx, installed, generation, args.tensors("inputs"), suppress))
+            return from_shared(generate_step(ctx, installed, generation, args.tensors("inputs", ctx.device), suppress))
         if verb is Verb.GENERATE_END:
             session.generations.pop(Args(verb, values, ("model",)).text("model"), None)
             return None
@@ -674,7 +681,7 @@ class PartyServer:
             args = Args(verb, values, ("name", "directory"))
             name = args.optional_text("name")
             path = self._shares_path(session, name, args.optional_text("directory"))
-            installed = sharefile.load(path, self.rank, ctx.frac_bits)
+            installed = sharefile.load(path, self.rank, ctx.frac_bits, ctx.device)
             if session.role != "admin" and installed.owner != session.driver:
                 raise AccessError(f"{path} holds a model of {installed.owner!r}, not of {session.driver!r}")
             self._replaceable(session, installed.name)
@@ -686,7 +693,7 @@ class PartyServer:
         onehot = args.secret(name)
         if len(onehot.shape) != 3:
             raise ValueError("the one-hot input must have shape [batch, sequence, vocabulary]")
-        return to_shared(onehot)
+        return to_shared(onehot, self.net.device)
 
     def _owned(self, session: Session, name: str) -> InstalledModel:
         """The model ``name`` if this driver owns it (or is an admin); refused alike when it
@@ -758,12 +765,14 @@ class PartyServer:
                 isinstance(k, str) and isinstance(v, SharePayload) for k, v in raw.items()
             ):
                 raise ValueError("install: params must map names to secrets")
-            params = {key: to_shared(value) for key, value in raw.items()}
+            params = {key: to_shared(value, self.net.device) for key, value in raw.items()}
             del raw
         else:
             raise ValueError(f"install: weights is 'secret' or 'public', not {weights!r}")
         absent = args.names("absent")
-        model, spec = build(args.text("class"), args.raw("config"), params, binding_tuples, buffer_tuples, absent)  # type: ignore[arg-type]
+        model, spec = build(
+            args.text("class"), args.raw("config"), params, binding_tuples, buffer_tuples, absent, self.net.device
+        )  # type: ignore[arg-type]
         self._put(
             InstalledModel(
                 name=name,
@@ -813,8 +822,8 @@ class PartyServer:
         for tensors in got.values():
             if any(t.dtype != torch.uint8 or t.numel() != 16 for t in tensors):
                 raise PartyError(f"party {self.rank}: malformed key material from a peer")
-        next_key = bytes(got[nxt][0].numpy())
-        parts = {self.rank: common_part, nxt: bytes(got[nxt][1].numpy()), prev: bytes(got[prev][0].numpy())}
+        next_key = bytes(got[nxt][0].tolist())
+        parts = {self.rank: common_part, nxt: bytes(got[nxt][1].tolist()), prev: bytes(got[prev][0].tolist())}
         common = hashlib.sha256(b"".join(parts[r] for r in range(3))).digest()[:16]
         keys = PartyKeys(prev=own_key, next=next_key, common=common, private=new_key())
         ctx = PartyContext(
@@ -901,7 +910,12 @@ def serve_local(threads: int, endpoints_fd: int) -> None:
         pipe.write(json.dumps({"control": server.control_address, "peer": server.net.address}) + "\n")
     second = json.loads(sys.stdin.readline())
     parties = tuple(
-        PartyAddress(r, p["control"], p["peer"], p["public_key"].encode() if p["public_key"] else None)
+        replace(
+            config.parties[r],
+            control=p["control"],
+            peer=p["peer"],
+            public_key=p["public_key"] and p["public_key"].encode(),
+        )
         for r, p in enumerate(second["parties"])
     )
     server.config = config.with_parties(parties)  # type: ignore[arg-type]

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import torch
+
 from securetorch.comm.links import PeerAbort
 from securetorch.comm.memory import MemoryHub
 from securetorch.comm.profile import NetworkProfile, network_profile
@@ -28,15 +30,14 @@ from securetorch.comm.stats import CommStats
 from securetorch.prg import new_key
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
 from securetorch.session import costs
-from securetorch.session.context import PartyContext, PartyKeys, activate
+from securetorch.session.context import PartyContext, PartyKeys, activate, check_device
 from securetorch.tensor.payload import (
     RANKS,
-    SharePayload,
+    arrive,
     deal_tree,
     from_shared,
     map_structure,
     reconstruct_tree,
-    to_shared,
 )
 from securetorch.tensor.shared import SharedTensor
 
@@ -48,7 +49,9 @@ class Simulator:
     waits for a peer's message before raising ``PartyError`` (a party that took another
     path through the code); ``network``: a profile (``"lan"``, ``"puma"``, ``"wan"`` or a
     ``NetworkProfile``) the parties pick protocol variants for and the links play (unless
-    ``play_network`` is False). State a function keeps in ``current().store`` lasts until
+    ``play_network`` is False); ``device``: where the parties compute (``"cpu"``, or an
+    accelerator such as ``"cuda"``: every share, PRG draw and message lands there, and
+    results come back on the CPU). State a function keeps in ``current().store`` lasts until
     ``close()``, as in a cluster session.
     """
 
@@ -59,9 +62,11 @@ class Simulator:
         timeout: float = 60.0,
         network: str | NetworkProfile | None = None,
         play_network: bool = True,
+        device: torch.device | str = "cpu",
     ) -> None:
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
+        self.device = check_device(device)
         self.network = network_profile(network)
         self.frac_bits = frac_bits
         self.compare_bits = compare_bits
@@ -72,7 +77,7 @@ class Simulator:
                 r,
                 frac_bits,
                 compare_bits,
-                self.hub.links(r, timeout),
+                self.hub.links(r, timeout, self.device),
                 PartyKeys(prev=pairwise[r], next=pairwise[(r + 1) % 3], common=common, private=new_key()),
                 self.network,
             )
@@ -109,7 +114,7 @@ class Simulator:
         ctx = self.contexts[rank]
         ctx.start_job(job)
         ctx.net.begin_job(job)
-        args, kwargs = map_structure(call, lambda v: to_shared(v) if isinstance(v, SharePayload) else v)
+        args, kwargs = map_structure(call, lambda v: arrive(v, ctx.device))
         try:
             with activate(ctx):  # results inside too: an owed truncation runs when they are read
                 result = fn(*args, **kwargs)

@@ -218,11 +218,12 @@ class Args:
             raise ValueError(f"{self.verb.value}: argument {name} must be a list of names")
         return tuple(value)
 
-    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+    def tensors(self, name: str, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """A dict of public tensors (moved to ``device`` when given: the party's)."""
         value = self._get(name, (dict,), "a dict of tensors", {})
         if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()):
             raise ValueError(f"{self.verb.value}: argument {name} must map names to tensors")
-        return value
+        return value if device is None else {k: v.to(device) for k, v in value.items()}
 
     def raw(self, name: str) -> Any:
         return self.values.get(name)

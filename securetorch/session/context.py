@@ -14,6 +14,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from securetorch.comm.links import Links
 from securetorch.comm.profile import NetworkProfile
 from securetorch.comm.stats import CommStats
@@ -34,6 +36,20 @@ class PartyKeys:
     private: bytes
 
 
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a ``torch.device`` a party can compute on here; ``ValueError`` naming it
+    when torch does not know it or this machine lacks it (a party checks at start, before
+    any job)."""
+    try:
+        resolved = torch.device(device)
+        torch.empty(1, device=resolved)
+    except (RuntimeError, AssertionError, TypeError) as exc:
+        raise ValueError(f"device {str(device)!r} is not available here: {exc}") from None
+    if resolved.type == "meta":
+        raise ValueError("device 'meta' holds no data: a party computes on 'cpu' or an accelerator")
+    return resolved
+
+
 class PartyContext:
     """Everything a protocol needs from the party running it.
 
@@ -42,6 +58,9 @@ class PartyContext:
     own key. ``start_job`` restarts every stream at the job's number and resets the dealer
     rotation, so each job starts from the same state on all parties. Job numbers come from
     the party that orders the jobs (party 0) and only grow, so no stream is ever drawn twice.
+
+    ``device`` is where this party computes (its links' device: what they receive lands
+    there): every tensor a protocol makes is made there, and the PRG streams draw onto it.
 
     ``network`` is the link the parties are on (declared in the cluster file, or played by
     local parties), for which protocols with variants pick theirs (``comm.profile.cheapest``);
@@ -66,6 +85,7 @@ class PartyContext:
         self.frac_bits = frac_bits
         self.compare_bits = compare_bits
         self.net = net
+        self.device = net.device
         self._keys = keys
         self.store: dict[str, object] = {}
         self.models: Any = None
@@ -75,10 +95,10 @@ class PartyContext:
 
     def start_job(self, job: int) -> None:
         """Restart every PRG stream at ``job`` (the server starts the job on the links too)."""
-        self.prg_prev = AesPrg(self._keys.prev, job)
-        self.prg_next = AesPrg(self._keys.next, job)
-        self.prg_common = AesPrg(self._keys.common, job)
-        self.prg_private = AesPrg(self._keys.private, job)
+        self.prg_prev = AesPrg(self._keys.prev, job, self.device)
+        self.prg_next = AesPrg(self._keys.next, job, self.device)
+        self.prg_common = AesPrg(self._keys.common, job, self.device)
+        self.prg_private = AesPrg(self._keys.private, job, self.device)
         self._dealer_turn = 0
 
     @property

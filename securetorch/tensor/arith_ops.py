@@ -257,9 +257,9 @@ def _public_matmul(x: SharedTensor, public: torch.Tensor, secret_first: bool) ->
     truncated = x.dtype.is_floating_point and not exact
     shares = x.shares[:1] if truncated else x.shares
     largest = max(block.numel() for block in blocks)
-    wide = torch.empty(largest, dtype=torch.int64)
+    wide = torch.empty(largest, dtype=torch.int64, device=ctx.device)
     compact = not exact and public.dtype in COMPACT_FLOATS
-    scratch = torch.empty(largest if compact else 0, dtype=torch.float32)
+    scratch = torch.empty(largest if compact else 0, dtype=torch.float32, device=ctx.device)
     secret_dim = -1 if secret_first or x.dim() == 1 else -2  # the secret's inner dim
     out_dim = -1 if secret_first else (-2 if x.dim() > 1 else -1)
     parts: list[list[torch.Tensor]] = [[] for _ in shares]

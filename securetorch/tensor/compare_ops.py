@@ -15,7 +15,7 @@ from securetorch.protocols import arithmetic as pa
 from securetorch.protocols import comparison as pc
 from securetorch.session.context import current
 from securetorch.tensor.registry import func_name, implements
-from securetorch.tensor.shape_ops import as_pair
+from securetorch.tensor.shape_ops import as_pair, public_tensor
 from securetorch.tensor.shared import SharedTensor, as_fixed
 
 _T = torch.Tensor
@@ -43,7 +43,7 @@ def less_than(a: Any, b: Any) -> SharedTensor:
 
 def _not(bit: SharedTensor) -> SharedTensor:
     ctx = current()
-    one = torch.ones((), dtype=torch.int64)
+    one = 1
     return SharedTensor(pa.add_public(ctx, pa.neg(bit.shares), one), torch.bool)
 
 
@@ -75,7 +75,7 @@ def where(condition: Any, if_true: Any, if_false: Any) -> SharedTensor:
     shape = torch.broadcast_shapes(
         t[0].shape,
         f[0].shape,
-        torch.as_tensor(condition).shape if not isinstance(condition, SharedTensor) else condition.shape,
+        public_tensor(condition).shape if not isinstance(condition, SharedTensor) else condition.shape,
     )
     t = tuple(s.expand(shape) for s in t)
     f = tuple(s.expand(shape) for s in f)
@@ -84,7 +84,7 @@ def where(condition: Any, if_true: Any, if_false: Any) -> SharedTensor:
             raise NotImplementedError("securetorch: torch.where needs a bool condition")
         bit = tuple(s.expand(shape) for s in condition.shares)
         return SharedTensor(pc.select(ctx, bit, t, f), dtype)
-    mask = torch.as_tensor(condition).to(torch.int64).expand(shape)
+    mask = public_tensor(condition).to(torch.int64).expand(shape)
     return SharedTensor(pa.add(pa.mul_public(t, mask), pa.mul_public(f, 1 - mask)), dtype)
 
 

@@ -82,12 +82,14 @@ class Problem:
 
 
 class _StandInContext:
-    """The party context while a dry run is active: rank and fixed-point setting can be read;
-    anything else means the handler reached communication. ``recorder`` is the dry run, which
-    ``SharedTensor.__torch_function__`` hands every outermost op."""
+    """The party context while a dry run is active: rank, device (the CPU its stand-in shares
+    pose on) and fixed-point setting can be read; anything else means the handler reached
+    communication. ``recorder`` is the dry run, which ``SharedTensor.__torch_function__`` hands
+    every outermost op."""
 
     def __init__(self, run: DryRun) -> None:
         self.rank = 0
+        self.device = torch.device("cpu")
         self.frac_bits = DEFAULT_FRAC_BITS
         self.compare_bits = DEFAULT_COMPARE_BITS
         self.network = None

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from securetorch.tensor.registry import implements
+from securetorch.tensor.shape_ops import public_tensor
 from securetorch.tensor.shared import SharedTensor
 
 F = torch.nn.functional
@@ -83,7 +84,7 @@ def _conv(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SharedTen
         shares = [_patches(s, (kh, kw), stride, pads, dilation) for s in x.shares]
         patches: Any = SharedTensor((shares[0], shares[1]), x.dtype)
     else:
-        patches = _patches(torch.as_tensor(x), (kh, kw), stride, pads, dilation)
+        patches = _patches(public_tensor(x), (kh, kw), stride, pads, dilation)
     batch, height, width, _ = patches.shape
     patches = patches.reshape(batch, height * width, groups, -1).transpose(1, 2)  # [B, g, H'W', C/g kh kw]
     kernel = weight.reshape(groups, out_channels // groups, group_channels * kh * kw).transpose(1, 2)

@@ -84,8 +84,8 @@ class SeededShare:
     key: bytes
     shape: tuple[int, ...]
 
-    def expand(self) -> torch.Tensor:
-        return AesPrg(self.key).int64(self.shape)
+    def expand(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        return AesPrg(self.key, device=device).int64(self.shape)
 
 
 Share = torch.Tensor | SeededShare
@@ -99,8 +99,11 @@ class SharePayload:
     second: Share
     dtype: torch.dtype
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        first, second = (s.expand() if isinstance(s, SeededShare) else s for s in (self.first, self.second))
+    def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair on ``device`` (seeded shares expanded there)."""
+        first, second = (
+            s.expand(device) if isinstance(s, SeededShare) else s.to(device) for s in (self.first, self.second)
+        )
         return first, second
 
     @property
@@ -177,13 +180,25 @@ def reconstruct_tree(results: list[Any], frac_bits: int) -> list[Any]:
 # ----------------------------------------------------------------------------- party side
 
 
-def to_shared(value: SharePayload) -> SharedTensor:
-    return SharedTensor(value.tensors(), value.dtype)
+def to_shared(value: SharePayload, device: torch.device | str = "cpu") -> SharedTensor:
+    """The party's ``SharedTensor`` of a payload it received, on its ``device``."""
+    return SharedTensor(value.tensors(device), value.dtype)
+
+
+def arrive(value: Any, device: torch.device) -> Any:
+    """An argument as its party computes on it: a payload becomes a ``SharedTensor`` and a
+    public tensor moves, both to the party's ``device``; anything else is unchanged."""
+    if isinstance(value, SharePayload):
+        return to_shared(value, device)
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    return value
 
 
 def from_shared(value: SharedTensor) -> SharePayload:
+    """A result's payload: its pair on the CPU, as it crosses the process boundary."""
     first, second = value.shares
-    return SharePayload(first.contiguous(), second.contiguous(), value.dtype)
+    return SharePayload(first.contiguous().cpu(), second.contiguous().cpu(), value.dtype)
 
 
 # ----------------------------------------------------------------------------- structures

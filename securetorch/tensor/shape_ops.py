@@ -13,7 +13,7 @@ import torch
 
 from securetorch.protocols import arithmetic as pa
 from securetorch.ring import encode
-from securetorch.session.context import current
+from securetorch.session.context import current, current_or_none
 from securetorch.tensor.registry import func_name, implements
 from securetorch.tensor.shared import SharedTensor, as_fixed
 
@@ -82,10 +82,13 @@ MASK_FLOOR = -(2.0**20)
 
 
 def public_tensor(value: Any) -> torch.Tensor:
-    """A plain (public) operand as a detached tensor."""
+    """A plain (public) operand as a detached tensor, on the party's device inside a party."""
+    ctx = current_or_none()
+    device = None if ctx is None else ctx.device
     if isinstance(value, torch.Tensor):
-        return value.detach()
-    return torch.as_tensor(value)
+        value = value.detach()
+        return value if device is None or value.is_meta else value.to(device)
+    return torch.as_tensor(value, device=device)
 
 
 def masked_public(value: Any) -> torch.Tensor:

@@ -300,4 +300,4 @@ def as_fixed(x: SharedTensor) -> SharedTensor:
     if x.dtype.is_floating_point:
         return x
     ctx = current()
-    return SharedTensor(pa.mul_public(x.shares, torch.tensor(1 << ctx.frac_bits)), torch.get_default_dtype())
+    return SharedTensor(pa.mul_public(x.shares, 1 << ctx.frac_bits), torch.get_default_dtype())

@@ -1,14 +1,21 @@
 """Bit packing of small integers and of 0/1 vectors: exact round trips and the documented
-little-endian stream layout (what goes on the wire)."""
+little-endian stream layout (what goes on the wire), with both packing kernels."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from securetorch.protocols.boolean import bit_planes, pack_bits, pack_uint, unpack_bits, unpack_uint
+from securetorch.protocols.boolean import bit_planes, high_bits_first, pack_bits, pack_uint, unpack_bits, unpack_uint
 
 from ..conftest import seeded
+
+
+@pytest.fixture(autouse=True, params=["auto", "torch"])
+def kernel(request, monkeypatch) -> str:
+    """Every test with both packing kernels: numpy's for small CPU tensors, and torch's."""
+    monkeypatch.setenv("SECURETORCH_PACKING", request.param)
+    return request.param
 
 
 def stream_reference(values: list[int], bits: int) -> bytes:
@@ -36,8 +43,20 @@ def test_pack_uint_keeps_shapes_and_top_values() -> None:
 def test_pack_bits_round_trip() -> None:
     bits = torch.randint(0, 2, (3, 1001), generator=seeded(5))
     packed = pack_bits(bits)
-    assert packed.shape == (3, 126)
+    assert packed.shape == (3, 126) and packed.dtype == torch.uint8
     assert torch.equal(unpack_bits(packed, 1001), bits)
+    assert torch.equal(pack_bits(bits.t().contiguous().t()), packed)  # a strided input
+    want = sum(int(b) << i for i, b in enumerate(bits[1].tolist())).to_bytes(126, "little")
+    assert packed[1].numpy().tobytes() == want  # bit i of the row: bit i % 8 of byte i // 8
+
+
+@pytest.mark.parametrize("bits", [1, 13, 43, 64])
+def test_high_bits_first_lists_each_elements_bits_from_the_top(bits: int) -> None:
+    x = torch.randint(-(2**63), 2**63 - 1, (37,), generator=seeded(bits), dtype=torch.int64)
+    got = high_bits_first(x, bits)
+    assert got.dtype == torch.int16 and got.shape == (37, bits)
+    want = torch.stack([(x >> j) & 1 for j in range(bits - 1, -1, -1)], 1)
+    assert torch.equal(got.long(), want)
 
 
 @pytest.mark.parametrize("bits", [1, 8, 20, 43, 44, 64])

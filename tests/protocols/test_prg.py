@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from securetorch.prg import AesPrg, new_key
+from securetorch.protocols.boolean import random_bits
 
 from ..conftest import chi_square_uniform_bytes
 
@@ -36,9 +37,9 @@ def test_keystream_is_aes_128_ctr_across_chunk_boundaries() -> None:
     key, n = new_key(), 3 * (1 << 20) + 13
     nonce = (5).to_bytes(8, "big") + bytes(8)
     want = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor().update(bytes(n))
-    assert AesPrg(key, 5).random_bytes(n).tobytes() == want
+    assert AesPrg(key, 5).random_bytes(n).numpy().tobytes() == want
     prg = AesPrg(key, 5)
-    parts = [prg.random_bytes(k).tobytes() for k in (7, (1 << 20) - 3, 2 * (1 << 20) + 9)]
+    parts = [prg.random_bytes(k).numpy().tobytes() for k in (7, (1 << 20) - 3, 2 * (1 << 20) + 9)]
     assert b"".join(parts) == want
 
 
@@ -69,3 +70,22 @@ def test_no_torch_or_numpy_randomness_in_library() -> None:
     pattern = re.compile(r"torch\.(rand|randn|randint|Generator)|numpy\.random|np\.random")
     offenders = [str(p) for p in root.rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
+
+
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_random_bits_are_the_stream_bits_in_little_order(kernel, monkeypatch) -> None:
+    monkeypatch.setenv("SECURETORCH_PACKING", kernel)
+    key = new_key()
+    raw = AesPrg(key, 3).random_bytes(13).tolist()
+    want = [(raw[i // 8] >> (i % 8)) & 1 for i in range(101)]
+    bits = random_bits(AesPrg(key, 3), 101)
+    assert bits.dtype == torch.int64 and bits.tolist() == want
+
+
+def test_draws_land_on_the_generators_device() -> None:
+    """A generator for another device hands every draw over there (the meta device stands
+    in for an accelerator: it has shapes and dtypes but no data)."""
+    prg = AesPrg(new_key(), device="meta")
+    for draw in (prg.int64((4, 5)), prg.uint8((7,)), prg.uniform_bits((3,), 18), prg.random_bytes(0)):
+        assert draw.device.type == "meta"
+    assert prg.int64((4, 5)).shape == (4, 5) and prg.random_bytes(9).shape == (9,)

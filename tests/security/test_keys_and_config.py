@@ -9,11 +9,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import securetorch as puma
 from securetorch.comm import security
 from securetorch.comm.security import KeyFileError, keygen, load_keypair
 from securetorch.runtime.deployment import ClusterConfig, ConfigError
+from securetorch.runtime.party import PartyServer
 
 from ..deploy import cluster_file, free_ports
 
@@ -95,6 +97,8 @@ DRIVER = '[[drivers]]\nname = "alice"\nrole = "owner"\n'
         (PARTIES, r"no \[\[drivers\]\] tables"),
         (PARTIES + DRIVER + DRIVER, r"two \[\[drivers\]\] entries are named 'alice'"),
         ("[settings\n", r"cannot read cluster file"),
+        (PARTIES.replace("rank = 1\n", 'rank = 1\ndevice = "gpu:one"\n') + DRIVER, r"entry 2: device must be a torch device such as"),
+        (PARTIES.replace("rank = 1\n", 'rank = 1\ndevice = "meta"\n') + DRIVER, r"entry 2: device must be a torch device such as"),
     ],
 )  # fmt: skip
 def test_cluster_file_errors_name_the_file_the_field_and_the_expected_form(tmp_path, text, message) -> None:
@@ -103,6 +107,17 @@ def test_cluster_file_errors_name_the_file_the_field_and_the_expected_form(tmp_p
     with pytest.raises(ConfigError, match=message) as info:
         ClusterConfig.load(path)
     assert str(path) in str(info.value)
+
+
+def test_each_party_names_its_device_and_a_party_without_it_refuses_to_start(tmp_path) -> None:
+    path = tmp_path / "cluster.toml"
+    absent = "cuda:7" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    path.write_text(PARTIES.replace("rank = 1\n", f'rank = 1\ndevice = "{absent}"\n') + DRIVER)
+    config = ClusterConfig.load(path)
+    assert [p.device for p in config.parties] == ["cpu", absent, "cpu"]
+    assert ClusterConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match=f"device '{absent}' is not available here"):
+        PartyServer(1, config, None)
 
 
 def test_each_party_logs_under_its_own_logger(capfd) -> None:

@@ -1,0 +1,89 @@
+"""The protocols on a party device (``Simulator(device=...)``): every tensor a protocol makes
+lands on the party's device, with torch's packing kernels, and gives what the default run
+gives, at the same bytes and rounds.
+
+On this CPU-only machine the parties compute on ``"cpu"`` while torch's default device is
+``"meta"``: a tensor made without the party's device is then a meta tensor, and mixing it
+with the party's tensors fails (or leaves a result with no data), so the run fails at the
+first factory that forgets the device. On a machine with an accelerator, ``pytest
+--securetorch-device cuda tests/protocols`` runs the protocol suite there.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import securetorch as puma
+from securetorch.protocols import arithmetic as pa
+from securetorch.protocols import sampling
+from securetorch.protocols.boolean import packing_kernel
+from securetorch.ring import DEFAULT_FRAC_BITS
+from securetorch.session.context import current
+
+from .test_workload_costs import COMPOSITES, SCALED, SHAPES
+
+# the workloads' composites, and sampling (secret and seeded uniforms, top-k and top-p)
+CASES = {
+    **{(name, shape): COMPOSITES[name][0] for name in COMPOSITES for shape in SHAPES[name]},
+    ("sample", (2, 40)): lambda c, x: sampling.sample(c, x, sampling.SamplingSettings(0.7, 5, 0.9)),
+    ("sample_seeded", (3, 9)): lambda c, x: sampling.sample(c, x, sampling.SamplingSettings(top_p=0.8, seed=3)),
+}
+
+
+def _open(ctx, out):
+    """Every pair in a protocol's output, opened (an owed truncation settled first)."""
+    if out is None:  # (max without an index)
+        return []
+    if isinstance(out, pa.Owed):
+        out = pa.truncate_additive(ctx, out.additive, out.bits)
+    if isinstance(out, tuple) and len(out) == 2 and all(isinstance(s, torch.Tensor) for s in out):
+        return [pa.reveal(ctx, out)]
+    return [value for part in out for value in _open(ctx, part)]
+
+
+def _case(name: str, shape: tuple[int, ...], strict: bool):
+    ctx = current()
+    g = torch.Generator().manual_seed(len(shape))
+    value = (torch.rand(shape, generator=g, dtype=torch.float64) * 4 + 0.5) * 2**ctx.frac_bits
+    x = pa.share_from_party(ctx, value.round().long().to(ctx.device) if ctx.rank == 0 else None, 0)
+    before = puma.stats()
+    with torch.device("meta") if strict else torch.device(ctx.device):
+        opened = _open(ctx, CASES[(name, shape)](ctx, x))
+    assert all(t.device == ctx.device for t in opened)
+    return [t.cpu() for t in opened], puma.stats() - before
+
+
+@pytest.mark.parametrize("network", [None, "wan", "lan"])
+def test_every_composite_makes_its_tensors_on_the_party_device(network, monkeypatch) -> None:
+    profile = None if network is None else SCALED[network]
+    with puma.Simulator(network=profile) as sim:
+        reference = {case: sim.run(_case, *case, False)[0] for case in CASES}
+    monkeypatch.setenv("SECURETORCH_PACKING", "torch")
+    assert packing_kernel() == "torch"
+    with puma.Simulator(network=profile, device="cpu") as sim:
+        for case in CASES:
+            (want, want_cost), (got, got_cost) = reference[case], sim.run(_case, *case, True)[0]
+            assert (got_cost.rounds, got_cost.bytes_sent) == (want_cost.rounds, want_cost.bytes_sent), case
+            if case[0] == "sample":  # a secret uniform: any token, as its index and its one-hot
+                index, onehot = got
+                assert torch.equal(onehot.argmax(-1), index) and torch.equal(onehot.sum(-1), torch.ones_like(index))
+                continue
+            # equal up to the last bits a truncation may round either way
+            for a, b in zip(got, want, strict=True):
+                assert int((a - b).abs().max()) <= 1 << (DEFAULT_FRAC_BITS - 10), case
+
+
+def test_an_unknown_or_absent_device_is_refused_before_any_party_starts() -> None:
+    with pytest.raises(ValueError, match="not available here"):
+        puma.Simulator(device="no-such-device")
+    with pytest.raises(ValueError, match="holds no data"):
+        puma.Simulator(device="meta")
+    with pytest.raises(ValueError, match="not available here"):
+        puma.LocalCluster(device="cuda:7" if not torch.cuda.is_available() else "no-such-device")
+
+
+def test_an_unknown_packing_kernel_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("SECURETORCH_PACKING", "fast")
+    with pytest.raises(ValueError, match="'auto' or 'torch'"):
+        packing_kernel()
