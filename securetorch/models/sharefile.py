@@ -48,10 +48,10 @@ def save(installed: InstalledModel, path: pathlib.Path, rank: int, frac_bits: in
         if param_key in dtypes:
             continue  # a tied parameter is stored once
         value: SharedTensor = getattr(installed.model.get_submodule(module_name), attr)
-        tensors[f"{param_key}/0"], tensors[f"{param_key}/1"] = (t.contiguous() for t in value.shares)
+        tensors[f"{param_key}/0"], tensors[f"{param_key}/1"] = (t.contiguous().cpu() for t in value.shares)
         dtypes[param_key] = dtype_name(value.dtype)
     for module_name, attr, buffer in installed.buffers:
-        tensors[f"buffer/{module_name}/{attr}"] = buffer.contiguous()
+        tensors[f"buffer/{module_name}/{attr}"] = buffer.contiguous().cpu()
     metadata = {
         "format": SHARES_FORMAT,
         "name": installed.name,

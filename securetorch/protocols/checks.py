@@ -45,8 +45,9 @@ from securetorch.session.context import PartyContext
 
 
 def _digest(values: torch.Tensor) -> torch.Tensor:
-    digest = hashlib.sha256(values.contiguous().numpy().tobytes()).digest()
-    return torch.frombuffer(bytearray(digest), dtype=torch.uint8)
+    """SHA-256 of ``values``' bytes (hashed on the CPU), as 32 uint8 on ``values``' device."""
+    digest = hashlib.sha256(values.contiguous().cpu().numpy().tobytes()).digest()
+    return torch.frombuffer(bytearray(digest), dtype=torch.uint8).to(values.device)
 
 
 def check_one_hot(ctx: PartyContext, x: Pair) -> None:
@@ -66,7 +67,7 @@ def check_one_hot(ctx: PartyContext, x: Pair) -> None:
         got = ctx.net.exchange({1: [replicated]}, [1, 2])
         valid = torch.equal(_digest(-w - got[1][0]), got[2][0])
         consistent = torch.equal(got[2][1], _digest(x[0]))
-        verdict = torch.tensor([1 if valid and consistent else 0], dtype=torch.uint8)
+        verdict = torch.tensor([1 if valid and consistent else 0], dtype=torch.uint8, device=ctx.device)
         ctx.net.exchange({1: [verdict], 2: [verdict]}, [])
     else:
         to_p0 = [w] if ctx.rank == 1 else [_digest(w), replicated]

@@ -18,6 +18,7 @@ import securetorch as puma
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols import sampling
 from securetorch.protocols.boolean import packing_kernel
+from securetorch.protocols.checks import check_one_hot
 from securetorch.ring import DEFAULT_FRAC_BITS
 from securetorch.session.context import current
 
@@ -28,7 +29,14 @@ CASES = {
     **{(name, shape): COMPOSITES[name][0] for name in COMPOSITES for shape in SHAPES[name]},
     ("sample", (2, 40)): lambda c, x: sampling.sample(c, x, sampling.SamplingSettings(0.7, 5, 0.9)),
     ("sample_seeded", (3, 9)): lambda c, x: sampling.sample(c, x, sampling.SamplingSettings(top_p=0.8, seed=3)),
+    ("check_one_hot", (2, 7)): lambda c, x: check_one_hot(c, pa.share_from_party(c, _one_hot(c, x), 0)),
 }
+
+
+def _one_hot(ctx, x):
+    """Party 0's one-hot rows of x's shape (the others pass None)."""
+    rows, vocab = x[0].shape
+    return torch.eye(vocab, dtype=torch.int64, device=ctx.device)[:rows] if ctx.rank == 0 else None
 
 
 def _open(ctx, out):
@@ -87,3 +95,38 @@ def test_an_unknown_packing_kernel_is_refused(monkeypatch) -> None:
     monkeypatch.setenv("SECURETORCH_PACKING", "fast")
     with pytest.raises(ValueError, match="'auto' or 'torch'"):
         packing_kernel()
+
+
+def _block(x, w, bias, public, mask):
+    """A small attention-like block written as plain torch code on shared tensors."""
+    h = torch.nn.functional.linear(torch.nn.functional.linear(x, w, bias), public)
+    h = torch.nn.functional.gelu(torch.nn.functional.layer_norm(h, (h.shape[-1],)))
+    scores = torch.where(mask, torch.softmax(h @ h.transpose(0, 1) * 0.25, -1), 0.0)
+    assert h.device == current().device  # a SharedTensor poses on its shares' device
+    return torch.relu(scores - 0.1).sum(-1), torch.max(h, -1).values
+
+
+def test_torch_code_on_shared_tensors_runs_on_a_party_device(monkeypatch) -> None:
+    """The tensor layer's handlers on parties given a device, with torch's packing: as the
+    default run and the plaintext. (torch runs a ``__torch_function__`` handler with the
+    default-device mode suspended, so the meta trick cannot reach inside one; what the
+    handlers make, they make through the protocols above or with the context's device.)"""
+    g = torch.Generator().manual_seed(7)
+    x, w, bias = torch.randn(6, 16, generator=g), torch.randn(8, 16, generator=g) / 4, torch.randn(8, generator=g)
+    public, mask = torch.randn(8, 8, generator=g) / 3, torch.rand(6, 6, generator=g) > 0.3
+    args = (puma.private(x), puma.private(w), bias, public, mask)
+    with puma.Simulator() as sim:
+        want = sim.run(_block, *args)[0]
+        want_cost = sim.stats()[0]
+    monkeypatch.setenv("SECURETORCH_PACKING", "torch")
+    with puma.Simulator(device="cpu") as sim:
+        got = sim.run(_block, *args)[0]
+        got_cost = sim.stats()[0]
+    assert (got_cost.rounds, got_cost.bytes_sent) == (want_cost.rounds, want_cost.bytes_sent)
+    h = torch.nn.functional.linear(torch.nn.functional.linear(x, w, bias), public)
+    h = torch.nn.functional.gelu(torch.nn.functional.layer_norm(h, (8,)))
+    scores = torch.where(mask, torch.softmax(h @ h.T * 0.25, -1), 0.0)
+    for secure, plain in zip(got, (torch.relu(scores - 0.1).sum(-1), h.max(-1).values), strict=True):
+        assert float((secure - plain).abs().max()) < 2e-3
+    for a, b in zip(got, want, strict=True):
+        assert float((a - b).abs().max()) < 1e-4
