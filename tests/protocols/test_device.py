@@ -2,14 +2,19 @@
 lands on the party's device, with torch's packing kernels, and gives what the default run
 gives, at the same bytes and rounds.
 
-On this CPU-only machine the parties compute on ``"cpu"`` while torch's default device is
-``"meta"``: a tensor made without the party's device is then a meta tensor, and mixing it
-with the party's tensors fails (or leaves a result with no data), so the run fails at the
-first factory that forgets the device. On a machine with an accelerator, ``pytest
---securetorch-device cuda tests/protocols`` runs the protocol suite there.
+On this CPU-only machine the parties compute on ``"cpu"`` while torch's factories, called
+in a party's thread without a device, make ``"meta"`` tensors: mixing one with the party's
+tensors fails (or leaves a result with no data), so the run fails at the first factory that
+forgets the device, in the protocols and in the tensor layer's handlers alike. On a machine
+with an accelerator, ``pytest --securetorch-device cuda tests/protocols`` runs the protocol
+suite there.
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,7 +25,7 @@ from securetorch.protocols import sampling
 from securetorch.protocols.boolean import packing_kernel
 from securetorch.protocols.checks import check_one_hot
 from securetorch.ring import DEFAULT_FRAC_BITS
-from securetorch.session.context import current
+from securetorch.session.context import current, current_or_none
 
 from .test_workload_costs import COMPOSITES, SCALED, SHAPES
 
@@ -31,6 +36,32 @@ CASES = {
     ("sample_seeded", (3, 9)): lambda c, x: sampling.sample(c, x, sampling.SamplingSettings(top_p=0.8, seed=3)),
     ("check_one_hot", (2, 7)): lambda c, x: check_one_hot(c, pa.share_from_party(c, _one_hot(c, x), 0)),
 }
+
+
+# torch's factories that take a device (and default to the CPU without one)
+FACTORIES = ("arange", "as_tensor", "asarray", "empty", "eye", "full", "linspace", "ones", "range", "scalar_tensor")
+FACTORIES += ("tensor", "tril_indices", "triu_indices", "zeros")
+
+
+@contextlib.contextmanager
+def factories_default_to_meta(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Inside the ``with`` block, a factory called by a party (a context is current) without
+    a device makes a meta tensor (the driver is left alone: it deals and reconstructs)."""
+
+    def placed(factory):
+        @functools.wraps(factory)
+        def call(*args, **kwargs):
+            from_tensor = bool(args) and isinstance(args[0], torch.Tensor)  # as_tensor(t) keeps t's device
+            if kwargs.get("device") is None and not from_tensor and current_or_none() is not None:
+                kwargs["device"] = "meta"
+            return factory(*args, **kwargs)
+
+        return call
+
+    with monkeypatch.context() as patch:
+        for name in FACTORIES:
+            patch.setattr(torch, name, placed(getattr(torch, name)))
+        yield
 
 
 def _one_hot(ctx, x):
@@ -50,14 +81,13 @@ def _open(ctx, out):
     return [value for part in out for value in _open(ctx, part)]
 
 
-def _case(name: str, shape: tuple[int, ...], strict: bool):
+def _case(name: str, shape: tuple[int, ...]):
     ctx = current()
     g = torch.Generator().manual_seed(len(shape))
     value = (torch.rand(shape, generator=g, dtype=torch.float64) * 4 + 0.5) * 2**ctx.frac_bits
     x = pa.share_from_party(ctx, value.round().long().to(ctx.device) if ctx.rank == 0 else None, 0)
     before = puma.stats()
-    with torch.device("meta") if strict else torch.device(ctx.device):
-        opened = _open(ctx, CASES[(name, shape)](ctx, x))
+    opened = _open(ctx, CASES[(name, shape)](ctx, x))
     assert all(t.device == ctx.device for t in opened)
     return [t.cpu() for t in opened], puma.stats() - before
 
@@ -66,12 +96,12 @@ def _case(name: str, shape: tuple[int, ...], strict: bool):
 def test_every_composite_makes_its_tensors_on_the_party_device(network, monkeypatch) -> None:
     profile = None if network is None else SCALED[network]
     with puma.Simulator(network=profile) as sim:
-        reference = {case: sim.run(_case, *case, False)[0] for case in CASES}
+        reference = {case: sim.run(_case, *case)[0] for case in CASES}
     monkeypatch.setenv("SECURETORCH_PACKING", "torch")
     assert packing_kernel() == "torch"
-    with puma.Simulator(network=profile, device="cpu") as sim:
+    with puma.Simulator(network=profile, device="cpu") as sim, factories_default_to_meta(monkeypatch):
         for case in CASES:
-            (want, want_cost), (got, got_cost) = reference[case], sim.run(_case, *case, True)[0]
+            (want, want_cost), (got, got_cost) = reference[case], sim.run(_case, *case)[0]
             assert (got_cost.rounds, got_cost.bytes_sent) == (want_cost.rounds, want_cost.bytes_sent), case
             if case[0] == "sample":  # a secret uniform: any token, as its index and its one-hot
                 index, onehot = got
@@ -106,11 +136,9 @@ def _block(x, w, bias, public, mask):
     return torch.relu(scores - 0.1).sum(-1), torch.max(h, -1).values
 
 
-def test_torch_code_on_shared_tensors_runs_on_a_party_device(monkeypatch) -> None:
-    """The tensor layer's handlers on parties given a device, with torch's packing: as the
-    default run and the plaintext. (torch runs a ``__torch_function__`` handler with the
-    default-device mode suspended, so the meta trick cannot reach inside one; what the
-    handlers make, they make through the protocols above or with the context's device.)"""
+def test_torch_code_on_shared_tensors_makes_its_tensors_on_the_party_device(monkeypatch) -> None:
+    """The tensor layer's handlers on parties given a device, with torch's packing and the
+    factories' default on meta: as the default run and the plaintext."""
     g = torch.Generator().manual_seed(7)
     x, w, bias = torch.randn(6, 16, generator=g), torch.randn(8, 16, generator=g) / 4, torch.randn(8, generator=g)
     public, mask = torch.randn(8, 8, generator=g) / 3, torch.rand(6, 6, generator=g) > 0.3
@@ -119,7 +147,7 @@ def test_torch_code_on_shared_tensors_runs_on_a_party_device(monkeypatch) -> Non
         want = sim.run(_block, *args)[0]
         want_cost = sim.stats()[0]
     monkeypatch.setenv("SECURETORCH_PACKING", "torch")
-    with puma.Simulator(device="cpu") as sim:
+    with puma.Simulator(device="cpu") as sim, factories_default_to_meta(monkeypatch):
         got = sim.run(_block, *args)[0]
         got_cost = sim.stats()[0]
     assert (got_cost.rounds, got_cost.bytes_sent) == (want_cost.rounds, want_cost.bytes_sent)
