@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-from securetorch.session.context import current
+from securetorch.session.context import current, current_or_none
 
 from .deploy import Deployment, start_deployment
 
@@ -49,3 +50,29 @@ def received_tensors() -> Iterator[list[torch.Tensor]]:
     """Inside a party: collect every tensor this party receives from its peers meanwhile."""
     with current().net.received() as received:
         yield received
+
+
+# torch's factories that take a device (and default to the CPU without one)
+FACTORIES = ("arange", "as_tensor", "asarray", "empty", "eye", "full", "linspace", "ones", "range", "scalar_tensor")
+FACTORIES += ("tensor", "tril_indices", "triu_indices", "zeros")
+
+
+@contextlib.contextmanager
+def factories_default_to_meta(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Inside the ``with`` block, a factory called by a party (a context is current) without
+    a device makes a meta tensor (the driver is left alone: it deals and reconstructs)."""
+
+    def placed(factory):
+        @functools.wraps(factory)
+        def call(*args, **kwargs):
+            from_tensor = bool(args) and isinstance(args[0], torch.Tensor)  # as_tensor(t) keeps t's device
+            if kwargs.get("device") is None and not from_tensor and current_or_none() is not None:
+                kwargs["device"] = "meta"
+            return factory(*args, **kwargs)
+
+        return call
+
+    with monkeypatch.context() as patch:
+        for name in FACTORIES:
+            patch.setattr(torch, name, placed(getattr(torch, name)))
+        yield

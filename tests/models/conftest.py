@@ -13,5 +13,6 @@ import securetorch as puma
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest) -> Iterator[puma.InProcessCluster]:
     """Three in-process parties serving this test session (overrides the plugin's processes)."""
-    with puma.InProcessCluster(timeout=request.config.getoption("--securetorch-timeout")) as c:
+    options = request.config.getoption
+    with puma.InProcessCluster(timeout=options("--securetorch-timeout"), device=options("--securetorch-device")) as c:
         yield c

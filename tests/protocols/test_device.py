@@ -12,10 +12,6 @@ suite there.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -25,8 +21,9 @@ from securetorch.protocols import sampling
 from securetorch.protocols.boolean import packing_kernel
 from securetorch.protocols.checks import check_one_hot
 from securetorch.ring import DEFAULT_FRAC_BITS
-from securetorch.session.context import current, current_or_none
+from securetorch.session.context import current
 
+from ..conftest import factories_default_to_meta
 from .test_workload_costs import COMPOSITES, SCALED, SHAPES
 
 # the workloads' composites, and sampling (secret and seeded uniforms, top-k and top-p)
@@ -36,32 +33,6 @@ CASES = {
     ("sample_seeded", (3, 9)): lambda c, x: sampling.sample(c, x, sampling.SamplingSettings(top_p=0.8, seed=3)),
     ("check_one_hot", (2, 7)): lambda c, x: check_one_hot(c, pa.share_from_party(c, _one_hot(c, x), 0)),
 }
-
-
-# torch's factories that take a device (and default to the CPU without one)
-FACTORIES = ("arange", "as_tensor", "asarray", "empty", "eye", "full", "linspace", "ones", "range", "scalar_tensor")
-FACTORIES += ("tensor", "tril_indices", "triu_indices", "zeros")
-
-
-@contextlib.contextmanager
-def factories_default_to_meta(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Inside the ``with`` block, a factory called by a party (a context is current) without
-    a device makes a meta tensor (the driver is left alone: it deals and reconstructs)."""
-
-    def placed(factory):
-        @functools.wraps(factory)
-        def call(*args, **kwargs):
-            from_tensor = bool(args) and isinstance(args[0], torch.Tensor)  # as_tensor(t) keeps t's device
-            if kwargs.get("device") is None and not from_tensor and current_or_none() is not None:
-                kwargs["device"] = "meta"
-            return factory(*args, **kwargs)
-
-        return call
-
-    with monkeypatch.context() as patch:
-        for name in FACTORIES:
-            patch.setattr(torch, name, placed(getattr(torch, name)))
-        yield
 
 
 def _one_hot(ctx, x):
