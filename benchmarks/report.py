@@ -1,8 +1,9 @@
 """Run every benchmark and write ``benchmarks/results.json``, ``docs/benchmarks.md`` and the
 README's performance table (between its markers); then ``benchmarks.coverage`` (every
 supported class: ``benchmarks/coverage.json`` and the README's table of them),
-``benchmarks.costs`` (the cost table of the README and ``docs/protocols.md``) and
-``benchmarks.precision`` (error against the fixed-point setting, in ``docs/protocols.md``).
+``benchmarks.costs`` (the cost table of the README and ``docs/protocols.md``),
+``benchmarks.precision`` (error against the fixed-point setting, in ``docs/protocols.md``) and
+``benchmarks.packing`` (the packing kernels on a decode step, in ``docs/architecture.md``).
 
     python -m benchmarks.report          # about 10 minutes on 2 cores
     scripts/dev.sh bench                 # the same, in the project's virtualenv
@@ -20,7 +21,19 @@ import json
 import pathlib
 from typing import Any
 
-from benchmarks import costs, coverage, engine, llama7b, models, network, nonlinear, precision, public_weights, sampling
+from benchmarks import (
+    costs,
+    coverage,
+    engine,
+    llama7b,
+    models,
+    network,
+    nonlinear,
+    packing,
+    precision,
+    public_weights,
+    sampling,
+)
 from benchmarks.common import ROOT_RESULTS, SPU_MODELS, machine, write_between
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -518,6 +531,7 @@ def main() -> None:
     costs.update()
     print("wrote the cost table (README, docs/protocols.md) from the protocols' cost functions")
     precision.main()
+    packing.main()
 
 
 if __name__ == "__main__":

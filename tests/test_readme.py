@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks import costs, coverage
+from benchmarks import costs, coverage, packing
 from benchmarks.report import README_BEGIN, README_END, readme_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +39,9 @@ def test_the_cost_tables_are_generated_from_the_cost_functions() -> None:
         text = path.read_text()
         between = text[text.index(costs.BEGIN) + len(costs.BEGIN) : text.index(costs.END)]
         assert between.strip() == costs.table().strip(), path
+
+
+def test_the_packing_table_is_generated_from_the_stored_measurement() -> None:
+    doc = packing.DOC.read_text()
+    between = doc[doc.index(packing.BEGIN) + len(packing.BEGIN) : doc.index(packing.END)]
+    assert between.strip() == packing.table(json.loads(packing.OUTPUT.read_text())).strip()

@@ -17,8 +17,8 @@ Between a driver and a party (both directions) a message is typed::
 
 Parsing checks every length and code and raises ``FrameError`` on anything malformed.
 Tensors leave from and arrive on the CPU: encoding hands a tensor's bytes to ZeroMQ (a
-tensor on another device is copied to the CPU first, the one place numpy is used, for its
-buffer protocol); decoding copies the bytes into a fresh CPU tensor, which the links move to
+tensor on another device is copied to the CPU first; numpy lends the buffer protocol torch
+tensors lack); decoding copies the bytes into a fresh CPU tensor, which the links move to
 their party's device.
 """
 

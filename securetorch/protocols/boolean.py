@@ -26,9 +26,9 @@ BitPair = tuple[torch.Tensor, torch.Tensor]
 # Packing has two kernels. torch's run on any device; numpy's C loops (``packbits``,
 # ``unpackbits``) serve CPU tensors below the sizes where torch's ops win, since there a
 # packing is a few numpy calls against six to twelve torch ops of a few microseconds each
-# (measured at the sizes of a decode step: 5-30 us against 15-80 us). numpy shares the
-# tensor's memory: nothing is copied either way. SECURETORCH_PACKING=torch makes every
-# packing use torch's kernels (the tests run the protocols so on the CPU).
+# (``benchmarks.packing`` times both on a decode step's calls). numpy shares the tensor's
+# memory: nothing is copied either way. SECURETORCH_PACKING=torch makes every packing use
+# torch's kernels (the tests run the protocols so on the CPU).
 _PACKING = "SECURETORCH_PACKING"
 _NEVER = math.inf
 
