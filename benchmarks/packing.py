@@ -1,10 +1,10 @@
-"""Packing kernels on the CPU: numpy's C loops (``auto``, what the CPU uses below the sizes
-where torch's ops win) against torch's kernels everywhere (``SECURETORCH_PACKING=torch``,
-what an accelerator runs), on the packing calls of one GPT-2 base decode step (one token over
-a 32-token KV cache). The calls are recorded (function and arguments) on three in-process
-parties, then each distinct call is timed with both kernels (single thread, median of
-repeats) and weighted by how often the step makes it. Writes ``benchmarks/packing.json``
-and the table in ``docs/architecture.md`` between its markers.
+"""Packing on the CPU: securetorch's torch kernels (``protocols.boolean``, what every device
+runs) against numpy's C loops (``packbits``/``unpackbits`` at every size, as securetorch
+packed small tensors before; kept here as the baseline), on the packing calls of one GPT-2 base decode step (one
+token over a 32-token KV cache). The calls are recorded (function and arguments) on three
+in-process parties, then each distinct call is timed with both (single thread, median of
+repeats) and weighted by how often the step makes it. Writes ``benchmarks/packing.json`` and
+the table in ``docs/architecture.md`` between its markers.
 
     python -m benchmarks.packing      # about 2 minutes on 2 cores
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import pathlib
 import statistics
 import sys
@@ -22,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -37,6 +37,33 @@ END = "<!-- end of the packing table -->"
 FUNCTIONS = ("pack_bits", "unpack_bits", "high_bits_first", "bit_planes", "pack_uint", "unpack_uint")
 REPEATS = 30
 _SAMPLES: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # one set of arguments per distinct call
+
+
+def _value_bits(x: torch.Tensor, bits: int) -> np.ndarray:
+    raw = np.ascontiguousarray(x.reshape(-1).numpy()).view(np.uint8).reshape(-1, 8)
+    return np.unpackbits(raw, axis=1, bitorder="little")[:, :bits]
+
+
+def _unpack_uint(packed: torch.Tensor, bits: int, shape: Any) -> torch.Tensor:
+    n = torch.Size(shape).numel()
+    flat = np.unpackbits(packed.numpy(), count=n * bits, bitorder="little").reshape(n, bits)
+    wide = np.zeros((n, 64), dtype=np.uint8)
+    wide[:, :bits] = flat
+    return torch.from_numpy(np.packbits(wide, axis=1, bitorder="little").view(np.int64).reshape(tuple(shape)))
+
+
+NUMPY: dict[str, Callable[..., torch.Tensor]] = {
+    "pack_bits": lambda b: torch.from_numpy(np.packbits(b.to(torch.uint8).numpy(), axis=-1, bitorder="little")),
+    "unpack_bits": lambda p, n: torch.from_numpy(np.unpackbits(p.numpy(), axis=-1, count=n, bitorder="little")).long(),
+    "high_bits_first": lambda x, bits: torch.from_numpy(_value_bits(x, bits)[:, ::-1].astype(np.int16)),
+    "bit_planes": lambda x, bits: torch.from_numpy(
+        np.packbits(np.ascontiguousarray(_value_bits(x, bits).T), axis=1, bitorder="little")
+    ),
+    "pack_uint": lambda v, bits: torch.from_numpy(
+        np.packbits(_value_bits(v.long(), bits).reshape(-1), bitorder="little")
+    ),
+    "unpack_uint": _unpack_uint,
+}
 
 
 def _key(name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -91,9 +118,7 @@ def decode_step_calls() -> collections.Counter:
     return +two
 
 
-def _seconds(name: str, args: tuple[Any, ...], kernel: str) -> float:
-    os.environ["SECURETORCH_PACKING"] = kernel
-    fn = getattr(boolean, name)
+def _seconds(fn: Callable[..., torch.Tensor], args: tuple[Any, ...]) -> float:
     fn(*args)
     times = []
     for _ in range(REPEATS):
@@ -106,19 +131,16 @@ def _seconds(name: str, args: tuple[Any, ...], kernel: str) -> float:
 def results() -> dict[str, Any]:
     calls = decode_step_calls()
     torch.set_num_threads(1)
-    previous = os.environ.get("SECURETORCH_PACKING")
-    totals = {name: {"calls": 0, "auto_ms": 0.0, "torch_ms": 0.0} for name in FUNCTIONS}
-    try:
-        for key, count in calls.items():
-            auto, torch_ = (_seconds(key[0], _SAMPLES[key], k) for k in ("auto", "torch"))
-            row = totals[key[0]]
-            row["calls"] += count
-            row["auto_ms"] += 1e3 * count * auto / 3  # per party
-            row["torch_ms"] += 1e3 * count * torch_ / 3
-    finally:
-        os.environ.pop("SECURETORCH_PACKING", None)
-        if previous is not None:
-            os.environ["SECURETORCH_PACKING"] = previous
+    totals = {name: {"calls": 0, "torch_ms": 0.0, "numpy_ms": 0.0} for name in FUNCTIONS}
+    for key, count in calls.items():
+        name, args = key[0], _SAMPLES[key]
+        ours, baseline = getattr(boolean, name)(*args), NUMPY[name](*args)
+        if not torch.equal(ours, baseline):
+            raise AssertionError(f"{name}: the numpy baseline disagrees on {key}")
+        row = totals[name]
+        row["calls"] += count
+        row["torch_ms"] += 1e3 * count * _seconds(getattr(boolean, name), args) / 3  # per party
+        row["numpy_ms"] += 1e3 * count * _seconds(NUMPY[name], args) / 3
     for row in totals.values():
         row["calls"] = round(row["calls"] / 3)
     return {"workload": "GPT-2 base decode step (32-token cache), per party", "functions": totals}
@@ -128,15 +150,15 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         f"Packing on the CPU, {result['workload']} (`python -m benchmarks.packing`, single thread):",
         "",
-        "| function | calls | numpy below torch's sizes (`auto`) | torch everywhere |",
+        "| function | calls | torch (securetorch) | numpy's C loops |",
         "| --- | ---: | ---: | ---: |",
     ]
     rows = result["functions"]
     for name, row in rows.items():
-        lines.append(f"| `{name}` | {row['calls']:,} | {row['auto_ms']:.1f} ms | {row['torch_ms']:.1f} ms |")
-    auto = sum(r["auto_ms"] for r in rows.values())
-    torch_ = sum(r["torch_ms"] for r in rows.values())
-    lines.append(f"| all | {sum(r['calls'] for r in rows.values()):,} | {auto:.1f} ms | {torch_:.1f} ms |")
+        lines.append(f"| `{name}` | {row['calls']:,} | {row['torch_ms']:.1f} ms | {row['numpy_ms']:.1f} ms |")
+    ours = sum(r["torch_ms"] for r in rows.values())
+    baseline = sum(r["numpy_ms"] for r in rows.values())
+    lines.append(f"| all | {sum(r['calls'] for r in rows.values()):,} | {ours:.1f} ms | {baseline:.1f} ms |")
     return "\n".join(lines)
 
 

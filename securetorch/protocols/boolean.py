@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
-import numpy as np
 import torch
 
 from securetorch.prg import AesPrg
@@ -23,28 +21,9 @@ from securetorch.session.context import PartyContext
 BitPair = tuple[torch.Tensor, torch.Tensor]
 
 
-# Packing has two kernels. torch's run on any device; numpy's C loops (``packbits``,
-# ``unpackbits``) serve CPU tensors below the sizes where torch's ops win, since there a
-# packing is a few numpy calls against six to twelve torch ops of a few microseconds each
-# (``benchmarks.packing`` times both on a decode step's calls). numpy shares the tensor's
-# memory: nothing is copied either way. SECURETORCH_PACKING=torch makes every packing use
-# torch's kernels (the tests run the protocols so on the CPU).
-_PACKING = "SECURETORCH_PACKING"
-_NEVER = math.inf
-
-
-def packing_kernel() -> str:
-    """The packing kernels in use: ``auto`` (numpy for small CPU tensors, torch for the rest)
-    or ``torch`` (torch everywhere), from the ``SECURETORCH_PACKING`` environment variable."""
-    kernel = os.environ.get(_PACKING, "auto")
-    if kernel not in ("auto", "torch"):
-        raise ValueError(f"{_PACKING} is 'auto' or 'torch', not {kernel!r}")
-    return kernel
-
-
-def _numpy_serves(t: torch.Tensor, n: int, below: float = _NEVER) -> bool:
-    """Whether numpy's C loops pack ``t`` (n values): a CPU tensor of fewer than ``below``."""
-    return t.device.type == "cpu" and n < below and packing_kernel() == "auto"
+# Packing runs in torch on the tensors' own device: a few ops per call, each on whole
+# tensors (``benchmarks.packing`` times them against numpy's C loops on a decode step's
+# calls).
 
 
 @functools.cache
@@ -63,8 +42,6 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """Pack 0/1 values along the last dim, eight to a byte (little bit order):
     [..., n] -> uint8 [..., ceil(n/8)]."""
     n = bits.shape[-1]
-    if _numpy_serves(bits, bits.numel()):
-        return torch.from_numpy(np.packbits(bits.to(torch.uint8).numpy(), axis=-1, bitorder="little"))
     groups = -(-n // 8)
     spread = bits.to(torch.uint8)
     if n % 8:
@@ -75,8 +52,6 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of ``pack_bits``: uint8 [..., ceil(n/8)] -> int64 0/1 [..., n]."""
-    if _numpy_serves(packed, packed.numel()):
-        return torch.from_numpy(np.unpackbits(packed.numpy(), axis=-1, count=n, bitorder="little")).to(torch.int64)
     bits = (packed.unsqueeze(-1) >> _bit_shifts(packed.device)) & 1
     return bits.flatten(-2)[..., :n].to(torch.int64)
 
@@ -87,24 +62,12 @@ def random_bits(stream: AesPrg, n: int) -> torch.Tensor:
     return unpack_bits(stream.uint8(((n + 7) // 8,)), n)
 
 
-def _value_bits(x: torch.Tensor, bits: int) -> np.ndarray:
-    """[n, bits] uint8 array of the low ``bits`` bits of every int64 element (bit 0 first)."""
-    raw = np.ascontiguousarray(x.reshape(-1).numpy()).view(np.uint8).reshape(-1, 8)
-    return np.unpackbits(raw, axis=1, bitorder="little")[:, :bits]
-
-
 def high_bits_first(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Bits bits-1 .. 0 of every element of int64 ``x`` (flattened), as int16 [n, bits]."""
-    if _numpy_serves(x, x.numel()):
-        return torch.from_numpy(_value_bits(x, bits)[:, ::-1].astype(np.int16))
     shifts = torch.arange(bits - 1, -1, -1, dtype=torch.int64, device=x.device)
     return ((x.reshape(-1, 1) >> shifts) & 1).to(torch.int16)
 
 
-# From this many elements on, ``bit_planes`` transposes 8 x 8 bit blocks in 64-bit words
-# even on the CPU (no 8x expansion to one byte per bit: 3x faster at 2^14 elements, 8x at
-# 2^17); below, numpy's expansion (a few calls) costs less than the transposition's ops.
-_TRANSPOSE_MIN = 1 << 11
 # The masks of the three delta swaps of an 8 x 8 bit transposition (Warren, "Hacker's
 # Delight", 2nd ed., §7-3): bit 8 r + c of a word moves to bit 8 c + r.
 _TRANSPOSE_STEPS = ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0))
@@ -112,16 +75,15 @@ _TRANSPOSE_STEPS = ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00
 
 def bit_planes(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Bits 0..bits-1 of every element of int64 ``x`` (flattened) as packed planes
-    [bits, ceil(n/8)]: plane j holds bit j of all elements.
+    [bits, ceil(n/8)]: plane j holds bit j of all elements, by 8 x 8 bit transpositions in
+    64-bit words (no 8x expansion to one byte per bit).
 
-    The transposition: byte b of eight consecutive elements 8m..8m+7 forms one 64-bit word
+    Byte b of eight consecutive elements 8m..8m+7 forms one 64-bit word
     (bit 8t + k: bit k of element 8m + t); its 8 x 8 bit transposition has in byte k bit k of
     the eight elements, element 8m + t at bit t: byte m of plane 8b + k. The shifts are
     arithmetic, but every mask clears the bits a sign could fill."""
     flat = x.reshape(-1)
     n = flat.numel()
-    if _numpy_serves(flat, n, _TRANSPOSE_MIN):
-        return torch.from_numpy(np.packbits(np.ascontiguousarray(_value_bits(flat, bits).T), axis=1, bitorder="little"))
     groups, nbytes = -(-n // 8), -(-bits // 8)
     if n % 8:
         flat = torch.cat([flat, flat.new_zeros(8 * groups - n)])
@@ -149,13 +111,44 @@ def _byte_group_shifts(bits: int, device: torch.device) -> torch.Tensor:
     return torch.arange(8, dtype=torch.int64, device=device) * bits
 
 
-# Below this many values, numpy expands every value of a CPU tensor to its bits (a few fixed
-# costs); above, torch works on 64-bit words (no 64x expansion: 2-4x faster on large tensors).
+# Values of at most this many bits lie, with their offset into their first byte (< 8),
+# inside the 8-byte window that starts at that byte: one 64-bit read or write per value.
+_WINDOW_BITS = 57
+# Below this many values, windows pack values of up to ``_WINDOW_BITS`` bits; above (and for
+# wider values at any size), torch works on whole 64-bit words (no write per value).
 _WORD_PACKING_MIN = 1 << 14
-# From this many values of at most 8 bits (on the CPU; any number elsewhere), eight values
-# are packed into one 64-bit word and its low ``bits`` bytes kept (about twice as fast as
-# the general word layout).
+# From this many values of at most 8 bits, eight values are packed into one 64-bit word and
+# its low ``bits`` bytes kept (below, windows are faster).
 _BYTE_GROUP_MIN = 1 << 10
+
+
+@functools.lru_cache(maxsize=64)
+def _windows(n: int, bits: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each of n values of ``bits`` bits lies in the packed stream, on ``device``: the
+    first byte of its window, (i bits) // 8, its shift into it, (i bits) mod 8, and the
+    window's eight bytes [n * 8] (n < 2^14 where packing uses them: at most 1 MiB)."""
+    start = torch.arange(n, dtype=torch.int64, device=device) * bits
+    first = start >> 3
+    spread = (first.unsqueeze(1) + torch.arange(8, dtype=torch.int64, device=device)).view(-1)
+    return first, start & 7, spread
+
+
+def _pack_windows(flat: torch.Tensor, bits: int) -> torch.Tensor:
+    """``pack_uint`` for bits <= ``_WINDOW_BITS``: each value, shifted into its window, is
+    added bytewise at the window's place (bit ranges are disjoint: the sums are ORs)."""
+    n, size = flat.numel(), (flat.numel() * bits + 7) // 8
+    _, shift, spread = _windows(n, bits, flat.device)
+    out = torch.zeros(size + 8, dtype=torch.uint8, device=flat.device)
+    out.index_add_(0, spread, (flat << shift).view(torch.uint8))
+    return out[:size]
+
+
+def _unpack_windows(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """``unpack_uint`` for bits <= ``_WINDOW_BITS``: each value's window read as one word."""
+    first, shift, _ = _windows(n, bits, packed.device)
+    windows = torch.nn.functional.pad(packed, (0, 8)).unfold(0, 8, 1)  # row j: bytes j..j+7
+    words = windows.index_select(0, first).view(torch.int64).view(n)
+    return (words >> shift) & ((1 << bits) - 1)  # the mask drops the sign fill
 
 
 def pack_uint(values: torch.Tensor, bits: int) -> torch.Tensor:
@@ -164,14 +157,14 @@ def pack_uint(values: torch.Tensor, bits: int) -> torch.Tensor:
     flat = values.reshape(-1).long()
     n = flat.numel()
     device = flat.device
-    if bits <= 8 and not _numpy_serves(flat, n, _BYTE_GROUP_MIN):  # eight values fill ``bits`` bytes of one word
+    if bits <= _WINDOW_BITS and n < (_BYTE_GROUP_MIN if bits <= 8 else _WORD_PACKING_MIN):
+        return _pack_windows(flat, bits)
+    if bits <= 8:  # eight values fill ``bits`` bytes of one word
         groups = -(-n // 8)
         grid = flat.new_zeros(groups * 8)
         grid[:n] = flat
         words = (grid.view(groups, 8) << _byte_group_shifts(bits, device)).sum(1)
         return words.view(torch.uint8).view(groups, 8)[:, :bits].reshape(-1)[: (n * bits + 7) // 8]
-    if _numpy_serves(flat, n, _WORD_PACKING_MIN):
-        return torch.from_numpy(np.packbits(_value_bits(flat, bits).reshape(-1), bitorder="little"))
     group, nwords, word, shift, spills = _uint_layout(bits, device)
     rows = -(-n // group)
     grid = flat.new_zeros(rows * group)
@@ -187,7 +180,7 @@ def unpack_uint(packed: torch.Tensor, bits: int, shape: torch.Size | tuple[int, 
     """Inverse of ``pack_uint`` for a tensor of ``shape``."""
     n = torch.Size(shape).numel()
     device = packed.device
-    if bits <= 8 and not _numpy_serves(packed, n, _BYTE_GROUP_MIN):
+    if bits <= 8 and n >= _BYTE_GROUP_MIN:
         groups = -(-n // 8)
         wide = packed.new_zeros(groups, 8)
         spread = packed.new_zeros(groups * bits)
@@ -195,11 +188,8 @@ def unpack_uint(packed: torch.Tensor, bits: int, shape: torch.Size | tuple[int, 
         wide[:, :bits] = spread.view(groups, bits)
         values = (wide.view(torch.int64) >> _byte_group_shifts(bits, device)) & ((1 << bits) - 1)
         return values.view(-1)[:n].reshape(tuple(shape))
-    if _numpy_serves(packed, n, _WORD_PACKING_MIN):
-        flat = np.unpackbits(packed.numpy(), count=n * bits, bitorder="little").reshape(n, bits)
-        wide = np.zeros((n, 64), dtype=np.uint8)
-        wide[:, :bits] = flat
-        return torch.from_numpy(np.packbits(wide, axis=1, bitorder="little").view(np.int64).reshape(tuple(shape)))
+    if bits <= _WINDOW_BITS:
+        return _unpack_windows(packed, bits, n).reshape(tuple(shape))
     group, nwords, word, shift, spills = _uint_layout(bits, device)
     rows = -(-n // group)
     padded = packed.new_zeros(rows * nwords * 8)

@@ -1,6 +1,6 @@
 """The protocols on a party device (``Simulator(device=...)``): every tensor a protocol makes
-lands on the party's device, with torch's packing kernels, and gives what the default run
-gives, at the same bytes and rounds.
+lands on the party's device, and gives what the default run gives, at the same bytes and
+rounds.
 
 On this CPU-only machine the parties compute on ``"cpu"`` while torch's factories, called
 in a party's thread without a device, make ``"meta"`` tensors: mixing one with the party's
@@ -18,7 +18,6 @@ import torch
 import securetorch as puma
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols import sampling
-from securetorch.protocols.boolean import packing_kernel
 from securetorch.protocols.checks import check_one_hot
 from securetorch.ring import DEFAULT_FRAC_BITS
 from securetorch.session.context import current
@@ -68,8 +67,6 @@ def test_every_composite_makes_its_tensors_on_the_party_device(network, monkeypa
     profile = None if network is None else SCALED[network]
     with puma.Simulator(network=profile) as sim:
         reference = {case: sim.run(_case, *case)[0] for case in CASES}
-    monkeypatch.setenv("SECURETORCH_PACKING", "torch")
-    assert packing_kernel() == "torch"
     with puma.Simulator(network=profile, device="cpu") as sim, factories_default_to_meta(monkeypatch):
         for case in CASES:
             (want, want_cost), (got, got_cost) = reference[case], sim.run(_case, *case)[0]
@@ -92,12 +89,6 @@ def test_an_unknown_or_absent_device_is_refused_before_any_party_starts() -> Non
         puma.LocalCluster(device="cuda:7" if not torch.cuda.is_available() else "no-such-device")
 
 
-def test_an_unknown_packing_kernel_is_refused(monkeypatch) -> None:
-    monkeypatch.setenv("SECURETORCH_PACKING", "fast")
-    with pytest.raises(ValueError, match="'auto' or 'torch'"):
-        packing_kernel()
-
-
 def _block(x, w, bias, public, mask):
     """A small attention-like block written as plain torch code on shared tensors."""
     h = torch.nn.functional.linear(torch.nn.functional.linear(x, w, bias), public)
@@ -108,8 +99,8 @@ def _block(x, w, bias, public, mask):
 
 
 def test_torch_code_on_shared_tensors_makes_its_tensors_on_the_party_device(monkeypatch) -> None:
-    """The tensor layer's handlers on parties given a device, with torch's packing and the
-    factories' default on meta: as the default run and the plaintext."""
+    """The tensor layer's handlers on parties given a device, with the factories' default on
+    meta: as the default run and the plaintext."""
     g = torch.Generator().manual_seed(7)
     x, w, bias = torch.randn(6, 16, generator=g), torch.randn(8, 16, generator=g) / 4, torch.randn(8, generator=g)
     public, mask = torch.randn(8, 8, generator=g) / 3, torch.rand(6, 6, generator=g) > 0.3
@@ -117,7 +108,6 @@ def test_torch_code_on_shared_tensors_makes_its_tensors_on_the_party_device(monk
     with puma.Simulator() as sim:
         want = sim.run(_block, *args)[0]
         want_cost = sim.stats()[0]
-    monkeypatch.setenv("SECURETORCH_PACKING", "torch")
     with puma.Simulator(device="cpu") as sim, factories_default_to_meta(monkeypatch):
         got = sim.run(_block, *args)[0]
         got_cost = sim.stats()[0]

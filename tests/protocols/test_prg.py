@@ -72,9 +72,7 @@ def test_no_torch_or_numpy_randomness_in_library() -> None:
     assert offenders == []
 
 
-@pytest.mark.parametrize("kernel", ["auto", "torch"])
-def test_random_bits_are_the_stream_bits_in_little_order(kernel, monkeypatch) -> None:
-    monkeypatch.setenv("SECURETORCH_PACKING", kernel)
+def test_random_bits_are_the_stream_bits_in_little_order() -> None:
     key = new_key()
     raw = AesPrg(key, 3).random_bytes(13).tolist()
     want = [(raw[i // 8] >> (i % 8)) & 1 for i in range(101)]
