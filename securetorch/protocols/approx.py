@@ -538,8 +538,7 @@ def activation_by_lookup(ctx: PartyContext, x: Pair, name: str) -> Pair:
         return pa.add(value, pa.truncate_additive(ctx, pa.mul_local(slope, d), LOOKUP_SCALE))
 
     (above, below), value = parallel(ctx, [outside, inside_value])
-    one = 1
-    inside = pa.add_public(ctx, pa.neg(pa.add(above, below)), one)
+    inside = pa.add_public(ctx, pa.neg(pa.add(above, below)), 1)
     if high is None:  # x itself above T
         kept, upper = ring_mul_many(ctx, [inside, above], [value, x])
     else:
@@ -602,11 +601,10 @@ def sigmoid(ctx: PartyContext, x: Pair) -> Pair:
 def _sigmoid_tail_form(ctx: PartyContext, x: Pair) -> Pair:
     f = ctx.frac_bits
     negative, _, inside, q = _fitted_tail(ctx, x, "sigmoid")
-    one = 1
-    sign = pa.add_public(ctx, pa.add(negative, negative), -one)  # 2[x < 0] - 1
+    sign = pa.add_public(ctx, pa.add(negative, negative), -1)  # 2[x < 0] - 1
     (masked_q,) = ring_mul_many(ctx, [inside], [q])
     (signed_q,) = ring_mul_many(ctx, [sign], [masked_q])
-    nonneg = pa.add_public(ctx, pa.neg(negative), one)  # [x >= 0]
+    nonneg = pa.add_public(ctx, pa.neg(negative), 1)  # [x >= 0]
     return pa.add(pa.mul_public(nonneg, 1 << f), signed_q)
 
 
@@ -855,11 +853,9 @@ def _threshold_powers(ctx: PartyContext, x: Pair, bits: int, exponent_lists: lis
     out = []
     for exponents in exponent_lists:
         # sum_j (h_j - h_{j+1}) 2^v(j) = 2^v(0) + sum_{j>=1} h_j (2^v(j) - 2^v(j-1)), h_j = 1 - below_j
-        steps = torch.tensor(
-            [(1 << exponents[j]) - (1 << exponents[j - 1]) for j in range(1, bits - 1)], device=ctx.device
-        )
-        weights = steps.unsqueeze(1)
-        base = (1 << exponents[0]) + int(steps.sum())
+        steps = [(1 << exponents[j]) - (1 << exponents[j - 1]) for j in range(1, bits - 1)]
+        weights = torch.tensor(steps, device=ctx.device).unsqueeze(1)
+        base = (1 << exponents[0]) + sum(steps)  # in Python: no read back from the device
         acc = pa.neg(((below[0] * weights).sum(0), (below[1] * weights).sum(0)))
         out.append(pa.add_public(ctx, acc, base))
     return out
@@ -1426,8 +1422,7 @@ def softmax_numerators(ctx: PartyContext, x: Pair, row_max: Pair) -> tuple[Pair,
             lambda: exp_lookup(ctx, shifted) if lookup else exp(ctx, shifted),
         ],
     )
-    one = 1
-    (e,) = ring_mul_many(ctx, [pa.add_public(ctx, pa.neg(clipped), one)], [e])
+    (e,) = ring_mul_many(ctx, [pa.add_public(ctx, pa.neg(clipped), 1)], [e])
     return e, (e[0].sum(-1, keepdim=True), e[1].sum(-1, keepdim=True))
 
 

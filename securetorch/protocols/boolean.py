@@ -123,21 +123,26 @@ _BYTE_GROUP_MIN = 1 << 10
 
 
 @functools.lru_cache(maxsize=64)
-def _windows(n: int, bits: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _windows(n: int, bits: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each of n values of ``bits`` bits lies in the packed stream, on ``device``: the
-    first byte of its window, (i bits) // 8, its shift into it, (i bits) mod 8, and the
-    window's eight bytes [n * 8] (n < 2^14 where packing uses them: at most 1 MiB)."""
+    first byte of its window, (i bits) // 8, and its shift into it, (i bits) mod 8."""
     start = torch.arange(n, dtype=torch.int64, device=device) * bits
-    first = start >> 3
-    spread = (first.unsqueeze(1) + torch.arange(8, dtype=torch.int64, device=device)).view(-1)
-    return first, start & 7, spread
+    return start >> 3, start & 7
+
+
+@functools.lru_cache(maxsize=64)
+def _window_bytes(n: int, bits: int, device: torch.device) -> torch.Tensor:
+    """The eight bytes of each value's window, [n * 8] (for packing: n < 2^14, at most 1 MiB)."""
+    first, _ = _windows(n, bits, device)
+    return (first.unsqueeze(1) + torch.arange(8, dtype=torch.int64, device=device)).view(-1)
 
 
 def _pack_windows(flat: torch.Tensor, bits: int) -> torch.Tensor:
     """``pack_uint`` for bits <= ``_WINDOW_BITS``: each value, shifted into its window, is
     added bytewise at the window's place (bit ranges are disjoint: the sums are ORs)."""
     n, size = flat.numel(), (flat.numel() * bits + 7) // 8
-    _, shift, spread = _windows(n, bits, flat.device)
+    _, shift = _windows(n, bits, flat.device)
+    spread = _window_bytes(n, bits, flat.device)
     out = torch.zeros(size + 8, dtype=torch.uint8, device=flat.device)
     out.index_add_(0, spread, (flat << shift).view(torch.uint8))
     return out[:size]
@@ -145,7 +150,7 @@ def _pack_windows(flat: torch.Tensor, bits: int) -> torch.Tensor:
 
 def _unpack_windows(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """``unpack_uint`` for bits <= ``_WINDOW_BITS``: each value's window read as one word."""
-    first, shift, _ = _windows(n, bits, packed.device)
+    first, shift = _windows(n, bits, packed.device)
     windows = torch.nn.functional.pad(packed, (0, 8)).unfold(0, 8, 1)  # row j: bytes j..j+7
     words = windows.index_select(0, first).view(torch.int64).view(n)
     return (words >> shift) & ((1 << bits) - 1)  # the mask drops the sign fill

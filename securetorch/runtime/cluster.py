@@ -708,7 +708,6 @@ class InProcessCluster(Cluster):
     ) -> None:
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
-        check_device(device)
         profile = network_profile(network)
         self._closed = True  # until the session is open
         self._servers: list[PartyServer] = []

@@ -43,8 +43,7 @@ def less_than(a: Any, b: Any) -> SharedTensor:
 
 def _not(bit: SharedTensor) -> SharedTensor:
     ctx = current()
-    one = 1
-    return SharedTensor(pa.add_public(ctx, pa.neg(bit.shares), one), torch.bool)
+    return SharedTensor(pa.add_public(ctx, pa.neg(bit.shares), 1), torch.bool)
 
 
 @implements(torch.lt, torch.less, _T.lt, _T.less, _T.__lt__)
