@@ -90,7 +90,7 @@ from securetorch.runtime.shipping import unpack_call
 from securetorch.runtime.verbs import Args, Request, Status, Verb, decode_request, encode_reply
 from securetorch.session import costs
 from securetorch.session.context import PartyContext, PartyKeys, activate, check_device
-from securetorch.tensor.payload import SharePayload, from_shared, map_structure, to_shared
+from securetorch.tensor.payload import SharePayload, arrive, from_shared, map_structure, to_shared
 from securetorch.tensor.shared import SharedTensor
 
 MAX_SESSIONS_PER_DRIVER = 8
@@ -595,8 +595,9 @@ class PartyServer:
                 raise ValueError("run: a call (bytes) and its secrets")
             if not all(isinstance(s, SharePayload) for s in secrets_):
                 raise ValueError("run: secrets must be share pairs")
-            secret_args = [to_shared(s, ctx.device) for s in secrets_]
-            fn, fn_args, fn_kwargs = unpack_call(call.numpy().tobytes(), secret_args)
+            fn, fn_args, fn_kwargs = unpack_call(call.numpy().tobytes(), secrets_)
+            # as a Simulator's parties: secrets become SharedTensors, public tensors move, both to the device
+            fn_args, fn_kwargs = map_structure((fn_args, fn_kwargs), lambda v: arrive(v, ctx.device))
             return map_structure(
                 fn(*fn_args, **fn_kwargs), lambda v: from_shared(v) if isinstance(v, SharedTensor) else v
             )

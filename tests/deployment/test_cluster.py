@@ -11,6 +11,7 @@ import torch
 
 import securetorch as puma
 from securetorch.protocols.arithmetic import truncation_bytes
+from securetorch.session.context import current
 
 
 def process_gone(pid: int) -> bool:
@@ -31,6 +32,19 @@ def test_functions_defined_at_run_time_ship_by_value(cluster) -> None:
         "import securetorch as puma\ndef notebook_fn(x):\n    return puma.rank() + x\n", namespace
     )  # like a notebook cell
     assert cluster.run(namespace["notebook_fn"], 10) == [10, 11, 12]
+
+
+def _devices(public: torch.Tensor, secret: torch.Tensor) -> tuple[str, str, str]:
+    return str(current().device), str(public.device), str(secret.shares[0].device)
+
+
+def test_arguments_arrive_on_the_party_device(cluster, sim) -> None:
+    """Public and private tensor arguments reach a function on the party's device, in party
+    processes as in the simulator (run with ``--securetorch-device cuda`` where a GPU is)."""
+    args = (torch.ones(3), puma.private(torch.ones(3)))
+    for runner in (cluster, sim):
+        for party, public, secret in runner.run(_devices, *args):
+            assert public == secret == party
 
 
 def test_stats_are_counted_and_reset(cluster) -> None:
