@@ -915,7 +915,7 @@ def serve_local(threads: int, endpoints_fd: int) -> None:
             config.parties[r],
             control=p["control"],
             peer=p["peer"],
-            public_key=p["public_key"] and p["public_key"].encode(),
+            public_key=p["public_key"].encode() if p["public_key"] else None,
         )
         for r, p in enumerate(second["parties"])
     )
