@@ -45,6 +45,7 @@ from securetorch.runtime.deployment import (
     ConfigError,
     local_config,
 )
+from securetorch.runtime.launcher import PartyProcess, start_party
 from securetorch.runtime.party import PartyServer
 from securetorch.runtime.shipping import pack_call
 from securetorch.runtime.verbs import Status, Verb, decode_reply, encode_request
@@ -53,10 +54,6 @@ from securetorch.session.context import check_device
 from securetorch.tensor.payload import RANKS, deal, deal_tree, reconstruct_tree
 
 log = logging.getLogger("securetorch.cluster")
-
-# How a LocalCluster starts a party process (``-m securetorch.runtime.party`` would load the
-# module twice: the package imports it first).
-_PARTY_MAIN = "import sys; from securetorch.runtime.party import main; main(sys.argv[1:])"
 
 # Exception types a party's error may be raised as on the driver (looked up by name in this
 # table only); any other type arrives as a PartyError.
@@ -555,7 +552,7 @@ class LocalCluster(Cluster):
         profile = network_profile(network)
         if not 4 <= compare_bits <= 64 or not 0 <= frac_bits <= 30:
             raise ValueError("need 0 <= frac_bits <= 30 and 4 <= compare_bits <= 64")
-        self._procs: list[subprocess.Popen[bytes]] = []
+        self._procs: list[PartyProcess] = []
         self._closed = True  # until the session is open
         self._tmpdir = tempfile.mkdtemp(prefix="securetorch-")  # mode 0700
         try:
@@ -590,10 +587,7 @@ class LocalCluster(Cluster):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         pipes = []
         for r in RANKS:
-            read_end, write_end = os.pipe()
-            cmd = [sys.executable, "-c", _PARTY_MAIN, "--local", "--endpoints-fd", str(write_end), "--threads", str(threads)]  # fmt: skip
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env, pass_fds=(write_end,))
-            os.close(write_end)
+            proc, read_end = start_party(threads, env)
             self._procs.append(proc)
             pipes.append(read_end)
             first = {"rank": r, "config": config.to_json(), "credential": secrets_[r]}
