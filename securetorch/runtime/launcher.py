@@ -8,24 +8,31 @@ nothing else (no thread, no ZeroMQ context, no accelerator, no secret), and that
 party from that state in milliseconds. The fork is a separate process with its own memory,
 exactly as isolated from the driver and from the other parties as a spawned one.
 
-What crosses the launcher's socket (a ``socketpair`` only this driver holds): one JSON
-request per party, ``{"threads", "env", "path", "cwd"}``, with four descriptors passed
-alongside (``SCM_RIGHTS``): the read end of the party's stdin pipe, the write end of its
-endpoints pipe, and the driver's current stdout and stderr; the launcher answers
-``{"started": pid}`` and, when a child exits, ``{"exited": pid, "code": returncode}``
-(``subprocess``'s convention: minus the signal number for a killed child). No pickle and no
-code cross it, and no credential: the driver writes the party's credential to the party's
-stdin pipe itself, as for a spawned party (``party.serve_local``).
+What crosses the launcher's socket (a ``socketpair`` only this driver holds): small JSON
+messages. ``{"start": id, "threads": n}`` comes with four descriptors (``SCM_RIGHTS``): the
+read end of the party's stdin pipe, the write end of its endpoints pipe, and the driver's
+stdout and stderr; the launcher answers ``{"started": pid, "id": id}`` (or ``{"failed":
+why, "id": id}``), later ``{"exited": pid, "code": returncode}`` (``subprocess``'s
+convention: minus the signal number for a killed child); ``{"kill": pid}`` has it kill a
+child it has not reaped yet (so never a process that reused the number). No pickle, no code
+and no credential cross it: the driver writes down the party's own stdin its setup (the
+driver's environment, ``sys.path`` and directory, as they are at the party's start) and then
+its credential, as for a spawned party (``party.serve_local``). What a module reads once at
+import (an ``OMP_NUM_THREADS``, a ``HF_HOME``, its own source) is as it was when the
+launcher started, the driver's first ``LocalCluster``.
 
 Lifetimes: each party gets ``SIGKILL`` when the launcher dies (``PR_SET_PDEATHSIG``); the
-launcher kills its children and exits when the driver's end of the socket closes, which
-happens when the driver exits, however it exits. Elsewhere than Linux (``fork`` after
-importing torch is not safe on macOS) each party is a fresh interpreter.
+launcher kills its children and exits when the driver has gone: its end of the socket
+closes (a child forked from the driver drops its copy) or, within half a second, the
+launcher finds itself re-parented. Elsewhere than Linux (``fork`` after importing torch is
+not safe on macOS) each party is a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import itertools
 import json
 import os
 import select
@@ -38,7 +45,7 @@ import traceback
 from typing import IO, Any, Protocol
 
 from securetorch.errors import PartyError
-from securetorch.runtime.party import serve_local
+from securetorch.runtime.party import die_with_parent, serve_local
 
 FORKS = sys.platform.startswith("linux")
 """Whether local parties are forked from a launcher (Linux) or started as fresh interpreters."""
@@ -46,8 +53,10 @@ FORKS = sys.platform.startswith("linux")
 # How a LocalCluster starts a fresh party interpreter, and the launcher (``-m
 # securetorch.runtime.party`` would load the module twice: the package imports it first).
 _PARTY_MAIN = "import sys; from securetorch.runtime.party import main; main(sys.argv[1:])"
-_LAUNCHER_MAIN = "import sys; from securetorch.runtime.launcher import serve; serve(int(sys.argv[1]))"
-_MESSAGE_BYTES = 1 << 20  # a request: the driver's environment and sys.path as JSON
+_LAUNCHER_MAIN = "import sys; from securetorch.runtime.launcher import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
+_MESSAGE_BYTES = 4096  # one small JSON object per message
+_ANSWER_SECONDS = 60.0  # for the launcher to answer a fork request
+_PARENT_CHECK_SECONDS = 0.5  # how often the launcher checks that its driver is alive
 _FDS = 4  # stdin read end, endpoints write end, stdout, stderr
 
 
@@ -75,7 +84,10 @@ def start_party(threads: int, env: dict[str, str]) -> tuple[PartyProcess, int]:
         if not FORKS:
             cmd = [sys.executable, "-c", _PARTY_MAIN, "--local", "--endpoints-fd", str(write_end), "--threads", str(threads)]  # fmt: skip
             return subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env, pass_fds=(write_end,)), read_end
-        return _launcher(env).start(threads, env, write_end), read_end
+        try:
+            return _launcher(env).start(threads, env, write_end), read_end
+        except _Gone:  # it died since its last fork: once more, with a new one
+            return _launcher(env).start(threads, env, write_end), read_end
     except BaseException:
         os.close(read_end)
         raise
@@ -83,10 +95,14 @@ def start_party(threads: int, env: dict[str, str]) -> tuple[PartyProcess, int]:
         os.close(write_end)
 
 
+class _Gone(PartyError):
+    """The launcher was gone before it got the request."""
+
+
 class ForkedParty:
     """A party forked by the launcher, as the driver sees it: ``Popen``'s ``pid``, ``stdin``,
     ``returncode``, ``poll``, ``wait`` and ``kill`` (its exit code comes from the launcher,
-    its parent)."""
+    its parent, which also does the killing: only it knows that the pid is still its child's)."""
 
     def __init__(self, launcher: Launcher, pid: int, stdin: IO[bytes]) -> None:
         self._launcher = launcher
@@ -108,21 +124,18 @@ class ForkedParty:
 
     def kill(self) -> None:
         if self.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:  # it exited in between and the launcher reaped it
-                pass
+            self._launcher.kill(self.pid)
 
 
 class Launcher:
-    """The driver's end of its launcher process: requests forks and collects exit codes (a
-    reader thread files the launcher's messages)."""
+    """The driver's end of its launcher process: requests forks and kills, and collects the
+    answers and exit codes (a reader thread files the launcher's messages)."""
 
     def __init__(self, env: dict[str, str]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER_MAIN, str(theirs.fileno())],
+                [sys.executable, "-c", _LAUNCHER_MAIN, str(theirs.fileno()), str(os.getpid())],
                 stdin=subprocess.DEVNULL,
                 env=env,
                 pass_fds=(theirs.fileno(),),
@@ -134,10 +147,11 @@ class Launcher:
             theirs.close()
         self._socket = ours
         self._changed = threading.Condition()
-        self._started: list[dict[str, Any]] = []
+        self._waiting: set[int] = set()  # request ids whose answer someone waits for
+        self._answers: dict[int, dict[str, Any]] = {}
         self._exits: dict[int, int] = {}
         self._alive = True
-        self._requests = threading.Lock()  # one fork request at a time
+        self._ids = itertools.count()
         self._reader = threading.Thread(target=self._read, name="securetorch-launcher", daemon=True)
         self._reader.start()
 
@@ -147,27 +161,48 @@ class Launcher:
 
     def start(self, threads: int, env: dict[str, str], endpoints: int) -> ForkedParty:
         """Fork a party whose endpoints pipe is ``endpoints`` (a write end; the caller closes
-        its copy)."""
+        its copy). Its first line on stdin sets it up as the driver is now: environment,
+        import path and directory (a line of any length, which the launcher never sees)."""
+        request = next(self._ids)
         stdin_read, stdin_write = os.pipe()
+        stdin = os.fdopen(stdin_write, "wb")
+        with self._changed:
+            self._waiting.add(request)
         try:
-            request = {"threads": threads, "env": env, "path": _path(env), "cwd": os.getcwd()}
-            with self._requests:
-                socket.send_fds(
-                    self._socket,
-                    [json.dumps(request).encode()],
-                    [stdin_read, endpoints, 1, 2],  # its stdout and stderr: this process's, as a spawned child's
-                )
-                reply = self._next_started()
+            try:
+                message = json.dumps({"start": request, "threads": threads}).encode()
+                socket.send_fds(self._socket, [message], [stdin_read, endpoints, 1, 2])  # its stdout, stderr: ours
+            except OSError as exc:
+                with self._changed:
+                    self._alive = False  # so that the next request starts another
+                raise _Gone(f"the party launcher has gone ({exc})") from exc
+            finally:
+                os.close(stdin_read)
+            with self._changed:
+                self._changed.wait_for(lambda: request in self._answers or not self._alive, _ANSWER_SECONDS)
+                answer = self._answers.pop(request, {})
+            if "started" not in answer:
+                code = self._process.poll()
+                why = answer.get("failed") or (f"it exited (code {code})" if code is not None else "no answer")
+                raise PartyError(f"the party launcher could not start a party: {why}")
+            party = ForkedParty(self, int(answer["started"]), stdin)
+            setup = {"env": env, "path": _path(env), "cwd": os.getcwd()}
+            stdin.write((json.dumps(setup) + "\n").encode())
+            stdin.flush()
+            return party
         except BaseException:
-            os.close(stdin_write)
+            stdin.close()  # a party that was forked reads the end of its stdin, and exits
             raise
         finally:
-            os.close(stdin_read)
-        if "started" not in reply:
-            os.close(stdin_write)
-            why = reply.get("failed") or f"it exited (code {self._process.poll()})"
-            raise PartyError(f"the party launcher could not start a party: {why}")
-        return ForkedParty(self, int(reply["started"]), os.fdopen(stdin_write, "wb"))
+            with self._changed:
+                self._waiting.discard(request)
+                self._answers.pop(request, None)
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL the party ``pid`` (the launcher sends it only while ``pid`` is its unreaped
+        child, so never to a process that has reused the number)."""
+        with contextlib.suppress(OSError):  # a launcher that has gone took its parties with it
+            self._socket.send(json.dumps({"kill": pid}).encode())
 
     def exit_code(self, pid: int, timeout: float | None) -> int | None:
         """``pid``'s exit code once the launcher has reaped it (waiting up to ``timeout``
@@ -175,12 +210,13 @@ class Launcher:
         with self._changed:
             self._changed.wait_for(lambda: pid in self._exits or not self._alive, timeout)
             if pid in self._exits:
-                return self._exits.pop(pid)  # the caller keeps it
+                return self._exits[pid]
             return None if self._alive else -signal.SIGKILL  # the launcher died, and its parties with it
 
     def close(self) -> None:
         """Stop the launcher (it kills any party it still has)."""
-        self._socket.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
         self._reader.join(5)
         self._socket.close()
         try:
@@ -189,20 +225,20 @@ class Launcher:
             self._process.kill()
             self._process.wait()
 
-    def _next_started(self) -> dict[str, Any]:
-        with self._changed:
-            self._changed.wait_for(lambda: bool(self._started) or not self._alive)
-            return self._started.pop(0) if self._started else {}
+    def forget(self) -> None:
+        """In a child forked from the driver: drop this process's copy of the socket, so
+        that the launcher still sees the driver's end close when the driver exits."""
+        self._socket.close()
 
     def _read(self) -> None:
         try:
             while message := self._socket.recv(_MESSAGE_BYTES):
-                reply = json.loads(message)
+                answer = json.loads(message)
                 with self._changed:
-                    if "exited" in reply:
-                        self._exits[int(reply["exited"])] = int(reply["code"])
-                    else:
-                        self._started.append(reply)
+                    if "exited" in answer:
+                        self._exits[int(answer["exited"])] = int(answer["code"])
+                    elif answer.get("id") in self._waiting:  # else its requester gave up
+                        self._answers[int(answer["id"])] = answer
                     self._changed.notify_all()
         except OSError:
             pass
@@ -225,8 +261,19 @@ def _launcher(env: dict[str, str]) -> Launcher:
     with _LAUNCHERS_LOCK:
         launcher = _LAUNCHERS.get(os.getpid())
         if launcher is None or not launcher.alive:
+            if launcher is not None:
+                launcher.close()
             launcher = _LAUNCHERS[os.getpid()] = Launcher(env)
         return launcher
+
+
+def _forget_launchers() -> None:
+    for launcher in _LAUNCHERS.values():
+        launcher.forget()
+    _LAUNCHERS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_launchers)
 
 
 @atexit.register
@@ -242,9 +289,10 @@ def close_launcher() -> None:
 # ----------------------------------------------------------------------------- launcher side
 
 
-def serve(fd: int) -> None:
-    """The launcher's loop: fork a party per request on the socket ``fd``, report each
-    child's exit, and on the socket's end kill the children left and exit."""
+def serve(fd: int, driver: int) -> None:
+    """The launcher's loop: fork a party per request on the socket ``fd`` and kill one on
+    request, report each child's exit, and when the driver (pid ``driver``) has gone (the
+    socket's end, or this process re-parented) kill the children left and exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the driver's to handle
     control = socket.socket(fileno=fd)
     wake_read, wake_write = os.pipe()
@@ -253,24 +301,35 @@ def serve(fd: int) -> None:
     signal.set_wakeup_fd(wake_write)
     children: set[int] = set()
     try:
-        while True:
-            ready, _, _ = select.select([control, wake_read], [], [])
+        while os.getppid() == driver:
+            ready, _, _ = select.select([control, wake_read], [], [], _PARENT_CHECK_SECONDS)
             if wake_read in ready:
                 os.read(wake_read, 4096)
             for pid, code in _reap(children):
                 control.send(json.dumps({"exited": pid, "code": code}).encode())
-            if control in ready:
-                message, fds, _, _ = socket.recv_fds(control, _MESSAGE_BYTES, _FDS)
-                if not message:
-                    break  # the driver has gone
+            if control not in ready:
+                continue
+            message, fds, _, _ = socket.recv_fds(control, _MESSAGE_BYTES, _FDS)
+            if not message:
+                break  # the driver has gone
+            request = json.loads(message)
+            if "kill" in request:
+                if request["kill"] in children:  # unreaped, so the pid is still this child's
+                    os.kill(request["kill"], signal.SIGKILL)
+                continue
+            try:
                 if len(fds) != _FDS:
-                    for f in fds:
-                        os.close(f)
-                    control.send(json.dumps({"failed": "a request without its four descriptors"}).encode())
-                    continue
-                pid = _fork(json.loads(message), fds, (control.fileno(), wake_read, wake_write))
+                    raise ValueError("a request without its four descriptors")
+                pid = _fork(int(request["threads"]), fds, (control.fileno(), wake_read, wake_write))
+            except (OSError, ValueError) as exc:  # that party fails, the others serve on
+                answer = {"failed": f"{type(exc).__name__}: {exc}", "id": request["start"]}
+            else:
                 children.add(pid)
-                control.send(json.dumps({"started": pid}).encode())
+                answer = {"started": pid, "id": request["start"]}
+            finally:
+                for f in fds:
+                    os.close(f)
+            control.send(json.dumps(answer).encode())
     finally:
         for pid in children:
             os.kill(pid, signal.SIGKILL)  # not yet reaped, so the pid is still this child's
@@ -288,17 +347,19 @@ def _reap(children: set[int]) -> list[tuple[int, int]]:
     return exited
 
 
-def _fork(request: dict[str, Any], fds: list[int], own: tuple[int, ...]) -> int:
-    """Fork a party; in the parent, close the passed descriptors and return the child's pid."""
+def _fork(threads: int, fds: list[int], own: tuple[int, ...]) -> int:
+    """Fork a party; in the parent, return its pid (the caller closes the passed descriptors)."""
+    launcher = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid:
-        for f in fds:
-            os.close(f)
         return pid
     code = 1
     try:
+        die_with_parent()
+        if os.getppid() != launcher:  # it died before the line above
+            os._exit(1)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -308,15 +369,19 @@ def _fork(request: dict[str, Any], fds: list[int], own: tuple[int, ...]) -> int:
         for source, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
             os.dup2(source, target)
             os.close(source)
-        sys.stdin = open(0, closefd=False)  # the party reads its two lines from it
-        os.chdir(request["cwd"])
+        sys.stdin = open(0, closefd=False)  # the setup line, then the party's two lines
+        setup = json.loads(sys.stdin.readline())
+        os.chdir(setup["cwd"])
         os.environ.clear()
-        os.environ.update(request["env"])
-        sys.path[:] = [*request["path"], *(p for p in sys.path if p not in request["path"])]
-        serve_local(int(request["threads"]), endpoints)
+        os.environ.update(setup["env"])
+        sys.path[:] = [*setup["path"], *(p for p in sys.path if p not in setup["path"])]
+        serve_local(threads, endpoints)
         code = 0
     except SystemExit as exc:
-        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
     except BaseException:
         traceback.print_exc()
     finally:

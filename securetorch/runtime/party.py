@@ -108,7 +108,7 @@ MAX_REASON_CHARS = 500
 """Of a PartyError's text passed on to the other parties with an abort."""
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: get SIGKILL when the parent (the driver) exits, so no party is orphaned."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -895,7 +895,7 @@ def serve_local(threads: int, endpoints_fd: int) -> None:
     """A ``LocalCluster``'s party: its configuration and credential arrive on stdin (one JSON
     line), it reports its bound endpoints on ``endpoints_fd`` (a pipe to the driver), then
     reads its peers' endpoints (a second line) and serves. It dies with the driver."""
-    _die_with_parent()
+    die_with_parent()
     first = json.loads(sys.stdin.readline())
     rank = int(first["rank"])
     config = ClusterConfig.from_json(first["config"])

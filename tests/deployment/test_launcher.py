@@ -60,10 +60,11 @@ def test_parties_are_forked_from_one_launcher_per_driver() -> None:
     assert not _gone(launcher)  # it stays for the next cluster
 
 
-def _probe() -> tuple[str | None, str, int]:
+def _probe() -> tuple[str | None, int, str, int]:
     import launcher_probe  # a module only the driver's sys.path (as it is now) can find
 
-    return os.environ.get("SECURETORCH_LAUNCHER_PROBE"), os.getcwd(), launcher_probe.VALUE
+    large = os.environ.get("SECURETORCH_LAUNCHER_LARGE_A", "") + os.environ.get("SECURETORCH_LAUNCHER_LARGE_B", "")
+    return os.environ.get("SECURETORCH_LAUNCHER_PROBE"), len(large), os.getcwd(), launcher_probe.VALUE
 
 
 def test_a_forked_party_starts_with_the_drivers_environment_directory_and_path(tmp_path, monkeypatch) -> None:
@@ -72,9 +73,11 @@ def test_a_forked_party_starts_with_the_drivers_environment_directory_and_path(t
     (tmp_path / "launcher_probe.py").write_text("VALUE = 7\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("SECURETORCH_LAUNCHER_PROBE", "set after the launcher started")
+    for name in "AB":  # an environment larger than one datagram between driver and launcher
+        monkeypatch.setenv(f"SECURETORCH_LAUNCHER_LARGE_{name}", "x" * 120_000)
     monkeypatch.chdir(tmp_path)
     with puma.LocalCluster() as cluster:
-        assert cluster.run(_probe) == [("set after the launcher started", str(tmp_path), 7)] * 3
+        assert cluster.run(_probe) == [("set after the launcher started", 240_000, str(tmp_path), 7)] * 3
 
 
 def test_a_killed_launcher_takes_its_parties_and_the_next_cluster_starts_another() -> None:
@@ -106,22 +109,32 @@ def test_a_killed_launcher_takes_its_parties_and_the_next_cluster_starts_another
     assert result.returncode == 0 and result.stdout.split() == ["ok"], result.stderr
 
 
-def test_a_killed_driver_leaves_no_launcher_and_no_party() -> None:
+def test_a_killed_driver_leaves_no_launcher_and_no_party_though_its_own_child_lives_on() -> None:
     script = textwrap.dedent(
         """
         import os, time
         import securetorch as puma
+        from tests.deployment.test_launcher import _parent
         cluster = puma.LocalCluster()
-        launcher = int(open(f"/proc/{cluster.pids[0]}/stat").read().rsplit(")", 1)[1].split()[1])
-        print(launcher, *cluster.pids, flush=True)
+        child = os.fork()  # as a fork-started worker pool would: it outlives the driver
+        if child == 0:
+            time.sleep(600)
+            os._exit(0)
+        print(child, _parent(cluster.pids[0]), *cluster.pids, flush=True)
         time.sleep(600)
         """
     )
-    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    child = None
     try:
-        pids = [int(p) for p in driver.stdout.readline().split()]  # type: ignore[union-attr]
+        child, *pids = (int(p) for p in driver.stdout.readline().split())  # type: ignore[union-attr]
         assert len(pids) == 4 and not any(_gone(p) for p in pids)
+        driver.kill()
+        driver.wait()
+        assert _all_gone(pids)
+        assert not _gone(child)
     finally:
         driver.kill()
         driver.wait()
-    assert _all_gone(pids)
+        if child is not None:
+            os.kill(child, 9)
