@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import securetorch as puma
+from securetorch.runtime import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked parties are Linux's")
@@ -58,6 +59,17 @@ def test_parties_are_forked_from_one_launcher_per_driver() -> None:
             assert [abs(float(o) - 14.0) < 1e-4 for o in out] == [True] * 3
     assert _all_gone(pids)
     assert not _gone(launcher)  # it stays for the next cluster
+
+
+def test_without_fork_the_parties_are_fresh_interpreters(monkeypatch) -> None:
+    """Elsewhere than Linux (``launcher.FORKS`` false) each party is a child of the driver."""
+    monkeypatch.setattr(launcher, "FORKS", False)
+    with puma.LocalCluster() as cluster:
+        assert [_parent(p) for p in cluster.pids] == [os.getpid()] * 3
+        out = cluster.run(_square_sum, puma.private(torch.tensor([1.0, 2.0, 3.0])))
+        assert [abs(float(o) - 14.0) < 1e-4 for o in out] == [True] * 3
+        pids = cluster.pids
+    assert _all_gone(pids)
 
 
 def _probe() -> tuple[str | None, int, str, int]:
