@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -93,6 +95,25 @@ def test_auto_kernel_resolves_to_a_real_kernel(monkeypatch: pytest.MonkeyPatch) 
     assert ring.resolve_kernel() == "limbs"
     with pytest.raises(ValueError, match="unknown ring matmul kernel"):
         ring.resolve_kernel("fast")  # type: ignore[arg-type]
+
+
+def test_calibration_keeps_the_faster_kernel_though_one_timing_was_descheduled() -> None:
+    """A kernel three times faster than the other wins, even when one of its timed runs is
+    ten times slower (its process descheduled while the cluster's parties all start)."""
+    calls = {"fast": 0}
+
+    def fast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls["fast"] += 1
+        time.sleep(0.02 if calls["fast"] == 2 else 0.002)  # its first timed run: preempted
+        return a @ b
+
+    def slow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.006)
+        return a @ b
+
+    a, b = full_range((2, 3), 1), full_range((3, 2), 2)
+    assert ring.fastest_kernel({"fast": fast, "slow": slow}, a, b) == "fast"
+    assert ring.fastest_kernel({"slow": slow, "fast": fast}, a, b) == "fast"
 
 
 @settings(max_examples=30, deadline=None)
