@@ -518,7 +518,9 @@ class LocalCluster(Cluster):
     stdin (a verifier keeps their SHA-256); ``transport="tcp"`` uses loopback tcp with
     ephemeral CURVE key pairs instead (encrypted; about five times the cost per byte). The
     parties report their endpoints through pipes, never a port another process could
-    answer on. This driver is their admin (it may ``run`` functions).
+    answer on. This driver is their admin (it may ``run`` functions). On Linux the parties
+    are forked from this driver's launcher, which imports the party code once (``launcher``):
+    a cluster after the first starts without importing anything.
 
     ``frac_bits``: fixed-point fractional bits f (default 18); ``compare_bits``: ring bits l
     that comparisons look at (default 44: exact for reals below 2^(l-1-f) = 2^25);
