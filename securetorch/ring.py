@@ -17,8 +17,8 @@ The ring matrix product has two exact kernels:
   BLAS threads, so it wins on machines with many cores.
 
 ``auto`` (the default) times both once per process on a transformer-sized product (the
-best of five turns each: ``fastest_kernel``) and keeps the faster one. On an accelerator the product always takes ``limbs`` (torch has no int64
-GEMM there).
+best of five turns each: ``fastest_kernel``) and keeps the faster one. On an accelerator
+the product always takes ``limbs`` (torch has no int64 GEMM there).
 """
 
 from __future__ import annotations

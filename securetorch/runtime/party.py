@@ -109,7 +109,8 @@ MAX_REASON_CHARS = 500
 
 
 def die_with_parent() -> None:
-    """Linux: get SIGKILL when the parent (the driver) exits, so no party is orphaned."""
+    """Linux: get SIGKILL when the parent (the driver, or the driver's launcher) exits, so
+    no party is orphaned."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
