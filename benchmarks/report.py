@@ -306,6 +306,13 @@ def markdown(results: dict[str, list[dict[str, Any]]], info: dict[str, Any]) -> 
             f"(target ≤ {RING_MATMUL_TARGET:.0f}×: {_holds(r['ratio_to_float64'], RING_MATMUL_TARGET)}; "  # noqa: RUF001
             f"`auto` uses the faster kernel)."
         )
+    for r in results["engine"]:
+        if "speedup_over_torch_mv" in r:
+            lines.append(
+                f"- {r['op']}, one party's two products: row kernel {r['row_kernel_seconds'] * 1e3:.2f} ms, "
+                f"torch's int64 mv {r['torch_mv_seconds'] * 1e3:.2f} ms ({r['speedup_over_torch_mv']}{TIMES} "
+                f"faster; exact: {'yes' if r['exact'] else '**no**'}), float64 mv {r['float64_mv_seconds'] * 1e3:.2f} ms."
+            )
     for r in rss:
         lines.append(f"- {r['workload']}: {', '.join(f'{m:,.0f}' for m in r['peak_rss_mb_per_party'])} MB.")
     lines += [

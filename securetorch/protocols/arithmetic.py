@@ -24,7 +24,7 @@ import torch
 
 from securetorch.comm.profile import NetworkProfile, chained_costs, cheapest, runs, total_cost
 from securetorch.protocols.boolean import pack_bits, pack_uint, random_bits, unpack_bits, unpack_uint
-from securetorch.ring import logical_shift_right, ring_matmul
+from securetorch.ring import logical_shift_right, ring_matmul, ring_matmul_sum
 from securetorch.session.context import PartyContext
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -161,10 +161,11 @@ def mul_local(x: Pair, y: Pair) -> torch.Tensor:
 def matmul_local(x: Pair, y: Pair) -> torch.Tensor:
     """Matrix version of ``mul_local``: two exact ring matmuls per party,
     (x_i + x_{i+1}) y_i + x_i y_{i+1} or x_i (y_i + y_{i+1}) + x_{i+1} y_i, summing the smaller
-    operand's shares (a weight matrix is never copied)."""
+    operand's shares (a weight matrix is never copied); for one row times weights, both
+    products in one pass of the row kernel (``ring.ring_matmul_sum``)."""
     if x[0].numel() <= y[0].numel():
-        return ring_matmul(x[0] + x[1], y[0]) + ring_matmul(x[0], y[1])
-    return ring_matmul(x[0], y[0] + y[1]) + ring_matmul(x[1], y[0])
+        return ring_matmul_sum([(x[0] + x[1], y[0]), (x[0], y[1])])
+    return ring_matmul_sum([(x[0], y[0] + y[1]), (x[1], y[0])])
 
 
 def mul(ctx: PartyContext, x: Pair, y: Pair) -> Pair:

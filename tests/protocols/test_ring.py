@@ -116,6 +116,70 @@ def test_calibration_keeps_the_faster_kernel_though_one_timing_was_descheduled()
     assert ring.fastest_kernel({"slow": slow, "fast": fast}, a, b) == "fast"
 
 
+EXTREMES = torch.tensor([-(2**63), 2**63 - 1, -1, 0, 1, 2**62, -(2**62) - 1], dtype=torch.int64)
+
+
+def stored(b: torch.Tensor, layout: str) -> torch.Tensor:
+    """b as used, stored row-major ("rows") or as the transpose of a row-major tensor
+    ("transposed": an [out, in] weight)."""
+    return b.contiguous() if layout == "rows" else b.t().contiguous().t()
+
+
+@pytest.mark.parametrize("layout", ["rows", "transposed"])
+@pytest.mark.parametrize("terms", [1, 2])
+@pytest.mark.parametrize(("row_shape", "n"), [((37,), 5), ((1, 37), 1), ((1, 1, 37), 9), ((1,), 3), ((1, 0), 4)])
+def test_row_kernel_matches_python_integers(layout: str, terms: int, row_shape: tuple[int, ...], n: int) -> None:
+    """The compiled row kernel: one row times one or two matrices in either stored layout,
+    full-range values with the extremes in both operands, exact mod 2^64 and shaped as
+    torch.matmul's result."""
+    k = row_shape[-1]
+    pairs = []
+    for t in range(terms):
+        a = full_range(row_shape, 10 + t)
+        b = full_range((k, n), 20 + t)
+        a.view(-1)[: min(k, len(EXTREMES))] = EXTREMES[:k]
+        b.view(-1)[: min(k * n, len(EXTREMES))] = EXTREMES.flip(0)[: k * n]
+        pairs.append((a, stored(b, layout)))
+    assert ring.is_row_product(pairs)
+    expected = sum(python_matmul(a.reshape(1, k), b) for a, b in pairs).reshape(*row_shape[:-1], n)
+    got = ring.row_matmul_sum(pairs)
+    assert got.shape == torch.matmul(*pairs[0]).shape
+    assert torch.equal(got, expected)
+    assert torch.equal(ring.ring_matmul_sum(pairs), expected)  # auto takes the row kernel
+    for kernel in ("native", "limbs"):
+        assert torch.equal(ring.ring_matmul_sum(pairs, kernel), expected)
+
+
+def test_row_kernel_reads_a_strided_row() -> None:
+    a = full_range((3, 40), 1)[1, ::2]  # 20 elements, stride 2
+    b = full_range((20, 6), 2)
+    assert torch.equal(ring.row_matmul_sum([(a, b)]), python_matmul(a.reshape(1, 20), b).reshape(6))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["two rows", "three terms", "mixed layouts", "strided matrix", "batched matrix", "int32", "row shapes differ"],
+)
+def test_products_beyond_the_row_kernel_go_to_the_general_kernels(case: str) -> None:
+    """What the row kernel does not take, ``is_row_product`` says so, ``row_matmul_sum``
+    refuses, and ``ring_matmul_sum`` still gives the exact sum by the general kernels."""
+    a, b, c, d = full_range((1, 8), 1), full_range((8, 5), 2), full_range((1, 8), 3), full_range((8, 5), 4)
+    pairs = {
+        "two rows": [(full_range((2, 8), 5), b)],
+        "three terms": [(a, b), (c, d), (a, d)],
+        "mixed layouts": [(a, b), (c, stored(d, "transposed"))],
+        "strided matrix": [(a, full_range((8, 10), 6)[:, ::2])],
+        "batched matrix": [(a, full_range((2, 8, 5), 7))],
+        "int32": [(a.to(torch.int32), b.to(torch.int32))],
+        "row shapes differ": [(a, b), (c.reshape(8), d)],
+    }[case]
+    assert not ring.is_row_product(pairs)
+    with pytest.raises(ValueError, match="row kernel"):
+        ring.row_matmul_sum(pairs)
+    expected = sum(torch.matmul(x, y) for x, y in pairs)
+    assert torch.equal(ring.ring_matmul_sum(pairs), expected)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 40), st.integers(1, 4), st.integers(0, 2**31))
 def test_ring_matmul_hypothesis_shapes(m: int, k: int, n: int, seed: int) -> None:
@@ -143,3 +207,26 @@ def test_compact_floats_encode_exactly_in_float32(dtype) -> None:
             continue  # beyond float16's range: it is inf
         with pytest.raises(ValueError, match="fixed-point range"):
             ring.encode_into(torch.tensor([1.0, bad]).to(dtype), 18, out[:2], scratch[:2])
+
+
+def test_auto_sends_one_row_to_the_row_kernel_and_more_rows_to_the_calibrated_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = []
+    row_kernel = ring.row_matmul_sum
+
+    def spy(terms):
+        calls.append(len(terms))
+        return row_kernel(terms)
+
+    monkeypatch.setattr(ring, "row_matmul_sum", spy)
+    monkeypatch.delenv("SECURETORCH_MATMUL_KERNEL", raising=False)
+    row, weight = full_range((1, 1, 8), 1), full_range((8, 5), 2)
+    ring.ring_matmul_sum([(row, weight), (row, weight)])
+    ring.ring_matmul(row, weight)
+    assert calls == [2, 1]
+    ring.ring_matmul(row, weight, "native")
+    ring.ring_matmul(full_range((3, 8), 3), weight)
+    monkeypatch.setenv("SECURETORCH_MATMUL_KERNEL", "limbs")
+    ring.ring_matmul(row, weight)
+    assert calls == [2, 1]
