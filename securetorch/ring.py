@@ -22,7 +22,7 @@ times matrices: a decoded token's products with the weights, where the work is r
 matrices (8 bytes per multiply-add). Those take the row kernel (``row_matmul_sum``): loops
 compiled by numba into vectorised 64-bit multiply-adds, each matrix read once in the layout
 it is stored in, and the two products of a replicated share (``matmul_local``) in one pass;
-torch's int64 ``mv`` is a scalar loop, 2-3x slower on this machine (AVX-512). On an
+torch's int64 ``mv`` is a scalar loop, about half as fast (``benchmarks.engine``). On an
 accelerator the product always takes ``limbs`` (torch has no int64 GEMM there).
 """
 
