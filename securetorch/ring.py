@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
@@ -239,12 +240,7 @@ def _sum(products: Iterable[torch.Tensor]) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- the row kernel
 
-_VECTOR = "int64[::1]"
-_MATRIX = "int64[:, ::1]"
-_COMPILED = {"cache": True, "nogil": True, "boundscheck": False}
 
-
-@numba.njit(f"void({_VECTOR}, {_MATRIX}, {_VECTOR})", **_COMPILED)
 def _dots(x, m, out):
     """out[i] = Σ_j m[i, j] x[j]: a row times a matrix stored transposed (m is [n, k])."""
     n, k = m.shape
@@ -255,7 +251,6 @@ def _dots(x, m, out):
         out[i] = acc
 
 
-@numba.njit(f"void({_VECTOR}, {_MATRIX}, {_VECTOR}, {_MATRIX}, {_VECTOR})", **_COMPILED)
 def _dots2(x, m, y, p, out):
     """out[i] = Σ_j m[i, j] x[j] + p[i, j] y[j]."""
     n, k = m.shape
@@ -266,7 +261,6 @@ def _dots2(x, m, y, p, out):
         out[i] = acc
 
 
-@numba.njit(f"void({_VECTOR}, {_MATRIX}, {_VECTOR})", **_COMPILED)
 def _axpys(x, m, out):
     """out = Σ_j x[j] m[j, :]: a row times a matrix stored as it is used (m is [k, n])."""
     k, n = m.shape
@@ -277,7 +271,6 @@ def _axpys(x, m, out):
             out[i] += m[j, i] * xj
 
 
-@numba.njit(f"void({_VECTOR}, {_MATRIX}, {_VECTOR}, {_MATRIX}, {_VECTOR})", **_COMPILED)
 def _axpys2(x, m, y, p, out):
     """out = Σ_j x[j] m[j, :] + y[j] p[j, :]."""
     k, n = m.shape
@@ -287,6 +280,38 @@ def _axpys2(x, m, y, p, out):
         yj = y[j]
         for i in range(n):
             out[i] += m[j, i] * xj + p[j, i] * yj
+
+
+_ONE = "void(int64[::1], int64[:, ::1], int64[::1])"
+_TWO = "void(int64[::1], int64[:, ::1], int64[::1], int64[:, ::1], int64[::1])"
+_LOOPS = {
+    ("rows", 1): (_axpys, _ONE),
+    ("rows", 2): (_axpys2, _TWO),
+    ("transposed", 1): (_dots, _ONE),
+    ("transposed", 2): (_dots2, _TWO),
+}
+_compiled: dict[tuple[str, int], Callable[..., None]] = {}
+_compiling = threading.Lock()
+
+
+def row_kernel(layout: str, terms: int) -> Callable[..., None]:
+    """The row kernel's loop for a matrix layout (``_layout``) and one or two terms, compiled
+    by numba on first use (about half a second each; the launcher compiles all four before
+    it forks a local cluster's parties). Compiled in memory only: numba's on-disk cache is
+    off, so a party loads no machine code from a shared directory, and processes starting
+    together do not race to write it (a known cause of crashes)."""
+    key = (layout, terms)
+    with _compiling:  # once, though the simulator's three party threads ask together
+        if key not in _compiled:
+            loop, signature = _LOOPS[key]
+            _compiled[key] = numba.njit(signature, nogil=True, boundscheck=False, cache=False)(loop)
+        return _compiled[key]
+
+
+def compile_row_kernels() -> None:
+    """Compile every loop of the row kernel now (``row_kernel``)."""
+    for layout, terms in _LOOPS:
+        row_kernel(layout, terms)
 
 
 def _layout(b: torch.Tensor) -> str | None:
@@ -327,13 +352,10 @@ def row_matmul_sum(terms: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.
             "the row kernel takes one or two products of one int64 CPU row with matrices of one shape and layout"
         )
     b0 = terms[0][1]
+    layout = _layout(b0)
+    assert layout is not None
     rows = [a.reshape(-1).contiguous().numpy() for a, _ in terms]
+    mats = [(b if layout == "rows" else b.t()).numpy() for _, b in terms]
     out = torch.empty(b0.shape[1], dtype=torch.int64, device=b0.device)
-    if _layout(b0) == "rows":
-        mats = [b.numpy() for _, b in terms]
-        kernel = _axpys if len(terms) == 1 else _axpys2
-    else:
-        mats = [b.t().numpy() for _, b in terms]
-        kernel = _dots if len(terms) == 1 else _dots2
-    kernel(*(v for pair in zip(rows, mats, strict=True) for v in pair), out.numpy())
+    row_kernel(layout, len(terms))(*(v for pair in zip(rows, mats, strict=True) for v in pair), out.numpy())
     return out.reshape(*terms[0][0].shape[:-1], b0.shape[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -230,3 +231,28 @@ def test_auto_sends_one_row_to_the_row_kernel_and_more_rows_to_the_calibrated_on
     monkeypatch.setenv("SECURETORCH_MATMUL_KERNEL", "limbs")
     ring.ring_matmul(row, weight)
     assert calls == [2, 1]
+
+
+def test_row_kernel_compiles_each_loop_once_though_threads_ask_together() -> None:
+    """The simulator's three party threads reach the row kernel together: one compiled loop
+    per (layout, terms), and the products from all threads are exact."""
+    a, b = full_range((1, 16), 1), full_range((16, 4), 2)
+    expected = python_matmul(a, b)
+    got: list[torch.Tensor] = []
+    loops: list[object] = []
+    barrier = threading.Barrier(3)
+
+    def party() -> None:
+        barrier.wait()
+        loops.append(ring.row_kernel("rows", 1))
+        got.append(ring.row_matmul_sum([(a, b)]))
+
+    threads = [threading.Thread(target=party) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 3 and all(torch.equal(g, expected) for g in got)
+    assert all(loop is loops[0] for loop in loops)
+    ring.compile_row_kernels()
+    assert ring.row_kernel("rows", 1) is loops[0]
