@@ -48,6 +48,7 @@ from securetorch.runtime.deployment import (
 from securetorch.runtime.launcher import PartyProcess, start_party
 from securetorch.runtime.party import PartyServer
 from securetorch.runtime.shipping import pack_call
+from securetorch.runtime.simulator import release_freed_memory
 from securetorch.runtime.verbs import Status, Verb, decode_reply, encode_request
 from securetorch.session import costs
 from securetorch.session.context import check_device
@@ -758,6 +759,7 @@ class InProcessCluster(Cluster):
         self._servers, self._threads = [], []
         _LIVE.discard(self)
         shutil.rmtree(self._tmpdir, ignore_errors=True)
+        release_freed_memory()
 
     def close(self) -> None:
         if not self._servers:

@@ -16,7 +16,11 @@ and experiments, never to keep a secret from anyone who runs the process.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import itertools
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -150,12 +154,37 @@ class Simulator:
             self._threads.shutdown(wait=True)
             for ctx in self.contexts:
                 ctx.net.close()
+            release_freed_memory()
 
     def __enter__(self) -> Simulator:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _glibc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _glibc()
+
+
+def release_freed_memory() -> None:
+    """Give the memory that in-process parties have freed back to the operating system:
+    collect garbage, then trim glibc's malloc arenas. Each party thread allocates from an
+    arena of its own, and glibc keeps what they free; without this a closed in-process
+    cluster that ran BERT-base on 128 tokens left its process gigabytes larger. Elsewhere
+    than glibc: the collection only."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def simulate(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
