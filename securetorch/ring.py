@@ -197,8 +197,13 @@ def _calibrated_kernel() -> str:
     return fastest_kernel(_KERNELS, _spread(128 * 768).reshape(128, 768), _spread(768 * 768).reshape(768, 768))
 
 
+def _requested(kernel: MatmulKernel | None) -> str:
+    """The kernel asked for: the argument, else ``SECURETORCH_MATMUL_KERNEL``, else auto."""
+    return kernel or os.environ.get("SECURETORCH_MATMUL_KERNEL", "auto")
+
+
 def resolve_kernel(kernel: MatmulKernel | None = None) -> str:
-    kernel = kernel or os.environ.get("SECURETORCH_MATMUL_KERNEL", "auto")
+    kernel = _requested(kernel)
     if kernel == "auto":
         return _calibrated_kernel()
     if kernel not in _KERNELS:
@@ -223,9 +228,10 @@ def ring_matmul_sum(
         return _sum(torch.matmul(a, b) for a, b in terms)
     if any(a.device.type != "cpu" for a, _ in terms):  # accelerators: exact float64 GEMMs on limbs
         return _sum(limb_matmul(a, b) for a, b in terms)
-    kernel = kernel or os.environ.get("SECURETORCH_MATMUL_KERNEL", "auto")
-    if kernel == "auto" and is_row_product(terms):
-        return row_matmul_sum(terms)
+    kernel = _requested(kernel)
+    layout = _row_layout(terms) if kernel == "auto" else None
+    if layout is not None:
+        return _row_product(terms, layout)
     product = _KERNELS[resolve_kernel(kernel)]
     return _sum(product(a, b) for a, b in terms)
 
@@ -324,36 +330,46 @@ def _layout(b: torch.Tensor) -> str | None:
     return None
 
 
-def is_row_product(terms: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> bool:
-    """Whether the row kernel computes Σ a @ b: one or two products of one row each (the
-    same shape [..., 1, k] or [k]) with int64 CPU matrices of one shape [k, n] and one
-    layout (``_layout``)."""
+def _row_layout(terms: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> str | None:
+    """The matrices' layout when the row kernel computes Σ a @ b (``is_row_product``), else None."""
     if not 1 <= len(terms) <= 2:
-        return False
+        return None
     a0, b0 = terms[0]
     if b0.dim() != 2 or a0.dim() < 1 or a0.numel() != a0.shape[-1] or a0.shape[-1] != b0.shape[0]:
-        return False
+        return None
     layout = _layout(b0)
-    return layout is not None and all(
+    if layout is None or not all(
         a.shape == a0.shape
         and b.shape == b0.shape
         and a.dtype == b.dtype == torch.int64
         and a.device.type == b.device.type == "cpu"
         and _layout(b) == layout
         for a, b in terms
-    )
+    ):
+        return None
+    return layout
+
+
+def is_row_product(terms: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+    """Whether the row kernel computes Σ a @ b: one or two products of one row each (the
+    same shape [..., 1, k] or [k]) with int64 CPU matrices of one shape [k, n] and one
+    layout (``_layout``)."""
+    return _row_layout(terms) is not None
 
 
 def row_matmul_sum(terms: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Σ a @ b for one row a per term (``is_row_product``), by the compiled row kernel: each
     matrix is read once, in its stored layout, with every product wrapping mod 2^64."""
-    if not is_row_product(terms):
+    layout = _row_layout(terms)
+    if layout is None:
         raise ValueError(
             "the row kernel takes one or two products of one int64 CPU row with matrices of one shape and layout"
         )
+    return _row_product(terms, layout)
+
+
+def _row_product(terms: Sequence[tuple[torch.Tensor, torch.Tensor]], layout: str) -> torch.Tensor:
     b0 = terms[0][1]
-    layout = _layout(b0)
-    assert layout is not None
     rows = [a.reshape(-1).contiguous().numpy() for a, _ in terms]
     mats = [(b if layout == "rows" else b.t()).numpy() for _, b in terms]
     out = torch.empty(b0.shape[1], dtype=torch.int64, device=b0.device)

@@ -214,13 +214,13 @@ def test_auto_sends_one_row_to_the_row_kernel_and_more_rows_to_the_calibrated_on
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls = []
-    row_kernel = ring.row_matmul_sum
+    row_kernel = ring.row_kernel
 
-    def spy(terms):
-        calls.append(len(terms))
-        return row_kernel(terms)
+    def spy(layout, terms):
+        calls.append(terms)
+        return row_kernel(layout, terms)
 
-    monkeypatch.setattr(ring, "row_matmul_sum", spy)
+    monkeypatch.setattr(ring, "row_kernel", spy)
     monkeypatch.delenv("SECURETORCH_MATMUL_KERNEL", raising=False)
     row, weight = full_range((1, 1, 8), 1), full_range((8, 5), 2)
     ring.ring_matmul_sum([(row, weight), (row, weight)])
