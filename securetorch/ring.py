@@ -302,8 +302,8 @@ _compiling = threading.Lock()
 
 def row_kernel(layout: str, terms: int) -> Callable[..., None]:
     """The row kernel's loop for a matrix layout (``_layout``) and one or two terms, compiled
-    by numba on first use (about half a second each; the launcher compiles all four before
-    it forks a local cluster's parties). Compiled in memory only: numba's on-disk cache is
+    by numba on first use (the launcher compiles all four before it forks a local cluster's
+    parties). Compiled in memory only: numba's on-disk cache is
     off, so a party loads no machine code from a shared directory, and processes starting
     together do not race to write it (a known cause of crashes)."""
     key = (layout, terms)
