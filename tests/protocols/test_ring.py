@@ -128,11 +128,14 @@ def stored(b: torch.Tensor, layout: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("layout", ["rows", "transposed"])
 @pytest.mark.parametrize("terms", [1, 2])
-@pytest.mark.parametrize(("row_shape", "n"), [((37,), 5), ((1, 37), 1), ((1, 1, 37), 9), ((1,), 3), ((1, 0), 4)])
+@pytest.mark.parametrize(
+    ("row_shape", "n"), [((37,), 5), ((1, 37), 1), ((1, 1, 37), 9), ((1, 16), 8), ((1,), 3), ((1, 0), 4)]
+)
 def test_row_kernel_matches_python_integers(layout: str, terms: int, row_shape: tuple[int, ...], n: int) -> None:
     """The compiled row kernel: one row times one or two matrices in either stored layout,
     full-range values with the extremes in both operands, exact mod 2^64 and shaped as
-    torch.matmul's result."""
+    torch.matmul's result; the loops' blocks of rows with a tail (k = 37; n = 5, 9), without
+    one (k = 16, n = 8) and a tail alone (k = 1; n = 1, 3)."""
     k = row_shape[-1]
     pairs = []
     for t in range(terms):
