@@ -47,7 +47,8 @@ from typing import IO, Any, Protocol
 
 from securetorch import ring
 from securetorch.errors import PartyError
-from securetorch.runtime.party import die_with_parent, serve_local
+from securetorch.runtime.libc import die_with_parent
+from securetorch.runtime.party import serve_local
 
 FORKS = sys.platform.startswith("linux")
 """Whether local parties are forked from a launcher (Linux) or started as fresh interpreters."""

@@ -31,7 +31,6 @@ a failed session setup abandons that session only.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import hashlib
 import json
 import logging
@@ -39,7 +38,6 @@ import os
 import pathlib
 import re
 import secrets
-import signal
 import sys
 import time
 import traceback
@@ -86,6 +84,7 @@ from securetorch.runtime.deployment import (
     ConfigError,
     settings_mismatch,
 )
+from securetorch.runtime.libc import die_with_parent
 from securetorch.runtime.shipping import unpack_call
 from securetorch.runtime.verbs import Args, Request, Status, Verb, decode_request, encode_reply
 from securetorch.session import costs
@@ -106,14 +105,6 @@ CLOSED_SESSIONS = 1024
 dropped at once instead of waiting the timeout for a request that will not come."""
 MAX_REASON_CHARS = 500
 """Of a PartyError's text passed on to the other parties with an abort."""
-
-
-def die_with_parent() -> None:
-    """Linux: get SIGKILL when the parent (the driver, or the driver's launcher) exits, so
-    no party is orphaned."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class _Refused(Exception):

@@ -16,11 +16,8 @@ and experiments, never to keep a secret from anyone who runs the process.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import itertools
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -33,6 +30,7 @@ from securetorch.comm.profile import NetworkProfile, network_profile
 from securetorch.comm.stats import CommStats
 from securetorch.prg import new_key
 from securetorch.ring import DEFAULT_COMPARE_BITS, DEFAULT_FRAC_BITS
+from securetorch.runtime import libc
 from securetorch.session import costs
 from securetorch.session.context import PartyContext, PartyKeys, activate, check_device
 from securetorch.tensor.payload import (
@@ -163,19 +161,6 @@ class Simulator:
         self.close()
 
 
-def _glibc() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") else None
-
-
-_LIBC = _glibc()
-
-
 def release_freed_memory() -> None:
     """Give the memory that in-process parties have freed back to the operating system:
     collect garbage, then trim glibc's malloc arenas. Each party thread allocates from an
@@ -183,8 +168,7 @@ def release_freed_memory() -> None:
     cluster that ran BERT-base on 128 tokens left its process gigabytes larger. Elsewhere
     than glibc: the collection only."""
     gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    libc.trim_malloc()
 
 
 def simulate(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:

@@ -67,7 +67,7 @@ def test_closing_in_process_parties_gives_their_freed_memory_back(monkeypatch) -
     """Each party thread allocates from a malloc arena of its own, which glibc keeps after
     the thread frees it: an ``InProcessCluster`` and a ``Simulator`` trim the arenas when they
     close (a closed BERT-base 128-token cluster otherwise left its process gigabytes larger)."""
-    from securetorch.runtime import simulator
+    from securetorch.runtime import libc, simulator
 
     trims: list[int] = []
 
@@ -76,7 +76,7 @@ def test_closing_in_process_parties_gives_their_freed_memory_back(monkeypatch) -
             trims.append(pad)
             return 1
 
-    monkeypatch.setattr(simulator, "_LIBC", Libc())
+    monkeypatch.setattr(libc, "LIBC", Libc())
     with puma.InProcessCluster() as cluster:
         cluster.run(lambda v: (v * v).reveal(), puma.private(torch.ones(3)))
         assert trims == []
