@@ -8,7 +8,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -57,6 +57,19 @@ def summarise(results: list[tuple[Any, float, puma.CommStats]]) -> dict[str, Any
     the bytes sent by all parties, the rounds."""
     cost = total([r[2] for r in results])
     return {"seconds": round(max(r[1] for r in results), 4), "bytes": cost.bytes_sent, "rounds": cost.rounds}
+
+
+def mean_steps(steps: Sequence[Any]) -> dict[str, Any]:
+    """The mean seconds, bytes and rounds of ``generate``'s steps (its ``StepCost`` s): one
+    decode step's seconds swing by 10-20 % on this machine. Rounds stay whole where the steps
+    agree (a step over a longer cache may take another protocol variant)."""
+    count = len(steps)
+    rounds = sum(s.rounds for s in steps) / count
+    return {
+        "seconds": sum(s.seconds for s in steps) / count,
+        "bytes": round(sum(s.bytes for s in steps) / count),
+        "rounds": int(rounds) if rounds.is_integer() else round(rounds, 1),
+    }
 
 
 def peak_rss_mb() -> float:

@@ -247,9 +247,9 @@ def _sum(products: Iterable[torch.Tensor]) -> torch.Tensor:
 # --------------------------------------------------------------------------- the row kernel
 
 
-# Each loop reads a block of matrix rows per pass (eight, or four of each matrix; the tail
-# row by row): one row at a time leaves the core waiting on memory. From DRAM, on this
-# machine's cores, a block reads one matrix 1.3-1.4x as fast, two matrices 1.1x.
+# Each loop reads a block of matrix rows per pass (``_axpys`` eight, the others four, of each
+# matrix; the tail row by row): one row at a time leaves the core waiting on memory. From
+# DRAM, on this machine's cores, the blocks read one matrix 1.3-1.4x as fast, two 1.1x.
 
 
 def _dots(x, m, out):
