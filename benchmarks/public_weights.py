@@ -208,6 +208,8 @@ def llama_8b_rows(layers: int = 32) -> list[dict]:
     layer = {k: two[k] - one[k] for k in one}
     rest = {k: one[k] - layer[k] for k in one}
     whole = {k: rest[k] + layers * layer[k] for k in one}
+    for part in (layer, rest, whole):  # means of steps: whole bytes, rounds to a tenth
+        part["bytes"], part["rounds"] = round(part["bytes"]), round(part["rounds"], 1)
     config = LlamaConfig(**LLAMA_8B, num_hidden_layers=layers)
     with torch.device("meta"):
         parameters = sum(p.numel() for p in LlamaForCausalLM(config).parameters())

@@ -56,6 +56,12 @@ def _mb(b: float) -> str:
     return f"{b / 1e6:,.1f}"
 
 
+def _count(value: float) -> str:
+    """A count that may be a mean of steps (rounds): whole, or to one decimal."""
+    value = round(value, 1)
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
 def _holds(value: float, target: float) -> str:
     return "yes" if value <= target else "**no**"
 
@@ -205,9 +211,9 @@ def _public_weights_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]
         lines += [
             "",
             f"**{r['workload']}** ({r['parameters'] / 1e9:.2f} B parameters): one layer {layer['seconds']} s, "
-            f"{_mb(layer['bytes'])} MB, {layer['rounds']} rounds; embedding, head and argmax {rest['seconds']} s, "
-            f"{_mb(rest['bytes'])} MB, {rest['rounds']} rounds; a token {token['seconds']} s here, "
-            f"{_mb(token['bytes'])} MB, {token['rounds']} rounds, projected {_profiles(r['per_token_projected_seconds'])} s "
+            f"{_mb(layer['bytes'])} MB, {_count(layer['rounds'])} rounds; embedding, head and argmax {rest['seconds']} s, "
+            f"{_mb(rest['bytes'])} MB, {_count(rest['rounds'])} rounds; a token {token['seconds']} s here, "
+            f"{_mb(token['bytes'])} MB, {_count(token['rounds'])} rounds, projected {_profiles(r['per_token_projected_seconds'])} s "
             f"on lan / puma / wan; memory per party about {r['memory_mb_per_party'] / 1e3:.1f} GB (the bf16 weights, "
             "mapped once, and the working set).",
         ]
