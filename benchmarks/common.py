@@ -59,6 +59,10 @@ def summarise(results: list[tuple[Any, float, puma.CommStats]]) -> dict[str, Any
     return {"seconds": round(max(r[1] for r in results), 4), "bytes": cost.bytes_sent, "rounds": cost.rounds}
 
 
+DECODE_STEPS = 3
+"""Decode steps a benchmark averages (``mean_steps``): generated tokens 2 to 1 + DECODE_STEPS."""
+
+
 def mean_steps(steps: Sequence[Any]) -> dict[str, Any]:
     """The mean seconds, bytes and rounds of ``generate``'s steps (its ``StepCost`` s): one
     decode step's seconds swing by 10-20 % on this machine. Rounds stay whole where the steps

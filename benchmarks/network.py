@@ -1,8 +1,8 @@
 """Time on a link, for each preset profile (``lan``, ``puma``, ``wan``):
 
 * **played**: a BERT-base forward (16 tokens, seeded random weights) and a GPT-2 base decode
-  step (tokens 2 to 4 after a 32-token prompt, KV cache, secure argmax: their mean) run by parties
-  whose links play the profile (``comm/profile.py``'s emulator), beside the projection
+  step (the mean of tokens 2 to 4 after a 32-token prompt, KV cache, secure argmax) run by
+  parties whose links play the profile (``comm/profile.py``'s emulator), beside the projection
   compute + rounds x RTT + bytes / bandwidth (compute: the seconds of a run that picks the
   profile's protocol variants without playing its waits, so it does the played run's local
   work; rounds and bytes: the played run's; BERT: the busiest party's bytes, as each party
@@ -25,13 +25,12 @@ import torch
 import transformers
 
 import securetorch as puma
-from benchmarks.common import ROOT_RESULTS, SPU_MODELS, emit, mean_steps
+from benchmarks.common import DECODE_STEPS, ROOT_RESULTS, SPU_MODELS, emit, mean_steps
 from securetorch.comm.profile import PRESETS, NetworkProfile
 
 BERT_TOKENS = 16
 PROMPT = 32
 SPU_TARGET = 0.25  # issue #14: our projected time at most a quarter of SPU-PUMA's
-DECODE_STEPS = 3  # decode steps a row averages
 
 
 def _bert(tokens: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:

@@ -16,9 +16,9 @@ on GPT-2 base, an open 1B-class LLM generating on this machine, and Llama-3.1-8B
    RSS per party; each step projected onto the ``puma`` and ``wan`` profiles.
 3. Llama-3.1-8B's shape (hidden 4096, MLP 14336, 32 heads with 8 KV heads, vocabulary 128,256,
    untied): the models with one and with two decoder layers decode tokens 2 to 4 over a
-   32-token cache; one layer = the difference of their mean steps, the rest (embedding, final norm, LM head,
-   argmax) = the one-layer step less a layer; a token of the whole model = rest + 32 layers,
-   projected onto each profile. Memory per party = the 8B's bf16 weights (mapped once) + the
+   32-token cache; one layer = the difference of their mean steps, the rest (embedding,
+   final norm, LM head, argmax) = the one-layer step less a layer; a token of the whole
+   model = rest + 32 layers, projected onto each profile. Memory per party = the 8B's bf16 weights (mapped once) + the
    one-layer run's peak RSS less its own checkpoint.
 """
 
@@ -36,7 +36,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from transformers.initialization import no_init_weights
 
 import securetorch as puma
-from benchmarks.common import ROOT_RESULTS, emit, mean_steps, peak_rss_mb
+from benchmarks.common import DECODE_STEPS, ROOT_RESULTS, emit, mean_steps, peak_rss_mb
 from securetorch.comm.profile import PRESETS
 from securetorch.comm.stats import total
 from securetorch.models import checkpoint
@@ -55,7 +55,6 @@ LLAMA_8B = dict(
     max_position_embeddings=131072, pad_token_id=0,
 )  # fmt: skip
 PROMPT = 32
-DECODE_STEPS = 3  # decode steps the 8B projection averages
 
 
 def _prompt(vocab: int) -> torch.Tensor:
