@@ -327,7 +327,7 @@ def _axpys2(x, m, y, p, out):
 
 _ONE = "void(int64[::1], int64[:, ::1], int64[::1])"
 _TWO = "void(int64[::1], int64[:, ::1], int64[::1], int64[:, ::1], int64[::1])"
-_LOOPS = {
+_LOOPS: dict[tuple[str, int], tuple[Callable[..., None], str]] = {
     ("rows", 1): (_axpys, _ONE),
     ("rows", 2): (_axpys2, _TWO),
     ("transposed", 1): (_dots, _ONE),
@@ -337,13 +337,17 @@ _compiled: dict[tuple[str, int], Callable[..., None]] = {}
 _compiling = threading.Lock()
 
 
-def row_kernel(layout: str, terms: int) -> Callable[..., None]:
-    """The row kernel's loop for a matrix layout (``_layout``) and one or two terms, compiled
-    by numba on first use (the launcher compiles all four before it forks a local cluster's
-    parties). Compiled in memory only: numba's on-disk cache is
-    off, so a party loads no machine code from a shared directory, and processes starting
-    together do not race to write it (a known cause of crashes)."""
-    key = (layout, terms)
+def register_loop(key: tuple[str, int], loop: Callable[..., None], signature: str) -> None:
+    """Add a protocol's numba loop (plain Python over numpy arrays, typed by ``signature``)
+    to the loops ``compiled`` builds and ``compile_kernels`` compiles ahead."""
+    _LOOPS.setdefault(key, (loop, signature))
+
+
+def compiled(key: tuple[str, int]) -> Callable[..., None]:
+    """The loop registered under ``key``, compiled by numba on first use (the launcher
+    compiles them all before it forks a local cluster's parties). Compiled in memory only:
+    numba's on-disk cache is off, so a party loads no machine code from a shared directory,
+    and processes starting together do not race to write it (a known cause of crashes)."""
     with _compiling:  # once, though the simulator's three party threads ask together
         if key not in _compiled:
             loop, signature = _LOOPS[key]
@@ -351,10 +355,15 @@ def row_kernel(layout: str, terms: int) -> Callable[..., None]:
         return _compiled[key]
 
 
-def compile_row_kernels() -> None:
-    """Compile every loop of the row kernel now (``row_kernel``)."""
-    for layout, terms in _LOOPS:
-        row_kernel(layout, terms)
+def row_kernel(layout: str, terms: int) -> Callable[..., None]:
+    """The row kernel's loop for a matrix layout (``_layout``) and one or two terms (``compiled``)."""
+    return compiled((layout, terms))
+
+
+def compile_kernels() -> None:
+    """Compile every registered loop now (``compiled``): the row kernel's and the protocols'."""
+    for key in list(_LOOPS):
+        compiled(key)
 
 
 def _layout(b: torch.Tensor) -> str | None:

@@ -4,7 +4,7 @@ A party is a fresh process, but a fresh interpreter spends seconds of CPU import
 transformers and securetorch before it serves; a test suite or a notebook that opens many
 local clusters pays that three times per cluster. On Linux the driver therefore starts, once
 per driver process, a *launcher*: an interpreter that has imported the party code and
-compiled the ring's row kernel (``ring.compile_row_kernels``), nothing else (no thread, no
+compiled the numba loops (``ring.compile_kernels``), nothing else (no thread, no
 ZeroMQ context, no accelerator, no secret), and that forks each party from that state in
 milliseconds. The fork is a separate process with its own memory,
 exactly as isolated from the driver and from the other parties as a spawned one.
@@ -297,7 +297,7 @@ def serve(fd: int, driver: int) -> None:
     request, report each child's exit, and when the driver (pid ``driver``) has gone (the
     socket's end, or this process re-parented) kill the children left and exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the driver's to handle
-    ring.compile_row_kernels()  # once here, not in every party
+    ring.compile_kernels()  # once here, not in every party
     control = socket.socket(fileno=fd)
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)

@@ -453,6 +453,49 @@ def test_zero_test_sign_on_a_few_elements(sim, n) -> None:
     assert all(torch.equal(results[0][k][0], (values < 0).long()) for k in range(3))
 
 
+@pytest.mark.parametrize("n", [1, 7, 300])
+def test_zero_test_loops_match_torch(n) -> None:
+    """The zero test's compiled CPU loops give, byte for byte, what its torch path gives on
+    other devices: A's and B's packed terms (rows whose t overflows included), D's zero test
+    of their sums and B's unpacked shares; a packed reply of the wrong size is refused."""
+    from securetorch.errors import ProtocolError
+    from securetorch.prg import AesPrg
+    from securetorch.protocols.boolean import pack_uint, random_bits, unpack_uint
+
+    low = 43
+    p = pc._zero_test_prime(low)
+    stream = AesPrg(bytes(range(16)), n)
+    c_low = stream.int64((n,)) & ((1 << low) - 1)
+    beta = random_bits(stream, n)
+    c_low[0], beta[0] = (1 << low) - 1, 1  # t = 2^L: d is one zero
+    r_share = pc._draw_below(stream, (n, low), p)
+    masks = pc._FieldMasks(
+        pc._draw_below(stream, (n, low), p - 1), pc._draw_below(stream, (n, low), p), pc._draw_below(stream, (n,), low)
+    )
+    terms = {}
+    for is_a in (True, False):
+        terms[is_a] = pc._tested_terms(c_low, beta, r_share, masks, low, p, is_a)
+        assert torch.equal(terms[is_a], pc._tested_terms_torch(c_low, beta, r_share, masks, low, p, is_a))
+    zero = pc._zero_rows(terms[True], terms[False], n, low, p)
+    assert torch.equal(zero, pc._zero_rows_torch(terms[True], terms[False], n, low, p))
+    assert zero[0] == 1  # the overflowing row's zero, whatever the masks
+    # sums that hit 0 and p, and a row without a zero
+    width = p.bit_length()
+    a = torch.randint(0, p, (n, low), generator=seeded(n))
+    b = (p - a) % p
+    b[:, 1:] = (b[:, 1:] + 1) % p
+    b[-1, 0] = (b[-1, 0] + 1) % p
+    packed_a, packed_b = pack_uint(a, width), pack_uint(b, width)
+    zero = pc._zero_rows(packed_a, packed_b, n, low, p)
+    assert torch.equal(zero, pc._zero_rows_torch(packed_a, packed_b, n, low, p))
+    assert zero[-1] == 0 and bool((zero[:-1] == 1).all())
+    assert torch.equal(pc._unpack_field(packed_a, n, low, p).long(), unpack_uint(packed_a, width, (n, low)))
+    with pytest.raises(ProtocolError, match="packed"):
+        pc._zero_rows(packed_a[:-1], packed_b, n, low, p)
+    with pytest.raises(ProtocolError, match="packed"):
+        pc._unpack_field(torch.cat([packed_a, packed_a[:1]]), n, low, p)
+
+
 def test_draws_below_a_bound_are_exact_and_in_step() -> None:
     """``_draw_below``: integers in [0, q), each value about equally often, the same on two
     holders of a key, for a q that refuses some 31-bit draws and a power of two that refuses

@@ -257,5 +257,5 @@ def test_row_kernel_compiles_each_loop_once_though_threads_ask_together() -> Non
         t.join()
     assert len(got) == 3 and all(torch.equal(g, expected) for g in got)
     assert all(loop is loops[0] for loop in loops)
-    ring.compile_row_kernels()
+    ring.compile_kernels()
     assert ring.row_kernel("rows", 1) is loops[0]
