@@ -53,6 +53,7 @@ _DTYPES: list[torch.dtype] = [
 _CODE = {dt: i for i, dt in enumerate(_DTYPES)}
 _ITEMSIZE = [dt.itemsize for dt in _DTYPES]
 _SHAPES = [struct.Struct(f"<{n}q") for n in range(MAX_DIMS + 1)]
+_METAS = [struct.Struct(f"<BB{n}q") for n in range(MAX_DIMS + 1)]  # a whole meta, by rank
 
 
 class FrameError(ValueError):
@@ -74,14 +75,17 @@ def encode_tensors(tensors: Sequence[torch.Tensor]) -> list[Buffer]:
     """Two frames per tensor: its meta (dtype code, rank, shape) and its raw bytes."""
     frames: list[Buffer] = []
     for t in tensors:
-        if t.dtype not in _CODE:
+        code, ndim = _CODE.get(t.dtype), t.dim()
+        if code is None:
             raise TypeError(f"cannot send tensors of dtype {t.dtype}")
-        if t.dim() > MAX_DIMS:
+        if ndim > MAX_DIMS:
             raise TypeError(f"cannot send tensors of more than {MAX_DIMS} dimensions")
-        t = t.detach().contiguous()
+        if t.requires_grad:
+            t = t.detach()
         if not t.is_cpu:
             t = t.cpu()
-        frames.append(_META.pack(_CODE[t.dtype], t.dim()) + _SHAPES[t.dim()].pack(*t.shape))
+        t = t.contiguous()
+        frames.append(_METAS[ndim].pack(code, ndim, *t.shape))
         frames.append(memoryview(t.numpy()).cast("B") if t.numel() else b"")
     return frames
 
@@ -109,9 +113,9 @@ def _read_meta(buffer: Buffer, at: int) -> tuple[int, tuple[int, ...], int]:
     if code >= len(_DTYPES) or ndim > MAX_DIMS or len(buffer) < end:
         raise FrameError("bad tensor meta")
     shape = _SHAPES[ndim].unpack_from(buffer, at + _META.size)
-    if any(s < 0 for s in shape):
+    if shape and min(shape) < 0:
         raise FrameError("negative dimension")
-    if any(s > MAX_DIM_SIZE for s in shape):  # even an empty tensor may not claim one
+    if shape and max(shape) > MAX_DIM_SIZE:  # even an empty tensor may not claim one
         raise FrameError(f"bad tensor of shape {shape}: a dimension above 2^40")
     return code, shape, end
 
@@ -145,7 +149,7 @@ def encode_message(sender: int, job: int, step: int, tensors: list[torch.Tensor]
 
 
 def payload_bytes(tensors: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.nbytes for t in tensors)
 
 
 def decode_header(frame: Buffer) -> Header:
