@@ -1257,10 +1257,12 @@ def _level_variants(
 
 @functools.cache
 def _level_variant(pairs: int, tracked: int, with_bit: bool, bits: int, network: NetworkProfile | None) -> str:
-    """The faster of ``_level_variants`` on ``network``; without one, a comparison and a select."""
+    """The faster of ``_level_variants`` on ``network``; without one, the zero test with the
+    select inside up to ``ZERO_TEST_ELEMENTS`` comparisons (where a comparison alone would
+    take the zero test too), else a comparison and a select."""
     variants = _level_variants(pairs, tracked, with_bit, bits, network)
     work = {name: _level_work(pairs, name, bits, network) for name in variants}
-    return cheapest(network, variants, "select", work)
+    return cheapest(network, variants, "zero_test" if pairs <= ZERO_TEST_ELEMENTS else "select", work)
 
 
 # Below this many elements a protocol is bound by rounds, not bytes: spend bytes to save rounds.

@@ -534,14 +534,16 @@ def test_tournament_levels_with_the_select_inside_the_zero_test(network) -> None
     """On wan the levels of the max and argmax tree run by the zero test with the select
     inside, each level's replicating round in the next one's first (3 rounds a level, 1 at
     the end); on lan too, although each level alone (at 4 rounds) would take a comparison
-    and a product round: the plan weighs the tree as a whole. On loopback a comparison and a
-    product round each. All give plaintext's max, first index of a tie and one-hot, at
-    exactly their costs."""
+    and a product round: the plan weighs the tree as a whole. On loopback too, up to
+    ``ZERO_TEST_ELEMENTS`` comparisons a level (where a comparison alone takes the zero
+    test), a comparison and a product round beyond. All give plaintext's max, first index
+    of a tie and one-hot, at exactly their costs."""
     profile = PRESETS.get(network or "")
     shape = (3, 100)
-    assert pc._level_variant(3 * 50, 2, True, 44, profile) == ("zero_test" if network == "wan" else "select")
+    assert pc._level_variant(3 * 50, 2, True, 44, profile) == ("select" if network == "lan" else "zero_test")
+    assert pc._level_variant(pc.ZERO_TEST_ELEMENTS + 1, 2, True, 44, None) == "select"
     planned = {v for _, v in pc._level_plan(3, 100, 2, True, 44, profile)}
-    assert planned == ({"zero_test"} if network else {"select"})
+    assert planned == {"zero_test"}
     values = torch.randn(shape, generator=seeded(3), dtype=torch.float64) * 8
     values[1, 17] = values[1, 90] = values[1].max() + 1  # a tie: the first index wins
     values[2, -1] = -(2.0**20)  # a masked logit
@@ -553,8 +555,7 @@ def test_tournament_levels_with_the_select_inside_the_zero_test(network) -> None
     assert float((value - values.amax(-1)).abs().max()) <= U
     assert (argmax.rounds, sum(r[4].bytes_sent for r in results)) == pc.argmax_cost(shape, 44, profile)
     assert (at_cost.rounds, sum(r[5].bytes_sent for r in results)) == pc.max_last_dim_cost(shape, True, 44, profile)
-    if network:
-        assert at_cost.rounds == 3 * 7 + 1
+    assert at_cost.rounds == 3 * 7 + 1
 
 
 def test_the_zero_test_where_rounds_outweigh_its_local_work() -> None:
