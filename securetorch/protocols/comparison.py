@@ -860,25 +860,7 @@ def _unpack_field(packed: torch.Tensor, n: int, low: int, p: int) -> torch.Tenso
     length), int32."""
     width = p.bit_length()
     _check_packed(packed, n * low, width)
-    if packed.device.type != "cpu":
-        return unpack_uint(packed, width, (n, low)).int()
-    out = torch.empty(n, low, dtype=torch.int32, device=packed.device)
-    ring.compiled(_UNPACK_LOOP)(packed.numpy(), width, out.view(-1).numpy())
-    return out
-
-
-def _unpack_loop(packed, width, out):
-    """``unpack_uint`` on the CPU, compiled by numba: values of ``width`` bits, read in order."""
-    mask = (1 << width) - 1
-    acc = held = at = 0
-    for v in range(out.shape[0]):
-        while held < width:
-            acc |= np.int64(packed[at]) << held
-            at += 1
-            held += 8
-        out[v] = acc & mask
-        acc >>= width
-        held -= width
+    return unpack_uint(packed, width, (n, low)).int()
 
 
 def _zero_rows(from_a: torch.Tensor, from_b: torch.Tensor, n: int, low: int, p: int) -> torch.Tensor:
@@ -931,7 +913,6 @@ def _check_packed(packed: torch.Tensor, count: int, width: int) -> None:
 
 
 _TERMS_LOOP = ("zero test terms", 0)
-_UNPACK_LOOP = ("zero test unpack", 0)
 _ZERO_ROWS_LOOP = ("zero test rows", 0)
 ring.register_loop(
     _TERMS_LOOP,
@@ -939,7 +920,6 @@ ring.register_loop(
     "void(int64[::1], int64[::1], int32[:, ::1], int32[:, ::1], int32[:, ::1], int32[::1], int64, boolean, int64,"
     " int32[::1], uint8[::1])",
 )
-ring.register_loop(_UNPACK_LOOP, _unpack_loop, "void(uint8[::1], int64, int32[::1])")
 ring.register_loop(_ZERO_ROWS_LOOP, _zero_rows_loop, "void(uint8[::1], uint8[::1], int64, int64, int64, int64[::1])")
 
 

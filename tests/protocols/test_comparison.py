@@ -456,11 +456,12 @@ def test_zero_test_sign_on_a_few_elements(sim, n) -> None:
 @pytest.mark.parametrize("n", [1, 7, 300])
 def test_zero_test_loops_match_torch(n) -> None:
     """The zero test's compiled CPU loops give, byte for byte, what its torch path gives on
-    other devices: A's and B's packed terms (rows whose t overflows included), D's zero test
-    of their sums and B's unpacked shares; a packed reply of the wrong size is refused."""
+    other devices: A's and B's packed terms (rows whose t overflows included) and D's zero
+    test of their sums; B unpacks the dealer's shares as packed; a packed reply of the wrong
+    size is refused."""
     from securetorch.errors import ProtocolError
     from securetorch.prg import AesPrg
-    from securetorch.protocols.boolean import pack_uint, random_bits, unpack_uint
+    from securetorch.protocols.boolean import pack_uint, random_bits
 
     low = 43
     p = pc._zero_test_prime(low)
@@ -489,7 +490,7 @@ def test_zero_test_loops_match_torch(n) -> None:
     zero = pc._zero_rows(packed_a, packed_b, n, low, p)
     assert torch.equal(zero, pc._zero_rows_torch(packed_a, packed_b, n, low, p))
     assert zero[-1] == 0 and bool((zero[:-1] == 1).all())
-    assert torch.equal(pc._unpack_field(packed_a, n, low, p).long(), unpack_uint(packed_a, width, (n, low)))
+    assert torch.equal(pc._unpack_field(packed_a, n, low, p), a.int())
     with pytest.raises(ProtocolError, match="packed"):
         pc._zero_rows(packed_a[:-1], packed_b, n, low, p)
     with pytest.raises(ProtocolError, match="packed"):
