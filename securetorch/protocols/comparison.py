@@ -850,9 +850,10 @@ def _terms_loop(c_low, beta, r_share, scale, blind, turn, low, is_a, width, mod,
 @functools.cache
 def _mod_table(low: int, p: int) -> np.ndarray:
     """v mod p (int32) for every v the terms loop reduces, v in [-B, B] at index v + B: |d| is
-    at most L (p - 1) + p + L + 1, and (s + 1) m + blind at most (p - 1) p."""
+    at most L (p - 1) + p + L + 1, and (s + 1) m + blind at most (p - 1) p. A host table:
+    the compiled loops run on the CPU only."""
     bound = max(low * (p - 1) + p + low + 1, (p - 1) * p)
-    return (torch.arange(-bound, bound + 1) % p).int().numpy()
+    return (np.arange(-bound, bound + 1, dtype=np.int64) % p).astype(np.int32)
 
 
 def _unpack_field(packed: torch.Tensor, n: int, low: int, p: int) -> torch.Tensor:
