@@ -25,8 +25,9 @@ case "$task" in
   test)
     "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check .
     # test files spread over two worker processes (one per core: the parties of one test
-    # share a core's GIL); SECURETORCH_TEST_WORKERS=0 runs them in this process
-    exec "$VENV/bin/python" -m pytest -q -n "${SECURETORCH_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
+    # share a core's GIL), handed out in tests/conftest.py's order (long integration files
+    # first); SECURETORCH_TEST_WORKERS=0 runs them in this process
+    exec "$VENV/bin/python" -m pytest -q -n "${SECURETORCH_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@" ;;
   bench) exec "$VENV/bin/python" -m benchmarks "$@" ;;
   *) echo "usage: scripts/dev.sh demo|test|lint|bench [args]" >&2; exit 2 ;;
 esac
