@@ -548,7 +548,10 @@ class PartyServer:
                 else None
             )
         try:
-            with activate(ctx):
+            # inference mode: a party's tensors (ring elements, public values, the modules'
+            # own) never need gradients, and each of the thousands of small ops of a request
+            # then skips autograd's dispatch (a GPT-2 decode step 7% faster here, interleaved)
+            with activate(ctx), torch.inference_mode():
                 result = self._job(session, request)
         except Exception as exc:
             if request.verb is Verb.OPEN:
