@@ -10,10 +10,20 @@ from hypothesis import strategies as st
 import securetorch as puma
 from securetorch.comm.profile import PRESETS
 from securetorch.comm.stats import total
+from securetorch.errors import ProtocolError
+from securetorch.prg import AesPrg
 from securetorch.protocols import approx as ap
 from securetorch.protocols import arithmetic as pa
 from securetorch.protocols import comparison as pc
-from securetorch.protocols.boolean import reveal_bits, unpack_bits
+from securetorch.protocols.boolean import (
+    pack_bits,
+    pack_uint,
+    random_bits,
+    reshare_bits,
+    reveal_bits,
+    unpack_bits,
+    xor_public,
+)
 from securetorch.session.context import current
 
 from ..conftest import chi_square_critical, seeded
@@ -151,8 +161,6 @@ def test_bit_injection_of_many_bits_by_the_dealer_protocol(sim, rows) -> None:
 
 def _share_bits(ctx, bits):
     """Packed XOR shares of public bits (all in b_0): enough to drive a B2A."""
-    from securetorch.protocols.boolean import pack_bits, xor_public
-
     zeros = torch.zeros(bits.shape[0], (bits.shape[1] + 7) // 8, dtype=torch.uint8)
     return xor_public(ctx, (zeros, zeros.clone()), pack_bits(bits))
 
@@ -160,8 +168,6 @@ def _share_bits(ctx, bits):
 def _random_bits_sharing(ctx, bits):
     """Packed XOR shares of public bits [rows, cols], packed over the flattened bits and
     re-randomised (every share uniform): one resharing round."""
-    from securetorch.protocols.boolean import pack_bits, reshare_bits
-
     packed = pack_bits(bits.reshape(-1))
     return reshare_bits(ctx, packed if ctx.rank == 0 else torch.zeros_like(packed))
 
@@ -459,10 +465,6 @@ def test_zero_test_loops_match_torch(n) -> None:
     other devices: A's and B's packed terms (rows whose t overflows included) and D's zero
     test of their sums; B unpacks the dealer's shares as packed; a packed reply of the wrong
     size is refused."""
-    from securetorch.errors import ProtocolError
-    from securetorch.prg import AesPrg
-    from securetorch.protocols.boolean import pack_uint, random_bits
-
     low = 43
     p = pc._zero_test_prime(low)
     stream = AesPrg(bytes(range(16)), n)
@@ -501,8 +503,6 @@ def test_draws_below_a_bound_are_exact_and_in_step() -> None:
     """``_draw_below``: integers in [0, q), each value about equally often, the same on two
     holders of a key, for a q that refuses some 31-bit draws and a power of two that refuses
     none."""
-    from securetorch.prg import AesPrg
-
     for q in (47, 16):
         one, two = (pc._draw_below(AesPrg(bytes(16)), (600, 50), q) for _ in range(2))
         assert torch.equal(one, two) and one.dtype == torch.int32
