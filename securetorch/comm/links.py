@@ -98,8 +98,9 @@ class Links:
                 if self.device.type != "cpu":
                     tensors = [t.to(self.device) for t in tensors]
                 self.stats.bytes_received += payload_bytes(tensors)
-                for hook in list(self._hooks):
-                    hook(peer, tensors)
+                if self._hooks:
+                    for hook in list(self._hooks):
+                        hook(peer, tensors)
                 got[peer] = tensors
             received.append(got)
         self.step = base + len(rounds)
