@@ -78,35 +78,39 @@ class Links:
         arrive, each at a step of its own (so the transports keep them apart). Counted as
         one round; every party passes as many protocols' rounds in the same order."""
         started = time.perf_counter()
+        stats, deliver, take = self.stats, self._deliver, self._take
         base = self.step
-        self.stats.rounds += 1
+        stats.rounds += 1
         sent = 0
-        for offset, (sends, _) in enumerate(rounds, start=1):
-            self.step = base + offset
+        step = base
+        for sends, _ in rounds:
+            step += 1
+            self.step = step
             for peer, tensors in sends.items():
                 tensors = list(tensors)
-                self._deliver(peer, tensors)
+                deliver(peer, tensors)
                 sent += payload_bytes(tensors)
-                self.stats.messages += 1
-        self.stats.bytes_sent += sent
+            stats.messages += len(sends)
+        stats.bytes_sent += sent
         received: list[dict[int, list[torch.Tensor]]] = []
-        for offset, (_, recv_from) in enumerate(rounds, start=1):
-            self.step = base + offset
+        on_cpu, hooks = self.device.type == "cpu", self._hooks
+        step = base
+        for _, recv_from in rounds:
+            step += 1
+            self.step = step
             got = {}
             for peer in recv_from:
-                tensors = self._take(peer)
-                if self.device.type != "cpu":
+                tensors = take(peer)
+                if not on_cpu:
                     tensors = [t.to(self.device) for t in tensors]
-                self.stats.bytes_received += payload_bytes(tensors)
-                if self._hooks:
-                    for hook in list(self._hooks):
-                        hook(peer, tensors)
+                stats.bytes_received += payload_bytes(tensors)
+                for hook in list(hooks) if hooks else ():
+                    hook(peer, tensors)
                 got[peer] = tensors
             received.append(got)
-        self.step = base + len(rounds)
         if self.emulated is not None:
             time.sleep(self.emulated.round_seconds(sent))
-        self.stats.seconds += time.perf_counter() - started
+        stats.seconds += time.perf_counter() - started
         return received
 
     def measure(self, random_bytes: Callable[[int], torch.Tensor], nbytes: int, rounds: int) -> dict[str, float]:

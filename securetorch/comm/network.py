@@ -40,9 +40,10 @@ SCHEDULE_STEP = 0
 ABORT_STEP = (1 << 64) - 1
 MAX_NOTICE_BYTES = 1 << 16
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 32
-# plain ints: pyzmq's enum members make every ``&`` a Python-level call
+# plain ints: pyzmq's enum members make every use a Python-level call
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
 
 
 def bind_any(sock: zmq.Socket, address: str) -> str:
@@ -96,9 +97,9 @@ class PeerNetwork(Links):
         self._control = control_socket
         self._on_control = on_control
         self._poller = zmq.Poller()
-        self._poller.register(self._pull, zmq.POLLIN)
+        self._poller.register(self._pull, _POLLIN)
         if control_socket is not None:
-            self._poller.register(control_socket, zmq.POLLIN)
+            self._poller.register(control_socket, _POLLIN)
 
     @property
     def connected(self) -> bool:
@@ -197,9 +198,9 @@ class PeerNetwork(Links):
         pull = self._pull
         while pull.getsockopt(_EVENTS) & _POLLIN:
             try:
-                frames = [pull.recv(zmq.NOBLOCK, copy=False)]
+                frames = [pull.recv(_NOBLOCK, copy=False)]
                 while frames[-1].more:  # a message's parts arrive together
-                    frames.append(pull.recv(zmq.NOBLOCK, copy=False))
+                    frames.append(pull.recv(_NOBLOCK, copy=False))
             except zmq.Again:
                 return
             try:
