@@ -244,6 +244,17 @@ def _network_lines(results: dict[str, list[dict[str, Any]]]) -> list[str]:
             f"| {r['workload']} | {r['profile']} | {r['seconds']} | {r.get('compute_seconds', '')} | {r['rounds']} "
             f"| {_mb(r['bytes'])} | {r.get('projected_seconds', '')} | {r.get('played_vs_projected', '')} |"
         )
+    ratios = [r["played_vs_projected"] for r in played if "played_vs_projected" in r]
+    decode = next((r for r in played if r["profile"] == "loopback" and "decode" in r["workload"]), None)
+    if ratios and decode is not None:
+        tolerance = network.PLAYED_TOLERANCE
+        within = all(abs(ratio - 1) <= tolerance for ratio in ratios)
+        lines += [
+            "",
+            f"Issue #14's targets: played against projected {min(ratios)} to {max(ratios)} (target within "
+            f"{tolerance:.0%}: {'yes' if within else '**no**'}); the decode step on loopback {decode['seconds']} s "
+            f"(target ≤ {network.DECODE_TARGET_SECONDS} s: {_holds(decode['seconds'], network.DECODE_TARGET_SECONDS)}).",
+        ]
     if against:
         lines += [
             "",
